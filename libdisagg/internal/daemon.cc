@@ -1,0 +1,32 @@
+#include "internal/daemon.h"
+
+#include <signal.h>
+
+#include "absl/strings/str_cat.h"
+#include "internal/logging.h"
+#include "ipc/socket.h"
+
+namespace disagg {
+
+absl::Status InitDaemon(const char* argv0, const std::string& log_dir, const std::string& element) {
+  if (!log_dir.empty()) {
+    FLAGS_log_dir = log_dir;
+    const std::string base = absl::StrCat(log_dir, "/", element, ".");
+    for (int severity : {google::INFO, google::WARNING, google::ERROR}) {
+      google::SetLogDestination(severity, "");
+    }
+    google::SetLogDestination(google::INFO, base.c_str());
+    google::SetLogSymlink(google::INFO, "");
+  }
+  FLAGS_logbufsecs = 0;
+  google::InitGoogleLogging(argv0);
+  google::InstallFailureSignalHandler();
+  ::signal(SIGPIPE, SIG_IGN);
+  return ipc::ProbeKernelSupport();
+}
+
+std::string SocketPath(const std::string& run_dir, const std::string& name) {
+  return absl::StrCat(run_dir, "/", name, ".sock");
+}
+
+}  // namespace disagg

@@ -1,0 +1,35 @@
+#include "ipc/client.h"
+
+#include "internal/status_macros.h"
+#include "ipc/wire.h"
+
+namespace disagg::ipc {
+
+absl::StatusOr<Client> Client::Connect(const std::string& path, absl::Duration timeout) {
+  ASSIGN_OR_RETURN(Connection conn, DialUnix(path, timeout));
+  return Client(std::move(conn));
+}
+
+absl::Status Client::Call(capnp::MessageBuilder& request, proto::Message::Builder root,
+                          absl::FunctionRef<absl::Status(proto::Message::Reader)> on_reply,
+                          absl::Duration timeout) {
+  const uint64_t seq = next_seq_++;
+  root.setSeq(seq);
+  RETURN_IF_ERROR(conn_.channel.Send(request));
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    RETURN_IF_ERROR(conn_.channel.WaitReadable(deadline, spin_, conn_.socket.get()));
+    ASSIGN_OR_RETURN(bool got, conn_.channel.Receive(words_));
+    if (!got) continue;
+    bool matched = false;
+    RETURN_IF_ERROR(DecodeMessage(words_, [&](proto::Message::Reader reply) -> absl::Status {
+      if (reply.getSeq() != seq) return absl::OkStatus();
+      matched = true;
+      if (reply.isError()) return ErrorToStatus(reply.getError());
+      return on_reply(reply);
+    }));
+    if (matched) return absl::OkStatus();
+  }
+}
+
+}  // namespace disagg::ipc

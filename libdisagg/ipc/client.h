@@ -1,0 +1,50 @@
+// Client: a blocking request/reply connection to a rack daemon, for programs without an event
+// loop (rackctl, tests, benchmarks). Waits spin briefly, then sleep on the doorbell.
+//
+// Thread-safety: one thread at a time. Move-only resource.
+#ifndef DISAGG_IPC_CLIENT_H_
+#define DISAGG_IPC_CLIENT_H_
+
+#include <string>
+#include <vector>
+
+#include <capnp/message.h>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "ipc/socket.h"
+#include "proto/rack.capnp.h"
+
+namespace disagg::ipc {
+
+class Client {
+ public:
+  // Connects to the daemon socket at `path`.
+  static absl::StatusOr<Client> Connect(const std::string& path,
+                                        absl::Duration timeout = absl::Seconds(5));
+
+  // Sends `request` (its seq is set here) and waits up to `timeout` for the reply with the
+  // same seq, which is passed to `on_reply`. A reply carrying an Error becomes that status.
+  // Messages with another seq are skipped. UNAVAILABLE if the daemon hangs up,
+  // DEADLINE_EXCEEDED if it does not answer in time.
+  absl::Status Call(capnp::MessageBuilder& request, proto::Message::Builder root,
+                    absl::FunctionRef<absl::Status(proto::Message::Reader)> on_reply,
+                    absl::Duration timeout = absl::Seconds(5));
+
+  // How long to spin before sleeping while waiting for a reply.
+  void set_spin(absl::Duration spin) { spin_ = spin; }
+  Connection& connection() { return conn_; }
+
+ private:
+  explicit Client(Connection conn) : conn_(std::move(conn)) {}
+
+  Connection conn_;
+  uint64_t next_seq_ = 1;
+  absl::Duration spin_ = absl::Microseconds(50);
+  std::vector<uint64_t> words_;
+};
+
+}  // namespace disagg::ipc
+
+#endif  // DISAGG_IPC_CLIENT_H_

@@ -1,0 +1,101 @@
+// EventLoop: the one event loop of a daemon, on io_uring. It watches file descriptors
+// (multishot poll), runs timers, turns SIGTERM/SIGINT into a clean stop, and drives
+// "pollers" (shared-memory rings) with spin-then-sleep: after the last piece of work it keeps
+// polling for `spin`, then asks every poller to arm its doorbell and blocks in io_uring.
+//
+// Thread-safety: single-threaded; every method is called from the loop's thread. Callbacks
+// may add and remove watches, timers and pollers, including their own.
+#ifndef DISAGG_IPC_EVENT_LOOP_H_
+#define DISAGG_IPC_EVENT_LOOP_H_
+
+#include <liburing.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "ipc/fd.h"
+
+namespace disagg::ipc {
+
+struct EventLoopOptions {
+  // How long to keep polling the rings after the last piece of work before sleeping.
+  absl::Duration spin = absl::Microseconds(20);
+  unsigned queue_entries = 256;
+  // Stop cleanly on SIGTERM and SIGINT (blocks them for the calling thread).
+  bool handle_signals = true;
+};
+
+class EventLoop {
+ public:
+  using WatchId = uint64_t;
+  // Poll callback: receives the revents mask (POLLIN, POLLHUP, ...) or a negative errno.
+  using FdCallback = std::function<void(int revents)>;
+  // A poller does a bounded amount of work and says whether it did any.
+  struct Poller {
+    std::function<bool()> poll;
+    // Arms the poller's doorbell; returns true if work arrived meanwhile (do not sleep).
+    std::function<bool()> prepare_to_sleep;
+    // Called after the loop woke from sleep.
+    std::function<void()> awake;
+  };
+
+  // Sets up io_uring and probes the operations the loop needs. FAILED_PRECONDITION naming the
+  // missing feature on kernels without them.
+  static absl::StatusOr<std::unique_ptr<EventLoop>> Create(EventLoopOptions options = {});
+  ~EventLoop();
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  // Calls `callback` whenever `fd` has any of `events`, until Unwatch. The fd must stay open
+  // until Unwatch is called.
+  WatchId WatchFd(int fd, uint32_t events, FdCallback callback);
+  // Calls `callback` every `period` until Unwatch.
+  WatchId AddTimer(absl::Duration period, std::function<void()> callback);
+  WatchId AddPoller(Poller poller);
+  // Stops a watch, timer or poller. Its callback is never called again. Unknown ids are ignored.
+  void Unwatch(WatchId id);
+
+  // Runs until Stop() or a stop signal. Returns the reason for an abnormal end.
+  absl::Status Run();
+  void Stop() { stopped_ = true; }
+  bool stopped() const { return stopped_; }
+
+ private:
+  enum class Kind { kFd, kTimer, kPoller };
+  struct Entry {
+    Kind kind;
+    int fd = -1;
+    uint32_t events = 0;
+    FdCallback on_fd;
+    std::function<void()> on_timer;
+    __kernel_timespec period{};
+    Poller poller;
+  };
+
+  explicit EventLoop(EventLoopOptions options);
+  io_uring_sqe* GetSqe();
+  void ArmPoll(WatchId id, Entry& entry);
+  void ArmTimer(WatchId id, Entry& entry);
+  // Handles every ready completion; returns true if any callback ran.
+  bool ReapCompletions();
+  void Dispatch(uint64_t id, int res, uint32_t flags);
+  bool RunPollers();
+
+  EventLoopOptions options_;
+  io_uring ring_{};
+  bool ring_ready_ = false;
+  bool stopped_ = false;
+  WatchId next_id_ = 1;
+  absl::flat_hash_map<WatchId, std::unique_ptr<Entry>> entries_;
+  std::vector<WatchId> poller_ids_;
+  std::vector<std::unique_ptr<Entry>> graveyard_;  // unwatched this turn; freed next turn
+  Fd signal_fd_;
+};
+
+}  // namespace disagg::ipc
+
+#endif  // DISAGG_IPC_EVENT_LOOP_H_

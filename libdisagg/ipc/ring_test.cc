@@ -1,0 +1,143 @@
+#include "ipc/ring.h"
+
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+namespace disagg::ipc {
+namespace {
+
+// A ring in ordinary memory; the test plays the hostile peer by writing the control block.
+struct TestRing {
+  explicit TestRing(size_t capacity)
+      : control(new RingControl{}), data(new uint8_t[capacity]()), capacity(capacity),
+        writer(control.get(), data.get(), capacity), reader(control.get(), data.get(), capacity) {}
+  std::unique_ptr<RingControl> control;
+  std::unique_ptr<uint8_t[]> data;
+  size_t capacity;
+  RingWriter writer;
+  RingReader reader;
+};
+
+std::vector<uint64_t> Words(size_t n, uint64_t seed) {
+  std::vector<uint64_t> w(n);
+  for (size_t i = 0; i < n; ++i) w[i] = seed * 1000003 + i;
+  return w;
+}
+
+absl::Status WriteWords(RingWriter& writer, const std::vector<uint64_t>& w) {
+  absl::Span<const uint8_t> part(reinterpret_cast<const uint8_t*>(w.data()), w.size() * 8);
+  return writer.Write(absl::MakeConstSpan(&part, 1));
+}
+
+TEST_CASE("A ring carries frames across its wrap-around point intact") {
+  TestRing ring(256);  // max payload 56 bytes: frames wrap every few messages
+  std::vector<uint64_t> out;
+  for (uint64_t i = 0; i < 1000; ++i) {
+    const auto msg = Words(1 + i % 7, i);
+    REQUIRE(WriteWords(ring.writer, msg).ok());
+    auto got = ring.reader.Read(out);
+    REQUIRE(got.ok());
+    REQUIRE(*got);
+    REQUIRE(out == msg);
+  }
+  auto empty = ring.reader.Read(out);
+  REQUIRE(empty.ok());
+  REQUIRE_FALSE(*empty);
+}
+
+TEST_CASE("A full ring refuses a frame without losing the ones it holds") {
+  TestRing ring(256);
+  int written = 0;
+  absl::Status status;
+  while ((status = WriteWords(ring.writer, Words(3, written))).ok()) ++written;
+  REQUIRE(absl::IsResourceExhausted(status));
+  REQUIRE(written == 256 / 32);  // 8-byte header + 24-byte payload per frame
+  std::vector<uint64_t> out;
+  for (int i = 0; i < written; ++i) {
+    auto got = ring.reader.Read(out);
+    REQUIRE(got.ok());
+    REQUIRE(*got);
+    REQUIRE(out == Words(3, i));
+  }
+  // Space is back once the reader consumed.
+  REQUIRE(WriteWords(ring.writer, Words(3, 99)).ok());
+}
+
+TEST_CASE("A ring refuses messages it cannot carry") {
+  TestRing ring(4096);
+  SECTION("oversized") {
+    auto status = WriteWords(ring.writer, Words(ring.writer.MaxPayload() / 8 + 1, 1));
+    REQUIRE(absl::IsInvalidArgument(status));
+    REQUIRE_FALSE(ring.reader.HasData());
+  }
+  SECTION("largest allowed") {
+    REQUIRE(WriteWords(ring.writer, Words(ring.writer.MaxPayload() / 8, 1)).ok());
+  }
+  SECTION("unaligned or empty") {
+    uint8_t bytes[12] = {};
+    absl::Span<const uint8_t> part(bytes, sizeof(bytes));
+    REQUIRE(absl::IsInvalidArgument(ring.writer.Write(absl::MakeConstSpan(&part, 1))));
+    REQUIRE(absl::IsInvalidArgument(ring.writer.Write({})));
+  }
+}
+
+TEST_CASE("A reader detects a corrupt frame") {
+  TestRing ring(4096);
+  REQUIRE(WriteWords(ring.writer, Words(4, 1)).ok());
+  std::vector<uint64_t> out;
+  SECTION("garbage header") {
+    std::memset(ring.data.get(), 0xAB, 8);
+    REQUIRE(absl::IsDataLoss(ring.reader.Read(out).status()));
+  }
+  SECTION("length beyond what was published") {
+    const uint32_t header[2] = {64, 64 ^ kFrameTag};  // claims 64 bytes, 32 published
+    std::memcpy(ring.data.get(), header, sizeof(header));
+    REQUIRE(absl::IsDataLoss(ring.reader.Read(out).status()));
+  }
+  SECTION("length over the limit, with a valid tag") {
+    const uint32_t len = 0x7ffffff8;
+    const uint32_t header[2] = {len, len ^ kFrameTag};
+    std::memcpy(ring.data.get(), header, sizeof(header));
+    ring.control->head.store(4000);  // and a head that would seem to cover part of it
+    REQUIRE(absl::IsDataLoss(ring.reader.Read(out).status()));
+  }
+}
+
+TEST_CASE("Hostile ring indices are detected, never followed") {
+  TestRing ring(4096);
+  std::vector<uint64_t> out;
+  SECTION("head far beyond the capacity") {
+    ring.control->head.store(1ull << 40);
+    REQUIRE(absl::IsDataLoss(ring.reader.Read(out).status()));
+  }
+  SECTION("head behind the tail") {
+    REQUIRE(WriteWords(ring.writer, Words(1, 1)).ok());
+    REQUIRE(ring.reader.Read(out).ok());
+    ring.control->head.store(0);
+    REQUIRE(absl::IsDataLoss(ring.reader.Read(out).status()));
+  }
+  SECTION("head not on a frame boundary") {
+    ring.control->head.store(13);
+    REQUIRE(absl::IsDataLoss(ring.reader.Read(out).status()));
+  }
+  SECTION("tail ahead of the head, seen by the writer") {
+    ring.control->tail.store(1 << 20);
+    REQUIRE(absl::IsDataLoss(WriteWords(ring.writer, Words(1, 1))));
+  }
+}
+
+TEST_CASE("The sleep protocol never misses a frame published before sleeping") {
+  TestRing ring(4096);
+  REQUIRE_FALSE(ring.reader.PrepareToSleep());
+  REQUIRE(WriteWords(ring.writer, Words(1, 1)).ok());
+  REQUIRE(ring.writer.ConsumerSleeping());  // the writer must ring the doorbell
+  ring.reader.Awake();
+  REQUIRE(ring.reader.PrepareToSleep());  // data waiting: do not sleep
+  REQUIRE_FALSE(ring.writer.ConsumerSleeping());
+}
+
+}  // namespace
+}  // namespace disagg::ipc

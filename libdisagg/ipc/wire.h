@@ -1,0 +1,36 @@
+// Decoding and building rack messages (schema proto/rack.capnp). DecodeMessage is the one
+// place where Cap'n Proto exceptions are caught: a malformed message from a peer becomes an
+// INVALID_ARGUMENT status, never a crash. Thread-safe (no shared state).
+#ifndef DISAGG_IPC_WIRE_H_
+#define DISAGG_IPC_WIRE_H_
+
+#include <cstdint>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "proto/rack.capnp.h"
+
+namespace disagg::ipc {
+
+// Nesting limit applied to every incoming message.
+inline constexpr int kNestingLimit = 16;
+
+// Parses `words` (a frame copied out of shared memory) as a proto::Message, checks every
+// pointer in it against the frame's bounds with traversal and nesting limits, and calls
+// `use` with the root. Any Cap'n Proto exception, from parsing or from inside `use`, is
+// returned as INVALID_ARGUMENT naming the problem. `use`'s own Status is passed through.
+absl::Status DecodeMessage(absl::Span<const uint64_t> words,
+                           absl::FunctionRef<absl::Status(proto::Message::Reader)> use);
+
+// Fills `error` from a non-OK status.
+void SetError(proto::Error::Builder error, const absl::Status& status);
+// The status an Error message carries (an unknown code becomes UNKNOWN).
+absl::Status ErrorToStatus(proto::Error::Reader error);
+
+const char* HealthName(proto::Health health);
+const char* KindName(proto::ElementKind kind);
+
+}  // namespace disagg::ipc
+
+#endif  // DISAGG_IPC_WIRE_H_
