@@ -1,0 +1,55 @@
+// Element: what every compute and memory element daemon does to be part of the rack. It
+// registers with the Rack MMU and with the rack monitor, answers heartbeats (reporting its
+// use), and serves its own socket for the rack's clients. Losing the rack monitor means the
+// element was fenced (or the rack is gone): the element stops.
+//
+// Single-threaded, on the element's loop. The loop must outlive the Element.
+#ifndef DISAGG_MONITORS_ELEMENT_H_
+#define DISAGG_MONITORS_ELEMENT_H_
+
+#include <functional>
+#include <string>
+
+#include "ipc/event_loop.h"
+#include "ipc/hub.h"
+
+namespace disagg {
+
+struct ElementOptions {
+  std::string run_dir;
+  std::string name;  // "cpu0", "mem1", ...
+  proto::ElementKind kind = proto::ElementKind::COMPUTE;
+  uint64_t capacity_bytes = 0;
+  // The element's current use of its capacity, reported with every heartbeat.
+  std::function<uint64_t()> used_bytes = [] { return uint64_t{0}; };
+};
+
+class Element : public ipc::Hub::Handler {
+ public:
+  Element(ipc::EventLoop& loop, ElementOptions options);
+
+  // Listens at <run_dir>/<name>.sock and registers with the Rack MMU and the rack monitor.
+  // The registrations' answers arrive on the loop; a refusal stops the loop (see status()).
+  absl::Status Start();
+
+  // Why the element stopped on its own (OK when stopped by a signal).
+  const absl::Status& status() const { return status_; }
+
+  absl::Status OnMessage(ipc::Link& link, proto::Message::Reader message) override;
+  void OnClose(ipc::Link& link, const absl::Status& why) override;
+
+ private:
+  absl::Status RegisterWith(ipc::Link& link);
+  void Fail(absl::Status why);
+
+  ipc::EventLoop& loop_;
+  ElementOptions options_;
+  ipc::Hub hub_;
+  ipc::Link* mmu_ = nullptr;
+  ipc::Link* mon_ = nullptr;
+  absl::Status status_;
+};
+
+}  // namespace disagg
+
+#endif  // DISAGG_MONITORS_ELEMENT_H_

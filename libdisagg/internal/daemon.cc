@@ -11,7 +11,9 @@ namespace disagg {
 absl::Status InitDaemon(const char* argv0, const std::string& log_dir, const std::string& element) {
   if (!log_dir.empty()) {
     FLAGS_log_dir = log_dir;
-    const std::string base = absl::StrCat(log_dir, "/", element, ".");
+    // One file per daemon and run directory: <log_dir>/<element>.log (appended to).
+    FLAGS_timestamp_in_logfile_name = false;
+    const std::string base = absl::StrCat(log_dir, "/", element, ".log");
     for (int severity : {google::INFO, google::WARNING, google::ERROR}) {
       google::SetLogDestination(severity, "");
     }

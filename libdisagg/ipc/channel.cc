@@ -17,8 +17,8 @@ namespace {
 
 constexpr uint64_t kChannelMagic = 0x6469736167674348ull;  // "disaggCH"
 constexpr uint32_t kChannelVersion = 1;
-constexpr size_t kHeaderBytes = 64;
-constexpr size_t kDataOffset = kHeaderBytes + 2 * sizeof(RingControl);
+constexpr size_t kHeaderBytes = kChannelHeaderBytes;
+constexpr size_t kDataOffset = kChannelDataOffset;
 constexpr unsigned kRequiredSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
 constexpr size_t kMaxSegments = 32;
 
@@ -86,6 +86,8 @@ ShmRegion::~ShmRegion() {
 Channel::Channel(ShmRegion shm, bool creator, size_t ring_bytes, Fd memfd, Fd doorbell_in,
                  Fd doorbell_out)
     : shm_(std::move(shm)),
+      creator_(creator),
+      ring_bytes_(ring_bytes),
       memfd_(std::move(memfd)),
       doorbell_in_(std::move(doorbell_in)),
       doorbell_out_(std::move(doorbell_out)),
@@ -173,12 +175,14 @@ absl::Status Channel::Send(capnp::MessageBuilder& message) {
                     segments[i].size() * sizeof(capnp::word)};
   }
   RETURN_IF_ERROR(out_.Write(absl::MakeConstSpan(parts, n + 1)));
-  if (out_.ConsumerSleeping()) {
-    const uint64_t one = 1;
-    // EAGAIN means the counter is saturated: the peer will wake anyway.
-    (void)!::write(doorbell_out_.get(), &one, sizeof(one));
-  }
+  if (out_.ConsumerSleeping()) RingDoorbell();
   return absl::OkStatus();
+}
+
+void Channel::RingDoorbell() {
+  const uint64_t one = 1;
+  // EAGAIN means the counter is saturated: the peer will wake anyway.
+  (void)!::write(doorbell_out_.get(), &one, sizeof(one));
 }
 
 void Channel::DrainDoorbell() {

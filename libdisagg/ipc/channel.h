@@ -30,6 +30,9 @@
 namespace disagg::ipc {
 
 inline constexpr size_t kDefaultRingBytes = 256 << 10;
+// Layout offsets (see above), public for tools and tests that play a hostile peer.
+inline constexpr size_t kChannelHeaderBytes = 64;
+inline constexpr size_t kChannelDataOffset = kChannelHeaderBytes + 2 * sizeof(RingControl);
 inline constexpr size_t kMinRingBytes = 4 << 10;
 inline constexpr size_t kMaxRingBytes = 64 << 20;
 
@@ -85,9 +88,18 @@ class Channel {
   // Waiting. The doorbell fd becomes readable when the peer rang; DrainDoorbell() resets it.
   int doorbell_fd() const { return doorbell_in_.get(); }
   void DrainDoorbell();
+  // Wakes the peer (Send does this itself when the peer sleeps).
+  void RingDoorbell();
   // See RingReader: true means "data arrived, do not sleep".
   bool PrepareToSleep() { return in_.PrepareToSleep(); }
   void Awake() { in_.Awake(); }
+
+  // The shared memory itself, for tests and tools that play a hostile peer.
+  const ShmRegion& shared_memory() const { return shm_; }
+  // Index (0 or 1) of the ring this side writes: RingControl k sits at
+  // kChannelHeaderBytes + k * sizeof(RingControl), its data at kChannelDataOffset + k * R.
+  int outgoing_ring_index() const { return creator_ ? 0 : 1; }
+  size_t ring_bytes() const { return ring_bytes_; }
 
   // Blocks until a message is waiting: spins for `spin`, then sleeps on the doorbell.
   // DEADLINE_EXCEEDED at `deadline`; UNAVAILABLE if `hangup_fd` (the socket) reports hang-up.
@@ -98,6 +110,8 @@ class Channel {
           Fd doorbell_out);
 
   ShmRegion shm_;
+  bool creator_;
+  size_t ring_bytes_;
   Fd memfd_;
   Fd doorbell_in_;
   Fd doorbell_out_;

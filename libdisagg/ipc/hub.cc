@@ -29,6 +29,22 @@ absl::Status Link::Send(capnp::MessageBuilder& message) {
   return status;
 }
 
+absl::Status Link::ReplyError(uint64_t seq, const absl::Status& error) {
+  capnp::MallocMessageBuilder builder;
+  auto root = builder.initRoot<proto::Message>();
+  root.setSeq(seq);
+  SetError(root.initError(), error);
+  return Send(builder);
+}
+
+absl::Status Link::ReplyOk(uint64_t seq) {
+  capnp::MallocMessageBuilder builder;
+  auto root = builder.initRoot<proto::Message>();
+  root.setSeq(seq);
+  root.setOk();
+  return Send(builder);
+}
+
 Hub::Hub(EventLoop& loop, Handler& handler, std::string name)
     : loop_(loop), handler_(handler), name_(std::move(name)) {
   poller_ = loop_.AddPoller({[this] { return Poll(); }, [this] { return PrepareToSleep(); },
@@ -108,7 +124,7 @@ void Hub::Close(Link& link, const absl::Status& why) {
   if (link.closed_) return;
   link.closed_ = true;
   if (absl::IsUnavailable(why)) {
-    LOG(INFO) << name_ << ": " << link.label() << " disconnected: " << why.message();
+    VLOG(1) << name_ << ": " << link.label() << " disconnected: " << why.message();
   } else {
     LOG(WARNING) << name_ << ": cutting off " << link.label() << ": " << why;
   }

@@ -40,6 +40,9 @@ class Link {
   // Sends `message` to the peer. A peer whose ring is full or corrupt is cut off (the error
   // is returned too); INVALID_ARGUMENT (message too large) leaves the link open.
   absl::Status Send(capnp::MessageBuilder& message);
+  // Replies to request `seq` with an Error carrying `error`, or with `ok`.
+  absl::Status ReplyError(uint64_t seq, const absl::Status& error);
+  absl::Status ReplyOk(uint64_t seq);
 
  private:
   friend class Hub;

@@ -1,0 +1,90 @@
+#include "element.h"
+
+#include <capnp/message.h>
+
+#include "absl/strings/str_cat.h"
+#include "internal/daemon.h"
+#include "internal/logging.h"
+#include "internal/status_macros.h"
+#include "ipc/wire.h"
+
+namespace disagg {
+
+Element::Element(ipc::EventLoop& loop, ElementOptions options)
+    : loop_(loop), options_(std::move(options)), hub_(loop, *this, options_.name) {}
+
+absl::Status Element::Start() {
+  RETURN_IF_ERROR(hub_.Listen(SocketPath(options_.run_dir, options_.name)));
+  ASSIGN_OR_RETURN(mmu_, hub_.Dial(SocketPath(options_.run_dir, "mmu")));
+  mmu_->set_label("mmu");
+  RETURN_IF_ERROR(RegisterWith(*mmu_));
+  ASSIGN_OR_RETURN(mon_, hub_.Dial(SocketPath(options_.run_dir, "mon")));
+  mon_->set_label("mon");
+  return RegisterWith(*mon_);
+}
+
+absl::Status Element::RegisterWith(ipc::Link& link) {
+  capnp::MallocMessageBuilder builder;
+  auto message = builder.initRoot<proto::Message>();
+  message.setSeq(1);
+  auto reg = message.initRegister();
+  reg.setName(options_.name);
+  reg.setKind(options_.kind);
+  reg.setCapacityBytes(options_.capacity_bytes);
+  return link.Send(builder);
+}
+
+void Element::Fail(absl::Status why) {
+  if (status_.ok()) status_ = std::move(why);
+  loop_.Stop();
+}
+
+absl::Status Element::OnMessage(ipc::Link& link, proto::Message::Reader message) {
+  const uint64_t seq = message.getSeq();
+  switch (message.which()) {
+    case proto::Message::PING: {
+      capnp::MallocMessageBuilder builder;
+      auto pong = builder.initRoot<proto::Message>();
+      pong.setSeq(seq);
+      auto body = pong.initPong();
+      body.setSentNanos(message.getPing().getSentNanos());
+      body.setUsedBytes(options_.used_bytes());
+      return link.Send(builder);
+    }
+    case proto::Message::REGISTERED:
+      LOG(INFO) << options_.name << ": registered with " << link.label();
+      return absl::OkStatus();
+    case proto::Message::OK:
+      return absl::OkStatus();
+    case proto::Message::ERROR:
+      if (&link == mmu_ || &link == mon_) {
+        Fail(absl::FailedPreconditionError(
+            absl::StrCat(link.label(), " refused ", options_.name, ": ",
+                         ipc::ErrorToStatus(message.getError()).message())));
+      }
+      return absl::OkStatus();
+    case proto::Message::ECHO: {
+      capnp::MallocMessageBuilder builder;
+      auto reply = builder.initRoot<proto::Message>();
+      reply.setSeq(seq);
+      reply.setEcho(message.getEcho());
+      return link.Send(builder);
+    }
+    default:
+      return link.ReplyError(seq, absl::UnimplementedError(absl::StrCat(
+                                      options_.name, ": message kind ",
+                                      static_cast<int>(message.which()), " is not served here")));
+  }
+}
+
+void Element::OnClose(ipc::Link& link, const absl::Status& why) {
+  if (&link == mon_) {
+    mon_ = nullptr;
+    Fail(absl::UnavailableError(absl::StrCat("lost the rack monitor: ", why.message())));
+  } else if (&link == mmu_) {
+    mmu_ = nullptr;
+    LOG(ERROR) << options_.name << ": lost the Rack MMU: " << why.message();
+  }
+}
+
+}  // namespace disagg

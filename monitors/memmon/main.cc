@@ -1,0 +1,77 @@
+// memmon: a memory element daemon. It owns a page pool (a memfd of --pool_size bytes) that
+// only the Rack MMU allocates from, registers with the rack and answers its heartbeats.
+#include <fcntl.h>
+#include <gflags/gflags.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "element.h"
+#include "internal/daemon.h"
+#include "internal/logging.h"
+#include "internal/status_macros.h"
+#include "ipc/fd.h"
+#include "internal/size_flag.h"
+
+DEFINE_string(run_dir, "", "the rack's run directory (sockets, logs); required");
+DEFINE_string(name, "", "this element's rack-wide name, e.g. mem0; required");
+DEFINE_string(pool_size, "1G", "bytes in the page pool (suffixes K, M, G)");
+DEFINE_int32(spin_us, 20, "microseconds to poll the rings after the last message before sleeping");
+
+namespace disagg::memmon {
+namespace {
+
+struct Options {
+  std::string run_dir;
+  std::string name;
+  uint64_t pool_bytes;
+  absl::Duration spin;
+};
+
+absl::Status Run(const Options& options) {
+  ipc::Fd pool(::memfd_create(absl::StrCat("disagg-pool-", options.name).c_str(), MFD_CLOEXEC));
+  if (!pool.valid()) return ErrnoStatus("memfd_create pool");
+  if (::ftruncate(pool.get(), options.pool_bytes) != 0) return ErrnoStatus("size pool");
+  ipc::EventLoopOptions loop_options;
+  loop_options.spin = options.spin;
+  ASSIGN_OR_RETURN(auto loop, ipc::EventLoop::Create(loop_options));
+  ElementOptions element_options;
+  element_options.run_dir = options.run_dir;
+  element_options.name = options.name;
+  element_options.kind = proto::ElementKind::MEMORY;
+  element_options.capacity_bytes = options.pool_bytes;
+  Element element(*loop, element_options);
+  RETURN_IF_ERROR(element.Start());
+  LOG(INFO) << options.name << ": memory element with a pool of " << options.pool_bytes
+            << " bytes";
+  RETURN_IF_ERROR(loop->Run());
+  LOG(INFO) << options.name << ": stopped";
+  return element.status();
+}
+
+}  // namespace
+}  // namespace disagg::memmon
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage("memmon --run_dir=DIR --name=memN --pool_size=1G: a memory element");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  absl::StatusOr<uint64_t> pool = disagg::ParseSize(FLAGS_pool_size);
+  if (FLAGS_run_dir.empty() || FLAGS_name.empty() || argc != 1 || !pool.ok() || *pool == 0) {
+    fprintf(stderr, "memmon: --run_dir and --name are required; --pool_size: %s\n",
+            pool.ok() ? "must be > 0" : std::string(pool.status().message()).c_str());
+    return 2;
+  }
+  if (absl::Status s = disagg::InitDaemon(argv[0], FLAGS_run_dir, FLAGS_name); !s.ok()) {
+    LOG(ERROR) << FLAGS_name << ": " << s;
+    return 1;
+  }
+  disagg::memmon::Options options{FLAGS_run_dir, FLAGS_name, *pool,
+                                  absl::Microseconds(FLAGS_spin_us)};
+  absl::Status status = disagg::memmon::Run(options);
+  if (!status.ok()) {
+    LOG(ERROR) << FLAGS_name << ": " << status;
+    return 1;
+  }
+  return 0;
+}

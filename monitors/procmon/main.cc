@@ -1,0 +1,70 @@
+// procmon: a compute element daemon, the local OS of one compute blade. It registers with the
+// rack, answers its heartbeats and (later issues) hosts the rack's application processes
+// within its local memory budget.
+#include <gflags/gflags.h>
+
+#include "element.h"
+#include "internal/daemon.h"
+#include "internal/logging.h"
+#include "internal/size_flag.h"
+#include "internal/status_macros.h"
+
+DEFINE_string(run_dir, "", "the rack's run directory (sockets, logs); required");
+DEFINE_string(name, "", "this element's rack-wide name, e.g. cpu0; required");
+DEFINE_string(cache_budget, "256M",
+              "local memory (page cache) shared by the processes on this element");
+DEFINE_int32(spin_us, 20, "microseconds to poll the rings after the last message before sleeping");
+
+namespace disagg::procmon {
+namespace {
+
+struct Options {
+  std::string run_dir;
+  std::string name;
+  uint64_t cache_budget;
+  absl::Duration spin;
+};
+
+absl::Status Run(const Options& options) {
+  ipc::EventLoopOptions loop_options;
+  loop_options.spin = options.spin;
+  ASSIGN_OR_RETURN(auto loop, ipc::EventLoop::Create(loop_options));
+  ElementOptions element_options;
+  element_options.run_dir = options.run_dir;
+  element_options.name = options.name;
+  element_options.kind = proto::ElementKind::COMPUTE;
+  element_options.capacity_bytes = options.cache_budget;
+  Element element(*loop, element_options);
+  RETURN_IF_ERROR(element.Start());
+  LOG(INFO) << options.name << ": compute element with a cache budget of "
+            << options.cache_budget << " bytes";
+  RETURN_IF_ERROR(loop->Run());
+  LOG(INFO) << options.name << ": stopped";
+  return element.status();
+}
+
+}  // namespace
+}  // namespace disagg::procmon
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage("procmon --run_dir=DIR --name=cpuN: a compute element");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  absl::StatusOr<uint64_t> budget = disagg::ParseSize(FLAGS_cache_budget);
+  if (FLAGS_run_dir.empty() || FLAGS_name.empty() || argc != 1 || !budget.ok() || *budget == 0) {
+    fprintf(stderr, "procmon: --run_dir and --name are required; --cache_budget: %s\n",
+            budget.ok() ? "must be > 0" : std::string(budget.status().message()).c_str());
+    return 2;
+  }
+  if (absl::Status s = disagg::InitDaemon(argv[0], FLAGS_run_dir, FLAGS_name); !s.ok()) {
+    LOG(ERROR) << FLAGS_name << ": " << s;
+    return 1;
+  }
+  disagg::procmon::Options options{FLAGS_run_dir, FLAGS_name, *budget,
+                                   absl::Microseconds(FLAGS_spin_us)};
+  absl::Status status = disagg::procmon::Run(options);
+  if (!status.ok()) {
+    LOG(ERROR) << FLAGS_name << ": " << status;
+    return 1;
+  }
+  return 0;
+}

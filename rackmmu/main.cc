@@ -1,0 +1,56 @@
+// rackmmu: the Rack MMU daemon. One per rack; listens at <run_dir>/mmu.sock.
+#include <gflags/gflags.h>
+
+#include "internal/daemon.h"
+#include "internal/logging.h"
+#include "ipc/event_loop.h"
+#include "ipc/hub.h"
+#include "mmu.h"
+
+DEFINE_string(run_dir, "", "the rack's run directory (sockets, logs); required");
+DEFINE_int32(spin_us, 20, "microseconds to poll the rings after the last message before sleeping");
+
+namespace disagg::rackmmu {
+namespace {
+
+struct Options {
+  std::string run_dir;
+  absl::Duration spin;
+};
+
+absl::Status Run(const Options& options) {
+  ipc::EventLoopOptions loop_options;
+  loop_options.spin = options.spin;
+  auto loop = ipc::EventLoop::Create(loop_options);
+  if (!loop.ok()) return loop.status();
+  RackMmu mmu;
+  ipc::Hub hub(**loop, mmu, "mmu");
+  if (absl::Status s = hub.Listen(SocketPath(options.run_dir, "mmu")); !s.ok()) return s;
+  LOG(INFO) << "mmu: serving " << SocketPath(options.run_dir, "mmu");
+  absl::Status status = (*loop)->Run();
+  LOG(INFO) << "mmu: stopped";
+  return status;
+}
+
+}  // namespace
+}  // namespace disagg::rackmmu
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage("rackmmu --run_dir=DIR: the rack's Rack MMU daemon");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  if (FLAGS_run_dir.empty() || argc != 1) {
+    fprintf(stderr, "rackmmu: --run_dir is required and no positional arguments are taken\n");
+    return 2;
+  }
+  if (absl::Status s = disagg::InitDaemon(argv[0], FLAGS_run_dir, "mmu"); !s.ok()) {
+    LOG(ERROR) << "mmu: " << s;
+    return 1;
+  }
+  disagg::rackmmu::Options options{FLAGS_run_dir, absl::Microseconds(FLAGS_spin_us)};
+  absl::Status status = disagg::rackmmu::Run(options);
+  if (!status.ok()) {
+    LOG(ERROR) << "mmu: " << status;
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,104 @@
+#include "mmu.h"
+
+#include <capnp/message.h>
+
+#include "absl/strings/str_cat.h"
+#include "internal/logging.h"
+#include "ipc/wire.h"
+
+namespace disagg::rackmmu {
+
+absl::Status RackMmu::OnMessage(ipc::Link& link, proto::Message::Reader message) {
+  const uint64_t seq = message.getSeq();
+  switch (message.which()) {
+    case proto::Message::REGISTER:
+      return HandleRegister(link, seq, message.getRegister());
+    case proto::Message::HEALTH_CHANGE:
+      return HandleHealthChange(link, seq, message.getHealthChange());
+    case proto::Message::STATUS_REQUEST:
+      return HandleStatus(link, seq);
+    case proto::Message::PING: {
+      capnp::MallocMessageBuilder builder;
+      auto pong = builder.initRoot<proto::Message>();
+      pong.setSeq(seq);
+      pong.initPong().setSentNanos(message.getPing().getSentNanos());
+      return link.Send(builder);
+    }
+    case proto::Message::ECHO: {
+      capnp::MallocMessageBuilder builder;
+      auto reply = builder.initRoot<proto::Message>();
+      reply.setSeq(seq);
+      reply.setEcho(message.getEcho());
+      return link.Send(builder);
+    }
+    default:
+      // Answer, then go on: an unknown request is the peer's mistake, not a protocol break.
+      return link.ReplyError(seq, absl::UnimplementedError(absl::StrCat(
+                                      "mmu: message kind ", static_cast<int>(message.which()),
+                                      " is not served by the Rack MMU")));
+  }
+}
+
+absl::Status RackMmu::HandleRegister(ipc::Link& link, uint64_t seq,
+                                     proto::Register::Reader request) {
+  const std::string name = request.getName();
+  absl::StatusOr<uint32_t> id = registry_.Register(
+      name, request.getKind(), link.peer().pid, request.getCapacityBytes(), link.id());
+  if (!id.ok()) {
+    LOG(WARNING) << "mmu: refused registration from " << link.label() << ": " << id.status();
+    return link.ReplyError(seq, id.status());
+  }
+  link.set_label(name);
+  if (request.getKind() == proto::ElementKind::RACKMON) monitor_link_ = link.id();
+  LOG(INFO) << "mmu: registered " << name << " (" << ipc::KindName(request.getKind()) << ", pid "
+            << link.peer().pid << ", capacity " << request.getCapacityBytes() << " bytes) as #"
+            << *id;
+  capnp::MallocMessageBuilder builder;
+  auto reply = builder.initRoot<proto::Message>();
+  reply.setSeq(seq);
+  reply.initRegistered().setElementId(*id);
+  return link.Send(builder);
+}
+
+absl::Status RackMmu::HandleHealthChange(ipc::Link& link, uint64_t seq,
+                                         proto::HealthChange::Reader change) {
+  if (link.id() != monitor_link_) {
+    return link.ReplyError(seq, absl::PermissionDeniedError(
+                                    "mmu: only the rack monitor reports element health"));
+  }
+  const std::string name = change.getName();
+  absl::Status status = registry_.SetHealth(name, change.getHealth());
+  if (status.ok()) {
+    LOG(INFO) << "mmu: " << name << " is " << ipc::HealthName(change.getHealth()) << ": "
+              << change.getReason().cStr();
+  }
+  return status.ok() ? link.ReplyOk(seq) : link.ReplyError(seq, status);
+}
+
+absl::Status RackMmu::HandleStatus(ipc::Link& link, uint64_t seq) {
+  capnp::MallocMessageBuilder builder;
+  auto reply = builder.initRoot<proto::Message>();
+  reply.setSeq(seq);
+  auto status = reply.initStatus();
+  const auto& elements = registry_.elements();
+  auto rows = status.initElements(elements.size());
+  size_t i = 0;
+  for (const auto& [name, record] : elements) {
+    auto row = rows[i++];
+    row.setName(name);
+    row.setKind(record.kind);
+    row.setPid(record.pid);
+    row.setHealth(record.health);
+    row.setCapacityBytes(record.capacity_bytes);
+    row.setLastHeartbeatAgeNanos(-1);
+  }
+  return link.Send(builder);
+}
+
+void RackMmu::OnClose(ipc::Link& link, const absl::Status& why) {
+  if (link.id() == monitor_link_) monitor_link_ = 0;
+  const std::string name = registry_.Disconnected(link.id());
+  if (!name.empty()) LOG(INFO) << "mmu: element " << name << " disconnected: " << why.message();
+}
+
+}  // namespace disagg::rackmmu

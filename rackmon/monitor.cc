@@ -1,0 +1,255 @@
+#include "monitor.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <capnp/message.h>
+
+#include "absl/strings/str_cat.h"
+#include "internal/logging.h"
+#include "ipc/wire.h"
+
+namespace disagg::rackmon {
+namespace {
+
+uint64_t MonotonicNanos() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+}
+
+// Rows in `rackctl status` order: mmu, mon, compute elements, memory elements.
+int KindOrder(proto::ElementKind kind) {
+  switch (kind) {
+    case proto::ElementKind::RACKMMU: return 0;
+    case proto::ElementKind::RACKMON: return 1;
+    case proto::ElementKind::COMPUTE: return 2;
+    case proto::ElementKind::MEMORY: return 3;
+    default: return 4;
+  }
+}
+
+}  // namespace
+
+RackMonitor::RackMonitor(ipc::EventLoop& loop, MonitorOptions options)
+    : loop_(loop), options_(std::move(options)) {}
+
+RackMonitor::~RackMonitor() {
+  if (timer_ != 0) loop_.Unwatch(timer_);
+  for (auto& [name, w] : elements_) {
+    if (w.pidfd_watch != 0) loop_.Unwatch(w.pidfd_watch);
+  }
+}
+
+void RackMonitor::Start(ipc::Hub& hub, ipc::Link& mmu) {
+  hub_ = &hub;
+  mmu_ = &mmu;
+  Watched& w = elements_["mmu"];
+  w.name = "mmu";
+  w.kind = proto::ElementKind::RACKMMU;
+  Watch(w, mmu);
+  timer_ = loop_.AddTimer(options_.period, [this] { Tick(); });
+}
+
+void RackMonitor::Watch(Watched& w, ipc::Link& link) {
+  w.pid = link.peer().pid;
+  w.link = &link;
+  w.health = proto::Health::HEALTHY;
+  w.missed = 0;
+  w.ping_outstanding = false;
+  w.last_heard = absl::Now();
+  by_link_[link.id()] = w.name;
+  if (w.pidfd_watch != 0) loop_.Unwatch(w.pidfd_watch);
+  w.pidfd = ipc::Fd(::fcntl(link.peer().pidfd.get(), F_DUPFD_CLOEXEC, 0));
+  Watched* wp = &w;  // std::map nodes are stable
+  w.pidfd_watch = loop_.WatchFd(w.pidfd.get(), POLLIN, [this, wp](int) {
+    SetHealth(*wp, proto::Health::FAILED, absl::StrCat("process ", wp->pid, " exited"));
+  });
+}
+
+RackMonitor::Watched* RackMonitor::ByLink(const ipc::Link& link) {
+  auto it = by_link_.find(link.id());
+  if (it == by_link_.end()) return nullptr;
+  auto w = elements_.find(it->second);
+  return w == elements_.end() ? nullptr : &w->second;
+}
+
+absl::Status RackMonitor::OnMessage(ipc::Link& link, proto::Message::Reader message) {
+  const uint64_t seq = message.getSeq();
+  switch (message.which()) {
+    case proto::Message::PONG: {
+      Watched* w = ByLink(link);
+      if (w == nullptr || w->health == proto::Health::FAILED) return absl::OkStatus();
+      w->ping_outstanding = false;
+      w->missed = 0;
+      w->last_heard = absl::Now();
+      w->used_bytes = message.getPong().getUsedBytes();
+      if (w->health == proto::Health::SUSPECT) {
+        SetHealth(*w, proto::Health::HEALTHY, "answers heartbeats again");
+      }
+      return absl::OkStatus();
+    }
+    case proto::Message::REGISTER:
+      return HandleRegister(link, seq, message.getRegister());
+    case proto::Message::STATUS_REQUEST:
+      return HandleStatus(link, seq);
+    case proto::Message::ECHO: {
+      capnp::MallocMessageBuilder builder;
+      auto reply = builder.initRoot<proto::Message>();
+      reply.setSeq(seq);
+      reply.setEcho(message.getEcho());
+      return link.Send(builder);
+    }
+    case proto::Message::OK:
+    case proto::Message::REGISTERED:
+      return absl::OkStatus();  // the Rack MMU acknowledging our own messages
+    case proto::Message::ERROR:
+      LOG(WARNING) << "mon: " << link.label() << " refused request " << seq << ": "
+                   << ipc::ErrorToStatus(message.getError());
+      return absl::OkStatus();
+    default:
+      return link.ReplyError(seq, absl::UnimplementedError(absl::StrCat(
+                                      "mon: message kind ", static_cast<int>(message.which()),
+                                      " is not served by the rack monitor")));
+  }
+}
+
+absl::Status RackMonitor::HandleRegister(ipc::Link& link, uint64_t seq,
+                                         proto::Register::Reader request) {
+  const std::string name = request.getName();
+  const proto::ElementKind kind = request.getKind();
+  if (kind != proto::ElementKind::COMPUTE && kind != proto::ElementKind::MEMORY) {
+    return link.ReplyError(seq, absl::InvalidArgumentError(
+                                    "mon: only compute and memory elements register here"));
+  }
+  if (name.empty() || name == "mmu" || name == "mon" || name.size() > 32) {
+    return link.ReplyError(seq, absl::InvalidArgumentError(
+                                    absl::StrCat("mon: element name '", name, "' is not allowed")));
+  }
+  if (ByLink(link) != nullptr) {
+    return link.ReplyError(seq, absl::FailedPreconditionError("mon: already registered"));
+  }
+  auto it = elements_.find(name);
+  if (it != elements_.end() && it->second.health != proto::Health::FAILED) {
+    return link.ReplyError(seq, absl::AlreadyExistsError(absl::StrCat(
+                                    "mon: element name ", name, " is taken by pid ",
+                                    it->second.pid)));
+  }
+  Watched& w = elements_[name];
+  w.name = name;
+  w.kind = kind;
+  w.capacity_bytes = request.getCapacityBytes();
+  w.used_bytes = 0;
+  Watch(w, link);
+  link.set_label(name);
+  LOG(INFO) << "mon: watching " << name << " (pid " << w.pid << ")";
+  capnp::MallocMessageBuilder builder;
+  auto reply = builder.initRoot<proto::Message>();
+  reply.setSeq(seq);
+  reply.initRegistered();
+  return link.Send(builder);
+}
+
+absl::Status RackMonitor::HandleStatus(ipc::Link& link, uint64_t seq) {
+  std::vector<const Watched*> rows;
+  for (const auto& [name, w] : elements_) rows.push_back(&w);
+  std::stable_sort(rows.begin(), rows.end(), [](const Watched* a, const Watched* b) {
+    return KindOrder(a->kind) < KindOrder(b->kind);
+  });
+  capnp::MallocMessageBuilder builder;
+  auto reply = builder.initRoot<proto::Message>();
+  reply.setSeq(seq);
+  auto status = reply.initStatus();
+  status.setRackName(options_.rack_name);
+  auto list = status.initElements(rows.size() + 1);
+  const absl::Time now = absl::Now();
+  size_t i = 0;
+  auto put = [&](const Watched& w) {
+    auto row = list[i++];
+    row.setName(w.name);
+    row.setKind(w.kind);
+    row.setPid(w.pid);
+    row.setHealth(w.health);
+    row.setCapacityBytes(w.capacity_bytes);
+    row.setUsedBytes(w.used_bytes);
+    row.setLastHeartbeatAgeNanos(w.last_heard == absl::InfinitePast()
+                                     ? -1
+                                     : absl::ToInt64Nanoseconds(now - w.last_heard));
+  };
+  Watched self;
+  self.name = "mon";
+  self.kind = proto::ElementKind::RACKMON;
+  self.pid = ::getpid();
+  self.last_heard = now;
+  size_t at = 0;
+  while (at < rows.size() && KindOrder(rows[at]->kind) <= KindOrder(self.kind)) put(*rows[at++]);
+  put(self);
+  while (at < rows.size()) put(*rows[at++]);
+  return link.Send(builder);
+}
+
+void RackMonitor::Tick() {
+  capnp::MallocMessageBuilder builder;
+  auto ping = builder.initRoot<proto::Message>();
+  ping.initPing().setSentNanos(MonotonicNanos());
+  for (auto& [name, w] : elements_) {
+    if (w.health == proto::Health::FAILED || w.link == nullptr) continue;
+    if (w.ping_outstanding) {
+      ++w.missed;
+      if (w.missed >= options_.missed_beats) {
+        SetHealth(w, proto::Health::FAILED,
+                  absl::StrCat("missed ", w.missed, " heartbeats of ",
+                               absl::FormatDuration(options_.period)));
+        continue;
+      }
+      if (w.missed >= 2 && w.health == proto::Health::HEALTHY) {
+        SetHealth(w, proto::Health::SUSPECT, absl::StrCat("missed ", w.missed, " heartbeats"));
+      }
+      continue;  // one ping in flight at a time: a stalled peer's ring must not fill up
+    }
+    w.ping_outstanding = true;
+    (void)w.link->Send(builder);  // a full or corrupt ring cuts the link: OnClose handles it
+  }
+}
+
+void RackMonitor::SetHealth(Watched& w, proto::Health health, const std::string& reason) {
+  if (w.health == health || w.health == proto::Health::FAILED) return;
+  w.health = health;
+  if (health == proto::Health::FAILED) {
+    LOG(WARNING) << "mon: " << w.name << " (pid " << w.pid << ") failed: " << reason;
+    if (w.pidfd_watch != 0) loop_.Unwatch(w.pidfd_watch);
+    w.pidfd_watch = 0;
+    w.pidfd.Reset();
+    if (w.link != nullptr) {
+      ipc::Link* link = w.link;
+      w.link = nullptr;
+      by_link_.erase(link->id());
+      // Fence: a paused element that wakes up finds itself cut off from the rack.
+      hub_->Close(*link, absl::UnavailableError(absl::StrCat("fenced: ", reason)));
+    }
+    if (w.kind == proto::ElementKind::RACKMMU) mmu_ = nullptr;
+  } else {
+    LOG(INFO) << "mon: " << w.name << " is " << ipc::HealthName(health) << ": " << reason;
+  }
+  if (mmu_ != nullptr && w.kind != proto::ElementKind::RACKMMU) {
+    capnp::MallocMessageBuilder builder;
+    auto message = builder.initRoot<proto::Message>();
+    message.setSeq(next_seq_++);
+    auto change = message.initHealthChange();
+    change.setName(w.name);
+    change.setHealth(health);
+    change.setReason(reason);
+    (void)mmu_->Send(builder);
+  }
+}
+
+void RackMonitor::OnClose(ipc::Link& link, const absl::Status& why) {
+  Watched* w = ByLink(link);
+  if (w == nullptr) return;  // a client such as rackctl
+  by_link_.erase(link.id());
+  w->link = nullptr;
+  SetHealth(*w, proto::Health::FAILED, absl::StrCat("connection lost: ", why.message()));
+}
+
+}  // namespace disagg::rackmon

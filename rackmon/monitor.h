@@ -1,0 +1,76 @@
+// RackMonitor: liveness of every element of the rack. Elements register with it over their
+// channel; it heartbeats each one every `period` over that channel, watches each element's
+// pidfd (exit is seen at once) and its socket (hang-up is seen at once), and declares an
+// element failed when it dies, hangs up, or misses `missed_beats` heartbeats in a row (it is
+// "suspect" from the second missed beat). A failed element is fenced: its connection is cut,
+// so a paused element that wakes up finds itself out of the rack. Health changes go to the
+// Rack MMU. It also answers `rackctl status`.
+//
+// Single-threaded, on the rack monitor's loop. The loop and hub passed in must outlive it.
+#ifndef DISAGG_RACKMON_MONITOR_H_
+#define DISAGG_RACKMON_MONITOR_H_
+
+#include <map>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/time/time.h"
+#include "ipc/event_loop.h"
+#include "ipc/hub.h"
+
+namespace disagg::rackmon {
+
+struct MonitorOptions {
+  std::string rack_name;
+  absl::Duration period = absl::Milliseconds(5);
+  int missed_beats = 10;
+};
+
+class RackMonitor : public ipc::Hub::Handler {
+ public:
+  RackMonitor(ipc::EventLoop& loop, MonitorOptions options);
+  ~RackMonitor() override;
+
+  // Starts heartbeating; `hub` serves the monitor's links. `mmu` is the monitor's own link to
+  // the Rack MMU, watched like an element and told of every health change.
+  void Start(ipc::Hub& hub, ipc::Link& mmu);
+
+  absl::Status OnMessage(ipc::Link& link, proto::Message::Reader message) override;
+  void OnClose(ipc::Link& link, const absl::Status& why) override;
+
+ private:
+  struct Watched {
+    std::string name;
+    proto::ElementKind kind = proto::ElementKind::CLIENT;
+    pid_t pid = 0;
+    uint64_t capacity_bytes = 0;
+    uint64_t used_bytes = 0;
+    proto::Health health = proto::Health::HEALTHY;
+    absl::Time last_heard = absl::InfinitePast();
+    int missed = 0;
+    bool ping_outstanding = false;
+    ipc::Link* link = nullptr;  // nullptr once the connection is gone
+    ipc::Fd pidfd;
+    ipc::EventLoop::WatchId pidfd_watch = 0;
+  };
+
+  absl::Status HandleRegister(ipc::Link& link, uint64_t seq, proto::Register::Reader request);
+  absl::Status HandleStatus(ipc::Link& link, uint64_t seq);
+  void Watch(Watched& w, ipc::Link& link);
+  void Tick();
+  void SetHealth(Watched& w, proto::Health health, const std::string& reason);
+  Watched* ByLink(const ipc::Link& link);
+
+  ipc::EventLoop& loop_;
+  MonitorOptions options_;
+  ipc::Hub* hub_ = nullptr;
+  ipc::Link* mmu_ = nullptr;
+  ipc::EventLoop::WatchId timer_ = 0;
+  uint64_t next_seq_ = 1;
+  std::map<std::string, Watched> elements_;        // by name; node-stable
+  absl::flat_hash_map<uint64_t, std::string> by_link_;  // link id -> name
+};
+
+}  // namespace disagg::rackmon
+
+#endif  // DISAGG_RACKMON_MONITOR_H_

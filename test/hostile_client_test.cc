@@ -1,0 +1,176 @@
+// Clients that break the protocol are cut off with a logged reason; the daemon serves on.
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include <capnp/message.h>
+#include <catch2/catch.hpp>
+
+#include "ipc/client.h"
+#include "ipc/socket.h"
+#include "rack_harness.h"
+
+namespace disagg::testing {
+namespace {
+
+using ipc::Connection;
+using ipc::RingControl;
+
+// The ring this client writes into, as raw shared memory.
+struct RawRing {
+  RingControl* control;
+  uint8_t* data;
+};
+
+RawRing OutgoingRing(Connection& conn) {
+  auto& ch = conn.channel;
+  const int k = ch.outgoing_ring_index();
+  uint8_t* base = ch.shared_memory().data();
+  return {reinterpret_cast<RingControl*>(base + ipc::kChannelHeaderBytes + k * sizeof(RingControl)),
+          base + ipc::kChannelDataOffset + k * ch.ring_bytes()};
+}
+
+// True if the daemon hung up on `conn` within `timeout_ms`.
+bool CutOff(Connection& conn, int timeout_ms = 10000) {
+  pollfd pfd{conn.socket.get(), POLLRDHUP, 0};
+  if (::poll(&pfd, 1, timeout_ms) != 1) return false;
+  char byte;
+  return (pfd.revents & (POLLRDHUP | POLLHUP)) != 0 ||
+         ::recv(conn.socket.get(), &byte, 1, MSG_DONTWAIT) == 0;
+}
+
+// A well-behaved client still gets an echo back.
+void RequireServing(const std::string& socket) {
+  auto client = ipc::Client::Connect(socket);
+  REQUIRE(client.ok());
+  capnp::MallocMessageBuilder builder;
+  auto request = builder.initRoot<proto::Message>();
+  const uint8_t payload[] = {1, 2, 3, 4, 5};
+  request.setEcho(kj::arrayPtr(payload, sizeof(payload)));
+  bool echoed = false;
+  absl::Status status = client->Call(builder, request, [&](proto::Message::Reader reply) {
+    echoed = reply.isEcho() && reply.getEcho().size() == sizeof(payload) &&
+             std::memcmp(reply.getEcho().begin(), payload, sizeof(payload)) == 0;
+    return absl::OkStatus();
+  });
+  REQUIRE(status.ok());
+  REQUIRE(echoed);
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+TEST_CASE("A daemon cuts off a client that corrupts its ring and keeps serving the others") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M") == 0);
+  for (const char* daemon : {"mmu", "mon", "mem0"}) {
+    DYNAMIC_SECTION(daemon) {
+      const std::string socket = rack.Socket(daemon);
+      auto conn = ipc::DialUnix(socket);
+      REQUIRE(conn.ok());
+      RawRing ring = OutgoingRing(*conn);
+      std::string expected_reason;
+
+      SECTION("hostile head index") {
+        ring.control->head.store(1ull << 40);
+        expected_reason = "impossible ring head";
+      }
+      SECTION("head not on a frame boundary") {
+        ring.control->head.store(12);
+        expected_reason = "impossible ring head";
+      }
+      SECTION("garbage frame header") {
+        std::memset(ring.data, 0xEE, 64);
+        ring.control->head.store(64);
+        expected_reason = "corrupt frame header";
+      }
+      SECTION("frame longer than what was published") {
+        const uint32_t header[2] = {4096, 4096 ^ ipc::kFrameTag};
+        std::memcpy(ring.data, header, sizeof(header));
+        ring.control->head.store(64);
+        expected_reason = "overruns";
+      }
+      SECTION("well-framed bytes that are not a Cap'n Proto message") {
+        const uint32_t header[2] = {56, 56 ^ ipc::kFrameTag};
+        std::memcpy(ring.data, header, sizeof(header));
+        for (int i = 0; i < 56; ++i) ring.data[8 + i] = uint8_t(0x9D * (i + 1));
+        ring.control->head.store(64);
+        expected_reason = "malformed message";
+      }
+      SECTION("stray data on the handshake socket") {
+        REQUIRE(::send(conn->socket.get(), "hello?", 6, 0) == 6);
+        expected_reason = "stray data";
+      }
+      SECTION("a client that never reads its replies") {
+        capnp::MallocMessageBuilder builder;
+        auto request = builder.initRoot<proto::Message>();
+        request.initEcho(1024);
+        for (int i = 0; i < 100000; ++i) {
+          absl::Status s = conn->channel.Send(builder);
+          if (absl::IsResourceExhausted(s)) {
+            usleep(100);
+            if (CutOff(*conn, 0)) break;
+            continue;
+          }
+          REQUIRE(s.ok());
+        }
+        expected_reason = "ring full";
+      }
+      conn->channel.RingDoorbell();
+      REQUIRE(CutOff(*conn));
+      const std::string log = ReadFile(rack.dir() + "/" + daemon + ".log");
+      REQUIRE_THAT(log, Catch::Contains("cutting off") && Catch::Contains(expected_reason));
+      RequireServing(socket);
+    }
+  }
+  auto rows = rack.Status();
+  REQUIRE(rows.size() == 4);
+  for (const auto& [name, row] : rows) {
+    INFO(name);
+    REQUIRE(row.state == "healthy");
+  }
+}
+
+TEST_CASE("An unknown request is answered with an error, and the client stays connected") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M") == 0);
+  auto client = ipc::Client::Connect(rack.Socket("mmu"));
+  REQUIRE(client.ok());
+  capnp::MallocMessageBuilder builder;
+  auto request = builder.initRoot<proto::Message>();
+  request.initRegistered();
+  absl::Status status =
+      client->Call(builder, request, [](proto::Message::Reader) { return absl::OkStatus(); });
+  REQUIRE(absl::IsUnimplemented(status));
+  REQUIRE_THAT(std::string(status.message()), Catch::Contains("not served"));
+
+  SECTION("a registration under a taken name is refused") {
+    capnp::MallocMessageBuilder reg;
+    auto r = reg.initRoot<proto::Message>();
+    r.initRegister().setName("mem0");
+    r.getRegister().setKind(proto::ElementKind::MEMORY);
+    r.getRegister().setCapacityBytes(1 << 20);
+    status = client->Call(reg, r, [](proto::Message::Reader) { return absl::OkStatus(); });
+    REQUIRE(absl::IsAlreadyExists(status));
+  }
+  SECTION("health reports from anyone but the rack monitor are refused") {
+    capnp::MallocMessageBuilder change;
+    auto c = change.initRoot<proto::Message>();
+    c.initHealthChange().setName("mem0");
+    c.getHealthChange().setHealth(proto::Health::FAILED);
+    status = client->Call(change, c, [](proto::Message::Reader) { return absl::OkStatus(); });
+    REQUIRE(absl::IsPermissionDenied(status));
+  }
+  RequireServing(rack.Socket("mmu"));
+}
+
+}  // namespace
+}  // namespace disagg::testing

@@ -1,0 +1,115 @@
+#include "rack_harness.h"
+
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+namespace disagg::testing {
+
+int RunCommand(const std::string& command, std::string* output) {
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return -1;
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
+  const int status = ::pclose(pipe);
+  if (output != nullptr) *output = out;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+bool ProcessAlive(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  if (!stat) return false;
+  std::string line;
+  std::getline(stat, line);
+  const size_t paren = line.rfind(')');
+  return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z';
+}
+
+TestRack::TestRack() {
+  char tmpl[] = "/tmp/disagg-test-XXXXXX";
+  dir_ = ::mkdtemp(tmpl);
+}
+
+TestRack::~TestRack() {
+  Down();
+  RunCommand("rm -rf '" + dir_ + "'");
+}
+
+int TestRack::Up(const std::string& args, std::string* output) {
+  return RunCommand(std::string("DISAGG_BIN=") + DISAGG_BIN_DIR + " " + DISAGG_SOURCE_DIR +
+                        "/scripts/rack up --dir " + dir_ + " " + args,
+                    output);
+}
+
+int TestRack::Down(std::string* output) {
+  return RunCommand(std::string("DISAGG_BIN=") + DISAGG_BIN_DIR + " " + DISAGG_SOURCE_DIR +
+                        "/scripts/rack down --dir " + dir_,
+                    output);
+}
+
+std::map<std::string, ElementRow> TestRack::Status() {
+  std::string out;
+  std::map<std::string, ElementRow> rows;
+  if (RunCommand(std::string(DISAGG_BIN_DIR) + "/rackctl --rack " + dir_ + " status --json",
+                 &out) != 0) {
+    return rows;
+  }
+  static const std::regex row(
+      R"re(\{"name":"([^"]+)","kind":"([a-z]+)","pid":([0-9]+),"state":"([a-z]+)","capacity_bytes":([0-9]+),"used_bytes":([0-9]+))re");
+  for (auto it = std::sregex_iterator(out.begin(), out.end(), row); it != std::sregex_iterator();
+       ++it) {
+    ElementRow r;
+    r.kind = (*it)[2];
+    r.pid = std::stoi((*it)[3]);
+    r.state = (*it)[4];
+    r.capacity_bytes = std::stoull((*it)[5]);
+    r.used_bytes = std::stoull((*it)[6]);
+    rows[(*it)[1]] = r;
+  }
+  return rows;
+}
+
+bool TestRack::WaitForState(const std::string& name, const std::string& state, int timeout_ms) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto rows = Status();
+    auto it = rows.find(name);
+    if (it != rows.end() && it->second.state == state) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+pid_t TestRack::Pid(const std::string& element) const {
+  std::ifstream f(dir_ + "/pids/" + element + ".pid");
+  pid_t pid = 0;
+  f >> pid;
+  return pid;
+}
+
+std::vector<pid_t> TestRack::AllPids() const {
+  std::vector<pid_t> pids;
+  DIR* d = ::opendir((dir_ + "/pids").c_str());
+  if (d == nullptr) return pids;
+  while (dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name.size() > 4 && name.substr(name.size() - 4) == ".pid") {
+      pids.push_back(Pid(name.substr(0, name.size() - 4)));
+    }
+  }
+  ::closedir(d);
+  return pids;
+}
+
+}  // namespace disagg::testing

@@ -1,0 +1,59 @@
+// TestRack: a private rack for one test, in its own temporary run directory, started with the
+// real scripts/rack and daemons, and always torn down (destructor), also when the test fails.
+#ifndef DISAGG_TEST_RACK_HARNESS_H_
+#define DISAGG_TEST_RACK_HARNESS_H_
+
+#include <sys/types.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace disagg::testing {
+
+// Runs `command` through /bin/sh; returns its exit status and stores stdout+stderr in `output`.
+int RunCommand(const std::string& command, std::string* output = nullptr);
+
+// True if `pid` exists and is not a zombie.
+bool ProcessAlive(pid_t pid);
+
+struct ElementRow {
+  std::string kind;
+  pid_t pid = 0;
+  std::string state;
+  uint64_t capacity_bytes = 0;
+  uint64_t used_bytes = 0;
+};
+
+class TestRack {
+ public:
+  // Makes a fresh run directory; the rack is not started yet.
+  TestRack();
+  // Stops the rack (by its recorded pids) and removes the run directory.
+  ~TestRack();
+  TestRack(const TestRack&) = delete;
+  TestRack& operator=(const TestRack&) = delete;
+
+  // scripts/rack up --dir <dir> <args>; returns the exit status.
+  int Up(const std::string& args = "--compute 2 --memory 2 --pool-size 64M",
+         std::string* output = nullptr);
+  int Down(std::string* output = nullptr);
+
+  // `rackctl status --json`, parsed into name -> row. Empty if rackctl failed.
+  std::map<std::string, ElementRow> Status();
+  // Polls Status() until element `name` is in `state` or `timeout_ms` passes.
+  bool WaitForState(const std::string& name, const std::string& state, int timeout_ms = 10000);
+  // The pid recorded in <dir>/pids/<element>.pid, or 0.
+  pid_t Pid(const std::string& element) const;
+  std::vector<pid_t> AllPids() const;
+
+  const std::string& dir() const { return dir_; }
+  std::string Socket(const std::string& element) const { return dir_ + "/" + element + ".sock"; }
+
+ private:
+  std::string dir_;
+};
+
+}  // namespace disagg::testing
+
+#endif  // DISAGG_TEST_RACK_HARNESS_H_

@@ -1,0 +1,111 @@
+// A whole rack of real daemons: start-up, status, failure detection, tear-down.
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <thread>
+
+#include <catch2/catch.hpp>
+
+#include "rack_harness.h"
+
+namespace disagg::testing {
+namespace {
+
+bool AllGone(const std::vector<pid_t>& pids) {
+  for (pid_t pid : pids) {
+    if (ProcessAlive(pid)) return false;
+  }
+  return true;
+}
+
+TEST_CASE("A rack of 2 compute and 2 memory elements comes up, sees failures and goes down") {
+  TestRack rack;
+  std::string out;
+  REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 16M", &out) == 0);
+  INFO(out);
+
+  auto rows = rack.Status();
+  REQUIRE(rows.size() == 6);
+  for (const char* name : {"mmu", "mon", "cpu0", "cpu1", "mem0", "mem1"}) {
+    INFO(name);
+    REQUIRE(rows.count(name) == 1);
+    REQUIRE(rows[name].state == "healthy");
+    REQUIRE(rows[name].pid == rack.Pid(name));
+    REQUIRE(ProcessAlive(rows[name].pid));
+  }
+  REQUIRE(rows["mem0"].kind == "memory");
+  REQUIRE(rows["mem0"].capacity_bytes == 64ull << 20);
+  REQUIRE(rows["cpu1"].kind == "compute");
+  REQUIRE(rows["cpu1"].capacity_bytes == 16ull << 20);
+  const std::vector<pid_t> pids = rack.AllPids();
+  REQUIRE(pids.size() == 6);
+
+  SECTION("a memory element killed with SIGKILL is marked failed; the others stay healthy") {
+    const auto start = std::chrono::steady_clock::now();
+    REQUIRE(::kill(rack.Pid("mem0"), SIGKILL) == 0);
+    REQUIRE(rack.WaitForState("mem0", "failed"));
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - start).count();
+    WARN("mem0 seen failed " << ms << " ms after SIGKILL");
+    rows = rack.Status();
+    for (const char* name : {"mmu", "mon", "cpu0", "cpu1", "mem1"}) {
+      INFO(name);
+      REQUIRE(rows[name].state == "healthy");
+    }
+  }
+  SECTION("a compute element that stops answering heartbeats is marked failed and fenced") {
+    const pid_t cpu1 = rack.Pid("cpu1");
+    REQUIRE(::kill(cpu1, SIGSTOP) == 0);
+    REQUIRE(rack.WaitForState("cpu1", "failed"));
+    REQUIRE(ProcessAlive(cpu1));  // the process is still there: only heartbeats told
+    REQUIRE(::kill(cpu1, SIGCONT) == 0);
+    // Woken up, it finds itself cut off from the rack and stops.
+    for (int i = 0; i < 1000 && ProcessAlive(cpu1); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    REQUIRE_FALSE(ProcessAlive(cpu1));
+    REQUIRE(rack.Status()["cpu1"].state == "failed");
+  }
+
+  REQUIRE(rack.Down(&out) == 0);
+  INFO(out);
+  REQUIRE(AllGone(pids));
+  struct stat st;
+  REQUIRE(::stat((rack.dir() + "/mmu.sock").c_str(), &st) != 0);
+  REQUIRE(::stat((rack.dir() + "/pids/mmu.pid").c_str(), &st) != 0);
+}
+
+TEST_CASE("scripts/rack refuses a taken name and bad arguments, starting nothing") {
+  TestRack rack;
+  std::string out;
+  SECTION("taken") {
+    REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M") == 0);
+    const std::vector<pid_t> before = rack.AllPids();
+    REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M", &out) != 0);
+    REQUIRE_THAT(out, Catch::Contains("already running"));
+    REQUIRE(rack.AllPids() == before);
+    for (pid_t pid : before) REQUIRE(ProcessAlive(pid));
+  }
+  SECTION("bad arguments") {
+    for (const char* args : {"--compute x", "--memory -1", "--pool-size lots", "--bogus 1",
+                             "--missed-beats 1", "--compute 65"}) {
+      INFO(args);
+      REQUIRE(rack.Up(args, &out) != 0);
+      REQUIRE_FALSE(out.empty());
+      REQUIRE(rack.AllPids().empty());
+    }
+  }
+}
+
+TEST_CASE("rackctl explains what is wrong instead of failing silently") {
+  std::string out;
+  REQUIRE(RunCommand(std::string(DISAGG_BIN_DIR) + "/rackctl --rack /nonexistent status", &out) ==
+          1);
+  REQUIRE_THAT(out, Catch::Contains("cannot reach the rack monitor"));
+  REQUIRE(RunCommand(std::string(DISAGG_BIN_DIR) + "/rackctl --rack /tmp frobnicate", &out) == 2);
+  REQUIRE_THAT(out, Catch::Contains("unknown command"));
+}
+
+}  // namespace
+}  // namespace disagg::testing
