@@ -92,11 +92,9 @@ TEST_CASE("A daemon cuts off a client that corrupts its ring and keeps serving t
         ring.control->head.store(64);
         expected_reason = "corrupt frame header";
       }
-      SECTION("frame longer than what was published") {
-        const uint32_t header[2] = {4096, 4096 ^ ipc::kFrameTag};
-        std::memcpy(ring.data, header, sizeof(header));
+      SECTION("head index published without a frame") {
         ring.control->head.store(64);
-        expected_reason = "overruns";
+        expected_reason = "no frame header";
       }
       SECTION("well-framed bytes that are not a Cap'n Proto message") {
         const uint32_t header[2] = {56, 56 ^ ipc::kFrameTag};

@@ -168,13 +168,20 @@ absl::Status Channel::Send(capnp::MessageBuilder& message) {
   for (size_t i = 0; i < n; ++i) table[i + 1] = static_cast<uint32_t>(segments[i].size());
   const size_t table_words = (n + 2) / 2;
   if (n % 2 == 0) table[n + 1] = 0;
-  absl::Span<const uint8_t> parts[kMaxSegments + 1];
-  parts[0] = {reinterpret_cast<const uint8_t*>(table), table_words * sizeof(capnp::word)};
-  for (size_t i = 0; i < n; ++i) {
-    parts[i + 1] = {reinterpret_cast<const uint8_t*>(segments[i].begin()),
-                    segments[i].size() * sizeof(capnp::word)};
+  const absl::Span<const uint8_t> table_bytes(reinterpret_cast<const uint8_t*>(table),
+                                              table_words * sizeof(capnp::word));
+  auto segment_bytes = [&](size_t i) {
+    return absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(segments[i].begin()),
+                                     segments[i].size() * sizeof(capnp::word));
+  };
+  if (n == 1) {  // the common case, without building a parts list
+    const absl::Span<const uint8_t> parts[2] = {table_bytes, segment_bytes(0)};
+    RETURN_IF_ERROR(out_.Write(parts));
+  } else {
+    std::vector<absl::Span<const uint8_t>> parts = {table_bytes};
+    for (size_t i = 0; i < n; ++i) parts.push_back(segment_bytes(i));
+    RETURN_IF_ERROR(out_.Write(parts));
   }
-  RETURN_IF_ERROR(out_.Write(absl::MakeConstSpan(parts, n + 1)));
   if (out_.ConsumerSleeping()) RingDoorbell();
   return absl::OkStatus();
 }
@@ -192,14 +199,16 @@ void Channel::DrainDoorbell() {
 
 absl::Status Channel::WaitReadable(absl::Time deadline, absl::Duration spin, int hangup_fd) {
   const absl::Time spin_until = absl::Now() + spin;
-  while (true) {
+  for (uint32_t round = 0;; ++round) {
     if (in_.HasData()) return absl::OkStatus();
-    const absl::Time now = absl::Now();
-    if (now >= deadline) return absl::DeadlineExceededError("no reply from the peer in time");
-    if (now < spin_until) {
+    // Reading the clock costs more than a look at the ring: do it every 64th round.
+    if (round % 64 != 0) {
       __builtin_ia32_pause();
       continue;
     }
+    const absl::Time now = absl::Now();
+    if (now >= deadline) return absl::DeadlineExceededError("no reply from the peer in time");
+    if (now < spin_until) continue;
     if (in_.PrepareToSleep()) return absl::OkStatus();
     struct pollfd fds[2] = {{doorbell_in_.get(), POLLIN, 0}, {hangup_fd, POLLRDHUP, 0}};
     const int64_t ms = absl::ToInt64Milliseconds(deadline - now) + 1;

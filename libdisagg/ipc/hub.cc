@@ -30,19 +30,15 @@ absl::Status Link::Send(capnp::MessageBuilder& message) {
 }
 
 absl::Status Link::ReplyError(uint64_t seq, const absl::Status& error) {
-  capnp::MallocMessageBuilder builder;
-  auto root = builder.initRoot<proto::Message>();
-  root.setSeq(seq);
-  SetError(root.initError(), error);
-  return Send(builder);
+  SmallMessage message;
+  SetError(message.Init(seq).initError(), error);
+  return Send(message.builder());
 }
 
 absl::Status Link::ReplyOk(uint64_t seq) {
-  capnp::MallocMessageBuilder builder;
-  auto root = builder.initRoot<proto::Message>();
-  root.setSeq(seq);
-  root.setOk();
-  return Send(builder);
+  SmallMessage message;
+  message.Init(seq).setOk();
+  return Send(message.builder());
 }
 
 Hub::Hub(EventLoop& loop, Handler& handler, std::string name)
@@ -123,6 +119,7 @@ void Hub::OnSocketEvent(Link& link, int revents) {
 void Hub::Close(Link& link, const absl::Status& why) {
   if (link.closed_) return;
   link.closed_ = true;
+  closed_pending_ = true;
   if (absl::IsUnavailable(why)) {
     VLOG(1) << name_ << ": " << link.label() << " disconnected: " << why.message();
   } else {
@@ -143,7 +140,10 @@ std::vector<Link*> Hub::Links() {
 }
 
 bool Hub::Poll() {
-  std::erase_if(links_, [](const auto& entry) { return entry.second->closed_; });
+  if (closed_pending_) {
+    std::erase_if(links_, [](const auto& entry) { return entry.second->closed_; });
+    closed_pending_ = false;
+  }
   bool any = false;
   // Handlers may dial (insert) or close links; std::map keeps the iterators valid for both.
   for (auto& [id, owned] : links_) {

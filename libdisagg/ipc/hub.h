@@ -103,6 +103,7 @@ class Hub {
   uint64_t next_link_id_ = 1;
   // Closed links stay here until the next Poll. std::map: insertion keeps iterators valid.
   std::map<uint64_t, std::unique_ptr<Link>> links_;
+  bool closed_pending_ = false;
   std::vector<uint64_t> words_;                      // receive buffer, reused
 };
 

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include <capnp/message.h>
+
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/types/span.h"
@@ -22,6 +24,29 @@ inline constexpr int kNestingLimit = 16;
 // returned as INVALID_ARGUMENT naming the problem. `use`'s own Status is passed through.
 absl::Status DecodeMessage(absl::Span<const uint64_t> words,
                            absl::FunctionRef<absl::Status(proto::Message::Reader)> use);
+
+// A message under construction whose first segment lives inside the object, so that small
+// messages (requests, replies, heartbeats) cost no heap allocation. Larger ones spill to the
+// heap as usual. Not copyable or movable: build, send, drop.
+class SmallMessage {
+ public:
+  SmallMessage() : builder_(kj::arrayPtr(scratch_, kScratchWords)) {}
+  SmallMessage(const SmallMessage&) = delete;
+  SmallMessage& operator=(const SmallMessage&) = delete;
+
+  capnp::MessageBuilder& builder() { return builder_; }
+  // Starts a message; `seq` 0 for messages that expect no reply.
+  proto::Message::Builder Init(uint64_t seq = 0) {
+    auto root = builder_.initRoot<proto::Message>();
+    root.setSeq(seq);
+    return root;
+  }
+
+ private:
+  static constexpr size_t kScratchWords = 48;
+  capnp::word scratch_[kScratchWords] = {};  // zeroed before builder_ is constructed
+  capnp::MallocMessageBuilder builder_;
+};
 
 // Fills `error` from a non-OK status.
 void SetError(proto::Error::Builder error, const absl::Status& status);
