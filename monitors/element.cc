@@ -71,13 +71,19 @@ absl::Status Element::OnMessage(ipc::Link& link, proto::Message::Reader message)
       return link.Send(builder);
     }
     default:
-      return link.ReplyError(seq, absl::UnimplementedError(absl::StrCat(
-                                      options_.name, ": message kind ",
-                                      static_cast<int>(message.which()), " is not served here")));
+      return HandleOther(link, message);
   }
 }
 
+absl::Status Element::HandleOther(ipc::Link& link, proto::Message::Reader message) {
+  return link.ReplyError(message.getSeq(),
+                         absl::UnimplementedError(absl::StrCat(
+                             options_.name, ": message kind ", static_cast<int>(message.which()),
+                             " is not served here")));
+}
+
 void Element::OnClose(ipc::Link& link, const absl::Status& why) {
+  LinkClosed(link);
   if (&link == mon_) {
     mon_ = nullptr;
     Fail(absl::UnavailableError(absl::StrCat("lost the rack monitor: ", why.message())));

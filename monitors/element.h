@@ -38,6 +38,15 @@ class Element : public ipc::Hub::Handler {
   absl::Status OnMessage(ipc::Link& link, proto::Message::Reader message) override;
   void OnClose(ipc::Link& link, const absl::Status& why) override;
 
+ protected:
+  // The messages a kind of element serves beyond the common ones. The default answers
+  // UNIMPLEMENTED. A non-OK return cuts the link off.
+  virtual absl::Status HandleOther(ipc::Link& link, proto::Message::Reader message);
+  // `link` is gone (called for every link, before the element's own bookkeeping).
+  virtual void LinkClosed(ipc::Link& link) {}
+  bool IsRackMmu(const ipc::Link& link) const { return &link == mmu_; }
+  const ElementOptions& options() const { return options_; }
+
  private:
   absl::Status RegisterWith(ipc::Link& link);
   void Fail(absl::Status why);

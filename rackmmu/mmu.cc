@@ -15,6 +15,18 @@ absl::Status RackMmu::OnMessage(ipc::Link& link, proto::Message::Reader message)
       return HandleRegister(link, seq, message.getRegister());
     case proto::Message::HEALTH_CHANGE:
       return HandleHealthChange(link, seq, message.getHealthChange());
+    case proto::Message::JOIN:
+      return HandleJoin(link, seq, message.getJoin());
+    case proto::Message::MAP:
+      return HandleMap(link, seq, message.getMap());
+    case proto::Message::UNMAP:
+      return HandleUnmap(link, seq, message.getUnmap());
+    case proto::Message::OK:
+      HandleProgramAck(link, seq, absl::OkStatus());
+      return absl::OkStatus();
+    case proto::Message::ERROR:
+      HandleProgramAck(link, seq, ipc::ErrorToStatus(message.getError()));
+      return absl::OkStatus();
     case proto::Message::STATUS_REQUEST:
       return HandleStatus(link, seq);
     case proto::Message::PING: {
@@ -50,6 +62,9 @@ absl::Status RackMmu::HandleRegister(ipc::Link& link, uint64_t seq,
   }
   link.set_label(name);
   if (request.getKind() == proto::ElementKind::RACKMON) monitor_link_ = link.id();
+  if (request.getKind() == proto::ElementKind::MEMORY) {
+    memory_.AddElement(name, request.getCapacityBytes());
+  }
   LOG(INFO) << "mmu: registered " << name << " (" << ipc::KindName(request.getKind()) << ", pid "
             << link.peer().pid << ", capacity " << request.getCapacityBytes() << " bytes) as #"
             << *id;
@@ -68,6 +83,7 @@ absl::Status RackMmu::HandleHealthChange(ipc::Link& link, uint64_t seq,
   }
   const std::string name = change.getName();
   absl::Status status = registry_.SetHealth(name, change.getHealth());
+  memory_.SetUsable(name, change.getHealth() != proto::Health::FAILED);
   if (status.ok()) {
     LOG(INFO) << "mmu: " << name << " is " << ipc::HealthName(change.getHealth()) << ": "
               << change.getReason().cStr();
@@ -96,9 +112,14 @@ absl::Status RackMmu::HandleStatus(ipc::Link& link, uint64_t seq) {
 }
 
 void RackMmu::OnClose(ipc::Link& link, const absl::Status& why) {
+  links_.erase(link.id());
   if (link.id() == monitor_link_) monitor_link_ = 0;
+  ProcessLeft(link.id());
   const std::string name = registry_.Disconnected(link.id());
-  if (!name.empty()) LOG(INFO) << "mmu: element " << name << " disconnected: " << why.message();
+  if (!name.empty()) {
+    LOG(INFO) << "mmu: element " << name << " disconnected: " << why.message();
+    ElementGone(name);
+  }
 }
 
 }  // namespace disagg::rackmmu

@@ -1,5 +1,6 @@
 #include "ipc/socket.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -133,6 +134,31 @@ absl::StatusOr<PeerIdentity> IdentifyPeer(int fd) {
   id.uid = cred.uid;
   id.pidfd = Fd(pidfd);
   return id;
+}
+
+absl::StatusOr<uint64_t> ProcessStartTime(const PeerIdentity& peer) {
+  const std::string path = absl::StrCat("/proc/", peer.pid, "/stat");
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return absl::UnavailableError(absl::StrCat("process ", peer.pid, " is gone"));
+  char buf[1024];
+  const ssize_t n = ::read(fd.get(), buf, sizeof(buf) - 1);
+  if (n <= 0) return absl::UnavailableError(absl::StrCat("process ", peer.pid, " is gone"));
+  buf[n] = 0;
+  // Fields after the command name (which may hold spaces) start after the last ')'.
+  const char* p = std::strrchr(buf, ')');
+  uint64_t start_time = 0;
+  int field = 2;
+  for (; p != nullptr && *p != 0 && field < 22; ++p) {
+    if (*p == ' ') ++field;
+  }
+  if (p == nullptr || field != 22 || std::sscanf(p, "%lu", &start_time) != 1) {
+    return absl::InternalError(absl::StrCat("cannot parse ", path));
+  }
+  // If the pidfd's process is still alive, /proc/<pid> was that process and not a successor.
+  if (::syscall(SYS_pidfd_send_signal, peer.pidfd.get(), 0, nullptr, 0) != 0) {
+    return absl::UnavailableError(absl::StrCat("process ", peer.pid, " has exited"));
+  }
+  return start_time;
 }
 
 absl::StatusOr<Fd> ListenUnix(const std::string& path) {

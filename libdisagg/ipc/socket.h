@@ -50,6 +50,11 @@ absl::StatusOr<Connection> DialUnix(const std::string& path,
 // Identity of the process on the other end of connected socket `fd`.
 absl::StatusOr<PeerIdentity> IdentifyPeer(int fd);
 
+// The peer's start time (clock ticks after boot, /proc/<pid>/stat field 22). With the pid it
+// names one process for good, so that two daemons can agree on "the same process" without
+// passing file descriptors. Checked against the pidfd: UNAVAILABLE if the peer has exited.
+absl::StatusOr<uint64_t> ProcessStartTime(const PeerIdentity& peer);
+
 }  // namespace disagg::ipc
 
 #endif  // DISAGG_IPC_SOCKET_H_

@@ -68,6 +68,77 @@ struct HealthChange {
   reason @2 :Text;
 }
 
+# ---- Remote memory (proxied mode) ----
+# Page numbers are rack virtual addresses >> 12 (4 KiB pages); pool pages are offsets >> 12
+# into a memory element's pool.
+
+# An application process joins the rack (to the Rack MMU).
+struct Join {
+  name @0 :Text;                # for logs and status; need not be unique
+}
+
+struct Joined {
+  processId @0 :UInt32;         # rack-wide id
+  windowBase @1 :UInt64;        # this process's fixed window of the rack address space
+  windowBytes @2 :UInt64;
+  rangeBase @3 :UInt64;         # the whole rack range, reserved by every rack process
+  rangeBytes @4 :UInt64;
+}
+
+enum Placement {
+  spread @0;                    # stripe the region across the memory elements
+  fill @1;                      # fill one element before using the next
+}
+
+struct MapRequest {
+  bytes @0 :UInt64;
+  placement @1 :Placement;
+}
+
+# A run of pages of one region living contiguously in one element's pool.
+struct Extent {
+  vpage @0 :UInt64;
+  pages @1 :UInt64;
+  element @2 :Text;             # memory element name: its socket is <run_dir>/<element>.sock
+  poolPage @3 :UInt64;
+}
+
+struct Mapped {
+  vaddr @0 :UInt64;
+  bytes @1 :UInt64;
+  extents @2 :List(Extent);
+}
+
+struct UnmapRequest {
+  vaddr @0 :UInt64;             # the start of a region returned by Mapped
+}
+
+# The Rack MMU programs a memory element's page table (the only writer of it).
+struct ProgramPages {
+  processId @0 :UInt32;
+  pid @1 :Int32;                # the process's pid and start time, as the kernel says:
+  startTime @2 :UInt64;         # the memory element checks both on every connection
+  vpage @3 :UInt64;
+  pages @4 :UInt64;
+  poolPage @5 :UInt64;
+}
+
+struct RevokePages {
+  processId @0 :UInt32;
+  vpage @1 :UInt64;
+  pages @2 :UInt64;
+}
+
+# Application <-> memory element: one page at a time.
+struct ReadPage {
+  vpage @0 :UInt64;
+}
+
+struct PageData {
+  vpage @0 :UInt64;
+  data @1 :Data;                # exactly 4096 bytes
+}
+
 struct Message {
   seq @0 :UInt64;
   union {
@@ -81,6 +152,15 @@ struct Message {
     healthChange @8 :HealthChange;
     ok @9 :Void;
     echo @10 :Data;          # benchmarks and liveness probes: answered with the same bytes
+    join @11 :Join;
+    joined @12 :Joined;
+    map @13 :MapRequest;
+    mapped @14 :Mapped;
+    unmap @15 :UnmapRequest;
+    programPages @16 :ProgramPages;
+    revokePages @17 :RevokePages;
+    readPage @18 :ReadPage;
+    pageData @19 :PageData;   # reply to readPage; also a write-back request (answered ok)
   }
 }
 

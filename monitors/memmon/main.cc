@@ -1,5 +1,6 @@
-// memmon: a memory element daemon. It owns a page pool (a memfd of --pool_size bytes) that
-// only the Rack MMU allocates from, registers with the rack and answers its heartbeats.
+// memmon: a memory element daemon. It owns a page pool (a memfd of --pool_size bytes) whose
+// page table only the Rack MMU programs, serves page reads and write-backs to the processes
+// that table allows, registers with the rack and answers its heartbeats.
 #include <fcntl.h>
 #include <gflags/gflags.h>
 #include <sys/mman.h>
@@ -7,7 +8,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "element.h"
+#include "memory_element.h"
 #include "internal/daemon.h"
 #include "internal/logging.h"
 #include "internal/status_macros.h"
@@ -30,9 +31,7 @@ struct Options {
 };
 
 absl::Status Run(const Options& options) {
-  ipc::Fd pool(::memfd_create(absl::StrCat("disagg-pool-", options.name).c_str(), MFD_CLOEXEC));
-  if (!pool.valid()) return ErrnoStatus("memfd_create pool");
-  if (::ftruncate(pool.get(), options.pool_bytes) != 0) return ErrnoStatus("size pool");
+  ASSIGN_OR_RETURN(PageStore store, PageStore::Create(options.name, options.pool_bytes));
   ipc::EventLoopOptions loop_options;
   loop_options.spin = options.spin;
   ASSIGN_OR_RETURN(auto loop, ipc::EventLoop::Create(loop_options));
@@ -41,7 +40,7 @@ absl::Status Run(const Options& options) {
   element_options.name = options.name;
   element_options.kind = proto::ElementKind::MEMORY;
   element_options.capacity_bytes = options.pool_bytes;
-  Element element(*loop, element_options);
+  MemoryElement element(*loop, element_options, std::move(store));
   RETURN_IF_ERROR(element.Start());
   LOG(INFO) << options.name << ": memory element with a pool of " << options.pool_bytes
             << " bytes";

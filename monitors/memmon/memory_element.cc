@@ -1,0 +1,106 @@
+#include "memory_element.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "internal/logging.h"
+#include "ipc/wire.h"
+
+namespace disagg::memmon {
+
+MemoryElement::MemoryElement(ipc::EventLoop& loop, ElementOptions options, PageStore store)
+    : Element(loop, [&] {
+        options.used_bytes = [this] { return store_.used_bytes(); };
+        return std::move(options);
+      }()),
+      store_(std::move(store)) {}
+
+absl::Status MemoryElement::HandleOther(ipc::Link& link, proto::Message::Reader message) {
+  const uint64_t seq = message.getSeq();
+  switch (message.which()) {
+    case proto::Message::PROGRAM_PAGES:
+      return HandleProgram(link, seq, message.getProgramPages());
+    case proto::Message::REVOKE_PAGES:
+      return HandleRevoke(link, seq, message.getRevokePages());
+    case proto::Message::READ_PAGE:
+      return HandleRead(link, seq, message.getReadPage().getVpage());
+    case proto::Message::PAGE_DATA:
+      return HandleWrite(link, seq, message.getPageData());
+    default:
+      return Element::HandleOther(link, message);
+  }
+}
+
+absl::Status MemoryElement::Refuse(ipc::Link& link, uint64_t seq, const absl::Status& why) {
+  LOG(WARNING) << options().name << ": refused " << link.label() << ": " << why.message();
+  return link.ReplyError(seq, why);
+}
+
+absl::Status MemoryElement::HandleProgram(ipc::Link& link, uint64_t seq,
+                                          proto::ProgramPages::Reader program) {
+  if (!IsRackMmu(link)) {
+    return Refuse(link, seq, absl::PermissionDeniedError(absl::StrCat(
+                                 options().name, ": only the Rack MMU programs the page table")));
+  }
+  absl::Status status =
+      store_.Program(program.getProcessId(), program.getPid(), program.getStartTime(),
+                     program.getVpage(), program.getPages(), program.getPoolPage());
+  if (!status.ok()) return Refuse(link, seq, status);
+  return link.ReplyOk(seq);
+}
+
+absl::Status MemoryElement::HandleRevoke(ipc::Link& link, uint64_t seq,
+                                         proto::RevokePages::Reader revoke) {
+  if (!IsRackMmu(link)) {
+    return Refuse(link, seq, absl::PermissionDeniedError(absl::StrCat(
+                                 options().name, ": only the Rack MMU revokes pages")));
+  }
+  store_.Revoke(revoke.getProcessId(), revoke.getVpage(), revoke.getPages());
+  return seq == 0 ? absl::OkStatus() : link.ReplyOk(seq);
+}
+
+absl::StatusOr<uint32_t> MemoryElement::ProcessOn(ipc::Link& link) {
+  auto it = identities_.find(link.id());
+  if (it == identities_.end()) {
+    absl::StatusOr<uint64_t> start_time = ipc::ProcessStartTime(link.peer());
+    if (!start_time.ok()) return start_time.status();
+    it = identities_.emplace(link.id(), *start_time).first;
+  }
+  const uint32_t id = store_.ProcessFor(link.peer().pid, it->second);
+  if (id == 0) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        options().name, ": pid ", link.peer().pid, " holds no memory on this element"));
+  }
+  return id;
+}
+
+absl::Status MemoryElement::HandleRead(ipc::Link& link, uint64_t seq, uint64_t vpage) {
+  absl::StatusOr<uint32_t> process = ProcessOn(link);
+  if (!process.ok()) return Refuse(link, seq, process.status());
+  absl::StatusOr<uint8_t*> page = store_.Page(*process, vpage);
+  if (!page.ok()) return Refuse(link, seq, page.status());
+  capnp::MallocMessageBuilder builder(kPageBytes / sizeof(capnp::word) + 16);
+  auto reply = builder.initRoot<proto::Message>();
+  reply.setSeq(seq);
+  auto data = reply.initPageData();
+  data.setVpage(vpage);
+  data.setData(kj::arrayPtr(*page, kPageBytes));
+  return link.Send(builder);
+}
+
+absl::Status MemoryElement::HandleWrite(ipc::Link& link, uint64_t seq,
+                                        proto::PageData::Reader page) {
+  absl::StatusOr<uint32_t> process = ProcessOn(link);
+  if (!process.ok()) return Refuse(link, seq, process.status());
+  if (page.getData().size() != kPageBytes) {
+    return Refuse(link, seq, absl::InvalidArgumentError(absl::StrCat(
+                                 options().name, ": a page write-back carries ",
+                                 page.getData().size(), " bytes, not ", kPageBytes)));
+  }
+  absl::StatusOr<uint8_t*> target = store_.Page(*process, page.getVpage());
+  if (!target.ok()) return Refuse(link, seq, target.status());
+  std::memcpy(*target, page.getData().begin(), kPageBytes);
+  return link.ReplyOk(seq);
+}
+
+}  // namespace disagg::memmon

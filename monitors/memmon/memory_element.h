@@ -1,0 +1,39 @@
+// MemoryElement: the memory element daemon's service: the common element duties plus its
+// page table (programmed only by the Rack MMU) and page reads and write-backs for the
+// processes the table allows. Anything else is refused with a logged reason, and the
+// element keeps serving everyone else.
+// Single-threaded, on the element's loop.
+#ifndef DISAGG_MONITORS_MEMMON_MEMORY_ELEMENT_H_
+#define DISAGG_MONITORS_MEMMON_MEMORY_ELEMENT_H_
+
+#include "absl/container/flat_hash_map.h"
+#include "element.h"
+#include "page_store.h"
+
+namespace disagg::memmon {
+
+class MemoryElement : public Element {
+ public:
+  MemoryElement(ipc::EventLoop& loop, ElementOptions options, PageStore store);
+
+ protected:
+  absl::Status HandleOther(ipc::Link& link, proto::Message::Reader message) override;
+  void LinkClosed(ipc::Link& link) override { identities_.erase(link.id()); }
+
+ private:
+  absl::Status HandleProgram(ipc::Link& link, uint64_t seq, proto::ProgramPages::Reader program);
+  absl::Status HandleRevoke(ipc::Link& link, uint64_t seq, proto::RevokePages::Reader revoke);
+  absl::Status HandleRead(ipc::Link& link, uint64_t seq, uint64_t vpage);
+  absl::Status HandleWrite(ipc::Link& link, uint64_t seq, proto::PageData::Reader page);
+  // The rack process on `link`, as the kernel identifies it. PERMISSION_DENIED if the
+  // Rack MMU has not bound it here.
+  absl::StatusOr<uint32_t> ProcessOn(ipc::Link& link);
+  absl::Status Refuse(ipc::Link& link, uint64_t seq, const absl::Status& why);
+
+  PageStore store_;
+  absl::flat_hash_map<uint64_t, uint64_t> identities_;  // link id -> peer start time
+};
+
+}  // namespace disagg::memmon
+
+#endif  // DISAGG_MONITORS_MEMMON_MEMORY_ELEMENT_H_

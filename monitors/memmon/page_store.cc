@@ -1,0 +1,110 @@
+#include "page_store.h"
+
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "internal/logging.h"
+#include "internal/status_macros.h"
+
+namespace disagg::memmon {
+
+absl::StatusOr<PageStore> PageStore::Create(const std::string& name, uint64_t pool_bytes) {
+  if (pool_bytes == 0 || pool_bytes % kPageBytes != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": pool size ", pool_bytes, " is not a whole number of pages"));
+  }
+  ipc::Fd fd(::memfd_create(absl::StrCat("disagg-pool-", name).c_str(), MFD_CLOEXEC));
+  if (!fd.valid()) return ErrnoStatus("memfd_create pool");
+  if (::ftruncate(fd.get(), pool_bytes) != 0) return ErrnoStatus("size pool");
+  ASSIGN_OR_RETURN(ipc::ShmRegion pool, ipc::ShmRegion::Map(fd.get(), pool_bytes));
+  return PageStore(name, std::move(fd), std::move(pool));
+}
+
+absl::Status PageStore::Program(uint32_t process_id, pid_t pid, uint64_t start_time,
+                                uint64_t vpage, uint64_t pages, uint64_t pool_page) {
+  const uint64_t pool_pages = pool_.size() / kPageBytes;
+  if (pages == 0 || pool_page >= pool_pages || pool_pages - pool_page < pages ||
+      vpage + pages < vpage) {
+    return absl::InvalidArgumentError(absl::StrCat(name_, ": pool pages [", pool_page, ", +",
+                                                   pages, ") are outside a pool of ", pool_pages));
+  }
+  Process& p = processes_[process_id];
+  if (p.pid == 0) {
+    p.pid = pid;
+    p.start_time = start_time;
+  } else if (p.pid != pid || p.start_time != start_time) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name_, ": process ", process_id, " is bound to pid ", p.pid));
+  }
+  auto next = p.ranges.lower_bound(vpage);
+  if ((next != p.ranges.end() && next->first < vpage + pages) ||
+      (next != p.ranges.begin() && std::prev(next)->first + std::prev(next)->second.pages > vpage)) {
+    return absl::InvalidArgumentError(absl::StrCat(name_, ": pages of process ", process_id,
+                                                   " at 0x", absl::Hex(vpage << 12),
+                                                   " are mapped already"));
+  }
+  p.ranges[vpage] = Range{pages, pool_page};
+  used_pages_ += pages;
+  return absl::OkStatus();
+}
+
+void PageStore::Release(uint64_t pool_page, uint64_t pages) {
+  // Punching a hole frees the memory and reads back as zeros: the next owner sees no old data.
+  if (::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pool_page * kPageBytes,
+                  pages * kPageBytes) != 0) {
+    std::memset(pool_.data() + pool_page * kPageBytes, 0, pages * kPageBytes);
+  }
+  used_pages_ -= pages;
+}
+
+void PageStore::Revoke(uint32_t process_id, uint64_t vpage, uint64_t pages) {
+  auto pit = processes_.find(process_id);
+  if (pit == processes_.end()) return;
+  auto& ranges = pit->second.ranges;
+  const uint64_t end = vpage + pages;
+  auto it = ranges.upper_bound(vpage);
+  if (it != ranges.begin()) --it;
+  while (it != ranges.end() && it->first < end) {
+    const uint64_t first = it->first;
+    const Range r = it->second;
+    const uint64_t last = first + r.pages;
+    if (last <= vpage) {
+      ++it;
+      continue;
+    }
+    it = ranges.erase(it);
+    const uint64_t cut_from = std::max(first, vpage), cut_to = std::min(last, end);
+    if (first < cut_from) ranges[first] = Range{cut_from - first, r.pool_page};
+    if (cut_to < last) ranges[cut_to] = Range{last - cut_to, r.pool_page + (cut_to - first)};
+    Release(r.pool_page + (cut_from - first), cut_to - cut_from);
+    it = ranges.lower_bound(cut_to);
+  }
+  if (ranges.empty()) processes_.erase(pit);
+}
+
+uint32_t PageStore::ProcessFor(pid_t pid, uint64_t start_time) const {
+  for (const auto& [id, p] : processes_) {
+    if (p.pid == pid && p.start_time == start_time) return id;
+  }
+  return 0;
+}
+
+absl::StatusOr<uint8_t*> PageStore::Page(uint32_t process_id, uint64_t vpage) {
+  auto pit = processes_.find(process_id);
+  if (pit != processes_.end()) {
+    auto it = pit->second.ranges.upper_bound(vpage);
+    if (it != pit->second.ranges.begin()) {
+      --it;
+      if (vpage - it->first < it->second.pages) {
+        return pool_.data() + (it->second.pool_page + (vpage - it->first)) * kPageBytes;
+      }
+    }
+  }
+  return absl::PermissionDeniedError(absl::StrCat(name_, ": page 0x", absl::Hex(vpage << 12),
+                                                  " is not mapped for process ", process_id));
+}
+
+}  // namespace disagg::memmon

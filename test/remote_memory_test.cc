@@ -1,0 +1,242 @@
+// Remote memory at the message level, on a private rack of real daemons: the Rack MMU places
+// and programs, the memory elements serve exactly what they were programmed with.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <thread>
+#include <vector>
+
+#include <capnp/message.h>
+#include <catch2/catch.hpp>
+
+#include "ipc/client.h"
+#include "ipc/wire.h"
+#include "rack_harness.h"
+
+namespace disagg::testing {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+struct ExtentInfo {
+  uint64_t vpage, pages;
+  std::string element;
+};
+
+struct App {
+  ipc::Client mmu;
+  uint32_t id = 0;
+  uint64_t window = 0;
+  std::map<std::string, ipc::Client> elements;
+};
+
+absl::Status Ignore(proto::Message::Reader) { return absl::OkStatus(); }
+
+absl::StatusOr<App> JoinRack(TestRack& rack) {
+  auto mmu = ipc::Client::Connect(rack.Socket("mmu"));
+  if (!mmu.ok()) return mmu.status();
+  App app{*std::move(mmu)};
+  ipc::SmallMessage m;
+  auto root = m.Init();
+  root.initJoin().setName("test");
+  absl::Status s = app.mmu.Call(m.builder(), root, [&](proto::Message::Reader r) {
+    app.id = r.getJoined().getProcessId();
+    app.window = r.getJoined().getWindowBase();
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return app;
+}
+
+absl::StatusOr<std::pair<uint64_t, std::vector<ExtentInfo>>> Map(App& app, uint64_t bytes,
+                                                                  proto::Placement placement) {
+  ipc::SmallMessage m;
+  auto root = m.Init();
+  root.initMap().setBytes(bytes);
+  root.getMap().setPlacement(placement);
+  std::pair<uint64_t, std::vector<ExtentInfo>> out;
+  absl::Status s = app.mmu.Call(m.builder(), root, [&](proto::Message::Reader r) {
+    out.first = r.getMapped().getVaddr();
+    for (auto e : r.getMapped().getExtents()) {
+      out.second.push_back({e.getVpage(), e.getPages(), e.getElement()});
+    }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
+ipc::Client& Element(App& app, TestRack& rack, const std::string& name) {
+  auto it = app.elements.find(name);
+  if (it == app.elements.end()) {
+    auto c = ipc::Client::Connect(rack.Socket(name));
+    REQUIRE(c.ok());
+    it = app.elements.emplace(name, *std::move(c)).first;
+  }
+  return it->second;
+}
+
+absl::Status WritePage(ipc::Client& element, uint64_t vpage, uint8_t fill) {
+  capnp::MallocMessageBuilder b;
+  auto root = b.initRoot<proto::Message>();
+  auto page = root.initPageData();
+  page.setVpage(vpage);
+  auto data = page.initData(kPage);
+  std::memset(data.begin(), fill, kPage);
+  for (int i = 0; i < 8; ++i) data[i] = uint8_t(vpage >> (8 * i));
+  return element.Call(b, root, Ignore);
+}
+
+absl::StatusOr<std::vector<uint8_t>> ReadPage(ipc::Client& element, uint64_t vpage) {
+  ipc::SmallMessage m;
+  auto root = m.Init();
+  root.initReadPage().setVpage(vpage);
+  std::vector<uint8_t> out;
+  absl::Status s = element.Call(m.builder(), root, [&](proto::Message::Reader r) {
+    auto d = r.getPageData().getData();
+    out.assign(d.begin(), d.end());
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
+uint64_t PoolUse(TestRack& rack) {
+  uint64_t used = 0;
+  for (const auto& [name, row] : rack.Status()) {
+    if (row.kind == "memory") used += row.used_bytes;
+  }
+  return used;
+}
+
+// Waits for the memory elements' heartbeat reports to show `bytes` in use.
+bool WaitForPoolUse(TestRack& rack, uint64_t bytes) {
+  for (int i = 0; i < 1000; ++i) {
+    if (PoolUse(rack) == bytes) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+TEST_CASE("Mapped memory lives on the memory elements and only its owner can touch it") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 2 --pool-size 16M") == 0);
+  auto app = JoinRack(rack);
+  REQUIRE(app.ok());
+  auto region = Map(*app, 1 << 20, proto::Placement::SPREAD);
+  REQUIRE(region.ok());
+  const uint64_t vaddr = region->first;
+  REQUIRE(vaddr >= app->window);
+  std::map<std::string, uint64_t> per_element;
+  for (const auto& e : region->second) per_element[e.element] += e.pages;
+  REQUIRE(per_element["mem0"] == 128);
+  REQUIRE(per_element["mem1"] == 128);
+  REQUIRE(WaitForPoolUse(rack, 1 << 20));
+
+  // Every page written through its element reads back, byte for byte.
+  for (const auto& e : region->second) {
+    ipc::Client& element = Element(*app, rack, e.element);
+    for (uint64_t p = e.vpage; p < e.vpage + e.pages; ++p) {
+      REQUIRE(WritePage(element, p, uint8_t(p * 7)).ok());
+    }
+  }
+  for (const auto& e : region->second) {
+    ipc::Client& element = Element(*app, rack, e.element);
+    for (uint64_t p = e.vpage; p < e.vpage + e.pages; ++p) {
+      auto page = ReadPage(element, p);
+      REQUIRE(page.ok());
+      uint64_t tag = 0;
+      std::memcpy(&tag, page->data(), 8);
+      REQUIRE(tag == p);
+      REQUIRE((*page)[kPage - 1] == uint8_t(p * 7));
+    }
+  }
+  const ExtentInfo first = region->second.front();
+
+  SECTION("another process forging requests for these pages is refused by the element") {
+    const pid_t child = fork();
+    if (child == 0) {
+      int code = 0;
+      auto thief = JoinRack(rack);
+      if (!thief.ok()) _exit(10);
+      auto conn = ipc::Client::Connect(rack.Socket(first.element));
+      if (!conn.ok()) _exit(11);
+      if (!absl::IsPermissionDenied(ReadPage(*conn, first.vpage).status())) code |= 1;
+      if (!absl::IsPermissionDenied(WritePage(*conn, first.vpage, 0xEE))) code |= 2;
+      // Programming the table is the Rack MMU's alone.
+      ipc::SmallMessage m;
+      auto root = m.Init();
+      auto program = root.initProgramPages();
+      program.setProcessId(thief->id);
+      program.setPid(getpid());
+      program.setVpage(first.vpage);
+      program.setPages(1);
+      if (!absl::IsPermissionDenied(conn->Call(m.builder(), root, Ignore))) code |= 4;
+      _exit(code);
+    }
+    int status = 0;
+    REQUIRE(waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) == 0);
+    auto page = ReadPage(Element(*app, rack, first.element), first.vpage);
+    REQUIRE(page.ok());
+    REQUIRE((*page)[100] == uint8_t(first.vpage * 7));  // untouched
+    const std::string log = [&] {
+      std::string out;
+      RunCommand("cat " + rack.dir() + "/" + first.element + ".log", &out);
+      return out;
+    }();
+    REQUIRE_THAT(log, Catch::Contains("holds no memory on this element"));
+  }
+  SECTION("mapping more than the rack holds fails cleanly and allocates nothing") {
+    auto too_big = Map(*app, 40 << 20, proto::Placement::SPREAD);
+    REQUIRE(absl::IsResourceExhausted(too_big.status()));
+    auto fill = Map(*app, 31 << 20, proto::Placement::FILL);  // what is left
+    REQUIRE(fill.ok());
+    REQUIRE(WaitForPoolUse(rack, 32 << 20));
+    REQUIRE(absl::IsResourceExhausted(Map(*app, kPage, proto::Placement::FILL).status()));
+  }
+  SECTION("unmapped pages are refused and their pool space is released") {
+    ipc::SmallMessage m;
+    auto root = m.Init();
+    root.initUnmap().setVaddr(vaddr);
+    REQUIRE(app->mmu.Call(m.builder(), root, Ignore).ok());
+    REQUIRE(WaitForPoolUse(rack, 0));
+    REQUIRE(absl::IsPermissionDenied(
+        ReadPage(Element(*app, rack, first.element), first.vpage).status()));
+    REQUIRE(absl::IsNotFound(app->mmu.Call(m.builder(), root, Ignore)));
+  }
+  SECTION("a process that exits releases its memory") {
+    const pid_t child = fork();
+    if (child == 0) {
+      auto other = JoinRack(rack);
+      _exit(other.ok() && Map(*other, 4 << 20, proto::Placement::FILL).ok() ? 0 : 1);
+    }
+    int status = 0;
+    REQUIRE(waitpid(child, &status, 0) == child);
+    REQUIRE(WEXITSTATUS(status) == 0);
+    REQUIRE(WaitForPoolUse(rack, 1 << 20));
+  }
+}
+
+TEST_CASE("Remote-memory requests out of order get clear errors") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M") == 0);
+  auto mmu = ipc::Client::Connect(rack.Socket("mmu"));
+  REQUIRE(mmu.ok());
+  ipc::SmallMessage m;
+  auto root = m.Init();
+  root.initMap().setBytes(kPage);
+  absl::Status s = mmu->Call(m.builder(), root, Ignore);
+  REQUIRE(absl::IsFailedPrecondition(s));
+  REQUIRE_THAT(std::string(s.message()), Catch::Contains("join"));
+  auto app = JoinRack(rack);
+  REQUIRE(app.ok());
+  REQUIRE(absl::IsInvalidArgument(Map(*app, 0, proto::Placement::SPREAD).status()));
+}
+
+}  // namespace
+}  // namespace disagg::testing
