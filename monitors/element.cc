@@ -63,23 +63,15 @@ absl::Status Element::OnMessage(ipc::Link& link, proto::Message::Reader message)
                          ipc::ErrorToStatus(message.getError()).message())));
       }
       return absl::OkStatus();
-    case proto::Message::ECHO: {
-      capnp::MallocMessageBuilder builder;
-      auto reply = builder.initRoot<proto::Message>();
-      reply.setSeq(seq);
-      reply.setEcho(message.getEcho());
-      return link.Send(builder);
-    }
+    case proto::Message::ECHO:
+      return link.ReplyEcho(message);
     default:
       return HandleOther(link, message);
   }
 }
 
 absl::Status Element::HandleOther(ipc::Link& link, proto::Message::Reader message) {
-  return link.ReplyError(message.getSeq(),
-                         absl::UnimplementedError(absl::StrCat(
-                             options_.name, ": message kind ", static_cast<int>(message.which()),
-                             " is not served here")));
+  return link.ReplyUnserved(options_.name, message);
 }
 
 void Element::OnClose(ipc::Link& link, const absl::Status& why) {

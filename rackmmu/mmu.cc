@@ -36,18 +36,10 @@ absl::Status RackMmu::OnMessage(ipc::Link& link, proto::Message::Reader message)
       pong.initPong().setSentNanos(message.getPing().getSentNanos());
       return link.Send(builder);
     }
-    case proto::Message::ECHO: {
-      capnp::MallocMessageBuilder builder;
-      auto reply = builder.initRoot<proto::Message>();
-      reply.setSeq(seq);
-      reply.setEcho(message.getEcho());
-      return link.Send(builder);
-    }
+    case proto::Message::ECHO:
+      return link.ReplyEcho(message);
     default:
-      // Answer, then go on: an unknown request is the peer's mistake, not a protocol break.
-      return link.ReplyError(seq, absl::UnimplementedError(absl::StrCat(
-                                      "mmu: message kind ", static_cast<int>(message.which()),
-                                      " is not served by the Rack MMU")));
+      return link.ReplyUnserved("mmu", message);
   }
 }
 

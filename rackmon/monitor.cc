@@ -94,13 +94,8 @@ absl::Status RackMonitor::OnMessage(ipc::Link& link, proto::Message::Reader mess
       return HandleRegister(link, seq, message.getRegister());
     case proto::Message::STATUS_REQUEST:
       return HandleStatus(link, seq);
-    case proto::Message::ECHO: {
-      capnp::MallocMessageBuilder builder;
-      auto reply = builder.initRoot<proto::Message>();
-      reply.setSeq(seq);
-      reply.setEcho(message.getEcho());
-      return link.Send(builder);
-    }
+    case proto::Message::ECHO:
+      return link.ReplyEcho(message);
     case proto::Message::OK:
     case proto::Message::REGISTERED:
       return absl::OkStatus();  // the Rack MMU acknowledging our own messages
@@ -109,9 +104,7 @@ absl::Status RackMonitor::OnMessage(ipc::Link& link, proto::Message::Reader mess
                    << ipc::ErrorToStatus(message.getError());
       return absl::OkStatus();
     default:
-      return link.ReplyError(seq, absl::UnimplementedError(absl::StrCat(
-                                      "mon: message kind ", static_cast<int>(message.which()),
-                                      " is not served by the rack monitor")));
+      return link.ReplyUnserved("mon", message);
   }
 }
 

@@ -41,6 +41,19 @@ absl::Status Link::ReplyOk(uint64_t seq) {
   return Send(message.builder());
 }
 
+absl::Status Link::ReplyEcho(proto::Message::Reader request) {
+  SmallMessage message;
+  message.Init(request.getSeq()).setEcho(request.getEcho());
+  return Send(message.builder());
+}
+
+absl::Status Link::ReplyUnserved(const std::string& who, proto::Message::Reader request) {
+  return ReplyError(request.getSeq(),
+                    absl::UnimplementedError(absl::StrCat(
+                        who, ": message kind ", static_cast<int>(request.which()),
+                        " is not served here")));
+}
+
 Hub::Hub(EventLoop& loop, Handler& handler, std::string name)
     : loop_(loop), handler_(handler), name_(std::move(name)) {
   poller_ = loop_.AddPoller({[this] { return Poll(); }, [this] { return PrepareToSleep(); },

@@ -43,6 +43,11 @@ class Link {
   // Replies to request `seq` with an Error carrying `error`, or with `ok`.
   absl::Status ReplyError(uint64_t seq, const absl::Status& error);
   absl::Status ReplyOk(uint64_t seq);
+  // Answers an Echo request with the same bytes (liveness probes, benchmarks).
+  absl::Status ReplyEcho(proto::Message::Reader request);
+  // Answers a request the daemon `who` does not serve. The link stays open: an unknown
+  // request is the peer's mistake, not a protocol break.
+  absl::Status ReplyUnserved(const std::string& who, proto::Message::Reader request);
 
  private:
   friend class Hub;
