@@ -85,4 +85,12 @@ void Element::OnClose(ipc::Link& link, const absl::Status& why) {
   }
 }
 
+absl::Status RunElement(ipc::EventLoop& loop, Element& element, const std::string& what) {
+  RETURN_IF_ERROR(element.Start());
+  LOG(INFO) << element.name() << ": " << what;
+  RETURN_IF_ERROR(loop.Run());
+  LOG(INFO) << element.name() << ": stopped";
+  return element.status();
+}
+
 }  // namespace disagg

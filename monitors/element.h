@@ -32,6 +32,7 @@ class Element : public ipc::Hub::Handler {
   // The registrations' answers arrive on the loop; a refusal stops the loop (see status()).
   absl::Status Start();
 
+  const std::string& name() const { return options_.name; }
   // Why the element stopped on its own (OK when stopped by a signal).
   const absl::Status& status() const { return status_; }
 
@@ -58,6 +59,10 @@ class Element : public ipc::Hub::Handler {
   ipc::Link* mon_ = nullptr;
   absl::Status status_;
 };
+
+// Runs `element`, built on `loop`: starts it, runs the loop until a stop signal or the
+// element's own failure, and returns why it stopped. `what` describes it for the log.
+absl::Status RunElement(ipc::EventLoop& loop, Element& element, const std::string& what);
 
 }  // namespace disagg
 

@@ -47,10 +47,5 @@ int main(int argc, char** argv) {
     return 1;
   }
   disagg::rackmmu::Options options{FLAGS_run_dir, absl::Microseconds(FLAGS_spin_us)};
-  absl::Status status = disagg::rackmmu::Run(options);
-  if (!status.ok()) {
-    LOG(ERROR) << "mmu: " << status;
-    return 1;
-  }
-  return 0;
+  return disagg::ExitCode("mmu", disagg::rackmmu::Run(options));
 }

@@ -73,10 +73,5 @@ int main(int argc, char** argv) {
   options.monitor.rack_name = FLAGS_rack_name;
   options.monitor.period = absl::Milliseconds(FLAGS_heartbeat_ms);
   options.monitor.missed_beats = FLAGS_missed_beats;
-  absl::Status status = disagg::rackmon::Run(options);
-  if (!status.ok()) {
-    LOG(ERROR) << "mon: " << status;
-    return 1;
-  }
-  return 0;
+  return disagg::ExitCode("mon", disagg::rackmon::Run(options));
 }

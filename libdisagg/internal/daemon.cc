@@ -27,6 +27,12 @@ absl::Status InitDaemon(const char* argv0, const std::string& log_dir, const std
   return ipc::ProbeKernelSupport();
 }
 
+int ExitCode(const std::string& element, const absl::Status& status) {
+  if (status.ok()) return 0;
+  LOG(ERROR) << element << ": " << status;
+  return 1;
+}
+
 std::string SocketPath(const std::string& run_dir, const std::string& name) {
   return absl::StrCat(run_dir, "/", name, ".sock");
 }

@@ -13,6 +13,9 @@ namespace disagg {
 // features the IPC core needs are probed. FAILED_PRECONDITION if one is missing.
 absl::Status InitDaemon(const char* argv0, const std::string& log_dir, const std::string& element);
 
+// The exit code for daemon `element` ending with `status` (0 for OK, else 1, logged).
+int ExitCode(const std::string& element, const absl::Status& status);
+
 // The socket path of element `name` in run directory `run_dir`: <run_dir>/<name>.sock.
 std::string SocketPath(const std::string& run_dir, const std::string& name);
 

@@ -41,12 +41,8 @@ absl::Status Run(const Options& options) {
   element_options.kind = proto::ElementKind::MEMORY;
   element_options.capacity_bytes = options.pool_bytes;
   MemoryElement element(*loop, element_options, std::move(store));
-  RETURN_IF_ERROR(element.Start());
-  LOG(INFO) << options.name << ": memory element with a pool of " << options.pool_bytes
-            << " bytes";
-  RETURN_IF_ERROR(loop->Run());
-  LOG(INFO) << options.name << ": stopped";
-  return element.status();
+  return RunElement(*loop, element,
+                    absl::StrCat("memory element with a pool of ", options.pool_bytes, " bytes"));
 }
 
 }  // namespace
@@ -67,10 +63,5 @@ int main(int argc, char** argv) {
   }
   disagg::memmon::Options options{FLAGS_run_dir, FLAGS_name, *pool,
                                   absl::Microseconds(FLAGS_spin_us)};
-  absl::Status status = disagg::memmon::Run(options);
-  if (!status.ok()) {
-    LOG(ERROR) << FLAGS_name << ": " << status;
-    return 1;
-  }
-  return 0;
+  return disagg::ExitCode(FLAGS_name, disagg::memmon::Run(options));
 }

@@ -3,6 +3,7 @@
 // within its local memory budget.
 #include <gflags/gflags.h>
 
+#include "absl/strings/str_cat.h"
 #include "element.h"
 #include "internal/daemon.h"
 #include "internal/logging.h"
@@ -35,12 +36,9 @@ absl::Status Run(const Options& options) {
   element_options.kind = proto::ElementKind::COMPUTE;
   element_options.capacity_bytes = options.cache_budget;
   Element element(*loop, element_options);
-  RETURN_IF_ERROR(element.Start());
-  LOG(INFO) << options.name << ": compute element with a cache budget of "
-            << options.cache_budget << " bytes";
-  RETURN_IF_ERROR(loop->Run());
-  LOG(INFO) << options.name << ": stopped";
-  return element.status();
+  return RunElement(*loop, element,
+                    absl::StrCat("compute element with a cache budget of ",
+                                 options.cache_budget, " bytes"));
 }
 
 }  // namespace
@@ -61,10 +59,5 @@ int main(int argc, char** argv) {
   }
   disagg::procmon::Options options{FLAGS_run_dir, FLAGS_name, *budget,
                                    absl::Microseconds(FLAGS_spin_us)};
-  absl::Status status = disagg::procmon::Run(options);
-  if (!status.ok()) {
-    LOG(ERROR) << FLAGS_name << ": " << status;
-    return 1;
-  }
-  return 0;
+  return disagg::ExitCode(FLAGS_name, disagg::procmon::Run(options));
 }
