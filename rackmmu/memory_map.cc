@@ -12,7 +12,7 @@ constexpr uint64_t kRegionAlignPages = 512;
 
 // Appends [vpage, +run.count) -> element/run, merging with the previous extent if contiguous.
 void AppendExtent(std::vector<ExtentRecord>& extents, uint64_t vpage, const std::string& element,
-                  const PageRun& run) {
+                  uint64_t generation, const PageRun& run) {
   if (!extents.empty()) {
     ExtentRecord& last = extents.back();
     if (last.element == element && last.vpage + last.pages == vpage &&
@@ -21,13 +21,13 @@ void AppendExtent(std::vector<ExtentRecord>& extents, uint64_t vpage, const std:
       return;
     }
   }
-  extents.push_back({vpage, run.count, element, run.first});
+  extents.push_back({vpage, run.count, element, run.first, generation});
 }
 
 }  // namespace
 
 void MemoryMap::AddElement(const std::string& name, uint64_t capacity_bytes) {
-  pools_[name] = Pool{PagePool(capacity_bytes >> kPageShift), true};
+  pools_[name] = Pool{PagePool(capacity_bytes >> kPageShift), true, next_generation_++};
 }
 
 void MemoryMap::SetUsable(const std::string& name, bool usable) {
@@ -71,7 +71,7 @@ std::vector<ExtentRecord> MemoryMap::Place(uint64_t vpage, uint64_t pages,
   uint64_t left = pages;
   auto take = [&](const std::string& name, Pool& pool, uint64_t want) {
     for (const PageRun& run : pool.pages.AllocateUpTo(want)) {
-      AppendExtent(extents, next, name, run);
+      AppendExtent(extents, next, name, pool.generation, run);
       next += run.count;
       left -= run.count;
     }
@@ -133,7 +133,8 @@ absl::StatusOr<const Region*> MemoryMap::Map(uint32_t process_id, uint64_t bytes
 void MemoryMap::FreeExtents(const Region& region) {
   for (const ExtentRecord& e : region.extents) {
     auto pool = pools_.find(e.element);
-    if (pool == pools_.end()) continue;
+    // Pages of an earlier incarnation of the element died with it.
+    if (pool == pools_.end() || pool->second.generation != e.pool_generation) continue;
     absl::Status s = pool->second.pages.Free({e.pool_page, e.pages});
     CHECK(s.ok()) << "Rack MMU page accounting broken: " << s;
   }

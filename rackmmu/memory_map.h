@@ -35,6 +35,7 @@ struct ExtentRecord {
   uint64_t pages = 0;
   std::string element;
   uint64_t pool_page = 0;
+  uint64_t pool_generation = 0;  // which incarnation of the element's pool
 };
 
 struct Region {
@@ -55,7 +56,8 @@ struct ProcessRecord {
 
 class MemoryMap {
  public:
-  // A memory element's pool joins placement (or comes back with a fresh pool after a restart).
+  // A memory element's pool joins placement. A restarted element comes back with a fresh,
+  // empty pool: extents on its earlier pool are then never freed into the new one.
   void AddElement(const std::string& name, uint64_t capacity_bytes);
   // A failed element takes no new regions. Its extents stay recorded.
   void SetUsable(const std::string& name, bool usable);
@@ -82,6 +84,7 @@ class MemoryMap {
   struct Pool {
     PagePool pages;
     bool usable = true;
+    uint64_t generation = 0;
   };
   std::vector<ExtentRecord> Place(uint64_t vpage, uint64_t pages, proto::Placement placement);
   void FreeExtents(const Region& region);
@@ -89,6 +92,7 @@ class MemoryMap {
   std::map<std::string, Pool> pools_;  // by element name; ordered for placement
   std::map<uint32_t, ProcessRecord> processes_;
   uint32_t next_process_id_ = 1;
+  uint64_t next_generation_ = 1;
   size_t spread_cursor_ = 0;
 };
 

@@ -74,6 +74,17 @@ TEST_CASE("The Rack MMU places regions in the process's window, spread or filled
     REQUIRE(s.ok());
     REQUIRE(PagesOn(**s, "mem1") == 0);
   }
+  SECTION("a restarted element's fresh pool is not corrupted by frees of its old pages") {
+    auto r = map.Map((*a)->id, 512 * kPageBytes, proto::Placement::SPREAD);
+    REQUIRE(r.ok());
+    const uint64_t vaddr = (*r)->vaddr;
+    map.AddElement("mem1", 1 << 20);  // mem1 failed and came back empty
+    REQUIRE(map.free_pages() == 256);
+    auto s = map.Map((*b)->id, 256 * kPageBytes, proto::Placement::SPREAD);
+    REQUIRE(s.ok());
+    REQUIRE(map.Unmap((*a)->id, vaddr).ok());  // must not free b's pages on the new mem1
+    REQUIRE(map.free_pages() == 256);         // only the old mem0 pages came back
+  }
   SECTION("a leaving process releases everything") {
     REQUIRE(map.Map((*a)->id, 100 * kPageBytes, proto::Placement::SPREAD).ok());
     REQUIRE(map.Map((*a)->id, 100 * kPageBytes, proto::Placement::FILL).ok());
