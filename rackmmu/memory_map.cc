@@ -35,7 +35,7 @@ void MemoryMap::SetUsable(const std::string& name, bool usable) {
   if (it != pools_.end()) it->second.usable = usable;
 }
 
-absl::StatusOr<const ProcessRecord*> MemoryMap::Join(const std::string& name, pid_t pid,
+absl::StatusOr<ProcessRecord*> MemoryMap::Join(const std::string& name, pid_t pid,
                                                      uint64_t start_time) {
   if (next_process_id_ > kMaxProcesses) {
     return absl::ResourceExhaustedError(
@@ -156,6 +156,36 @@ absl::StatusOr<Region> MemoryMap::Unmap(uint32_t process_id, uint64_t vaddr) {
   FreeExtents(region);
   CHECK(p.window.Free({(vaddr - p.window_base) >> kPageShift, region.bytes >> kPageShift}).ok());
   return region;
+}
+
+absl::StatusOr<Region> MemoryMap::Translate(uint32_t process_id, uint64_t vpage) const {
+  const uint64_t addr = vpage << kPageShift;
+  if (addr < kRangeBase || addr - kRangeBase >= kRangeBytes) {
+    return absl::OutOfRangeError(absl::StrCat("0x", absl::Hex(addr), " is outside the rack range"));
+  }
+  const uint32_t owner = static_cast<uint32_t>((addr - kRangeBase) >> kWindowShift);
+  if (owner != process_id) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "0x", absl::Hex(addr), " lies in process ", owner, "'s window, not in process ",
+        process_id, "'s"));
+  }
+  const ProcessRecord* p = process(process_id);
+  if (p == nullptr) {
+    return absl::NotFoundError(absl::StrCat("process ", process_id, " has not joined the rack"));
+  }
+  auto r = p->regions.upper_bound(addr);
+  if (r != p->regions.begin()) {
+    --r;
+    const Region& region = r->second;
+    if (addr < region.vaddr + region.bytes) {
+      for (const ExtentRecord& e : region.extents) {
+        if (vpage >= e.vpage && vpage < e.vpage + e.pages) {
+          return Region{region.vaddr, region.bytes, {e}};
+        }
+      }
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("nothing is mapped at 0x", absl::Hex(addr)));
 }
 
 std::vector<Region> MemoryMap::Leave(uint32_t process_id) {

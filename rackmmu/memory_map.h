@@ -23,7 +23,9 @@ namespace disagg::rackmmu {
 inline constexpr uint64_t kPageBytes = 4096;
 inline constexpr int kPageShift = 12;
 // The rack address space: process id i owns [kRangeBase + i << kWindowShift, +window).
-inline constexpr uint64_t kRangeBase = uint64_t{1} << 45;  // 32 TiB
+// The range starts at 1 TiB: above where non-PIE programs and their heaps live, below where
+// Linux puts PIE executables (~85 TiB) and the mmap area (growing down from 128 TiB).
+inline constexpr uint64_t kRangeBase = uint64_t{1} << 40;  // 1 TiB
 inline constexpr int kWindowShift = 36;                     // 64 GiB per process
 inline constexpr uint32_t kMaxProcesses = 1023;             // ids 1..1023: a 64 TiB range
 inline constexpr uint64_t kRangeBytes = uint64_t{kMaxProcesses + 1} << kWindowShift;
@@ -47,6 +49,7 @@ struct Region {
 struct ProcessRecord {
   uint32_t id = 0;
   std::string name;
+  std::string element;  // the compute element it runs on, as it said when joining
   pid_t pid = 0;
   uint64_t start_time = 0;
   uint64_t window_base = 0;
@@ -63,8 +66,7 @@ class MemoryMap {
   void SetUsable(const std::string& name, bool usable);
 
   // A process joins: a new rack id and window. RESOURCE_EXHAUSTED when all ids are taken.
-  absl::StatusOr<const ProcessRecord*> Join(const std::string& name, pid_t pid,
-                                            uint64_t start_time);
+  absl::StatusOr<ProcessRecord*> Join(const std::string& name, pid_t pid, uint64_t start_time);
   // Maps `bytes` (rounded up to pages) for `process_id`. INVALID_ARGUMENT for zero or more
   // than a window; RESOURCE_EXHAUSTED if the rack's usable elements cannot hold it (then
   // nothing is allocated); NOT_FOUND for an unknown process.
@@ -73,10 +75,15 @@ class MemoryMap {
   // Removes the region starting at `vaddr`, frees its pages, and returns it (so its extents
   // can be revoked at the memory elements). NOT_FOUND if there is no such region.
   absl::StatusOr<Region> Unmap(uint32_t process_id, uint64_t vaddr);
+  // Where `vpage` lives for `process_id`: the region holding it (extents narrowed to the one
+  // holding the page). NOT_FOUND if nothing is mapped there; PERMISSION_DENIED naming the
+  // owner if the page lies in another process's window; OUT_OF_RANGE outside the rack range.
+  absl::StatusOr<Region> Translate(uint32_t process_id, uint64_t vpage) const;
   // The process leaves: all its regions are removed and returned.
   std::vector<Region> Leave(uint32_t process_id);
 
   const ProcessRecord* process(uint32_t id) const;
+  const std::map<uint32_t, ProcessRecord>& processes() const { return processes_; }
   uint64_t free_pages() const;  // on usable elements
   uint64_t MappedBytes(uint32_t process_id) const;
 

@@ -21,6 +21,8 @@ absl::Status RackMmu::OnMessage(ipc::Link& link, proto::Message::Reader message)
       return HandleMap(link, seq, message.getMap());
     case proto::Message::UNMAP:
       return HandleUnmap(link, seq, message.getUnmap());
+    case proto::Message::TRANSLATE:
+      return HandleTranslate(link, seq, message.getTranslate().getVpage());
     case proto::Message::OK:
       HandleProgramAck(link, seq, absl::OkStatus());
       return absl::OkStatus();
@@ -99,6 +101,17 @@ absl::Status RackMmu::HandleStatus(ipc::Link& link, uint64_t seq) {
     row.setHealth(record.health);
     row.setCapacityBytes(record.capacity_bytes);
     row.setLastHeartbeatAgeNanos(-1);
+  }
+  const auto& processes = memory_.processes();
+  auto process_rows = status.initProcesses(processes.size());
+  i = 0;
+  for (const auto& [id, record] : processes) {
+    auto row = process_rows[i++];
+    row.setProcessId(id);
+    row.setName(record.name);
+    row.setPid(record.pid);
+    row.setElement(record.element);
+    row.setMappedBytes(memory_.MappedBytes(id));
   }
   return link.Send(builder);
 }

@@ -39,6 +39,9 @@ class RackMmu : public ipc::Hub::Handler {
   absl::Status HandleJoin(ipc::Link& link, uint64_t seq, proto::Join::Reader request);
   absl::Status HandleMap(ipc::Link& link, uint64_t seq, proto::MapRequest::Reader request);
   absl::Status HandleUnmap(ipc::Link& link, uint64_t seq, proto::UnmapRequest::Reader request);
+  absl::Status HandleTranslate(ipc::Link& link, uint64_t seq, uint64_t vpage);
+  // Sends `region` as a Mapped reply to `seq`.
+  absl::Status SendMapped(ipc::Link& link, uint64_t seq, const Region& region);
   // A memory element answered one of our ProgramPages (seq) with `result`.
   void HandleProgramAck(ipc::Link& link, uint64_t seq, const absl::Status& result);
   void FinishMap(uint64_t op_id);

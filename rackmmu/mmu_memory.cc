@@ -27,9 +27,10 @@ absl::Status RackMmu::HandleJoin(ipc::Link& link, uint64_t seq, proto::Join::Rea
   }
   absl::StatusOr<uint64_t> start_time = ipc::ProcessStartTime(link.peer());
   if (!start_time.ok()) return link.ReplyError(seq, start_time.status());
-  absl::StatusOr<const ProcessRecord*> p =
+  absl::StatusOr<ProcessRecord*> p =
       memory_.Join(request.getName(), link.peer().pid, *start_time);
   if (!p.ok()) return link.ReplyError(seq, p.status());
+  (*p)->element = request.getElement();
   process_by_link_[link.id()] = (*p)->id;
   link.set_label(absl::StrCat("process ", (*p)->id, " (", request.getName().cStr(), ", pid ",
                               link.peer().pid, ")"));
@@ -129,9 +130,15 @@ void RackMmu::FinishMap(uint64_t op_id) {
     return;
   }
   const Region& r = region->second;
+  VLOG(1) << "mmu: process " << op.process_id << " mapped " << r.bytes << " bytes at 0x" << std::hex
+          << r.vaddr << std::dec << " in " << r.extents.size() << " extents";
+  (void)SendMapped(*app->second, op.seq, r);
+}
+
+absl::Status RackMmu::SendMapped(ipc::Link& link, uint64_t seq, const Region& r) {
   capnp::MallocMessageBuilder builder;
   auto reply = builder.initRoot<proto::Message>();
-  reply.setSeq(op.seq);
+  reply.setSeq(seq);
   auto mapped = reply.initMapped();
   mapped.setVaddr(r.vaddr);
   mapped.setBytes(r.bytes);
@@ -142,9 +149,25 @@ void RackMmu::FinishMap(uint64_t op_id) {
     extents[i].setElement(r.extents[i].element);
     extents[i].setPoolPage(r.extents[i].pool_page);
   }
-  VLOG(1) << "mmu: process " << op.process_id << " mapped " << r.bytes << " bytes at 0x" << std::hex
-          << r.vaddr << std::dec << " in " << r.extents.size() << " extents";
-  (void)app->second->Send(builder);
+  return link.Send(builder);
+}
+
+absl::Status RackMmu::HandleTranslate(ipc::Link& link, uint64_t seq, uint64_t vpage) {
+  const uint32_t process_id = ProcessOf(link);
+  if (process_id == 0) {
+    return link.ReplyError(seq, absl::FailedPreconditionError("mmu: join the rack before Translate"));
+  }
+  absl::StatusOr<Region> region = memory_.Translate(process_id, vpage);
+  if (!region.ok()) return link.ReplyError(seq, region.status());
+  for (const auto& [id, op] : pending_maps_) {
+    if (op.process_id == process_id && op.vaddr == region->vaddr) {
+      // Its memory elements are not programmed yet: the page is not usable before Map returns.
+      return link.ReplyError(seq, absl::NotFoundError(absl::StrCat(
+                                      "0x", absl::Hex(vpage << kPageShift),
+                                      " belongs to a region whose Map has not returned yet")));
+    }
+  }
+  return SendMapped(link, seq, *region);
 }
 
 absl::Status RackMmu::HandleUnmap(ipc::Link& link, uint64_t seq,

@@ -1,9 +1,18 @@
 // rackctl: the rack's command-line client.
-//   rackctl status [--json]     one row per element (from the rack monitor)
+//   rackctl status [--json]     one row per element (from the rack monitor), one per process
+//                               (from the Rack MMU and the compute elements)
+//   rackctl run --on cpuN -- PROGRAM ARGS   runs PROGRAM on compute element cpuN
 // The rack is the run directory given by --rack, else $DISAGG_RACK.
 #include <gflags/gflags.h>
 
+#include <limits.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <map>
+#include <vector>
 #include <cstdlib>
 #include <string>
 
@@ -12,11 +21,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "internal/daemon.h"
+#include "internal/status_macros.h"
 #include "ipc/client.h"
 #include "ipc/wire.h"
 
 DEFINE_string(rack, "", "the rack's run directory (default: $DISAGG_RACK)");
 DEFINE_bool(json, false, "status: print one JSON object instead of a table");
+DEFINE_string(on, "", "run: the compute element to run the program on, e.g. cpu0");
 DEFINE_int32(timeout_ms, 3000, "how long to wait for the rack's daemons");
 
 namespace disagg::rackctl {
@@ -24,7 +35,10 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: rackctl [--rack DIR] COMMAND\n"
-    "  status [--json]   show every element of the rack and its health\n";
+    "  status [--json]   show every element of the rack and its health, and its processes\n"
+    "  run --on ELEMENT -- PROGRAM [ARGS...]\n"
+    "                    run PROGRAM on compute element ELEMENT (it joins the rack with\n"
+    "                    libdisagg: DISAGG_RACK and DISAGG_ELEMENT are set for it)\n";
 
 std::string JsonString(const std::string& s) {
   std::string out = "\"";
@@ -57,7 +71,18 @@ std::string HeartbeatAge(int64_t nanos) {
   return absl::StrFormat("%.1f ms", nanos / 1e6);
 }
 
-void PrintStatus(proto::RackStatus::Reader status, bool json) {
+struct ProcessRow {
+  uint32_t id = 0;
+  std::string name;
+  int32_t pid = 0;
+  std::string element;
+  uint64_t mapped = 0;
+  uint64_t cached = 0;
+  uint64_t quota = 0;
+};
+
+void PrintStatus(proto::RackStatus::Reader status, const std::vector<ProcessRow>& processes,
+                 bool json) {
   if (json) {
     std::string out = absl::StrCat("{\"rack\":", JsonString(status.getRackName()), ",\"elements\":[");
     bool first = true;
@@ -71,6 +96,15 @@ void PrintStatus(proto::RackStatus::Reader status, bool json) {
                           ? std::string("null")
                           : absl::StrFormat("%.3f", e.getLastHeartbeatAgeNanos() / 1e6),
                       "}");
+      first = false;
+    }
+    out += "],\"processes\":[";
+    first = true;
+    for (const ProcessRow& p : processes) {
+      absl::StrAppend(&out, first ? "" : ",", "{\"id\":", p.id, ",\"name\":", JsonString(p.name),
+                      ",\"pid\":", p.pid, ",\"element\":", JsonString(p.element),
+                      ",\"mapped_bytes\":", p.mapped, ",\"cached_bytes\":", p.cached,
+                      ",\"cache_quota_bytes\":", p.quota, "}");
       first = false;
     }
     out += "]}";
@@ -87,30 +121,120 @@ void PrintStatus(proto::RackStatus::Reader status, bool json) {
                 e.getCapacityBytes() ? HumanBytes(e.getUsedBytes()).c_str() : "-",
                 HeartbeatAge(e.getLastHeartbeatAgeNanos()).c_str());
   }
+  if (processes.empty()) return;
+  std::printf("\n%-8s %-16s %8s %-8s %12s %12s %12s\n", "PROCESS", "NAME", "PID", "ON", "MAPPED",
+              "CACHED", "CACHE QUOTA");
+  for (const ProcessRow& p : processes) {
+    std::printf("%-8u %-16s %8d %-8s %12s %12s %12s\n", p.id, p.name.c_str(), p.pid,
+                p.element.empty() ? "-" : p.element.c_str(), HumanBytes(p.mapped).c_str(),
+                HumanBytes(p.cached).c_str(), HumanBytes(p.quota).c_str());
+  }
 }
 
-absl::Status Status(const std::string& rack) {
+// Asks the daemon at `socket` for its status and passes it to `use`.
+absl::Status AskStatus(const std::string& rack, const std::string& daemon,
+                       absl::FunctionRef<absl::Status(proto::RackStatus::Reader)> use) {
   const absl::Duration timeout = absl::Milliseconds(FLAGS_timeout_ms);
-  auto client = ipc::Client::Connect(SocketPath(rack, "mon"), timeout);
+  auto client = ipc::Client::Connect(SocketPath(rack, daemon), timeout);
   if (!client.ok()) {
-    return absl::UnavailableError(absl::StrCat("cannot reach the rack monitor of ", rack, ": ",
-                                               client.status().message()));
+    return absl::UnavailableError(
+        absl::StrCat("cannot reach ", daemon, " of ", rack, ": ", client.status().message()));
   }
-  capnp::MallocMessageBuilder builder;
-  auto request = builder.initRoot<proto::Message>();
-  request.setStatusRequest();
+  ipc::SmallMessage request;
+  auto root = request.Init();
+  root.setStatusRequest();
   return client->Call(
-      builder, request,
+      request.builder(), root,
       [&](proto::Message::Reader reply) {
-        if (!reply.isStatus()) return absl::InternalError("rack monitor sent no status");
-        PrintStatus(reply.getStatus(), FLAGS_json);
-        return absl::OkStatus();
+        if (!reply.isStatus()) return absl::InternalError(absl::StrCat(daemon, " sent no status"));
+        return use(reply.getStatus());
       },
       timeout);
 }
 
+// The rack's processes: what the Rack MMU knows, with each compute element's cache figures.
+std::vector<ProcessRow> Processes(const std::string& rack, proto::RackStatus::Reader elements) {
+  std::map<uint32_t, ProcessRow> rows;
+  absl::Status s = AskStatus(rack, "mmu", [&](proto::RackStatus::Reader status) {
+    for (auto p : status.getProcesses()) {
+      rows[p.getProcessId()] = {p.getProcessId(), p.getName(), p.getPid(), p.getElement(),
+                                p.getMappedBytes(), 0, 0};
+    }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) std::fprintf(stderr, "rackctl: %s\n", std::string(s.message()).c_str());
+  for (auto e : elements.getElements()) {
+    if (e.getKind() != proto::ElementKind::COMPUTE || e.getHealth() == proto::Health::FAILED) {
+      continue;
+    }
+    (void)AskStatus(rack, e.getName(), [&](proto::RackStatus::Reader status) {
+      for (auto p : status.getProcesses()) {
+        ProcessRow& row = rows[p.getProcessId()];
+        row.id = p.getProcessId();
+        if (row.name.empty()) row.name = p.getName();
+        row.pid = p.getPid();
+        row.element = p.getElement();
+        row.cached = p.getCachedBytes();
+        row.quota = p.getCacheQuotaBytes();
+      }
+      return absl::OkStatus();
+    });
+  }
+  std::vector<ProcessRow> out;
+  for (auto& [id, row] : rows) out.push_back(std::move(row));
+  return out;
+}
+
+absl::Status Status(const std::string& rack) {
+  return AskStatus(rack, "mon", [&](proto::RackStatus::Reader status) {
+    PrintStatus(status, Processes(rack, status), FLAGS_json);
+    return absl::OkStatus();
+  });
+}
+
+// Replaces rackctl with `argv` running on compute element `element`: checks that the element
+// is a healthy compute element of the rack and sets the environment libdisagg joins by.
+absl::Status Run(const std::string& rack, const std::string& element, char** argv) {
+  bool found = false;
+  std::string compute;
+  RETURN_IF_ERROR(AskStatus(rack, "mon", [&](proto::RackStatus::Reader status) {
+    for (auto e : status.getElements()) {
+      if (e.getKind() != proto::ElementKind::COMPUTE) continue;
+      absl::StrAppend(&compute, compute.empty() ? "" : ", ", e.getName().cStr());
+      if (e.getName() == element) {
+        if (e.getHealth() != proto::Health::HEALTHY) {
+          return absl::UnavailableError(absl::StrCat("compute element ", element, " is ",
+                                                     ipc::HealthName(e.getHealth())));
+        }
+        found = true;
+      }
+    }
+    return absl::OkStatus();
+  }));
+  if (!found) {
+    return absl::NotFoundError(absl::StrCat("the rack has no compute element '", element,
+                                            "' (it has: ", compute.empty() ? "none" : compute, ")"));
+  }
+  char resolved[PATH_MAX];
+  const std::string dir = realpath(rack.c_str(), resolved) != nullptr ? resolved : rack;
+  setenv("DISAGG_RACK", dir.c_str(), 1);
+  setenv("DISAGG_ELEMENT", element.c_str(), 1);
+  execvp(argv[0], argv);
+  return absl::NotFoundError(absl::StrCat("cannot run ", argv[0], ": ", std::strerror(errno)));
+}
+
 int Main(int argc, char** argv) {
   gflags::SetUsageMessage(kUsage);
+  // Everything after "--" is the program `run` starts, untouched by flag parsing.
+  char** program = nullptr;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--") == 0) {
+      program = argv + i + 1;
+      argv[i] = nullptr;
+      argc = i;
+      break;
+    }
+  }
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   std::string rack = FLAGS_rack;
   if (rack.empty() && std::getenv("DISAGG_RACK") != nullptr) rack = std::getenv("DISAGG_RACK");
@@ -126,6 +250,12 @@ int Main(int argc, char** argv) {
   absl::Status status;
   if (command == "status" && argc == 2) {
     status = Status(rack);
+  } else if (command == "run" && argc == 2) {
+    if (FLAGS_on.empty() || program == nullptr || program[0] == nullptr) {
+      std::fprintf(stderr, "rackctl: run needs --on ELEMENT and -- PROGRAM\n%s", kUsage);
+      return 2;
+    }
+    status = Run(rack, FLAGS_on, program);
   } else {
     std::fprintf(stderr, "rackctl: unknown command or arguments: %s\n%s", command.c_str(), kUsage);
     return 2;

@@ -38,7 +38,7 @@ absl::Status Ignore(proto::Message::Reader) { return absl::OkStatus(); }
 absl::StatusOr<App> JoinRack(TestRack& rack) {
   auto mmu = ipc::Client::Connect(rack.Socket("mmu"));
   if (!mmu.ok()) return mmu.status();
-  App app{*std::move(mmu)};
+  App app{*std::move(mmu), 0, 0, {}};
   ipc::SmallMessage m;
   auto root = m.Init();
   root.initJoin().setName("test");

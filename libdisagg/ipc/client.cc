@@ -13,9 +13,21 @@ absl::StatusOr<Client> Client::Connect(const std::string& path, absl::Duration t
 absl::Status Client::Call(capnp::MessageBuilder& request, proto::Message::Builder root,
                           absl::FunctionRef<absl::Status(proto::Message::Reader)> on_reply,
                           absl::Duration timeout) {
+  ASSIGN_OR_RETURN(uint64_t seq, Send(request, root));
+  return Await(seq, on_reply, timeout);
+}
+
+absl::StatusOr<uint64_t> Client::Send(capnp::MessageBuilder& request,
+                                      proto::Message::Builder root) {
   const uint64_t seq = next_seq_++;
   root.setSeq(seq);
   RETURN_IF_ERROR(conn_.channel.Send(request));
+  return seq;
+}
+
+absl::Status Client::Await(uint64_t seq,
+                           absl::FunctionRef<absl::Status(proto::Message::Reader)> on_reply,
+                           absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   while (true) {
     RETURN_IF_ERROR(conn_.channel.WaitReadable(deadline, spin_, conn_.socket.get()));

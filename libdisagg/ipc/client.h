@@ -32,6 +32,13 @@ class Client {
                     absl::FunctionRef<absl::Status(proto::Message::Reader)> on_reply,
                     absl::Duration timeout = absl::Seconds(5));
 
+  // Pipelining: Send sends `request` with a fresh seq and returns that seq without waiting;
+  // Await waits for the reply to `seq` as Call does. Replies to other seqs arriving first
+  // are skipped, so await replies in the order the requests were sent.
+  absl::StatusOr<uint64_t> Send(capnp::MessageBuilder& request, proto::Message::Builder root);
+  absl::Status Await(uint64_t seq, absl::FunctionRef<absl::Status(proto::Message::Reader)> on_reply,
+                     absl::Duration timeout = absl::Seconds(5));
+
   // How long to spin before sleeping while waiting for a reply.
   void set_spin(absl::Duration spin) { spin_ = spin; }
   Connection& connection() { return conn_; }

@@ -56,9 +56,22 @@ struct ElementStatus {
   lastHeartbeatAgeNanos @6 :Int64;  # -1: never heard
 }
 
+# One application process. The Rack MMU fills what it knows (id, name, pid, element, mapped
+# bytes); a compute element fills what it knows (cache quota and use) for its processes.
+struct ProcessStatus {
+  processId @0 :UInt32;
+  name @1 :Text;
+  pid @2 :Int32;
+  element @3 :Text;
+  mappedBytes @4 :UInt64;
+  cachedBytes @5 :UInt64;
+  cacheQuotaBytes @6 :UInt64;
+}
+
 struct RackStatus {
   rackName @0 :Text;
   elements @1 :List(ElementStatus);
+  processes @2 :List(ProcessStatus);
 }
 
 # The rack monitor tells the Rack MMU when an element's health changes.
@@ -75,6 +88,7 @@ struct HealthChange {
 # An application process joins the rack (to the Rack MMU).
 struct Join {
   name @0 :Text;                # for logs and status; need not be unique
+  element @1 :Text;             # the compute element it runs on ("" if none)
 }
 
 struct Joined {
@@ -129,6 +143,31 @@ struct RevokePages {
   pages @2 :UInt64;
 }
 
+# Application -> Rack MMU: where does this page live? Answered with `mapped` holding the
+# region's bounds and the one extent that holds the page; NOT_FOUND if nothing is mapped
+# there, PERMISSION_DENIED if the page lies in another process's window.
+struct Translate {
+  vpage @0 :UInt64;
+}
+
+# Application -> its compute element, once after joining: the element supervises it and
+# leases it a share of the element's cache budget (sent as cacheQuota).
+struct Attach {
+  processId @0 :UInt32;
+  name @1 :Text;
+}
+
+# Compute element -> application: the most local memory its page cache may hold now. A
+# nonzero seq asks for a cacheUsage reply with that seq once the cache fits the new quota.
+struct CacheQuota {
+  bytes @0 :UInt64;
+}
+
+# Application -> compute element: what its cache holds (also sent unasked, now and then).
+struct CacheUsage {
+  cachedBytes @0 :UInt64;
+}
+
 # Application <-> memory element: one page at a time.
 struct ReadPage {
   vpage @0 :UInt64;
@@ -161,6 +200,10 @@ struct Message {
     revokePages @17 :RevokePages;
     readPage @18 :ReadPage;
     pageData @19 :PageData;   # reply to readPage; also a write-back request (answered ok)
+    translate @20 :Translate;
+    attach @21 :Attach;
+    cacheQuota @22 :CacheQuota;
+    cacheUsage @23 :CacheUsage;
   }
 }
 

@@ -1,10 +1,10 @@
 // procmon: a compute element daemon, the local OS of one compute blade. It registers with the
-// rack, answers its heartbeats and (later issues) hosts the rack's application processes
-// within its local memory budget.
+// rack, answers its heartbeats, and hosts the rack's application processes (started with
+// `rackctl run --on NAME`), leasing each a share of its local memory (cache) budget.
 #include <gflags/gflags.h>
 
 #include "absl/strings/str_cat.h"
-#include "element.h"
+#include "compute_element.h"
 #include "internal/daemon.h"
 #include "internal/logging.h"
 #include "internal/size_flag.h"
@@ -35,7 +35,7 @@ absl::Status Run(const Options& options) {
   element_options.name = options.name;
   element_options.kind = proto::ElementKind::COMPUTE;
   element_options.capacity_bytes = options.cache_budget;
-  Element element(*loop, element_options);
+  ComputeElement element(*loop, element_options);
   return RunElement(*loop, element,
                     absl::StrCat("compute element with a cache budget of ",
                                  options.cache_budget, " bytes"));
@@ -48,9 +48,9 @@ int main(int argc, char** argv) {
   gflags::SetUsageMessage("procmon --run_dir=DIR --name=cpuN: a compute element");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   absl::StatusOr<uint64_t> budget = disagg::ParseSize(FLAGS_cache_budget);
-  if (FLAGS_run_dir.empty() || FLAGS_name.empty() || argc != 1 || !budget.ok() || *budget == 0) {
+  if (FLAGS_run_dir.empty() || FLAGS_name.empty() || argc != 1 || !budget.ok() || *budget < (64 << 10)) {
     fprintf(stderr, "procmon: --run_dir and --name are required; --cache_budget: %s\n",
-            budget.ok() ? "must be > 0" : std::string(budget.status().message()).c_str());
+            budget.ok() ? "must be at least 64K" : std::string(budget.status().message()).c_str());
     return 2;
   }
   if (absl::Status s = disagg::InitDaemon(argv[0], FLAGS_run_dir, FLAGS_name); !s.ok()) {

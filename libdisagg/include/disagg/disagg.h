@@ -1,0 +1,151 @@
+// <disagg/disagg.h>: the application's view of a disagg rack.
+//
+// A process joins the rack once (Rack::Join), maps regions of remote memory that live on the
+// rack's memory elements (Rack::Map), and uses them with ordinary loads and stores. A bounded
+// local cache, leased from the compute element the process runs on, holds the pages in use:
+// the first touch of a page fetches it from its memory element, eviction writes dirty pages
+// back, Flush makes written data durable at the memory element. Addresses are rack-wide: a
+// region lives in its owner's fixed window of the rack range, which every rack process
+// reserves, so an address means the same thing in every process.
+//
+// An access the rack refuses (nothing mapped there, another process's page, a memory
+// element that refuses or failed) never reads garbage or a zero page: it raises SIGBUS at
+// the exact address, which reaches the handler set with OnMemoryFault. With no handler the
+// process ends with a message naming the address and the cause, like a hardware memory
+// error.
+//
+// Every call that can fail returns absl::Status or absl::StatusOr; no exceptions cross the
+// API. Thread-safety: a Rack is safe to use from any number of threads; faults from many
+// threads are served concurrently. One Rack per process at a time.
+#ifndef DISAGG_DISAGG_H_
+#define DISAGG_DISAGG_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace disagg {
+
+struct JoinOptions {
+  // The rack's run directory. Empty: $DISAGG_RACK (set by `rackctl run`).
+  std::string rack_dir;
+  // The compute element this process runs on, whose cache budget bounds the local cache.
+  // Empty: $DISAGG_ELEMENT (set by `rackctl run --on cpuN`).
+  std::string element;
+  // A name for logs and `rackctl status`. Empty: the program's name.
+  std::string name;
+  // Threads that serve page faults (each holds its own connections to memory elements).
+  int fault_threads = 2;
+  // How long to wait for the rack's daemons on any one request.
+  absl::Duration timeout = absl::Seconds(5);
+};
+
+enum class Placement {
+  kSpread,  // stripe the region across the memory elements
+  kFill,    // fill one memory element before using the next
+};
+
+struct MapOptions {
+  Placement placement = Placement::kSpread;
+};
+
+// A region of remote memory: [data(), data() + size()). A value; the memory stays mapped
+// until Rack::Unmap or until the process leaves the rack.
+class Region {
+ public:
+  Region() = default;
+  Region(void* data, size_t size) : data_(data), size_(size) {}
+  void* data() const { return data_; }
+  size_t size() const { return size_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Why the rack refused an access.
+enum class FaultCause {
+  kNotMapped,      // nothing is mapped at that address
+  kNotYours,       // the address lies in another process's window
+  kRefused,        // the memory element holding the page refused this process
+  kElementFailed,  // the memory element holding the page failed or cannot be reached
+  kLost,           // a dirty page could not be written back: its latest data is lost
+};
+
+// A short, static description of `cause` ("not mapped", ...).
+const char* FaultCauseName(FaultCause cause);
+
+struct MemoryFault {
+  void* address;     // the exact address of the access
+  FaultCause cause;
+};
+
+// Called on the faulting thread, inside the SIGBUS handler: only async-signal-safe calls
+// are allowed. It may leave with siglongjmp (to a sigsetjmp(env, 1) point). If it returns,
+// the process ends by SIGBUS after printing the fault, as without a handler.
+using MemoryFaultHandler = void (*)(const MemoryFault& fault);
+
+// What the local cache holds and has done so far.
+struct CacheStats {
+  uint64_t quota_bytes = 0;        // what the compute element leases this process now
+  uint64_t cached_bytes = 0;       // pages present in the local cache now
+  uint64_t peak_cached_bytes = 0;  // the most it ever held
+  uint64_t faults = 0;             // pages fetched from memory elements
+  uint64_t evictions = 0;          // pages dropped to make room
+  uint64_t writebacks = 0;         // dirty pages written back (eviction and Flush)
+};
+
+class Rack {
+ public:
+  // Joins the rack: registers with the Rack MMU (which gives this process its rack id and
+  // window), attaches to the compute element for a cache lease, reserves the rack range and
+  // starts serving its faults. Errors: INVALID_ARGUMENT when no rack or compute element is
+  // named; UNAVAILABLE when a daemon cannot be reached; FAILED_PRECONDITION when this process
+  // already joined, the rack range is taken, or the kernel lacks a userfaultfd feature.
+  static absl::StatusOr<std::unique_ptr<Rack>> Join(JoinOptions options = {});
+
+  // Leaves the rack: stops serving faults, drops the reservation of the rack range (later
+  // accesses to it crash with SIGSEGV) and releases this process's regions. Unflushed writes
+  // are lost, as in a crash.
+  virtual ~Rack() = default;
+
+  // This process's rack-wide id.
+  virtual uint32_t self() const = 0;
+  // This process's window of the rack address space.
+  virtual uintptr_t window_base() const = 0;
+  virtual size_t window_bytes() const = 0;
+
+  // Maps `bytes` (rounded up to 4 KiB pages) of remote memory, zero-filled, in this
+  // process's window. RESOURCE_EXHAUSTED if the rack's memory elements cannot hold it (then
+  // nothing is allocated); INVALID_ARGUMENT for 0 bytes or more than a window.
+  virtual absl::StatusOr<Region> Map(size_t bytes, MapOptions options = {}) = 0;
+
+  // Unmaps the region that starts at `data` and frees its memory; its cached pages are
+  // dropped without write-back. Later accesses fault with kNotMapped. NOT_FOUND if no region
+  // starts there.
+  virtual absl::Status Unmap(void* data) = 0;
+
+  // Writes back every page of [addr, addr + len) written since it was last written back, and
+  // returns once the memory elements hold the data. INVALID_ARGUMENT if the range is not
+  // inside this process's mapped regions; UNAVAILABLE if a memory element fails (the pages
+  // stay dirty; the call names the element).
+  virtual absl::Status Flush(const void* addr, size_t len) = 0;
+
+  // Sets the handler for refused accesses (nullptr: the default message and SIGBUS).
+  virtual void OnMemoryFault(MemoryFaultHandler handler) = 0;
+
+  virtual CacheStats cache_stats() const = 0;
+};
+
+}  // namespace disagg
+
+#endif  // DISAGG_DISAGG_H_

@@ -1,0 +1,57 @@
+// ElementPool: connections from an application process to the rack's memory elements, for
+// page reads and write-backs. A thread borrows a connection for one operation, so any number
+// of threads fault and flush at once; connections that broke are dropped, not reused.
+//
+// Thread-safety: all methods are thread-safe. The pool must outlive its operations.
+#ifndef DISAGG_RUNTIME_ELEMENT_POOL_H_
+#define DISAGG_RUNTIME_ELEMENT_POOL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "ipc/client.h"
+
+namespace disagg::runtime {
+
+// One page to write back: its virtual page number and its 4 KiB of data.
+struct PageWrite {
+  uint64_t vpage;
+  const uint8_t* data;
+};
+
+class ElementPool {
+ public:
+  ElementPool(std::string run_dir, absl::Duration timeout)
+      : run_dir_(std::move(run_dir)), timeout_(timeout) {}
+
+  // Reads page `vpage` from `element` and passes its 4 KiB to `use` (valid only during the
+  // call). The element's refusal comes back as its status (PERMISSION_DENIED, ...);
+  // UNAVAILABLE if the element cannot be reached.
+  absl::Status ReadPage(const std::string& element, uint64_t vpage,
+                        absl::FunctionRef<absl::Status(const uint8_t*)> use);
+
+  // Writes `pages` back to `element`, pipelined, and returns once it acknowledged them all.
+  absl::Status WritePages(const std::string& element, absl::Span<const PageWrite> pages);
+
+ private:
+  absl::StatusOr<std::unique_ptr<ipc::Client>> Borrow(const std::string& element);
+  void Return(const std::string& element, std::unique_ptr<ipc::Client> client);
+
+  const std::string run_dir_;
+  const absl::Duration timeout_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::vector<std::unique_ptr<ipc::Client>>> idle_
+      ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace disagg::runtime
+
+#endif  // DISAGG_RUNTIME_ELEMENT_POOL_H_

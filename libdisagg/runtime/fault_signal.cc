@@ -1,0 +1,149 @@
+#include "runtime/fault_signal.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+
+namespace disagg::runtime {
+namespace {
+
+// A direct-mapped table of the causes of recent poisonings. A collision overwrites the
+// older entry; a lookup that misses reports kRefused, which is still true ("the rack
+// refused this access") if less precise.
+constexpr size_t kSlots = 4096;
+struct Slot {
+  std::atomic<uint64_t> vpage{0};  // 0: empty (page 0 is never in the rack range)
+  std::atomic<int> cause{0};
+};
+Slot g_slots[kSlots];
+
+std::atomic<uintptr_t> g_base{0};
+std::atomic<uint64_t> g_bytes{0};
+std::atomic<MemoryFaultHandler> g_handler{nullptr};
+struct sigaction g_previous;
+std::atomic<bool> g_installed{false};
+
+size_t SlotOf(uint64_t vpage) { return (vpage * 0x9E3779B97F4A7C15ull) >> 52; }
+
+FaultCause LookUp(uint64_t vpage) {
+  const Slot& slot = g_slots[SlotOf(vpage)];
+  if (slot.vpage.load(std::memory_order_acquire) == vpage) {
+    return static_cast<FaultCause>(slot.cause.load(std::memory_order_relaxed));
+  }
+  return FaultCause::kRefused;
+}
+
+// Async-signal-safe output.
+void Put(const char* s) {
+  const size_t n = std::strlen(s);
+  ssize_t ignored = write(STDERR_FILENO, s, n);
+  (void)ignored;
+}
+
+void PutHex(uintptr_t v) {
+  char buf[2 + 16 + 1];
+  char* p = buf + sizeof(buf) - 1;
+  *p = '\0';
+  do {
+    *--p = "0123456789abcdef"[v & 15];
+    v >>= 4;
+  } while (v != 0);
+  *--p = 'x';
+  *--p = '0';
+  Put(p);
+}
+
+// Lets the retried access end the process by SIGBUS.
+void DieBySigbus() {
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGBUS, &dfl, nullptr);
+}
+
+void OnSigbus(int sig, siginfo_t* info, void* context) {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(info->si_addr);
+  const uintptr_t base = g_base.load(std::memory_order_acquire);
+  if (base == 0 || addr < base || addr - base >= g_bytes.load(std::memory_order_relaxed)) {
+    // Not ours: pass it on to the handler that was there before.
+    if (g_previous.sa_flags & SA_SIGINFO) {
+      if (g_previous.sa_sigaction != nullptr) return g_previous.sa_sigaction(sig, info, context);
+    } else if (g_previous.sa_handler != SIG_DFL && g_previous.sa_handler != SIG_IGN) {
+      return g_previous.sa_handler(sig);
+    }
+    return DieBySigbus();
+  }
+  const MemoryFault fault{info->si_addr, LookUp(addr >> 12)};
+  if (MemoryFaultHandler handler = g_handler.load(std::memory_order_acquire)) handler(fault);
+  Put("disagg: memory fault at ");
+  PutHex(addr);
+  Put(": ");
+  Put(FaultCauseName(fault.cause));
+  Put(" (the rack refused this access; no OnMemoryFault handler took it)\n");
+  DieBySigbus();
+}
+
+}  // namespace
+
+absl::Status InstallFaultSignal(uintptr_t base, uint64_t bytes) {
+  if (g_installed.exchange(true)) {
+    return absl::FailedPreconditionError("the rack's SIGBUS handler is already installed");
+  }
+  g_bytes.store(bytes, std::memory_order_relaxed);
+  g_base.store(base, std::memory_order_release);
+  struct sigaction action {};
+  action.sa_sigaction = OnSigbus;
+  action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGBUS, &action, &g_previous);
+  return absl::OkStatus();
+}
+
+void RemoveFaultSignal() {
+  if (!g_installed.load()) return;
+  sigaction(SIGBUS, &g_previous, nullptr);
+  g_base.store(0, std::memory_order_release);
+  g_handler.store(nullptr);
+  g_installed.store(false);
+}
+
+void SetMemoryFaultHandler(MemoryFaultHandler handler) {
+  g_handler.store(handler, std::memory_order_release);
+}
+
+void RecordPoison(uint64_t vpage, FaultCause cause) {
+  Slot& slot = g_slots[SlotOf(vpage)];
+  slot.vpage.store(0, std::memory_order_relaxed);
+  slot.cause.store(static_cast<int>(cause), std::memory_order_relaxed);
+  slot.vpage.store(vpage, std::memory_order_release);
+}
+
+void ForgetPoison(uint64_t vpage) {
+  Slot& slot = g_slots[SlotOf(vpage)];
+  uint64_t expected = vpage;
+  slot.vpage.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+}
+
+}  // namespace disagg::runtime
+
+namespace disagg {
+
+const char* FaultCauseName(FaultCause cause) {
+  switch (cause) {
+    case FaultCause::kNotMapped:
+      return "not mapped";
+    case FaultCause::kNotYours:
+      return "not yours (another process's window)";
+    case FaultCause::kRefused:
+      return "refused by the memory element";
+    case FaultCause::kElementFailed:
+      return "memory element failed";
+    case FaultCause::kLost:
+      return "data lost (a write-back failed)";
+  }
+  return "refused";
+}
+
+}  // namespace disagg

@@ -1,0 +1,105 @@
+#include "runtime/page_cache.h"
+
+#include <algorithm>
+
+#include "internal/logging.h"
+
+namespace disagg::runtime {
+
+PageEntry* PageCache::Find(uint64_t vpage) {
+  auto it = pages_.find(vpage);
+  return it == pages_.end() ? nullptr : &it->second;
+}
+
+void PageCache::BeginFetch(uint64_t vpage) {
+  auto [it, inserted] = pages_.try_emplace(vpage);
+  CHECK(inserted) << "page cache: fetch of page 0x" << std::hex << vpage << " that is known";
+  it->second.state = PageState::kFetching;
+  ++fetching_;
+}
+
+void PageCache::FinishFetch(uint64_t vpage, bool dirty) {
+  PageEntry* entry = Find(vpage);
+  CHECK(entry != nullptr && entry->state == PageState::kFetching);
+  --fetching_;
+  entry->state = PageState::kPresent;
+  entry->dirty = dirty;
+  entry->generation = next_generation_++;
+  fifo_.emplace_back(vpage, entry->generation);
+  peak_ = std::max(peak_, ++present_);
+}
+
+void PageCache::AbortFetch(uint64_t vpage, bool poisoned) {
+  PageEntry* entry = Find(vpage);
+  CHECK(entry != nullptr && entry->state == PageState::kFetching);
+  --fetching_;
+  if (poisoned) {
+    entry->state = PageState::kPoisoned;
+  } else {
+    pages_.erase(vpage);
+  }
+}
+
+std::optional<uint64_t> PageCache::NextVictim() {
+  while (!fifo_.empty()) {
+    auto [vpage, generation] = fifo_.front();
+    fifo_.pop_front();
+    PageEntry* entry = Find(vpage);
+    if (entry != nullptr && entry->state == PageState::kPresent &&
+        entry->generation == generation) {
+      return vpage;
+    }
+  }
+  return std::nullopt;
+}
+
+void PageCache::BeginWriteBack(uint64_t vpage) {
+  PageEntry* entry = Find(vpage);
+  CHECK(entry != nullptr && entry->state == PageState::kPresent);
+  --present_;
+  ++writing_back_;
+  entry->state = PageState::kWritingBack;
+  entry->dirty = false;
+}
+
+void PageCache::Leave(PageEntry& entry) {
+  switch (entry.state) {
+    case PageState::kFetching:
+      --fetching_;
+      break;
+    case PageState::kPresent:
+      --present_;
+      break;
+    case PageState::kWritingBack:
+      --writing_back_;
+      break;
+    case PageState::kPoisoned:
+      break;
+  }
+}
+
+void PageCache::Remove(uint64_t vpage) {
+  auto it = pages_.find(vpage);
+  if (it == pages_.end()) return;
+  CHECK(it->second.state != PageState::kFetching) << "page cache: removing a page being fetched";
+  Leave(it->second);
+  pages_.erase(it);
+}
+
+void PageCache::MarkPoisoned(uint64_t vpage) {
+  auto [it, inserted] = pages_.try_emplace(vpage);
+  if (!inserted) Leave(it->second);
+  it->second.state = PageState::kPoisoned;
+  it->second.dirty = false;
+}
+
+bool PageCache::BusyIn(uint64_t first, uint64_t last) const {
+  for (auto it = pages_.lower_bound(first); it != pages_.end() && it->first < last; ++it) {
+    if (it->second.state == PageState::kFetching || it->second.state == PageState::kWritingBack) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace disagg::runtime

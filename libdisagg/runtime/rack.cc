@@ -1,0 +1,425 @@
+// RackImpl: joining and leaving, Map/Unmap/Flush, and the compute element's side (cache
+// quota). The fault path is in rack_faults.cc.
+#include <errno.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/memory/memory.h"
+#include "absl/strings/str_cat.h"
+#include "internal/daemon.h"
+#include "internal/logging.h"
+#include "internal/status_macros.h"
+#include "ipc/wire.h"
+#include "runtime/fault_signal.h"
+#include "runtime/rack_impl.h"
+
+namespace disagg {
+
+absl::StatusOr<std::unique_ptr<Rack>> Rack::Join(JoinOptions options) {
+  return runtime::RackImpl::Join(std::move(options));
+}
+
+namespace runtime {
+namespace {
+
+constexpr uint64_t kUserSpaceEnd = uint64_t{1} << 47;
+// Pages written back per round of a Flush.
+constexpr size_t kFlushBatch = 64;
+
+std::string FromEnv(const std::string& given, const char* variable) {
+  if (!given.empty()) return given;
+  const char* value = std::getenv(variable);
+  return value == nullptr ? "" : value;
+}
+
+}  // namespace
+
+RackImpl::RackImpl(JoinOptions options, ipc::Client mmu, Userfaultfd uffd)
+    : options_(std::move(options)),
+      mmu_(std::move(mmu)),
+      uffd_(std::move(uffd)),
+      elements_(options_.rack_dir, options_.timeout) {}
+
+absl::StatusOr<std::unique_ptr<Rack>> RackImpl::Join(JoinOptions options) {
+  options.rack_dir = FromEnv(options.rack_dir, "DISAGG_RACK");
+  options.element = FromEnv(options.element, "DISAGG_ELEMENT");
+  if (options.name.empty()) options.name = program_invocation_short_name;
+  if (options.rack_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "no rack to join: start the program with `rackctl run --on cpuN`, or set DISAGG_RACK "
+        "(or JoinOptions::rack_dir) to the rack's run directory");
+  }
+  if (options.element.empty()) {
+    return absl::InvalidArgumentError(
+        "no compute element to run on: start the program with `rackctl run --on cpuN`, or "
+        "set DISAGG_ELEMENT (or JoinOptions::element)");
+  }
+  if (options.fault_threads < 1 || options.fault_threads > 64) {
+    return absl::InvalidArgumentError("JoinOptions::fault_threads must be 1..64");
+  }
+  ASSIGN_OR_RETURN(Userfaultfd uffd, Userfaultfd::Open());
+  absl::StatusOr<ipc::Client> mmu =
+      ipc::Client::Connect(SocketPath(options.rack_dir, "mmu"), options.timeout);
+  if (!mmu.ok()) {
+    return absl::UnavailableError(absl::StrCat("cannot reach the Rack MMU of ", options.rack_dir,
+                                               ": ", mmu.status().message()));
+  }
+  absl::StatusOr<ipc::Connection> compute =
+      ipc::DialUnix(SocketPath(options.rack_dir, options.element), options.timeout);
+  if (!compute.ok()) {
+    return absl::UnavailableError(absl::StrCat("cannot reach compute element ", options.element,
+                                               ": ", compute.status().message()));
+  }
+  auto rack = absl::WrapUnique(new RackImpl(options, std::move(*mmu), std::move(uffd)));
+  RETURN_IF_ERROR(rack->Start(std::move(*compute)));
+  return rack;
+}
+
+absl::Status RackImpl::Start(ipc::Connection compute) {
+  {
+    absl::MutexLock lock(&mmu_mu_);
+    ipc::SmallMessage request;
+    auto root = request.Init();
+    auto join = root.initJoin();
+    join.setName(options_.name);
+    join.setElement(options_.element);
+    RETURN_IF_ERROR(mmu_.Call(
+        request.builder(), root,
+        [&](proto::Message::Reader reply) {
+          if (!reply.isJoined()) return absl::InternalError("the Rack MMU answered Join oddly");
+          auto joined = reply.getJoined();
+          id_ = joined.getProcessId();
+          range_base_ = joined.getRangeBase();
+          range_bytes_ = joined.getRangeBytes();
+          window_base_ = joined.getWindowBase();
+          window_bytes_ = joined.getWindowBytes();
+          return absl::OkStatus();
+        },
+        options_.timeout));
+  }
+  if (range_base_ % kPageBytes != 0 || range_bytes_ == 0 || range_base_ >= kUserSpaceEnd ||
+      range_bytes_ > kUserSpaceEnd - range_base_ || window_base_ < range_base_ ||
+      window_base_ + window_bytes_ > range_base_ + range_bytes_) {
+    return absl::InternalError("the Rack MMU gave an impossible rack range or window");
+  }
+  void* at = mmap(reinterpret_cast<void*>(range_base_), range_bytes_, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+  if (at == MAP_FAILED || reinterpret_cast<uintptr_t>(at) != range_base_) {
+    if (at != MAP_FAILED) munmap(at, range_bytes_);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot reserve the rack range [0x", absl::Hex(range_base_), ", 0x",
+        absl::Hex(range_base_ + range_bytes_), "): ", std::strerror(errno),
+        " (has this process joined already, or mapped something there?)"));
+  }
+  reserved_ = true;
+  // A forked child must not see the range as plain zero-filled memory; core dumps skip it.
+  madvise(at, range_bytes_, MADV_DONTFORK);
+  madvise(at, range_bytes_, MADV_DONTDUMP);
+  RETURN_IF_ERROR(uffd_.Register(range_base_, range_bytes_));
+  RETURN_IF_ERROR(InstallFaultSignal(range_base_, range_bytes_));
+  signal_installed_ = true;
+
+  // The compute element leases the cache quota; its first answer is the initial quota.
+  compute_ = std::make_unique<ipc::Connection>(std::move(compute));
+  {
+    ipc::SmallMessage request;
+    auto root = request.Init(1);
+    auto attach = root.initAttach();
+    attach.setProcessId(id_);
+    attach.setName(options_.name);
+    RETURN_IF_ERROR(compute_->channel.Send(request.builder()));
+  }
+  stop_ = ipc::Fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!stop_.valid()) return ErrnoStatus("eventfd");
+  threads_.emplace_back([this] { ControlLoop(); });
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time deadline = absl::Now() + options_.timeout;
+    while (!quota_known_) {
+      if (!attach_status_.ok()) {
+        return absl::Status(attach_status_.code(),
+                            absl::StrCat("compute element ", options_.element,
+                                         " refused this process: ", attach_status_.message()));
+      }
+      if (changed_.WaitWithDeadline(&mu_, deadline)) {
+        return absl::UnavailableError(absl::StrCat("compute element ", options_.element,
+                                                   " did not lease a cache quota in time"));
+      }
+    }
+  }
+  for (int i = 0; i < options_.fault_threads; ++i) threads_.emplace_back([this] { FaultLoop(); });
+  return absl::OkStatus();
+}
+
+RackImpl::~RackImpl() {
+  if (stop_.valid()) {
+    const uint64_t one = 1;
+    ssize_t ignored = write(stop_.get(), &one, sizeof(one));
+    (void)ignored;
+  }
+  for (std::thread& t : threads_) t.join();
+  if (signal_installed_) RemoveFaultSignal();
+  if (reserved_) munmap(reinterpret_cast<void*>(range_base_), range_bytes_);
+}
+
+absl::StatusOr<Region> RackImpl::Map(size_t bytes, MapOptions options) {
+  uint64_t vaddr = 0;
+  RegionInfo info;
+  {
+    absl::MutexLock lock(&mmu_mu_);
+    ipc::SmallMessage request;
+    auto root = request.Init();
+    auto map = root.initMap();
+    map.setBytes(bytes);
+    map.setPlacement(options.placement == Placement::kFill ? proto::Placement::FILL
+                                                           : proto::Placement::SPREAD);
+    RETURN_IF_ERROR(mmu_.Call(
+        request.builder(), root,
+        [&](proto::Message::Reader reply) {
+          if (!reply.isMapped()) return absl::InternalError("the Rack MMU answered Map oddly");
+          auto mapped = reply.getMapped();
+          vaddr = mapped.getVaddr();
+          info.bytes = mapped.getBytes();
+          for (auto e : mapped.getExtents()) {
+            info.extents.push_back({e.getVpage(), e.getPages(), e.getElement()});
+          }
+          return absl::OkStatus();
+        },
+        options_.timeout));
+  }
+  if (vaddr < window_base_ || info.bytes > window_base_ + window_bytes_ - vaddr ||
+      info.bytes < bytes) {
+    return absl::InternalError("the Rack MMU placed a region outside this process's window");
+  }
+  std::sort(info.extents.begin(), info.extents.end(),
+            [](const ExtentInfo& a, const ExtentInfo& b) { return a.vpage < b.vpage; });
+  const uint64_t first = vaddr >> kPageShift, last = (vaddr + info.bytes) >> kPageShift;
+  absl::MutexLock lock(&mu_);
+  // Pages refused before this Map (a touch of an unmapped address) are usable now.
+  auto& pages = cache_.pages();
+  for (auto it = pages.lower_bound(first); it != pages.end() && it->first < last;) {
+    CHECK(it->second.state == PageState::kPoisoned) << "a page of a fresh region is cached";
+    ForgetPoison(it->first);
+    (void)uffd_.Drop(it->first << kPageShift, kPageBytes);
+    it = pages.erase(it);
+  }
+  const size_t size = info.bytes;
+  regions_[vaddr] = std::move(info);
+  return Region(reinterpret_cast<void*>(vaddr), size);
+}
+
+absl::Status RackImpl::Unmap(void* data) {
+  const uint64_t vaddr = reinterpret_cast<uintptr_t>(data);
+  uint64_t bytes = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = regions_.find(vaddr);
+    if (it == regions_.end()) {
+      return absl::NotFoundError(absl::StrCat("Unmap: no region starts at 0x", absl::Hex(vaddr)));
+    }
+    bytes = it->second.bytes;
+  }
+  {
+    absl::MutexLock lock(&mmu_mu_);
+    ipc::SmallMessage request;
+    auto root = request.Init();
+    root.initUnmap().setVaddr(vaddr);
+    RETURN_IF_ERROR(mmu_.Call(
+        request.builder(), root, [](proto::Message::Reader) { return absl::OkStatus(); },
+        options_.timeout));
+  }
+  const uint64_t first = vaddr >> kPageShift, last = (vaddr + bytes) >> kPageShift;
+  absl::MutexLock lock(&mu_);
+  while (cache_.BusyIn(first, last)) changed_.Wait(&mu_);
+  regions_.erase(vaddr);
+  auto& pages = cache_.pages();
+  std::vector<uint64_t> gone;
+  for (auto it = pages.lower_bound(first); it != pages.end() && it->first < last; ++it) {
+    gone.push_back(it->first);
+  }
+  for (uint64_t vpage : gone) {
+    ForgetPoison(vpage);
+    cache_.Remove(vpage);
+  }
+  RETURN_IF_ERROR(uffd_.Drop(vaddr, bytes));
+  changed_.SignalAll();
+  return absl::OkStatus();
+}
+
+absl::Status RackImpl::CheckMapped(uintptr_t addr, size_t len) {
+  uintptr_t at = addr;
+  const uintptr_t end = addr + len;
+  if (end < addr) return absl::InvalidArgumentError("the range wraps around");
+  while (at < end) {
+    auto it = regions_.upper_bound(at);
+    if (it == regions_.begin() || at >= std::prev(it)->first + std::prev(it)->second.bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "0x", absl::Hex(at), " is not in a region this process mapped"));
+    }
+    --it;
+    at = it->first + it->second.bytes;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RackImpl::Flush(const void* addr, size_t len) {
+  if (len == 0) return absl::OkStatus();
+  const uintptr_t start = reinterpret_cast<uintptr_t>(addr);
+  const uint64_t first = start >> kPageShift;
+  const uint64_t last = (start + len + kPageBytes - 1) >> kPageShift;
+  {
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(CheckMapped(start, len));
+  }
+  std::vector<uint8_t> buffer(kFlushBatch * kPageBytes);
+  std::vector<std::pair<std::string, PageWrite>> batch;
+  uint64_t cursor = first;
+  while (cursor < last) {
+    batch.clear();
+    {
+      absl::MutexLock lock(&mu_);
+      auto& pages = cache_.pages();
+      auto it = pages.lower_bound(cursor);
+      for (; it != pages.end() && it->first < last && batch.size() < kFlushBatch; ++it) {
+        if (it->second.state != PageState::kPresent || !it->second.dirty) continue;
+        const uint64_t vpage = it->first;
+        absl::StatusOr<std::string> element = TranslateLocked(vpage);
+        if (!element.ok()) continue;  // unmapped meanwhile: nothing to make durable
+        // Writes from here on fault and mark the page dirty again.
+        RETURN_IF_ERROR(uffd_.WriteProtect(vpage << kPageShift, kPageBytes, true));
+        uint8_t* copy = buffer.data() + batch.size() * kPageBytes;
+        std::memcpy(copy, reinterpret_cast<const void*>(vpage << kPageShift), kPageBytes);
+        it->second.dirty = false;
+        batch.push_back({*element, PageWrite{vpage, copy}});
+      }
+      cursor = (it == pages.end() || it->first >= last) ? last : it->first;
+    }
+    std::sort(batch.begin(), batch.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (size_t i = 0; i < batch.size();) {
+      size_t j = i;
+      std::vector<PageWrite> writes;
+      while (j < batch.size() && batch[j].first == batch[i].first) writes.push_back(batch[j++].second);
+      absl::Status status = elements_.WritePages(batch[i].first, writes);
+      if (!status.ok()) {
+        absl::MutexLock lock(&mu_);
+        for (const auto& [element, write] : batch) {
+          PageEntry* entry = cache_.Find(write.vpage);
+          if (entry != nullptr && entry->state == PageState::kPresent) entry->dirty = true;
+        }
+        return status;
+      }
+      writebacks_ += writes.size();
+      i = j;
+    }
+  }
+  // Pages evicted before this call may still be on their way back: wait for them.
+  absl::MutexLock lock(&mu_);
+  while (cache_.BusyIn(first, last)) changed_.Wait(&mu_);
+  for (auto it = cache_.pages().lower_bound(first);
+       it != cache_.pages().end() && it->first < last; ++it) {
+    if (it->second.state == PageState::kPoisoned) {
+      return absl::DataLossError(absl::StrCat("0x", absl::Hex(it->first << kPageShift),
+                                              " was lost: its write-back failed"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void RackImpl::OnMemoryFault(MemoryFaultHandler handler) { SetMemoryFaultHandler(handler); }
+
+CacheStats RackImpl::cache_stats() const {
+  CacheStats stats;
+  {
+    absl::MutexLock lock(&mu_);
+    auto& cache = const_cast<PageCache&>(cache_);
+    stats.quota_bytes = cache.quota_pages() * kPageBytes;
+    stats.cached_bytes = cache.present_pages() * kPageBytes;
+    stats.peak_cached_bytes = cache.peak_present_pages() * kPageBytes;
+  }
+  stats.faults = faults_.load();
+  stats.evictions = evictions_.load();
+  stats.writebacks = writebacks_.load();
+  return stats;
+}
+
+// ---- The compute element's side ----
+
+void RackImpl::ControlLoop() {
+  ipc::Channel& channel = compute_->channel;
+  std::vector<uint64_t> words;
+  uint64_t reported = ~uint64_t{0};
+  while (true) {
+    while (true) {
+      absl::StatusOr<bool> got = channel.Receive(words);
+      if (!got.ok() || !*got) break;
+      absl::Status status = ipc::DecodeMessage(
+          words, [&](proto::Message::Reader message) { return HandleControl(message); });
+      if (!status.ok()) LOG(WARNING) << "disagg: compute element " << options_.element << ": " << status;
+    }
+    uint64_t cached;
+    {
+      absl::MutexLock lock(&mu_);
+      cached = cache_.present_pages();
+    }
+    if (cached != reported && ReportUsage(0).ok()) reported = cached;
+    if (channel.PrepareToSleep()) continue;  // a message arrived meanwhile
+    struct pollfd fds[3] = {{channel.doorbell_fd(), POLLIN, 0},
+                            {compute_->socket.get(), POLLRDHUP, 0},
+                            {stop_.get(), POLLIN, 0}};
+    const int rc = poll(fds, 3, 100);
+    channel.Awake();
+    if (rc < 0 && errno != EINTR) continue;
+    if (fds[2].revents & POLLIN) return;
+    if (fds[0].revents & POLLIN) channel.DrainDoorbell();
+    if (fds[1].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
+      // The process runs on that compute element: it fails with it.
+      std::fprintf(stderr, "disagg: compute element %s is gone; process %d (%s) ends with it\n",
+                   options_.element.c_str(), getpid(), options_.name.c_str());
+      std::_Exit(70);
+    }
+  }
+}
+
+absl::Status RackImpl::HandleControl(proto::Message::Reader message) {
+  switch (message.which()) {
+    case proto::Message::CACHE_QUOTA: {
+      const uint64_t pages = message.getCacheQuota().getBytes() / kPageBytes;
+      {
+        absl::MutexLock lock(&mu_);
+        cache_.set_quota_pages(pages);
+        quota_known_ = true;
+        ShrinkToQuota();
+        changed_.SignalAll();
+      }
+      return message.getSeq() != 0 ? ReportUsage(message.getSeq()) : absl::OkStatus();
+    }
+    case proto::Message::ERROR: {
+      absl::MutexLock lock(&mu_);
+      attach_status_ = ipc::ErrorToStatus(message.getError());
+      changed_.SignalAll();
+      return absl::OkStatus();
+    }
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unexpected message ", static_cast<int>(message.which())));
+  }
+}
+
+absl::Status RackImpl::ReportUsage(uint64_t seq) {
+  uint64_t cached;
+  {
+    absl::MutexLock lock(&mu_);
+    cached = cache_.present_pages() * kPageBytes;
+  }
+  ipc::SmallMessage report;
+  report.Init(seq).initCacheUsage().setCachedBytes(cached);
+  return compute_->channel.Send(report.builder());
+}
+
+}  // namespace runtime
+}  // namespace disagg

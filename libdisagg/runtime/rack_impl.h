@@ -1,0 +1,117 @@
+// RackImpl: the application's share of the rack, behind <disagg/disagg.h>.
+//
+// Threads: the application's own threads call Map/Unmap/Flush; `fault_threads` threads read
+// the userfaultfd and serve faults (fetch, install, write-protect, evict); one control thread
+// holds the connection to the compute element (cache quota, usage reports, the element's
+// death). All cache state lives under mu_. Page data moves with mu_ released, except the
+// 4 KiB copies taken of pages that are being evicted or flushed, which are taken under mu_
+// so that no other thread can drop the page meanwhile.
+//
+// Lifetime: one per process at a time (the rack range is a fixed reservation); the
+// destructor stops the threads before anything they use goes away.
+#ifndef DISAGG_RUNTIME_RACK_IMPL_H_
+#define DISAGG_RUNTIME_RACK_IMPL_H_
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "disagg/disagg.h"
+#include "ipc/client.h"
+#include "runtime/element_pool.h"
+#include "runtime/page_cache.h"
+#include "runtime/userfaultfd.h"
+
+namespace disagg::runtime {
+
+// Where a run of a region's pages lives.
+struct ExtentInfo {
+  uint64_t vpage = 0;
+  uint64_t pages = 0;
+  std::string element;
+};
+
+struct RegionInfo {
+  uint64_t bytes = 0;
+  std::vector<ExtentInfo> extents;  // sorted by vpage
+};
+
+class RackImpl final : public Rack {
+ public:
+  static absl::StatusOr<std::unique_ptr<Rack>> Join(JoinOptions options);
+  ~RackImpl() override;
+
+  uint32_t self() const override { return id_; }
+  uintptr_t window_base() const override { return window_base_; }
+  size_t window_bytes() const override { return window_bytes_; }
+  absl::StatusOr<Region> Map(size_t bytes, MapOptions options) override;
+  absl::Status Unmap(void* data) override;
+  absl::Status Flush(const void* addr, size_t len) override;
+  void OnMemoryFault(MemoryFaultHandler handler) override;
+  CacheStats cache_stats() const override;
+
+ private:
+  RackImpl(JoinOptions options, ipc::Client mmu, Userfaultfd uffd);
+
+  absl::Status Start(ipc::Connection compute);
+
+  // Fault path (rack_faults.cc).
+  void FaultLoop();
+  void HandleFault(uintptr_t addr, uint64_t flags);
+  void HandleMissing(uint64_t vpage, bool write);
+  void HandleWriteProtect(uint64_t vpage);
+  // Where `vpage` lives: its memory element, or why the rack refuses it.
+  absl::StatusOr<std::string> Translate(uint64_t vpage);
+  absl::StatusOr<std::string> TranslateLocked(uint64_t vpage) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Refuse(uint64_t vpage, FaultCause cause) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evicts the longest-present page, writing it back if dirty (mu_ is released meanwhile).
+  // false if no page is present to evict.
+  bool EvictOne() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evicts until the cache fits its quota (waits for fetches in flight to land first).
+  void ShrinkToQuota() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // The compute element's side (rack.cc).
+  void ControlLoop();
+  absl::Status HandleControl(proto::Message::Reader message);
+  absl::Status ReportUsage(uint64_t seq);
+
+  // Checks that [addr, addr + len) lies inside this process's mapped regions.
+  absl::Status CheckMapped(uintptr_t addr, size_t len) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const JoinOptions options_;
+  uint32_t id_ = 0;
+  uintptr_t range_base_ = 0;
+  uint64_t range_bytes_ = 0;
+  uintptr_t window_base_ = 0;
+  uint64_t window_bytes_ = 0;
+  bool reserved_ = false;
+  bool signal_installed_ = false;
+
+  absl::Mutex mmu_mu_;  // held for one request/reply with the Rack MMU
+  ipc::Client mmu_ ABSL_GUARDED_BY(mmu_mu_);
+  Userfaultfd uffd_;
+  ElementPool elements_;
+
+  mutable absl::Mutex mu_;
+  absl::CondVar changed_;  // a fetch, write-back or quota change completed
+  std::map<uint64_t, RegionInfo> regions_ ABSL_GUARDED_BY(mu_);  // by start address
+  PageCache cache_ ABSL_GUARDED_BY(mu_);
+  bool quota_known_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status attach_status_ ABSL_GUARDED_BY(mu_);  // the compute element's refusal
+  std::atomic<uint64_t> faults_{0};
+  std::atomic<uint64_t> evictions_{0};
+  std::atomic<uint64_t> writebacks_{0};
+
+  ipc::Fd stop_;  // eventfd: the threads return when it is readable
+  std::unique_ptr<ipc::Connection> compute_;  // used only by the control thread
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace disagg::runtime
+
+#endif  // DISAGG_RUNTIME_RACK_IMPL_H_

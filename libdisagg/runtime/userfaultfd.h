@@ -1,0 +1,53 @@
+// Userfaultfd: one userfaultfd with the operations the fault path needs (install a page,
+// write-protect, poison, wake, drop). Kernel features newer than the installed headers
+// (UFFDIO_POISON, Linux 6.6) are defined here and probed when the fd is opened: Open fails
+// with a clear message on a kernel that lacks one.
+//
+// Thread-safety: every method may be called from any thread (the kernel serializes).
+// Move-only resource: owns the fd.
+#ifndef DISAGG_RUNTIME_USERFAULTFD_H_
+#define DISAGG_RUNTIME_USERFAULTFD_H_
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "ipc/fd.h"
+
+namespace disagg::runtime {
+
+inline constexpr uint64_t kPageBytes = 4096;
+inline constexpr int kPageShift = 12;
+
+class Userfaultfd {
+ public:
+  // Opens a non-blocking userfaultfd with write-protect faults and poisoning.
+  // FAILED_PRECONDITION naming the missing feature or the refusal (permissions).
+  static absl::StatusOr<Userfaultfd> Open();
+
+  // Registers [base, base + bytes) for missing and write-protect faults.
+  absl::Status Register(uintptr_t base, uint64_t bytes);
+
+  // Installs a copy of the page at `src` at page `addr` and wakes its waiters; with
+  // `write_protect` the page is installed read-only so that the first write faults.
+  // A page already present is not an error (returns OK after waking).
+  absl::Status Copy(uintptr_t addr, const void* src, bool write_protect);
+  // Sets or clears write protection of [addr, addr + bytes) of present pages; clearing
+  // wakes the threads waiting on a write fault there.
+  absl::Status WriteProtect(uintptr_t addr, uint64_t bytes, bool protect);
+  // Poisons page `addr`: accesses raise SIGBUS there until the page is dropped. Wakes.
+  absl::Status Poison(uintptr_t addr);
+  // Wakes threads waiting on faults in page `addr` (they retry the access).
+  absl::Status Wake(uintptr_t addr);
+  // Drops [addr, addr + bytes): present pages and poison go; the next access faults again.
+  absl::Status Drop(uintptr_t addr, uint64_t bytes);
+
+  int fd() const { return fd_.get(); }
+
+ private:
+  explicit Userfaultfd(ipc::Fd fd) : fd_(std::move(fd)) {}
+  ipc::Fd fd_;
+};
+
+}  // namespace disagg::runtime
+
+#endif  // DISAGG_RUNTIME_USERFAULTFD_H_

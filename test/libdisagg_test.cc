@@ -1,0 +1,297 @@
+// libdisagg end to end: an application process (this test) joins a private rack of real
+// daemons, maps remote memory and uses it with plain loads and stores through a small cache.
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "disagg/disagg.h"
+#include "rack_harness.h"
+
+namespace disagg::testing {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kBudget = 256 << 10;  // the compute elements' cache budget: 64 pages
+
+// A rack whose compute elements hold 256 KiB of cache, and this process joined to cpu0.
+struct JoinedRack {
+  TestRack rack;
+  std::unique_ptr<Rack> app;
+
+  explicit JoinedRack(const std::string& extra = "") {
+    REQUIRE(rack.Up("--compute 1 --memory 2 --pool-size 16M --cache-budget 256K " + extra) == 0);
+    JoinOptions options;
+    options.rack_dir = rack.dir();
+    options.element = "cpu0";
+    absl::StatusOr<std::unique_ptr<Rack>> joined = Rack::Join(options);
+    INFO(joined.status());
+    REQUIRE(joined.ok());
+    app = std::move(*joined);
+  }
+  ~JoinedRack() { app.reset(); }  // leave before the rack goes down
+};
+
+uint64_t Pattern(uint64_t word, uint64_t salt) { return (word + 1) * 0x9E3779B97F4A7C15ull ^ salt; }
+
+TEST_CASE("Data written and flushed is read back correctly after it was evicted") {
+  JoinedRack r;
+  const uint64_t bytes = 4 * kBudget;
+  absl::StatusOr<Region> region = r.app->Map(bytes);
+  REQUIRE(region.ok());
+  uint64_t* words = region->as<uint64_t>();
+  const uint64_t n = bytes / sizeof(uint64_t);
+  for (uint64_t i = 0; i < n; ++i) words[i] = Pattern(i, 1);
+  REQUIRE(r.app->Flush(words, bytes).ok());
+  const CacheStats after_write = r.app->cache_stats();
+  REQUIRE(after_write.evictions > 0);  // the first pages left the cache while writing
+  uint64_t wrong = 0;
+  for (uint64_t i = 0; i < n; ++i) wrong += words[i] != Pattern(i, 1);
+  REQUIRE(wrong == 0);
+  const CacheStats stats = r.app->cache_stats();
+  REQUIRE(stats.faults >= 2 * bytes / kPage - kBudget / kPage);  // read back from the elements
+  REQUIRE(stats.peak_cached_bytes <= kBudget);
+}
+
+TEST_CASE("A region larger than the cache works end to end; the cache never exceeds its budget") {
+  JoinedRack r;
+  const uint64_t bytes = 16 * kBudget;
+  absl::StatusOr<Region> region = r.app->Map(bytes);
+  REQUIRE(region.ok());
+  uint8_t* base = region->as<uint8_t>();
+  // Untouched remote memory reads as zero.
+  REQUIRE(base[bytes - 1] == 0);
+  // Scattered writes, several passes, then every byte is checked.
+  uint64_t state = 12345;
+  std::vector<uint8_t> shadow(bytes, 0);
+  for (int i = 0; i < 20000; ++i) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    const uint64_t at = (state >> 20) % bytes;
+    base[at] = shadow[at] = static_cast<uint8_t>(state >> 56);
+    if (i % 5000 == 0) REQUIRE(r.app->cache_stats().cached_bytes <= kBudget);
+  }
+  REQUIRE(std::memcmp(base, shadow.data(), bytes) == 0);
+  const CacheStats stats = r.app->cache_stats();
+  REQUIRE(stats.quota_bytes <= kBudget);
+  REQUIRE(stats.peak_cached_bytes <= stats.quota_bytes);
+  REQUIRE(stats.writebacks > 0);
+  // The compute element reports this process with its cache inside the quota.
+  std::string out;
+  REQUIRE(RunCommand(std::string(DISAGG_BIN_DIR) + "/rackctl --rack " + r.rack.dir() +
+                         " status --json",
+                     &out) == 0);
+  REQUIRE(out.find("\"cache_quota_bytes\":" + std::to_string(kBudget)) != std::string::npos);
+  REQUIRE(out.find("\"mapped_bytes\":" + std::to_string(bytes)) != std::string::npos);
+}
+
+TEST_CASE("Four threads fault the same and different pages at once; every byte is right") {
+  JoinedRack r;
+  const uint64_t pages = 2 * kBudget / kPage;  // twice the cache: faults and evictions race
+  absl::StatusOr<Region> shared = r.app->Map(pages * kPage);
+  absl::StatusOr<Region> own = r.app->Map(pages * kPage);
+  REQUIRE(shared.ok());
+  REQUIRE(own.ok());
+  uint64_t* s = shared->as<uint64_t>();
+  const uint64_t words = pages * kPage / sizeof(uint64_t);
+  for (uint64_t i = 0; i < words; ++i) s[i] = Pattern(i, 7);
+  REQUIRE(r.app->Flush(s, pages * kPage).ok());
+  std::atomic<uint64_t> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      uint64_t* o = own->as<uint64_t>();
+      for (int round = 0; round < 3; ++round) {
+        // Every thread reads all shared pages, from a different starting point.
+        for (uint64_t k = 0; k < pages; ++k) {
+          const uint64_t p = (k + t * pages / 4) % pages;
+          for (uint64_t w = 0; w < kPage / 8; w += 61) {
+            const uint64_t i = p * kPage / 8 + w;
+            if (s[i] != Pattern(i, 7)) ++wrong;
+          }
+        }
+        // Each thread writes its own quarter of the other region, word by word.
+        for (uint64_t p = t; p < pages; p += 4) {
+          for (uint64_t w = 0; w < kPage / 8; ++w) {
+            const uint64_t i = p * kPage / 8 + w;
+            o[i] = Pattern(i, 100 + round);
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  REQUIRE(wrong == 0);
+  uint64_t* o = own->as<uint64_t>();
+  for (uint64_t i = 0; i < words; ++i) wrong += o[i] != Pattern(i, 102);
+  REQUIRE(wrong == 0);
+  REQUIRE(r.app->cache_stats().peak_cached_bytes <= kBudget);
+}
+
+sigjmp_buf g_jump;
+MemoryFault g_fault;
+void CatchFault(const MemoryFault& fault) {
+  g_fault = fault;
+  siglongjmp(g_jump, 1);
+}
+
+// Reads `addr`; returns true if the access faulted (g_fault says how).
+bool Faults(const volatile uint8_t* addr) {
+  if (sigsetjmp(g_jump, 1) == 0) {
+    (void)*addr;
+    return false;
+  }
+  return true;
+}
+
+TEST_CASE("Touching memory that is not mapped, or not yours, reaches the fault handler") {
+  // Another process of the rack maps a region and keeps it until told to leave.
+  int to_parent[2], to_child[2];
+  REQUIRE(pipe2(to_parent, O_CLOEXEC) == 0);
+  REQUIRE(pipe2(to_child, O_CLOEXEC) == 0);
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 256K") == 0);
+  JoinOptions options;
+  options.rack_dir = rack.dir();
+  options.element = "cpu0";
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    close(to_child[1]);
+    uintptr_t addr = 0;
+    auto other = Rack::Join(options);
+    if (other.ok()) {
+      auto region = (*other)->Map(kPage);
+      if (region.ok()) {
+        region->as<uint8_t>()[0] = 42;
+        addr = reinterpret_cast<uintptr_t>(region->data());
+      }
+    }
+    (void)!write(to_parent[1], &addr, sizeof(addr));
+    char c;
+    (void)!read(to_child[0], &c, 1);
+    _exit(0);
+  }
+  close(to_child[0]);
+  close(to_parent[1]);
+  uintptr_t theirs = 0;
+  REQUIRE(read(to_parent[0], &theirs, sizeof(theirs)) == sizeof(theirs));
+  REQUIRE(theirs != 0);
+
+  auto app = Rack::Join(options);
+  REQUIRE(app.ok());
+  (*app)->OnMemoryFault(CatchFault);
+  SECTION("an address in this process's window where nothing is mapped") {
+    auto* addr = reinterpret_cast<volatile uint8_t*>((*app)->window_base() + (1 << 20) + 123);
+    REQUIRE(Faults(addr));
+    REQUIRE(g_fault.address == addr);
+    REQUIRE(g_fault.cause == FaultCause::kNotMapped);
+    // Mapping the address later makes it usable.
+    auto region = (*app)->Map(8 << 20);
+    REQUIRE(region.ok());
+    REQUIRE(reinterpret_cast<uintptr_t>(region->data()) <= reinterpret_cast<uintptr_t>(addr));
+    REQUIRE_FALSE(Faults(addr));
+  }
+  SECTION("another process's page") {
+    auto* addr = reinterpret_cast<volatile uint8_t*>(theirs + 7);
+    REQUIRE(Faults(addr));
+    REQUIRE(g_fault.address == addr);
+    REQUIRE(g_fault.cause == FaultCause::kNotYours);
+  }
+  SECTION("a region after Unmap") {
+    auto region = (*app)->Map(kPage);
+    REQUIRE(region.ok());
+    auto* addr = region->as<volatile uint8_t>();
+    addr[5] = 9;
+    REQUIRE((*app)->Unmap(region->data()).ok());
+    REQUIRE(Faults(addr + 5));
+    REQUIRE(g_fault.cause == FaultCause::kNotMapped);
+    REQUIRE((*app)->Unmap(region->data()).code() == absl::StatusCode::kNotFound);
+  }
+  SECTION("Flush of memory this process did not map") {
+    REQUIRE((*app)->Flush(reinterpret_cast<void*>(theirs), kPage).code() ==
+            absl::StatusCode::kInvalidArgument);
+  }
+  app->reset();
+  close(to_child[1]);
+  close(to_parent[0]);
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+}
+
+TEST_CASE("Without a fault handler a refused access ends the process with a clear message") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 256K") == 0);
+  int err[2];
+  REQUIRE(pipe2(err, O_CLOEXEC) == 0);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    dup2(err[1], STDERR_FILENO);
+    JoinOptions options;
+    options.rack_dir = rack.dir();
+    options.element = "cpu0";
+    auto app = Rack::Join(options);
+    if (!app.ok()) _exit(3);
+    volatile uint8_t* addr = reinterpret_cast<uint8_t*>((*app)->window_base() + 4096);
+    (void)*addr;
+    _exit(0);
+  }
+  close(err[1]);
+  std::string message;
+  char buf[512];
+  ssize_t n;
+  while ((n = read(err[0], buf, sizeof(buf))) > 0) message.append(buf, n);
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  INFO(message);
+  REQUIRE(WIFSIGNALED(status));
+  REQUIRE(WTERMSIG(status) == SIGBUS);
+  REQUIRE(message.find("memory fault at 0x") != std::string::npos);
+  REQUIRE(message.find("not mapped") != std::string::npos);
+}
+
+TEST_CASE("Mapping more than the rack holds fails cleanly and leaves nothing allocated") {
+  JoinedRack r;
+  auto too_big = r.app->Map(33 << 20);  // two elements of 16 MiB
+  REQUIRE(too_big.status().code() == absl::StatusCode::kResourceExhausted);
+  for (const auto& [name, row] : r.rack.Status()) {
+    if (row.kind == "memory") REQUIRE(row.used_bytes == 0);
+  }
+  auto fits = r.app->Map(32 << 20);
+  REQUIRE(fits.ok());
+  fits->as<uint8_t>()[(32 << 20) - 1] = 1;
+  REQUIRE(r.app->Flush(fits->as<uint8_t>() + (32 << 20) - 1, 1).ok());
+}
+
+TEST_CASE("Join explains what is missing") {
+  JoinOptions options;
+  options.rack_dir = "/nonexistent/rack";
+  options.element = "cpu0";
+  auto no_rack = Rack::Join(options);
+  REQUIRE(no_rack.status().code() == absl::StatusCode::kUnavailable);
+  REQUIRE(std::string(no_rack.status().message()).find("Rack MMU") != std::string::npos);
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M") == 0);
+  options.rack_dir = rack.dir();
+  options.element = "cpu9";
+  auto no_element = Rack::Join(options);
+  REQUIRE(no_element.status().code() == absl::StatusCode::kUnavailable);
+  REQUIRE(std::string(no_element.status().message()).find("cpu9") != std::string::npos);
+  options.element = "cpu0";
+  auto joined = Rack::Join(options);
+  REQUIRE(joined.ok());
+  auto twice = Rack::Join(options);
+  REQUIRE(twice.status().code() == absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace disagg::testing
