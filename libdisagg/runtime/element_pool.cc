@@ -60,29 +60,68 @@ void ElementPool::Return(const std::string& element, std::unique_ptr<ipc::Client
 
 absl::Status ElementPool::ReadPage(const std::string& element, uint64_t vpage,
                                    absl::FunctionRef<absl::Status(const uint8_t*)> use) {
+  absl::Status refusal;
+  RETURN_IF_ERROR(ReadPages(element, {&vpage, 1},
+                            [&](size_t, absl::StatusOr<const uint8_t*> data) -> absl::Status {
+                              if (!data.ok()) return refusal = data.status();
+                              return use(*data);
+                            }));
+  return refusal;
+}
+
+absl::Status ElementPool::ReadPages(
+    const std::string& element, absl::Span<const uint64_t> vpages,
+    absl::FunctionRef<absl::Status(size_t, absl::StatusOr<const uint8_t*>)> use) {
+  if (vpages.size() > kMaxPipelined) {
+    return absl::InvalidArgumentError("too many page reads in one pipeline");
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<ipc::Client> client, Borrow(element));
-  ipc::SmallMessage request;
-  auto root = request.Init();
-  root.initReadPage().setVpage(vpage);
-  bool transport_ok = true;
-  absl::Status status = client->Call(
-      request.builder(), root,
-      [&](proto::Message::Reader reply) -> absl::Status {
-        if (!reply.isPageData() || reply.getPageData().getVpage() != vpage ||
-            reply.getPageData().getData().size() != kPageBytes) {
-          transport_ok = false;
-          return absl::DataLossError(
-              absl::StrCat("memory element ", element, " answered a page read with a wrong reply"));
-        }
-        return use(reply.getPageData().getData().begin());
-      },
-      timeout_);
-  // An error the element sent keeps the connection usable; a broken transport does not.
-  const bool keep = transport_ok && (status.ok() || (status.code() != absl::StatusCode::kUnavailable &&
-                                                     status.code() != absl::StatusCode::kDeadlineExceeded &&
-                                                     status.code() != absl::StatusCode::kDataLoss));
-  if (keep) Return(element, std::move(client));
-  return Unreachable(element, status);
+  uint64_t seqs[kMaxPipelined];
+  absl::Status transport;
+  size_t sent = 0;
+  for (; sent < vpages.size(); ++sent) {
+    ipc::SmallMessage request;
+    auto root = request.Init();
+    root.initReadPage().setVpage(vpages[sent]);
+    absl::StatusOr<uint64_t> seq = client->Send(request.builder(), root);
+    if (!seq.ok()) {
+      transport = seq.status();
+      break;
+    }
+    seqs[sent] = *seq;
+  }
+  absl::Status first_use_error;
+  for (size_t i = 0; i < sent && transport.ok(); ++i) {
+    absl::Status use_status;
+    absl::Status reply = client->Await(
+        seqs[i],
+        [&](proto::Message::Reader message) -> absl::Status {
+          if (!message.isPageData() || message.getPageData().getVpage() != vpages[i] ||
+              message.getPageData().getData().size() != kPageBytes) {
+            return absl::DataLossError(absl::StrCat("memory element ", element,
+                                                    " answered a page read with a wrong reply"));
+          }
+          use_status = use(i, message.getPageData().getData().begin());
+          return absl::OkStatus();
+        },
+        timeout_);
+    switch (reply.code()) {
+      case absl::StatusCode::kOk:
+        break;
+      case absl::StatusCode::kUnavailable:
+      case absl::StatusCode::kDeadlineExceeded:
+      case absl::StatusCode::kDataLoss:
+      case absl::StatusCode::kInvalidArgument:  // undecodable reply
+        transport = reply;
+        continue;
+      default:  // the element refused this page: the connection stays good
+        use_status = use(i, reply);
+    }
+    if (first_use_error.ok()) first_use_error = use_status;
+  }
+  if (!transport.ok()) return Unreachable(element, transport);
+  Return(element, std::move(client));
+  return first_use_error;
 }
 
 absl::Status ElementPool::WritePages(const std::string& element,

@@ -38,6 +38,15 @@ class ElementPool {
   absl::Status ReadPage(const std::string& element, uint64_t vpage,
                         absl::FunctionRef<absl::Status(const uint8_t*)> use);
 
+  // Reads `vpages` from `element`, pipelined (at most kMaxPipelined), and calls `use` for
+  // each in order with its index and its data or the element's refusal of that page. The
+  // returned status is the transport's (UNAVAILABLE: the element cannot be reached; then
+  // pages not yet passed to `use` were not read) or the first error `use` returned.
+  static constexpr size_t kMaxPipelined = 32;
+  absl::Status ReadPages(
+      const std::string& element, absl::Span<const uint64_t> vpages,
+      absl::FunctionRef<absl::Status(size_t, absl::StatusOr<const uint8_t*>)> use);
+
   // Writes `pages` back to `element`, pipelined, and returns once it acknowledged them all.
   absl::Status WritePages(const std::string& element, absl::Span<const PageWrite> pages);
 

@@ -53,6 +53,12 @@ std::optional<uint64_t> PageCache::NextVictim() {
   return std::nullopt;
 }
 
+std::optional<uint64_t> PageCache::PeekVictim() {
+  std::optional<uint64_t> victim = NextVictim();
+  if (victim) fifo_.emplace_front(*victim, pages_[*victim].generation);
+  return victim;
+}
+
 void PageCache::BeginWriteBack(uint64_t vpage) {
   PageEntry* entry = Find(vpage);
   CHECK(entry != nullptr && entry->state == PageState::kPresent);

@@ -56,6 +56,8 @@ class PageCache {
   void AbortFetch(uint64_t vpage, bool poisoned);
   // The present page to evict next (the longest present), or nullopt if none is present.
   std::optional<uint64_t> NextVictim();
+  // The page NextVictim would return, left in place.
+  std::optional<uint64_t> PeekVictim();
   // A present page was dropped from the address space and is being written back.
   void BeginWriteBack(uint64_t vpage);
   // The page leaves the cache whatever its state (a fetch in flight must not be removed).

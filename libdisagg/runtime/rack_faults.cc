@@ -7,6 +7,7 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -43,19 +44,47 @@ FaultCause CauseOfRead(const absl::Status& status) {
 }  // namespace
 
 void RackImpl::FaultLoop() {
+  // Leader/followers: one thread at a time reads the userfaultfd; when it gets a fault it
+  // hands the reading to another thread and serves the fault, so faults from many threads
+  // are served at once and the next fault finds a reader already awake.
   while (true) {
-    struct pollfd fds[2] = {{uffd_.fd(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
-    if (poll(fds, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      PLOG(ERROR) << "disagg: polling the userfaultfd";
-      return;
+    {
+      absl::MutexLock lock(&reader_mu_);
+      while (reader_busy_ && !stopping_) reader_free_.Wait(&reader_mu_);
+      if (stopping_) return;
+      reader_busy_ = true;
     }
-    if (fds[1].revents & POLLIN) return;
-    // One fault at a time per thread, so that the other threads take the next ones.
-    struct uffd_msg msg;
-    if (read(uffd_.fd(), &msg, sizeof(msg)) != sizeof(msg)) continue;  // another thread took it
-    if (msg.event != UFFD_EVENT_PAGEFAULT) continue;
-    HandleFault(msg.arg.pagefault.address, msg.arg.pagefault.flags);
+    std::optional<uffd_msg> msg = ReadFault();
+    {
+      absl::MutexLock lock(&reader_mu_);
+      reader_busy_ = false;
+      if (!msg) stopping_ = true;
+      reader_free_.SignalAll();
+    }
+    if (!msg) return;
+    if (msg->event == UFFD_EVENT_PAGEFAULT) {
+      HandleFault(msg->arg.pagefault.address, msg->arg.pagefault.flags);
+    }
+  }
+}
+
+std::optional<uffd_msg> RackImpl::ReadFault() {
+  const auto spin_until = std::chrono::steady_clock::now() +
+                          std::chrono::nanoseconds(absl::ToInt64Nanoseconds(options_.fault_spin));
+  uffd_msg msg;
+  while (true) {
+    // Spin a while after the last fault (bursts cost no wake-up), then sleep in poll.
+    do {
+      if (read(uffd_.fd(), &msg, sizeof(msg)) == sizeof(msg)) return msg;
+      __builtin_ia32_pause();
+    } while (std::chrono::steady_clock::now() < spin_until);
+    struct pollfd fds[2] = {{uffd_.fd(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0 && errno != EINTR) {
+      PLOG(ERROR) << "disagg: polling the userfaultfd";
+      return std::nullopt;
+    }
+    if (fds[1].revents & POLLIN) return std::nullopt;
+    if (read(uffd_.fd(), &msg, sizeof(msg)) == sizeof(msg)) return msg;
   }
 }
 
@@ -68,6 +97,7 @@ void RackImpl::HandleFault(uintptr_t addr, uint64_t flags) {
 void RackImpl::HandleMissing(uint64_t vpage, bool write) {
   const uintptr_t addr = vpage << kPageShift;
   std::string element;
+  std::vector<uint64_t> batch{vpage};  // the faulting page, then pages read ahead
   {
     absl::MutexLock lock(&mu_);
     while (true) {
@@ -88,8 +118,10 @@ void RackImpl::HandleMissing(uint64_t vpage, bool write) {
       if (!EvictOne()) changed_.Wait(&mu_);  // everything is in flight, or the quota is 0
     }
     cache_.BeginFetch(vpage);
-    absl::StatusOr<std::string> local = TranslateLocked(vpage);
-    if (local.ok()) element = std::move(*local);
+    if (const ExtentInfo* extent = FindExtentLocked(vpage)) {
+      element = extent->element;
+      PlanReadahead(vpage, extent->vpage + extent->pages, batch);
+    }
   }
   if (element.empty()) {
     absl::StatusOr<std::string> remote = Translate(vpage);
@@ -103,20 +135,73 @@ void RackImpl::HandleMissing(uint64_t vpage, bool write) {
     }
     element = std::move(*remote);
   }
-  absl::Status status = elements_.ReadPage(element, vpage, [&](const uint8_t* data) {
-    // Installed read-only unless this access writes: the first write marks it dirty.
-    return uffd_.Copy(addr, data, /*write_protect=*/!write);
-  });
+  // The pages arrive into one staging buffer and are installed as runs, one wake-up each:
+  // a sequential reader then faults once per read-ahead window, not once per page.
+  std::vector<absl::Status> results(batch.size(), absl::UnavailableError("not read"));
+  thread_local std::vector<uint8_t> staging;
+  staging.resize(batch.size() * kPageBytes);
+  absl::Status transport = elements_.ReadPages(
+      element, batch, [&](size_t i, absl::StatusOr<const uint8_t*> data) {
+        results[i] = data.status();
+        if (data.ok()) std::memcpy(staging.data() + i * kPageBytes, *data, kPageBytes);
+        return absl::OkStatus();
+      });
+  // A write fault's page is installed writable; everything else read-only, so that the first
+  // write marks it dirty. The batch is consecutive pages from `vpage` on.
+  for (size_t i = 0; i < batch.size();) {
+    if (!results[i].ok()) {
+      ++i;
+      continue;
+    }
+    size_t j = i + 1;
+    if (!(i == 0 && write)) {
+      while (j < batch.size() && results[j].ok()) ++j;
+    }
+    const absl::Status installed = uffd_.CopyRun(batch[i] << kPageShift,
+                                                 staging.data() + i * kPageBytes, j - i,
+                                                 /*write_protect=*/!(i == 0 && write));
+    for (size_t k = i; k < j; ++k) results[k] = installed;
+    i = j;
+  }
   absl::MutexLock lock(&mu_);
-  if (status.ok()) {
-    cache_.FinishFetch(vpage, /*dirty=*/write);
-    ++faults_;
-  } else {
-    LOG(WARNING) << "disagg: page 0x" << std::hex << addr << std::dec << ": " << status;
-    cache_.AbortFetch(vpage, /*poisoned=*/true);
-    Refuse(vpage, CauseOfRead(status));
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (results[i].ok()) {
+      cache_.FinishFetch(batch[i], /*dirty=*/i == 0 && write);
+      ++faults_;
+    } else if (i == 0) {
+      const absl::Status& why = transport.ok() ? results[0] : transport;
+      LOG(WARNING) << "disagg: page 0x" << std::hex << addr << std::dec << ": " << why;
+      cache_.AbortFetch(vpage, /*poisoned=*/true);
+      Refuse(vpage, CauseOfRead(why));
+    } else {
+      // A page read ahead that did not arrive: forgotten; an access waiting on it retries.
+      cache_.AbortFetch(batch[i], /*poisoned=*/false);
+      (void)uffd_.Wake(batch[i] << kPageShift);
+    }
   }
   changed_.SignalAll();
+}
+
+void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<uint64_t>& batch) {
+  // Sequential faults double the window (up to a pipeline's worth); others reset it.
+  const bool sequential = vpage == readahead_next_ || vpage == last_fault_ + 1;
+  last_fault_ = vpage;
+  readahead_pages_ = sequential ? std::clamp<uint64_t>(readahead_pages_ * 2, 4,
+                                                       ElementPool::kMaxPipelined - 1)
+                                : 0;
+  uint64_t wanted = 0;
+  for (uint64_t p = vpage + 1; wanted < readahead_pages_ && p < extent_end; ++p, ++wanted) {
+    if (cache_.Find(p) != nullptr) break;
+  }
+  // Read ahead evicts only pages that leave at once: it never waits for a write-back.
+  const uint64_t room = cache_.quota_pages() - std::min(cache_.quota_pages(),
+                                                        cache_.present_pages() + cache_.busy_pages());
+  if (room < wanted) EvictClean(wanted - room);
+  for (uint64_t p = vpage + 1; p <= vpage + wanted && cache_.HasRoom(); ++p) {
+    cache_.BeginFetch(p);
+    batch.push_back(p);
+  }
+  if (batch.size() > 1) readahead_next_ = batch.back() + 1;
 }
 
 void RackImpl::HandleWriteProtect(uint64_t vpage) {
@@ -143,20 +228,21 @@ void RackImpl::Refuse(uint64_t vpage, FaultCause cause) {
   if (!status.ok()) LOG(ERROR) << "disagg: " << status;
 }
 
-absl::StatusOr<std::string> RackImpl::TranslateLocked(uint64_t vpage) {
+const ExtentInfo* RackImpl::FindExtentLocked(uint64_t vpage) const {
   const uintptr_t addr = vpage << kPageShift;
   auto region = regions_.upper_bound(addr);
-  if (region != regions_.begin()) {
-    --region;
-    if (addr < region->first + region->second.bytes) {
-      const auto& extents = region->second.extents;
-      auto e = std::upper_bound(extents.begin(), extents.end(), vpage,
-                                [](uint64_t v, const ExtentInfo& x) { return v < x.vpage; });
-      if (e != extents.begin() && vpage < std::prev(e)->vpage + std::prev(e)->pages) {
-        return std::prev(e)->element;
-      }
-    }
-  }
+  if (region == regions_.begin()) return nullptr;
+  --region;
+  if (addr >= region->first + region->second.bytes) return nullptr;
+  const auto& extents = region->second.extents;
+  auto e = std::upper_bound(extents.begin(), extents.end(), vpage,
+                            [](uint64_t v, const ExtentInfo& x) { return v < x.vpage; });
+  if (e == extents.begin() || vpage >= std::prev(e)->vpage + std::prev(e)->pages) return nullptr;
+  return &*std::prev(e);
+}
+
+absl::StatusOr<std::string> RackImpl::TranslateLocked(uint64_t vpage) {
+  if (const ExtentInfo* extent = FindExtentLocked(vpage)) return extent->element;
   return absl::NotFoundError("not in the local translation cache");
 }
 
@@ -198,6 +284,26 @@ absl::StatusOr<std::string> RackImpl::Translate(uint64_t vpage) {
     extents.insert(at, ExtentInfo{extent.vpage, extent.pages, element});
   }
   return element;
+}
+
+void RackImpl::EvictClean(uint64_t pages) {
+  std::vector<uint64_t> victims;
+  while (victims.size() < pages) {
+    std::optional<uint64_t> victim = cache_.PeekVictim();
+    if (!victim || cache_.Find(*victim)->dirty) break;
+    cache_.NextVictim();
+    victims.push_back(*victim);
+  }
+  // One drop per run of adjacent pages: each drop costs a TLB shootdown.
+  std::sort(victims.begin(), victims.end());
+  for (size_t i = 0; i < victims.size();) {
+    size_t j = i + 1;
+    while (j < victims.size() && victims[j] == victims[j - 1] + 1) ++j;
+    (void)uffd_.Drop(victims[i] << kPageShift, (j - i) * kPageBytes);
+    for (size_t k = i; k < j; ++k) cache_.Remove(victims[k]);
+    i = j;
+  }
+  evictions_ += victims.size();
 }
 
 bool RackImpl::EvictOne() {

@@ -12,7 +12,10 @@
 #ifndef DISAGG_RUNTIME_RACK_IMPL_H_
 #define DISAGG_RUNTIME_RACK_IMPL_H_
 
+#include <linux/userfaultfd.h>
+
 #include <atomic>
+#include <optional>
 #include <map>
 #include <memory>
 #include <string>
@@ -62,16 +65,25 @@ class RackImpl final : public Rack {
 
   // Fault path (rack_faults.cc).
   void FaultLoop();
+  // The next userfaultfd event; nullopt when the Rack stops.
+  std::optional<uffd_msg> ReadFault();
   void HandleFault(uintptr_t addr, uint64_t flags);
   void HandleMissing(uint64_t vpage, bool write);
   void HandleWriteProtect(uint64_t vpage);
   // Where `vpage` lives: its memory element, or why the rack refuses it.
   absl::StatusOr<std::string> Translate(uint64_t vpage);
   absl::StatusOr<std::string> TranslateLocked(uint64_t vpage) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  const ExtentInfo* FindExtentLocked(uint64_t vpage) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds to `batch` the pages after `vpage` (up to `extent_end`) worth reading with it, and
+  // marks them as being fetched.
+  void PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<uint64_t>& batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Refuse(uint64_t vpage, FaultCause cause) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts the longest-present page, writing it back if dirty (mu_ is released meanwhile).
   // false if no page is present to evict.
   bool EvictOne() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evicts up to `pages` of the next victims while they are clean (never releases mu_).
+  void EvictClean(uint64_t pages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts until the cache fits its quota (waits for fetches in flight to land first).
   void ShrinkToQuota() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -102,7 +114,14 @@ class RackImpl final : public Rack {
   std::map<uint64_t, RegionInfo> regions_ ABSL_GUARDED_BY(mu_);  // by start address
   PageCache cache_ ABSL_GUARDED_BY(mu_);
   bool quota_known_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t last_fault_ ABSL_GUARDED_BY(mu_) = 0;      // the last page faulted in
+  uint64_t readahead_next_ ABSL_GUARDED_BY(mu_) = 0;  // the page after the last read ahead
+  uint64_t readahead_pages_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status attach_status_ ABSL_GUARDED_BY(mu_);  // the compute element's refusal
+  absl::Mutex reader_mu_;     // which fault thread reads the userfaultfd
+  absl::CondVar reader_free_;
+  bool reader_busy_ ABSL_GUARDED_BY(reader_mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(reader_mu_) = false;
   std::atomic<uint64_t> faults_{0};
   std::atomic<uint64_t> evictions_{0};
   std::atomic<uint64_t> writebacks_{0};

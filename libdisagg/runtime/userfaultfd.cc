@@ -82,15 +82,31 @@ absl::Status Userfaultfd::Register(uintptr_t base, uint64_t bytes) {
   return absl::OkStatus();
 }
 
-absl::Status Userfaultfd::Copy(uintptr_t addr, const void* src, bool write_protect) {
-  uffdio_copy copy{};
-  copy.dst = addr;
-  copy.src = reinterpret_cast<uintptr_t>(src);
-  copy.len = kPageBytes;
-  copy.mode = write_protect ? UFFDIO_COPY_MODE_WP : 0;
-  if (ioctl(fd_.get(), UFFDIO_COPY, &copy) == 0) return absl::OkStatus();
-  if (errno == EEXIST) return Wake(addr);
-  return ErrnoStatus(absl::StrCat("UFFDIO_COPY at 0x", absl::Hex(addr)));
+absl::Status Userfaultfd::CopyRun(uintptr_t addr, const void* src, uint64_t pages,
+                                  bool write_protect) {
+  uint64_t done = 0;
+  const uint64_t bytes = pages * kPageBytes;
+  while (done < bytes) {
+    uffdio_copy copy{};
+    copy.dst = addr + done;
+    copy.src = reinterpret_cast<uintptr_t>(src) + done;
+    copy.len = bytes - done;
+    copy.mode = write_protect ? UFFDIO_COPY_MODE_WP : 0;
+    if (ioctl(fd_.get(), UFFDIO_COPY, &copy) == 0) return absl::OkStatus();
+    const int error = errno;
+    if (copy.copy > 0) {
+      done += copy.copy;  // a partial copy: go on from where it stopped
+      continue;
+    }
+    if (error == EEXIST) {  // present already: wake its waiters and skip it
+      RETURN_IF_ERROR(Wake(addr + done));
+      done += kPageBytes;
+      continue;
+    }
+    if (error == EAGAIN) continue;
+    return ErrnoStatus(absl::StrCat("UFFDIO_COPY at 0x", absl::Hex(addr + done)), error);
+  }
+  return Wake(addr);  // the last chunk ended in a skipped page: its run was not woken
 }
 
 absl::Status Userfaultfd::WriteProtect(uintptr_t addr, uint64_t bytes, bool protect) {

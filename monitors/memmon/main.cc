@@ -18,7 +18,7 @@
 DEFINE_string(run_dir, "", "the rack's run directory (sockets, logs); required");
 DEFINE_string(name, "", "this element's rack-wide name, e.g. mem0; required");
 DEFINE_string(pool_size, "1G", "bytes in the page pool (suffixes K, M, G)");
-DEFINE_int32(spin_us, 20, "microseconds to poll the rings after the last message before sleeping");
+DEFINE_int32(spin_us, 200, "microseconds to poll the rings after the last message before sleeping");
 
 namespace disagg::memmon {
 namespace {

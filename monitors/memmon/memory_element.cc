@@ -77,7 +77,7 @@ absl::StatusOr<uint32_t> MemoryElement::ProcessOn(ipc::Link& link) {
 absl::Status MemoryElement::HandleRead(ipc::Link& link, uint64_t seq, uint64_t vpage) {
   absl::StatusOr<uint32_t> process = ProcessOn(link);
   if (!process.ok()) return Refuse(link, seq, process.status());
-  absl::StatusOr<uint8_t*> page = store_.Page(*process, vpage);
+  absl::StatusOr<const uint8_t*> page = store_.Read(*process, vpage);
   if (!page.ok()) return Refuse(link, seq, page.status());
   capnp::MallocMessageBuilder builder(kPageBytes / sizeof(capnp::word) + 16);
   auto reply = builder.initRoot<proto::Message>();
@@ -97,7 +97,7 @@ absl::Status MemoryElement::HandleWrite(ipc::Link& link, uint64_t seq,
                                  options().name, ": a page write-back carries ",
                                  page.getData().size(), " bytes, not ", kPageBytes)));
   }
-  absl::StatusOr<uint8_t*> target = store_.Page(*process, page.getVpage());
+  absl::StatusOr<uint8_t*> target = store_.Write(*process, page.getVpage());
   if (!target.ok()) return Refuse(link, seq, target.status());
   std::memcpy(*target, page.getData().begin(), kPageBytes);
   return link.ReplyOk(seq);

@@ -57,6 +57,7 @@ void PageStore::Release(uint64_t pool_page, uint64_t pages) {
                   pages * kPageBytes) != 0) {
     std::memset(pool_.data() + pool_page * kPageBytes, 0, pages * kPageBytes);
   }
+  std::fill(written_.begin() + pool_page, written_.begin() + pool_page + pages, false);
   used_pages_ -= pages;
 }
 
@@ -92,19 +93,31 @@ uint32_t PageStore::ProcessFor(pid_t pid, uint64_t start_time) const {
   return 0;
 }
 
-absl::StatusOr<uint8_t*> PageStore::Page(uint32_t process_id, uint64_t vpage) {
+absl::StatusOr<uint64_t> PageStore::Locate(uint32_t process_id, uint64_t vpage) const {
   auto pit = processes_.find(process_id);
   if (pit != processes_.end()) {
     auto it = pit->second.ranges.upper_bound(vpage);
     if (it != pit->second.ranges.begin()) {
       --it;
-      if (vpage - it->first < it->second.pages) {
-        return pool_.data() + (it->second.pool_page + (vpage - it->first)) * kPageBytes;
-      }
+      if (vpage - it->first < it->second.pages) return it->second.pool_page + (vpage - it->first);
     }
   }
   return absl::PermissionDeniedError(absl::StrCat(name_, ": page 0x", absl::Hex(vpage << 12),
                                                   " is not mapped for process ", process_id));
+}
+
+absl::StatusOr<const uint8_t*> PageStore::Read(uint32_t process_id, uint64_t vpage) const {
+  static const uint8_t kZeros[kPageBytes] = {};
+  ASSIGN_OR_RETURN(uint64_t pool_page, Locate(process_id, vpage));
+  // A page never written is zero: reading it need not make the pool allocate it.
+  if (!written_[pool_page]) return kZeros;
+  return pool_.data() + pool_page * kPageBytes;
+}
+
+absl::StatusOr<uint8_t*> PageStore::Write(uint32_t process_id, uint64_t vpage) {
+  ASSIGN_OR_RETURN(uint64_t pool_page, Locate(process_id, vpage));
+  written_[pool_page] = true;
+  return pool_.data() + pool_page * kPageBytes;
 }
 
 }  // namespace disagg::memmon

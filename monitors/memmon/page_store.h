@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "ipc/channel.h"
@@ -36,9 +37,12 @@ class PageStore {
 
   // The rack process id bound to (pid, start_time), or 0.
   uint32_t ProcessFor(pid_t pid, uint64_t start_time) const;
-  // The page's memory in the pool. PERMISSION_DENIED naming the page and process if the
-  // page table does not map it for that process.
-  absl::StatusOr<uint8_t*> Page(uint32_t process_id, uint64_t vpage);
+  // The page's contents, for reading: valid until the next call that changes the store.
+  // PERMISSION_DENIED naming the page and process if the page table does not map it for that
+  // process. A page never written reads as zeros without the pool allocating it.
+  absl::StatusOr<const uint8_t*> Read(uint32_t process_id, uint64_t vpage) const;
+  // The page's memory in the pool, for writing its 4 KiB. Errors as Read.
+  absl::StatusOr<uint8_t*> Write(uint32_t process_id, uint64_t vpage);
 
   uint64_t used_bytes() const { return used_pages_ * kPageBytes; }
   uint64_t pool_bytes() const { return pool_.size(); }
@@ -54,13 +58,18 @@ class PageStore {
     std::map<uint64_t, Range> ranges;  // by first vpage
   };
   PageStore(std::string name, ipc::Fd fd, ipc::ShmRegion pool)
-      : name_(std::move(name)), fd_(std::move(fd)), pool_(std::move(pool)) {}
+      : name_(std::move(name)),
+        fd_(std::move(fd)),
+        pool_(std::move(pool)),
+        written_(pool_.size() / kPageBytes, false) {}
+  absl::StatusOr<uint64_t> Locate(uint32_t process_id, uint64_t vpage) const;
   void Release(uint64_t pool_page, uint64_t pages);
 
   std::string name_;
   ipc::Fd fd_;
   ipc::ShmRegion pool_;
   std::map<uint32_t, Process> processes_;
+  std::vector<bool> written_;  // by pool page: written since it was last released
   uint64_t used_pages_ = 0;
 };
 

@@ -15,15 +15,18 @@ TEST_CASE("A memory element's page table serves only what the Rack MMU programme
   REQUIRE(store->ProcessFor(1000, 55) == 7);
   REQUIRE(store->ProcessFor(1000, 56) == 0);  // same pid, another process
 
-  auto page = store->Page(7, 0x103);
+  auto fresh = store->Read(7, 0x103);
+  REQUIRE(fresh.ok());
+  REQUIRE((*fresh)[0] == 0);  // zero-filled on first use
+  auto page = store->Write(7, 0x103);
   REQUIRE(page.ok());
-  REQUIRE((*page)[0] == 0);  // zero-filled on first use
   std::memset(*page, 0xAB, kPageBytes);
+  REQUIRE((*store->Read(7, 0x103))[kPageBytes - 1] == 0xAB);
 
   SECTION("pages outside the programmed range, or another process's, are refused") {
-    REQUIRE(absl::IsPermissionDenied(store->Page(7, 0x108).status()));
-    REQUIRE(absl::IsPermissionDenied(store->Page(7, 0xff).status()));
-    REQUIRE(absl::IsPermissionDenied(store->Page(8, 0x103).status()));
+    REQUIRE(absl::IsPermissionDenied(store->Read(7, 0x108).status()));
+    REQUIRE(absl::IsPermissionDenied(store->Write(7, 0xff).status()));
+    REQUIRE(absl::IsPermissionDenied(store->Read(8, 0x103).status()));
   }
   SECTION("bad programming is refused") {
     REQUIRE(absl::IsInvalidArgument(store->Program(7, 1000, 55, 0x104, 2, 40)));  // overlap
@@ -33,12 +36,12 @@ TEST_CASE("A memory element's page table serves only what the Rack MMU programme
   }
   SECTION("revocation drops the pages and zeroes them for the next owner") {
     store->Revoke(7, 0x102, 2);  // splits the range
-    REQUIRE(absl::IsPermissionDenied(store->Page(7, 0x103).status()));
-    REQUIRE(store->Page(7, 0x101).ok());
-    REQUIRE(store->Page(7, 0x104).ok());
+    REQUIRE(absl::IsPermissionDenied(store->Read(7, 0x103).status()));
+    REQUIRE(store->Read(7, 0x101).ok());
+    REQUIRE(store->Write(7, 0x104).ok());
     REQUIRE(store->used_bytes() == 6 * kPageBytes);
     REQUIRE(store->Program(9, 2000, 1, 0x500, 2, 6).ok());  // the revoked pool pages
-    auto reused = store->Page(9, 0x501);
+    auto reused = store->Read(9, 0x501);  // pool page 7: was page 0x103 of process 7, written
     REQUIRE(reused.ok());
     for (size_t i = 0; i < kPageBytes; ++i) REQUIRE((*reused)[i] == 0);
   }

@@ -62,9 +62,10 @@ absl::Status ComputeElement::HandleAttach(ipc::Link& link, uint64_t seq,
   p.pid = link.peer().pid;
   link.set_label(absl::StrCat("process ", p.process_id, " (", p.name, ", pid ", p.pid, ")"));
   LOG(INFO) << me << ": " << link.label() << " attached";
-  // Its first quota is what is free now; Rebalance grows it as the others shrink.
-  SendQuota(p, 0, seq);
+  // Its first quota (the answer) is what is free now; it grows as the others shrink.
   Rebalance();
+  p.attached = true;
+  SendQuota(p, p.granted_pages, seq);
   return absl::OkStatus();
 }
 
@@ -118,7 +119,7 @@ void ComputeElement::Rebalance() {
     const uint64_t give = std::min(share - p.granted_pages, free);
     p.granted_pages += give;
     free -= give;
-    SendQuota(p, p.granted_pages, 0);
+    if (p.attached) SendQuota(p, p.granted_pages, 0);
   }
 }
 

@@ -41,6 +41,7 @@ class ComputeElement : public Element {
     uint64_t shrink_to = 0;      // the quota it was asked to shrink to...
     uint64_t shrink_seq = 0;     // ...by the request with this seq (0: none pending)
     uint64_t cached_bytes = 0;   // as it last reported
+    bool attached = false;       // its Attach was answered (with its first quota)
   };
 
   absl::Status HandleAttach(ipc::Link& link, uint64_t seq, proto::Attach::Reader attach);

@@ -40,7 +40,10 @@ struct JoinOptions {
   // A name for logs and `rackctl status`. Empty: the program's name.
   std::string name;
   // Threads that serve page faults (each holds its own connections to memory elements).
-  int fault_threads = 2;
+  int fault_threads = 1;
+  // After serving a fault, one fault thread polls for the next one this long before it
+  // sleeps: bursts of faults then cost no wake-up. Zero: always sleep.
+  absl::Duration fault_spin = absl::Microseconds(50);
   // How long to wait for the rack's daemons on any one request.
   absl::Duration timeout = absl::Seconds(5);
 };
