@@ -8,6 +8,7 @@
 //                local memory
 // The last line is one JSON object with every figure.
 #include <fcntl.h>
+#include <sched.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <sys/ioctl.h>
@@ -62,7 +63,15 @@ std::vector<double> TouchEach(volatile uint8_t* base, size_t pages) {
 // The floor: a raw userfaultfd whose handler thread answers each fault by copying a local
 // page. With `spin` the handler polls the userfaultfd without sleeping (the fastest a raw
 // handler gets: the floor the ratio is taken against); without, it sleeps in poll.
-std::vector<double> RawUffdFaults(size_t pages, bool spin) {
+std::vector<double> RawUffdFaults(size_t pages, bool spin, bool same_cpu = false) {
+  cpu_set_t saved;
+  sched_getaffinity(0, sizeof(saved), &saved);
+  if (same_cpu) {  // the toucher and the handler share one core: no cross-core wake-ups
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(sched_getcpu(), &one);
+    sched_setaffinity(0, sizeof(one), &one);
+  }
   const size_t bytes = pages * kPage;
   auto* region = static_cast<uint8_t*>(
       mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
@@ -87,7 +96,10 @@ std::vector<double> RawUffdFaults(size_t pages, bool spin) {
       pollfd fd{uffd, POLLIN, 0};
       if (!spin && poll(&fd, 1, 100) <= 0) continue;
       uffd_msg msg;
-      if (read(uffd, &msg, sizeof(msg)) != sizeof(msg)) continue;
+      if (read(uffd, &msg, sizeof(msg)) != sizeof(msg)) {
+        __builtin_ia32_pause();  // as the rack's fault threads spin
+        continue;
+      }
       uffdio_copy copy{};
       copy.dst = msg.arg.pagefault.address & ~(kPage - 1);
       copy.src = reinterpret_cast<uintptr_t>(source);
@@ -100,6 +112,7 @@ std::vector<double> RawUffdFaults(size_t pages, bool spin) {
   handler.join();
   close(uffd);
   munmap(region, bytes);
+  sched_setaffinity(0, sizeof(saved), &saved);
   return out;
 }
 
@@ -164,13 +177,19 @@ int main() {
   const size_t cold_pages = std::min<size_t>(budget / 2 / kPage, 8192);
   auto cold = (*rack)->Map(cold_pages * kPage);
   if (!cold.ok()) Die("map", cold.status());
-  std::vector<double> floor = RawUffdFaults(cold_pages, /*spin=*/true);
+  // The floor is the best of three runs: two placed by the scheduler and one with both
+  // threads on one core (cross-core wake-ups move it by 2x on this kind of machine).
+  std::vector<double> floor = RawUffdFaults(cold_pages, /*spin=*/true, /*same_cpu=*/true);
+  for (int run = 0; run < 2; ++run) {
+    std::vector<double> again = RawUffdFaults(cold_pages, /*spin=*/true);
+    if (Percentile(again, 0.5) < Percentile(floor, 0.5)) floor = std::move(again);
+  }
   std::vector<double> sleeping = RawUffdFaults(cold_pages, /*spin=*/false);
   std::vector<double> remote = TouchEach(cold->as<uint8_t>(), cold_pages);
   const double floor50 = Percentile(floor, 0.5), floor99 = Percentile(floor, 0.99);
   const double cold50 = Percentile(remote, 0.5), cold99 = Percentile(remote, 0.99);
   const double sleeping50 = Percentile(sleeping, 0.5);
-  std::printf("cold 4 KiB fault:   remote p50 %.2f us  p99 %.2f us | raw userfaultfd floor (spinning handler) p50 %.2f us  p99 %.2f us | ratio p50 %.2fx\n",
+  std::printf("cold 4 KiB fault:   remote p50 %.2f us  p99 %.2f us | raw userfaultfd floor (spinning handler, best of 3) p50 %.2f us  p99 %.2f us | ratio p50 %.2fx\n",
               cold50 / 1e3, cold99 / 1e3, floor50 / 1e3, floor99 / 1e3, cold50 / floor50);
   std::printf("                    (raw userfaultfd with a handler sleeping in poll: p50 %.2f us)\n",
               sleeping50 / 1e3);

@@ -19,6 +19,9 @@
 namespace disagg::runtime {
 namespace {
 
+// Pages evicted together when a fault needs room: their write-backs travel pipelined.
+constexpr uint64_t kEvictBatch = 16;
+
 FaultCause CauseOfTranslation(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kPermissionDenied:
@@ -115,7 +118,8 @@ void RackImpl::HandleMissing(uint64_t vpage, bool write) {
         }
       }
       if (cache_.HasRoom()) break;
-      if (!EvictOne()) changed_.Wait(&mu_);  // everything is in flight, or the quota is 0
+      // Everything is in flight, or the quota is 0: wait for a change.
+      if (EvictBatch(kEvictBatch) == 0) changed_.Wait(&mu_);
     }
     cache_.BeginFetch(vpage);
     if (const ExtentInfo* extent = FindExtentLocked(vpage)) {
@@ -146,27 +150,25 @@ void RackImpl::HandleMissing(uint64_t vpage, bool write) {
         if (data.ok()) std::memcpy(staging.data() + i * kPageBytes, *data, kPageBytes);
         return absl::OkStatus();
       });
-  // A write fault's page is installed writable; everything else read-only, so that the first
-  // write marks it dirty. The batch is consecutive pages from `vpage` on.
+  // A write fault's pages are installed writable (and count as dirty): a sequential writer
+  // then takes one fault per window, not a write-protect fault per page. A read fault's
+  // pages are installed read-only, so that the first write marks each dirty.
   for (size_t i = 0; i < batch.size();) {
     if (!results[i].ok()) {
       ++i;
       continue;
     }
     size_t j = i + 1;
-    if (!(i == 0 && write)) {
-      while (j < batch.size() && results[j].ok()) ++j;
-    }
-    const absl::Status installed = uffd_.CopyRun(batch[i] << kPageShift,
-                                                 staging.data() + i * kPageBytes, j - i,
-                                                 /*write_protect=*/!(i == 0 && write));
+    while (j < batch.size() && results[j].ok()) ++j;
+    const absl::Status installed = uffd_.CopyRun(
+        batch[i] << kPageShift, staging.data() + i * kPageBytes, j - i, /*write_protect=*/!write);
     for (size_t k = i; k < j; ++k) results[k] = installed;
     i = j;
   }
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < batch.size(); ++i) {
     if (results[i].ok()) {
-      cache_.FinishFetch(batch[i], /*dirty=*/i == 0 && write);
+      cache_.FinishFetch(batch[i], /*dirty=*/write);
       ++faults_;
     } else if (i == 0) {
       const absl::Status& why = transport.ok() ? results[0] : transport;
@@ -306,49 +308,78 @@ void RackImpl::EvictClean(uint64_t pages) {
   evictions_ += victims.size();
 }
 
-bool RackImpl::EvictOne() {
-  std::optional<uint64_t> victim = cache_.NextVictim();
-  if (!victim) return false;
-  const uint64_t vpage = *victim;
-  const uintptr_t addr = vpage << kPageShift;
-  PageEntry* entry = cache_.Find(vpage);
-  absl::StatusOr<std::string> element = TranslateLocked(vpage);
-  ++evictions_;
-  if (!entry->dirty || !element.ok()) {
-    (void)uffd_.Drop(addr, kPageBytes);
-    cache_.Remove(vpage);
-    return true;
+uint64_t RackImpl::EvictBatch(uint64_t pages) {
+  std::vector<uint64_t> victims;
+  while (victims.size() < pages) {
+    std::optional<uint64_t> victim = cache_.NextVictim();
+    if (!victim) break;
+    victims.push_back(*victim);
   }
-  // Writers block from here on; the copy is the page's last contents.
-  absl::Status status = uffd_.WriteProtect(addr, kPageBytes, true);
-  alignas(64) uint8_t copy[kPageBytes];
-  std::memcpy(copy, reinterpret_cast<const void*>(addr), kPageBytes);
-  if (status.ok()) status = uffd_.Drop(addr, kPageBytes);
-  if (!status.ok()) {
-    LOG(ERROR) << "disagg: evicting 0x" << std::hex << addr << std::dec << ": " << status;
-    entry->dirty = true;
-    return false;
+  std::sort(victims.begin(), victims.end());
+  // Dirty pages are write-protected first (writers block from then on), so the copies taken
+  // here are their last contents; then every victim leaves the address space.
+  thread_local std::vector<uint8_t> staging;
+  staging.resize(victims.size() * kPageBytes);
+  std::vector<std::pair<std::string, PageWrite>> writes;
+  for (uint64_t vpage : victims) {
+    const ExtentInfo* extent = FindExtentLocked(vpage);
+    if (!cache_.Find(vpage)->dirty || extent == nullptr) continue;
+    const uintptr_t addr = vpage << kPageShift;
+    absl::Status status = uffd_.WriteProtect(addr, kPageBytes, true);
+    if (!status.ok()) LOG(ERROR) << "disagg: evicting 0x" << std::hex << addr << ": " << status;
+    uint8_t* copy = staging.data() + writes.size() * kPageBytes;
+    std::memcpy(copy, reinterpret_cast<const void*>(addr), kPageBytes);
+    writes.push_back({extent->element, PageWrite{vpage, copy}});
   }
-  cache_.BeginWriteBack(vpage);
+  for (size_t i = 0; i < victims.size();) {  // one drop (one TLB shootdown) per run
+    size_t j = i + 1;
+    while (j < victims.size() && victims[j] == victims[j - 1] + 1) ++j;
+    (void)uffd_.Drop(victims[i] << kPageShift, (j - i) * kPageBytes);
+    i = j;
+  }
+  size_t w = 0;
+  for (uint64_t vpage : victims) {
+    if (w < writes.size() && writes[w].second.vpage == vpage) {
+      cache_.BeginWriteBack(vpage);
+      ++w;
+    } else {
+      cache_.Remove(vpage);
+    }
+  }
+  evictions_ += victims.size();
+  if (writes.empty()) return victims.size();
+
   mu_.Unlock();
-  const PageWrite write{vpage, copy};
-  status = elements_.WritePages(*element, {&write, 1});
-  mu_.Lock();
-  cache_.Remove(vpage);
-  ++writebacks_;
-  if (!status.ok()) {
-    LOG(ERROR) << "disagg: write-back of 0x" << std::hex << addr << std::dec
-               << " failed; the page is lost: " << status;
-    cache_.MarkPoisoned(vpage);
-    Refuse(vpage, FaultCause::kLost);
+  std::vector<absl::Status> results(writes.size());
+  std::stable_sort(writes.begin(), writes.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (size_t i = 0; i < writes.size();) {
+    size_t j = i;
+    std::vector<PageWrite> group;
+    while (j < writes.size() && writes[j].first == writes[i].first) group.push_back(writes[j++].second);
+    const absl::Status status = elements_.WritePages(writes[i].first, group);
+    for (size_t k = i; k < j; ++k) results[k] = status;
+    i = j;
   }
+  mu_.Lock();
+  for (size_t i = 0; i < writes.size(); ++i) {
+    const uint64_t vpage = writes[i].second.vpage;
+    cache_.Remove(vpage);
+    if (!results[i].ok()) {
+      LOG(ERROR) << "disagg: write-back of 0x" << std::hex << (vpage << kPageShift) << std::dec
+                 << " failed; the page is lost: " << results[i];
+      cache_.MarkPoisoned(vpage);
+      Refuse(vpage, FaultCause::kLost);
+    }
+  }
+  writebacks_ += writes.size();
   changed_.SignalAll();
-  return true;
+  return victims.size();
 }
 
 void RackImpl::ShrinkToQuota() {
   while (cache_.OverQuota()) {
-    if (!EvictOne()) changed_.Wait(&mu_);
+    if (EvictBatch(kEvictBatch) == 0) changed_.Wait(&mu_);
   }
 }
 

@@ -79,9 +79,9 @@ class RackImpl final : public Rack {
   void PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<uint64_t>& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Refuse(uint64_t vpage, FaultCause cause) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Evicts the longest-present page, writing it back if dirty (mu_ is released meanwhile).
-  // false if no page is present to evict.
-  bool EvictOne() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evicts up to `pages` of the longest-present pages, writing the dirty ones back (mu_ is
+  // released meanwhile). Returns how many left; 0 if no page is present to evict.
+  uint64_t EvictBatch(uint64_t pages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts up to `pages` of the next victims while they are clean (never releases mu_).
   void EvictClean(uint64_t pages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts until the cache fits its quota (waits for fetches in flight to land first).
