@@ -139,15 +139,18 @@ absl::Status RackImpl::Start(ipc::Connection compute) {
   {
     absl::MutexLock lock(&mu_);
     const absl::Time deadline = absl::Now() + options_.timeout;
-    while (!quota_known_) {
+    // A new process may start with no quota while the others shrink to make room for it.
+    while (!quota_known_ || cache_.quota_pages() == 0) {
       if (!attach_status_.ok()) {
         return absl::Status(attach_status_.code(),
                             absl::StrCat("compute element ", options_.element,
                                          " refused this process: ", attach_status_.message()));
       }
       if (changed_.WaitWithDeadline(&mu_, deadline)) {
-        return absl::UnavailableError(absl::StrCat("compute element ", options_.element,
-                                                   " did not lease a cache quota in time"));
+        return absl::UnavailableError(absl::StrCat(
+            "compute element ", options_.element,
+            quota_known_ ? " leases all its cache to processes that did not shrink in time"
+                         : " did not lease a cache quota in time"));
       }
     }
   }
