@@ -137,8 +137,11 @@ absl::Status AskStatus(const std::string& rack, const std::string& daemon,
   const absl::Duration timeout = absl::Milliseconds(FLAGS_timeout_ms);
   auto client = ipc::Client::Connect(SocketPath(rack, daemon), timeout);
   if (!client.ok()) {
+    const std::string who = daemon == "mon"   ? "the rack monitor"
+                            : daemon == "mmu" ? "the Rack MMU"
+                                              : "element " + daemon;
     return absl::UnavailableError(
-        absl::StrCat("cannot reach ", daemon, " of ", rack, ": ", client.status().message()));
+        absl::StrCat("cannot reach ", who, " of ", rack, ": ", client.status().message()));
   }
   ipc::SmallMessage request;
   auto root = request.Init();

@@ -61,7 +61,7 @@ TEST_CASE("Data written and flushed is read back correctly after it was evicted"
   REQUIRE(stats.peak_cached_bytes <= kBudget);
 }
 
-TEST_CASE("A region larger than the cache works end to end; the cache never exceeds its budget") {
+TEST_CASE("A region larger than the cache works end to end and the cache never exceeds its budget") {
   JoinedRack r;
   const uint64_t bytes = 16 * kBudget;
   absl::StatusOr<Region> region = r.app->Map(bytes);
@@ -92,7 +92,7 @@ TEST_CASE("A region larger than the cache works end to end; the cache never exce
   REQUIRE(out.find("\"mapped_bytes\":" + std::to_string(bytes)) != std::string::npos);
 }
 
-TEST_CASE("Four threads fault the same and different pages at once; every byte is right") {
+TEST_CASE("Four threads fault the same and different pages at once and every byte is right") {
   JoinedRack r;
   const uint64_t pages = 2 * kBudget / kPage;  // twice the cache: faults and evictions race
   absl::StatusOr<Region> shared = r.app->Map(pages * kPage);

@@ -43,7 +43,7 @@ TEST_CASE("Page cache skips pages that left the eviction queue's view") {
   REQUIRE_FALSE(cache.NextVictim().has_value());
 }
 
-TEST_CASE("Page cache: a shrunken quota shows as over quota; poisoned pages do not count") {
+TEST_CASE("Page cache: a shrunken quota shows as over quota, and poisoned pages do not count") {
   PageCache cache;
   cache.set_quota_pages(3);
   for (uint64_t p = 0; p < 3; ++p) {

@@ -340,7 +340,7 @@ CacheStats RackImpl::cache_stats() const {
   {
     absl::MutexLock lock(&mu_);
     auto& cache = const_cast<PageCache&>(cache_);
-    stats.quota_bytes = cache.quota_pages() * kPageBytes;
+    stats.quota_bytes = stats_quota_pages_ * kPageBytes;
     stats.cached_bytes = cache.present_pages() * kPageBytes;
     stats.peak_cached_bytes = cache.peak_present_pages() * kPageBytes;
   }
@@ -394,9 +394,10 @@ absl::Status RackImpl::HandleControl(proto::Message::Reader message) {
       const uint64_t pages = message.getCacheQuota().getBytes() / kPageBytes;
       {
         absl::MutexLock lock(&mu_);
-        cache_.set_quota_pages(pages);
+        cache_.set_quota_pages(pages);  // admissions obey the new quota at once...
         quota_known_ = true;
         ShrinkToQuota();
+        stats_quota_pages_ = pages;  // ...and it shows once the cache fits it
         changed_.SignalAll();
       }
       return message.getSeq() != 0 ? ReportUsage(message.getSeq()) : absl::OkStatus();

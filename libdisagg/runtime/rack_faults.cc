@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,8 @@ namespace {
 
 // Pages evicted together when a fault needs room: their write-backs travel pipelined.
 constexpr uint64_t kEvictBatch = 16;
+// Faults read from the userfaultfd at once and served together.
+constexpr size_t kFaultBatch = 16;
 
 FaultCause CauseOfTranslation(const absl::Status& status) {
   switch (status.code()) {
@@ -58,6 +61,15 @@ void RackImpl::FaultLoop() {
       reader_busy_ = true;
     }
     std::optional<uffd_msg> msg = ReadFault();
+    // Faults that arrived together (several threads faulting at once) are served together.
+    std::vector<uffd_msg> msgs;
+    if (msg) {
+      msgs.push_back(*msg);
+      uffd_msg more;
+      while (msgs.size() < kFaultBatch && read(uffd_.fd(), &more, sizeof(more)) == sizeof(more)) {
+        msgs.push_back(more);
+      }
+    }
     {
       absl::MutexLock lock(&reader_mu_);
       reader_busy_ = false;
@@ -65,9 +77,18 @@ void RackImpl::FaultLoop() {
       reader_free_.SignalAll();
     }
     if (!msg) return;
-    if (msg->event == UFFD_EVENT_PAGEFAULT) {
-      HandleFault(msg->arg.pagefault.address, msg->arg.pagefault.flags);
+    std::vector<MissingFault> missing;
+    for (const uffd_msg& m : msgs) {
+      if (m.event != UFFD_EVENT_PAGEFAULT) continue;
+      const uint64_t vpage = m.arg.pagefault.address >> kPageShift;
+      const bool write = (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0;
+      if (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+        HandleWriteProtect(vpage);
+      } else {
+        missing.push_back({vpage, write});
+      }
     }
+    ServeMissing(missing);
   }
 }
 
@@ -91,94 +112,136 @@ std::optional<uffd_msg> RackImpl::ReadFault() {
   }
 }
 
-void RackImpl::HandleFault(uintptr_t addr, uint64_t flags) {
-  const uint64_t vpage = addr >> kPageShift;
-  if (flags & UFFD_PAGEFAULT_FLAG_WP) return HandleWriteProtect(vpage);
-  HandleMissing(vpage, (flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0);
+void RackImpl::ServeMissing(const std::vector<MissingFault>& faults) {
+  size_t next = 0;
+  while (next < faults.size()) {
+    std::vector<Fetch> fetches;
+    {
+      absl::MutexLock lock(&mu_);
+      for (; next < faults.size(); ++next) {
+        Fetch fetch;
+        const Admission admission =
+            Admit(faults[next].vpage, faults[next].write, /*may_wait=*/fetches.empty(), fetch);
+        if (admission == Admission::kDefer) break;  // no room until these fetches land
+        if (admission == Admission::kFetch) fetches.push_back(std::move(fetch));
+      }
+    }
+    FetchAndInstall(fetches);
+  }
 }
 
-void RackImpl::HandleMissing(uint64_t vpage, bool write) {
+RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait, Fetch& fetch) {
   const uintptr_t addr = vpage << kPageShift;
-  std::string element;
-  std::vector<uint64_t> batch{vpage};  // the faulting page, then pages read ahead
-  {
-    absl::MutexLock lock(&mu_);
-    while (true) {
-      if (PageEntry* entry = cache_.Find(vpage)) {
-        switch (entry->state) {
-          case PageState::kFetching:
-            return;  // its installation wakes this access too
-          case PageState::kPresent:
-          case PageState::kPoisoned:
-            (void)uffd_.Wake(addr);  // the access retries: it reads, or raises SIGBUS
-            return;
-          case PageState::kWritingBack:
-            changed_.Wait(&mu_);  // fetch only what the memory element holds after it
-            continue;
-        }
+  while (true) {
+    if (PageEntry* entry = cache_.Find(vpage)) {
+      switch (entry->state) {
+        case PageState::kFetching:
+          return Admission::kDone;  // its installation wakes this access too
+        case PageState::kPresent:
+        case PageState::kPoisoned:
+          (void)uffd_.Wake(addr);  // the access retries: it reads, or raises SIGBUS
+          return Admission::kDone;
+        case PageState::kWritingBack:
+          changed_.Wait(&mu_);  // fetch only what the memory element holds after it
+          continue;
       }
-      if (cache_.HasRoom()) break;
-      // Everything is in flight, or the quota is 0: wait for a change.
-      if (EvictBatch(kEvictBatch) == 0) changed_.Wait(&mu_);
     }
-    cache_.BeginFetch(vpage);
-    if (const ExtentInfo* extent = FindExtentLocked(vpage)) {
-      element = extent->element;
-      PlanReadahead(vpage, extent->vpage + extent->pages, batch);
+    if (cache_.HasRoom()) break;
+    if (EvictBatch(kEvictBatch) > 0) continue;
+    // Everything is in flight, or the quota is 0.
+    if (!may_wait) return Admission::kDefer;
+    changed_.Wait(&mu_);
+  }
+  cache_.BeginFetch(vpage);
+  fetch.write = write;
+  fetch.pages = {vpage};
+  if (const ExtentInfo* extent = FindExtentLocked(vpage)) {
+    fetch.element = extent->element;
+    PlanReadahead(vpage, extent->vpage + extent->pages, fetch.pages);
+  }
+  return Admission::kFetch;
+}
+
+void RackImpl::FetchAndInstall(std::vector<Fetch>& fetches) {
+  // Pages the local translations do not cover: ask the Rack MMU.
+  for (Fetch& f : fetches) {
+    if (!f.element.empty()) continue;
+    absl::StatusOr<std::string> remote = Translate(f.pages[0]);
+    if (remote.ok()) {
+      f.element = std::move(*remote);
+    } else {
+      VLOG(1) << "disagg: refused 0x" << std::hex << (f.pages[0] << kPageShift) << std::dec
+              << ": " << remote.status();
+      f.refusal = CauseOfTranslation(remote.status());
     }
   }
-  if (element.empty()) {
-    absl::StatusOr<std::string> remote = Translate(vpage);
-    if (!remote.ok()) {
-      VLOG(1) << "disagg: refused 0x" << std::hex << addr << std::dec << ": " << remote.status();
-      absl::MutexLock lock(&mu_);
-      cache_.AbortFetch(vpage, /*poisoned=*/true);
-      Refuse(vpage, CauseOfTranslation(remote.status()));
-      changed_.SignalAll();
-      return;
-    }
-    element = std::move(*remote);
+  // Every page gets a slot in one staging buffer; reads go pipelined, per memory element.
+  size_t slots = 0;
+  std::map<std::string, std::vector<std::pair<size_t, size_t>>> by_element;  // (fetch, page)
+  for (size_t i = 0; i < fetches.size(); ++i) {
+    Fetch& f = fetches[i];
+    f.first_slot = slots;
+    slots += f.pages.size();
+    f.results.assign(f.pages.size(), absl::UnavailableError("not read"));
+    if (f.refusal) continue;
+    for (size_t k = 0; k < f.pages.size(); ++k) by_element[f.element].emplace_back(i, k);
   }
-  // The pages arrive into one staging buffer and are installed as runs, one wake-up each:
-  // a sequential reader then faults once per read-ahead window, not once per page.
-  std::vector<absl::Status> results(batch.size(), absl::UnavailableError("not read"));
   thread_local std::vector<uint8_t> staging;
-  staging.resize(batch.size() * kPageBytes);
-  absl::Status transport = elements_.ReadPages(
-      element, batch, [&](size_t i, absl::StatusOr<const uint8_t*> data) {
-        results[i] = data.status();
-        if (data.ok()) std::memcpy(staging.data() + i * kPageBytes, *data, kPageBytes);
+  staging.resize(slots * kPageBytes);
+  for (const auto& [element, pages] : by_element) {
+    for (size_t start = 0; start < pages.size(); start += ElementPool::kMaxPipelined) {
+      const size_t count = std::min(ElementPool::kMaxPipelined, pages.size() - start);
+      std::vector<uint64_t> vpages(count);
+      for (size_t k = 0; k < count; ++k) {
+        vpages[k] = fetches[pages[start + k].first].pages[pages[start + k].second];
+      }
+      (void)elements_.ReadPages(element, vpages, [&](size_t k, absl::StatusOr<const uint8_t*> data) {
+        Fetch& f = fetches[pages[start + k].first];
+        const size_t page = pages[start + k].second;
+        f.results[page] = data.status();
+        if (data.ok()) {
+          std::memcpy(staging.data() + (f.first_slot + page) * kPageBytes, *data, kPageBytes);
+        }
         return absl::OkStatus();
       });
-  // A write fault's pages are installed writable (and count as dirty): a sequential writer
-  // then takes one fault per window, not a write-protect fault per page. A read fault's
-  // pages are installed read-only, so that the first write marks each dirty.
-  for (size_t i = 0; i < batch.size();) {
-    if (!results[i].ok()) {
-      ++i;
-      continue;
     }
-    size_t j = i + 1;
-    while (j < batch.size() && results[j].ok()) ++j;
-    const absl::Status installed = uffd_.CopyRun(
-        batch[i] << kPageShift, staging.data() + i * kPageBytes, j - i, /*write_protect=*/!write);
-    for (size_t k = i; k < j; ++k) results[k] = installed;
-    i = j;
+  }
+  // Installed in runs, one wake-up each. A write fault's pages are installed writable (and
+  // count as dirty): a sequential writer takes one fault per window, not a write-protect
+  // fault per page. A read fault's pages are read-only, so that the first write marks each.
+  for (Fetch& f : fetches) {
+    for (size_t i = 0; i < f.pages.size();) {
+      if (!f.results[i].ok()) {
+        ++i;
+        continue;
+      }
+      size_t j = i + 1;
+      while (j < f.pages.size() && f.results[j].ok()) ++j;
+      const absl::Status installed =
+          uffd_.CopyRun(f.pages[i] << kPageShift, staging.data() + (f.first_slot + i) * kPageBytes,
+                        j - i, /*write_protect=*/!f.write);
+      for (size_t k = i; k < j; ++k) f.results[k] = installed;
+      i = j;
+    }
   }
   absl::MutexLock lock(&mu_);
-  for (size_t i = 0; i < batch.size(); ++i) {
-    if (results[i].ok()) {
-      cache_.FinishFetch(batch[i], /*dirty=*/write);
-      ++faults_;
-    } else if (i == 0) {
-      const absl::Status& why = transport.ok() ? results[0] : transport;
-      LOG(WARNING) << "disagg: page 0x" << std::hex << addr << std::dec << ": " << why;
-      cache_.AbortFetch(vpage, /*poisoned=*/true);
-      Refuse(vpage, CauseOfRead(why));
-    } else {
-      // A page read ahead that did not arrive: forgotten; an access waiting on it retries.
-      cache_.AbortFetch(batch[i], /*poisoned=*/false);
-      (void)uffd_.Wake(batch[i] << kPageShift);
+  for (Fetch& f : fetches) {
+    for (size_t i = 0; i < f.pages.size(); ++i) {
+      if (f.results[i].ok()) {
+        cache_.FinishFetch(f.pages[i], /*dirty=*/f.write);
+        ++faults_;
+      } else if (i == 0) {
+        if (!f.refusal) {
+          LOG(WARNING) << "disagg: page 0x" << std::hex << (f.pages[0] << kPageShift) << std::dec
+                       << ": " << f.results[0];
+        }
+        cache_.AbortFetch(f.pages[0], /*poisoned=*/true);
+        Refuse(f.pages[0], f.refusal ? *f.refusal : CauseOfRead(f.results[0]));
+      } else {
+        // A page read ahead that did not arrive: forgotten; an access waiting on it retries.
+        cache_.AbortFetch(f.pages[i], /*poisoned=*/false);
+        (void)uffd_.Wake(f.pages[i] << kPageShift);
+      }
     }
   }
   changed_.SignalAll();

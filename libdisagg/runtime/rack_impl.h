@@ -67,8 +67,28 @@ class RackImpl final : public Rack {
   void FaultLoop();
   // The next userfaultfd event; nullopt when the Rack stops.
   std::optional<uffd_msg> ReadFault();
-  void HandleFault(uintptr_t addr, uint64_t flags);
-  void HandleMissing(uint64_t vpage, bool write);
+  struct MissingFault {
+    uint64_t vpage;
+    bool write;
+  };
+  // A fetch in the making: the faulting page, then the pages read ahead with it.
+  struct Fetch {
+    bool write = false;
+    std::string element;            // empty: the Rack MMU is asked
+    std::vector<uint64_t> pages;    // consecutive
+    std::optional<FaultCause> refusal;
+    std::vector<absl::Status> results;
+    size_t first_slot = 0;          // in the staging buffer
+  };
+  enum class Admission { kDone, kFetch, kDefer };
+  // Serves missing-page faults that arrived together: fetches pipelined per memory element.
+  void ServeMissing(const std::vector<MissingFault>& faults);
+  // Decides what a missing fault needs: nothing (being fetched, present, poisoned), or a
+  // fetch (marked as such in the cache, with room made for it). kDefer when no room can be
+  // made without waiting and `may_wait` is false.
+  Admission Admit(uint64_t vpage, bool write, bool may_wait, Fetch& fetch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FetchAndInstall(std::vector<Fetch>& fetches);
   void HandleWriteProtect(uint64_t vpage);
   // Where `vpage` lives: its memory element, or why the rack refuses it.
   absl::StatusOr<std::string> Translate(uint64_t vpage);
@@ -114,6 +134,7 @@ class RackImpl final : public Rack {
   std::map<uint64_t, RegionInfo> regions_ ABSL_GUARDED_BY(mu_);  // by start address
   PageCache cache_ ABSL_GUARDED_BY(mu_);
   bool quota_known_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t stats_quota_pages_ ABSL_GUARDED_BY(mu_) = 0;  // the quota the cache fits
   uint64_t last_fault_ ABSL_GUARDED_BY(mu_) = 0;      // the last page faulted in
   uint64_t readahead_next_ ABSL_GUARDED_BY(mu_) = 0;  // the page after the last read ahead
   uint64_t readahead_pages_ ABSL_GUARDED_BY(mu_) = 0;
