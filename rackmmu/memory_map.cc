@@ -160,7 +160,8 @@ absl::StatusOr<Region> MemoryMap::Unmap(uint32_t process_id, uint64_t vaddr) {
 
 absl::StatusOr<Region> MemoryMap::Translate(uint32_t process_id, uint64_t vpage) const {
   const uint64_t addr = vpage << kPageShift;
-  if (addr < kRangeBase || addr - kRangeBase >= kRangeBytes) {
+  if (vpage >= (uint64_t{1} << (64 - kPageShift)) || addr < kRangeBase ||
+      addr - kRangeBase >= kRangeBytes) {
     return absl::OutOfRangeError(absl::StrCat("0x", absl::Hex(addr), " is outside the rack range"));
   }
   const uint32_t owner = static_cast<uint32_t>((addr - kRangeBase) >> kWindowShift);

@@ -41,6 +41,20 @@ TEST_CASE("The Rack MMU places regions in the process's window, spread or filled
     REQUIRE((*r)->vaddr >= (*a)->window_base);
     REQUIRE((*r)->vaddr + (*r)->bytes <= (*a)->window_base + (uint64_t{1} << kWindowShift));
   }
+  SECTION("translation finds the extent of a page, and refuses others' and unmapped pages") {
+    auto r = map.Map((*a)->id, 256 * kPageBytes, proto::Placement::SPREAD);
+    REQUIRE(r.ok());
+    const uint64_t page = ((*r)->vaddr >> kPageShift) + 100;
+    auto t = map.Translate((*a)->id, page);
+    REQUIRE(t.ok());
+    REQUIRE(t->vaddr == (*r)->vaddr);
+    REQUIRE(t->extents.size() == 1);
+    REQUIRE(page >= t->extents[0].vpage);
+    REQUIRE(page < t->extents[0].vpage + t->extents[0].pages);
+    REQUIRE(absl::IsPermissionDenied(map.Translate((*b)->id, page).status()));
+    REQUIRE(absl::IsNotFound(map.Translate((*a)->id, page + 256).status()));
+    REQUIRE(absl::IsOutOfRange(map.Translate((*a)->id, 5).status()));
+  }
   SECTION("fill uses one element before the next") {
     auto r = map.Map((*a)->id, 300 * kPageBytes, proto::Placement::FILL);
     REQUIRE(r.ok());

@@ -12,6 +12,7 @@
 
 #include "ipc/client.h"
 #include "ipc/socket.h"
+#include "ipc/wire.h"
 #include "rack_harness.h"
 
 namespace disagg::testing {
@@ -71,7 +72,7 @@ std::string ReadFile(const std::string& path) {
 TEST_CASE("A daemon cuts off a client that corrupts its ring and keeps serving the others") {
   TestRack rack;
   REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M") == 0);
-  for (const char* daemon : {"mmu", "mon", "mem0"}) {
+  for (const char* daemon : {"mmu", "mon", "mem0", "cpu0"}) {
     DYNAMIC_SECTION(daemon) {
       const std::string socket = rack.Socket(daemon);
       auto conn = ipc::DialUnix(socket);
@@ -168,6 +169,79 @@ TEST_CASE("An unknown request is answered with an error, and the client stays co
     REQUIRE(absl::IsPermissionDenied(status));
   }
   RequireServing(rack.Socket("mmu"));
+}
+
+absl::Status CallIgnoringReply(ipc::Client& client, ipc::SmallMessage& message,
+                               proto::Message::Builder root) {
+  return client.Call(message.builder(), root, [](proto::Message::Reader) { return absl::OkStatus(); });
+}
+
+TEST_CASE("Remote-memory requests out of protocol are refused, and the daemons serve on") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 1M") == 0);
+  SECTION("the Rack MMU: Translate before Join, and of impossible pages") {
+    auto client = ipc::Client::Connect(rack.Socket("mmu"));
+    REQUIRE(client.ok());
+    ipc::SmallMessage early;
+    auto root = early.Init();
+    root.initTranslate().setVpage(1ull << 28);
+    REQUIRE(absl::IsFailedPrecondition(CallIgnoringReply(*client, early, root)));
+    ipc::SmallMessage join;
+    auto j = join.Init();
+    j.initJoin().setName("hostile");
+    REQUIRE(CallIgnoringReply(*client, join, j).ok());
+    for (uint64_t vpage : {uint64_t{0}, ~uint64_t{0}, (uint64_t{1} << 52) + (uint64_t{1} << 28)}) {
+      ipc::SmallMessage m;
+      auto t = m.Init();
+      t.initTranslate().setVpage(vpage);
+      REQUIRE(absl::IsOutOfRange(CallIgnoringReply(*client, m, t)));
+    }
+    RequireServing(rack.Socket("mmu"));
+  }
+  SECTION("a compute element: reports before attaching, a second attach") {
+    auto client = ipc::Client::Connect(rack.Socket("cpu0"));
+    REQUIRE(client.ok());
+    ipc::SmallMessage report;
+    auto r = report.Init();
+    r.initCacheUsage().setCachedBytes(1ull << 50);
+    REQUIRE(absl::IsFailedPrecondition(CallIgnoringReply(*client, report, r)));
+    ipc::SmallMessage attach;
+    auto a = attach.Init();
+    a.initAttach().setProcessId(77);
+    uint64_t quota = 0;
+    REQUIRE(client
+                ->Call(attach.builder(), a,
+                       [&](proto::Message::Reader reply) {
+                         quota = reply.getCacheQuota().getBytes();
+                         return absl::OkStatus();
+                       })
+                .ok());
+    REQUIRE(quota == 1 << 20);  // alone on the element: the whole budget
+    ipc::SmallMessage again;
+    auto b = again.Init();
+    b.initAttach().setProcessId(78);
+    REQUIRE(absl::IsFailedPrecondition(CallIgnoringReply(*client, again, b)));
+    RequireServing(rack.Socket("cpu0"));
+  }
+  SECTION("a compute element's budget is not split into useless shares") {
+    std::vector<ipc::Client> clients;
+    absl::Status last;
+    for (int i = 0; i < 20 && last.ok(); ++i) {
+      auto client = ipc::Client::Connect(rack.Socket("cpu0"));
+      REQUIRE(client.ok());
+      ipc::SmallMessage attach;
+      auto a = attach.Init();
+      a.initAttach().setProcessId(100 + i);
+      last = CallIgnoringReply(*client, attach, a);
+      clients.push_back(std::move(*client));
+    }
+    // 1 MiB in shares of at least 64 KiB: the 17th is refused.
+    REQUIRE(absl::IsResourceExhausted(last));
+    REQUIRE(clients.size() == 17);
+    RequireServing(rack.Socket("cpu0"));
+  }
+  auto rows = rack.Status();
+  for (const auto& [name, row] : rows) REQUIRE(row.state == "healthy");
 }
 
 }  // namespace
