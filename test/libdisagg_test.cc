@@ -27,11 +27,12 @@ struct JoinedRack {
   TestRack rack;
   std::unique_ptr<Rack> app;
 
-  explicit JoinedRack(const std::string& extra = "") {
-    REQUIRE(rack.Up("--compute 1 --memory 2 --pool-size 16M --cache-budget 256K " + extra) == 0);
+  explicit JoinedRack(int fault_threads = 1, const std::string& up = "--memory 2") {
+    REQUIRE(rack.Up("--compute 1 --pool-size 16M --cache-budget 256K " + up) == 0);
     JoinOptions options;
     options.rack_dir = rack.dir();
     options.element = "cpu0";
+    options.fault_threads = fault_threads;
     absl::StatusOr<std::unique_ptr<Rack>> joined = Rack::Join(options);
     INFO(joined.status());
     REQUIRE(joined.ok());
@@ -93,7 +94,9 @@ TEST_CASE("A region larger than the cache works end to end and the cache never e
 }
 
 TEST_CASE("Four threads fault the same and different pages at once and every byte is right") {
-  JoinedRack r;
+  const int fault_threads = GENERATE(1, 3);  // served in batches by one thread, or by several
+  INFO("fault threads: " << fault_threads);
+  JoinedRack r(fault_threads);
   const uint64_t pages = 2 * kBudget / kPage;  // twice the cache: faults and evictions race
   absl::StatusOr<Region> shared = r.app->Map(pages * kPage);
   absl::StatusOr<Region> own = r.app->Map(pages * kPage);
@@ -270,6 +273,29 @@ TEST_CASE("Mapping more than the rack holds fails cleanly and leaves nothing all
   REQUIRE(fits.ok());
   fits->as<uint8_t>()[(32 << 20) - 1] = 1;
   REQUIRE(r.app->Flush(fits->as<uint8_t>() + (32 << 20) - 1, 1).ok());
+}
+
+TEST_CASE("A failed memory element: its pages fault with kElementFailed and Flush names it") {
+  JoinedRack r(1, "--memory 1");
+  auto region = r.app->Map(2 * kBudget);
+  REQUIRE(region.ok());
+  uint8_t* base = region->as<uint8_t>();
+  base[0] = 7;  // cached and dirty
+  r.app->OnMemoryFault(CatchFault);
+  const pid_t mem0 = r.rack.Pid("mem0");
+  REQUIRE(mem0 > 0);
+  REQUIRE(kill(mem0, SIGKILL) == 0);
+  REQUIRE(r.rack.WaitForState("mem0", "failed"));
+  // A page never fetched cannot be read from anywhere: the access faults, with the cause.
+  REQUIRE(Faults(base + kBudget + 5));
+  REQUIRE(g_fault.address == base + kBudget + 5);
+  REQUIRE(g_fault.cause == FaultCause::kElementFailed);
+  // The cached page still reads; making it durable fails, naming the element.
+  REQUIRE_FALSE(Faults(base));
+  REQUIRE(base[0] == 7);
+  absl::Status flushed = r.app->Flush(base, kPage);
+  REQUIRE(absl::IsUnavailable(flushed));
+  REQUIRE(std::string(flushed.message()).find("mem0") != std::string::npos);
 }
 
 TEST_CASE("Join explains what is missing") {

@@ -195,15 +195,21 @@ void RackImpl::FetchAndInstall(std::vector<Fetch>& fetches) {
       for (size_t k = 0; k < count; ++k) {
         vpages[k] = fetches[pages[start + k].first].pages[pages[start + k].second];
       }
-      (void)elements_.ReadPages(element, vpages, [&](size_t k, absl::StatusOr<const uint8_t*> data) {
-        Fetch& f = fetches[pages[start + k].first];
-        const size_t page = pages[start + k].second;
-        f.results[page] = data.status();
-        if (data.ok()) {
-          std::memcpy(staging.data() + (f.first_slot + page) * kPageBytes, *data, kPageBytes);
-        }
-        return absl::OkStatus();
-      });
+      std::vector<bool> delivered(count, false);
+      const absl::Status transport = elements_.ReadPages(
+          element, vpages, [&](size_t k, absl::StatusOr<const uint8_t*> data) {
+            Fetch& f = fetches[pages[start + k].first];
+            const size_t page = pages[start + k].second;
+            f.results[page] = data.status();
+            if (data.ok()) {
+              std::memcpy(staging.data() + (f.first_slot + page) * kPageBytes, *data, kPageBytes);
+            }
+            delivered[k] = true;
+            return absl::OkStatus();
+          });
+      for (size_t k = 0; k < count && !transport.ok(); ++k) {
+        if (!delivered[k]) fetches[pages[start + k].first].results[pages[start + k].second] = transport;
+      }
     }
   }
   // Installed in runs, one wake-up each. A write fault's pages are installed writable (and
