@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -198,8 +199,8 @@ void Channel::DrainDoorbell() {
 }
 
 absl::Status Channel::WaitReadable(absl::Time deadline, absl::Duration spin, int hangup_fd) {
-  const absl::Time spin_until = absl::Now() + spin;
-  for (uint32_t round = 0;; ++round) {
+  std::optional<absl::Time> spin_until;  // read from the clock at the first look at it
+  for (uint32_t round = 1;; ++round) {
     if (in_.HasData()) return absl::OkStatus();
     // Reading the clock costs more than a look at the ring: do it every 64th round.
     if (round % 64 != 0) {
@@ -207,8 +208,9 @@ absl::Status Channel::WaitReadable(absl::Time deadline, absl::Duration spin, int
       continue;
     }
     const absl::Time now = absl::Now();
+    if (!spin_until) spin_until = now + spin;
     if (now >= deadline) return absl::DeadlineExceededError("no reply from the peer in time");
-    if (now < spin_until) continue;
+    if (now < *spin_until) continue;
     if (in_.PrepareToSleep()) return absl::OkStatus();
     struct pollfd fds[2] = {{doorbell_in_.get(), POLLIN, 0}, {hangup_fd, POLLRDHUP, 0}};
     const int64_t ms = absl::ToInt64Milliseconds(deadline - now) + 1;

@@ -214,6 +214,7 @@ bool EventLoop::RunPollers() {
 
 absl::Status EventLoop::Run() {
   absl::Time last_work = absl::Now();
+  bool stamp_pending = false;
   uint32_t idle_rounds = 0;
   while (!stopped_) {
     graveyard_.clear();
@@ -222,15 +223,21 @@ absl::Status EventLoop::Run() {
     worked |= RunPollers();
     if (stopped_) break;
     if (worked) {
-      last_work = absl::Now();
+      // The clock is read later, once idle: reading it costs more than a look at the rings.
+      stamp_pending = true;
       idle_rounds = 0;
       continue;
     }
-    // Reading the clock costs more than a look at the rings: do it every 64th idle round.
-    if (++idle_rounds % 64 != 0 || absl::Now() - last_work < options_.spin) {
+    if (++idle_rounds % 64 != 0) {
       __builtin_ia32_pause();
       continue;
     }
+    const absl::Time now = absl::Now();
+    if (stamp_pending) {  // the spin is counted from the first idle look after the last work
+      last_work = now;
+      stamp_pending = false;
+    }
+    if (now - last_work < options_.spin) continue;
     bool pending = false;
     for (WatchId id : poller_ids_) {
       auto it = entries_.find(id);
