@@ -16,7 +16,9 @@
 //
 // Every call that can fail returns absl::Status or absl::StatusOr; no exceptions cross the
 // API. Thread-safety: a Rack is safe to use from any number of threads; faults from many
-// threads are served concurrently. One Rack per process at a time.
+// threads are served concurrently. One Rack per process at a time. A child made by fork()
+// gets neither the rack range (it is not inherited) nor the Rack: it must not use the
+// parent's Rack object; a program it execs may Join on its own.
 #ifndef DISAGG_DISAGG_H_
 #define DISAGG_DISAGG_H_
 
