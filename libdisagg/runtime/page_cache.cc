@@ -1,6 +1,7 @@
 #include "runtime/page_cache.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "internal/logging.h"
 
@@ -41,16 +42,24 @@ void PageCache::AbortFetch(uint64_t vpage, bool poisoned) {
 }
 
 std::optional<uint64_t> PageCache::NextVictim() {
+  std::vector<std::pair<uint64_t, uint64_t>> pinned;
+  std::optional<uint64_t> victim;
   while (!fifo_.empty()) {
     auto [vpage, generation] = fifo_.front();
     fifo_.pop_front();
     PageEntry* entry = Find(vpage);
-    if (entry != nullptr && entry->state == PageState::kPresent &&
-        entry->generation == generation) {
-      return vpage;
+    if (entry == nullptr || entry->state != PageState::kPresent || entry->generation != generation) {
+      continue;  // stale: the page left or came back since
     }
+    if (entry->pins > 0) {
+      pinned.emplace_back(vpage, generation);
+      continue;
+    }
+    victim = vpage;
+    break;
   }
-  return std::nullopt;
+  fifo_.insert(fifo_.begin(), pinned.begin(), pinned.end());
+  return victim;
 }
 
 std::optional<uint64_t> PageCache::PeekVictim() {

@@ -28,6 +28,7 @@ struct PageEntry {
   PageState state = PageState::kFetching;
   bool dirty = false;       // present and written since its last write-back
   uint64_t generation = 0;  // which fetch installed it (for the eviction queue)
+  uint32_t pins = 0;        // a Flush is writing its contents back: it must not leave yet
 };
 
 class PageCache {
@@ -54,7 +55,8 @@ class PageCache {
   void FinishFetch(uint64_t vpage, bool dirty);
   // A fetch failed: the page is forgotten, or marked poisoned.
   void AbortFetch(uint64_t vpage, bool poisoned);
-  // The present page to evict next (the longest present), or nullopt if none is present.
+  // The present page to evict next (the longest present that is not pinned), or nullopt if
+  // there is none. Pinned pages keep their place in the queue.
   std::optional<uint64_t> NextVictim();
   // The page NextVictim would return, left in place.
   std::optional<uint64_t> PeekVictim();

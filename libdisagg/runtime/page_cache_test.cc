@@ -43,6 +43,22 @@ TEST_CASE("Page cache skips pages that left the eviction queue's view") {
   REQUIRE_FALSE(cache.NextVictim().has_value());
 }
 
+TEST_CASE("Page cache never picks a pinned page to evict, and keeps its place") {
+  PageCache cache;
+  cache.set_quota_pages(8);
+  for (uint64_t p = 1; p <= 3; ++p) {
+    cache.BeginFetch(p);
+    cache.FinishFetch(p, false);
+  }
+  cache.Find(1)->pins = 1;
+  REQUIRE(cache.NextVictim() == std::optional<uint64_t>(2));
+  REQUIRE(cache.PeekVictim() == std::optional<uint64_t>(3));
+  cache.Find(3)->pins = 1;
+  REQUIRE_FALSE(cache.NextVictim().has_value());  // all that is left is pinned
+  cache.Find(1)->pins = 0;
+  REQUIRE(cache.NextVictim() == std::optional<uint64_t>(1));
+}
+
 TEST_CASE("Page cache: a shrunken quota shows as over quota, and poisoned pages do not count") {
   PageCache cache;
   cache.set_quota_pages(3);

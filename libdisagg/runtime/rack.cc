@@ -293,32 +293,40 @@ absl::Status RackImpl::Flush(const void* addr, size_t len) {
         absl::StatusOr<std::string> element = TranslateLocked(vpage);
         if (!element.ok()) continue;  // unmapped meanwhile: nothing to make durable
         // Writes from here on fault and mark the page dirty again.
-        RETURN_IF_ERROR(uffd_.WriteProtect(vpage << kPageShift, kPageBytes, true));
+        if (absl::Status s = uffd_.WriteProtect(vpage << kPageShift, kPageBytes, true); !s.ok()) {
+          LOG(ERROR) << "disagg: flush: " << s;  // it stays dirty: a later write-back takes it
+          continue;
+        }
         uint8_t* copy = buffer.data() + batch.size() * kPageBytes;
         std::memcpy(copy, reinterpret_cast<const void*>(vpage << kPageShift), kPageBytes);
+        // Clean from now on, but pinned until the element holds the copy: evicting it as clean
+        // meanwhile would let a fetch read the element's older contents.
         it->second.dirty = false;
+        ++it->second.pins;
         batch.push_back({*element, PageWrite{vpage, copy}});
       }
       cursor = (it == pages.end() || it->first >= last) ? last : it->first;
     }
     std::sort(batch.begin(), batch.end(),
               [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (size_t i = 0; i < batch.size();) {
+    absl::Status failure;
+    for (size_t i = 0; i < batch.size() && failure.ok();) {
       size_t j = i;
       std::vector<PageWrite> writes;
       while (j < batch.size() && batch[j].first == batch[i].first) writes.push_back(batch[j++].second);
-      absl::Status status = elements_.WritePages(batch[i].first, writes);
-      if (!status.ok()) {
-        absl::MutexLock lock(&mu_);
-        for (const auto& [element, write] : batch) {
-          PageEntry* entry = cache_.Find(write.vpage);
-          if (entry != nullptr && entry->state == PageState::kPresent) entry->dirty = true;
-        }
-        return status;
-      }
-      writebacks_ += writes.size();
+      failure = elements_.WritePages(batch[i].first, writes);
+      if (failure.ok()) writebacks_ += writes.size();
       i = j;
     }
+    absl::MutexLock lock(&mu_);
+    for (const auto& [element, write] : batch) {
+      PageEntry* entry = cache_.Find(write.vpage);
+      if (entry == nullptr || entry->state != PageState::kPresent) continue;  // unmapped
+      --entry->pins;
+      if (!failure.ok()) entry->dirty = true;  // not durable: it stays to be written back
+    }
+    changed_.SignalAll();
+    if (!failure.ok()) return failure;
   }
   // Pages evicted before this call may still be on their way back: wait for them.
   absl::MutexLock lock(&mu_);
