@@ -3,6 +3,9 @@
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 
 namespace disagg::ipc {
@@ -28,6 +31,19 @@ absl::Status DecodeMessage(absl::Span<const uint64_t> words,
         absl::StrCat("malformed message: ", e->getDescription().cStr()));
   }
   return result;
+}
+
+kj::ArrayPtr<capnp::word> SmallMessage::allocateSegment(unsigned int minimum_words) {
+  if (!scratch_used_ && minimum_words <= kScratchWords) {
+    scratch_used_ = true;
+    return kj::arrayPtr(scratch_, kScratchWords);
+  }
+  kj::Array<capnp::word> segment =
+      kj::heapArray<capnp::word>(std::max<size_t>(minimum_words, kSpillWords));
+  std::memset(segment.begin(), 0, segment.size() * sizeof(capnp::word));
+  kj::ArrayPtr<capnp::word> out = segment.asPtr();
+  spilled_.push_back(kj::mv(segment));
+  return out;
 }
 
 void SetError(proto::Error::Builder error, const absl::Status& status) {
