@@ -153,11 +153,11 @@ TEST_CASE("Writes, flushes and evictions racing in four threads lose no byte") {
       // Thread t owns the words at index % kThreads == t: the same pages, different words.
       uint64_t state = 0x1234 + t;
       std::vector<uint64_t>& shadow = shadows[t];
-      for (int i = 0; i < 40000; ++i) {
+      for (int i = 0; i < 20000; ++i) {
         state = state * 6364136223846793005ull + 1442695040888963407ull;
         const uint64_t word = ((state >> 17) % (pages * kPage / 8 / kThreads)) * kThreads + t;
         words[word] = shadow[word] = state;
-        if (i % 5000 == 4999) {
+        if (i % 2500 == 2499) {
           const uint64_t page = word * 8 / kPage;
           if (!r.app->Flush(words + page * kPage / 8, 16 * kPage > (pages - page) * kPage
                                                           ? (pages - page) * kPage
