@@ -321,7 +321,8 @@ absl::Status RackImpl::Flush(const void* addr, size_t len) {
     absl::MutexLock lock(&mu_);
     for (const auto& [element, write] : batch) {
       PageEntry* entry = cache_.Find(write.vpage);
-      if (entry == nullptr || entry->state != PageState::kPresent) continue;  // unmapped
+      // Unmapped meanwhile (and perhaps mapped and fetched afresh, unpinned): nothing to undo.
+      if (entry == nullptr || entry->state != PageState::kPresent || entry->pins == 0) continue;
       --entry->pins;
       if (!failure.ok()) entry->dirty = true;  // not durable: it stays to be written back
     }
