@@ -200,7 +200,8 @@ void Channel::DrainDoorbell() {
 
 absl::Status Channel::WaitReadable(absl::Time deadline, absl::Duration spin, int hangup_fd) {
   std::optional<absl::Time> spin_until;  // read from the clock at the first look at it
-  for (uint32_t round = 1;; ++round) {
+  // Without a spin, the first look that finds nothing goes to sleep.
+  for (uint32_t round = spin > absl::ZeroDuration() ? 1 : 0;; ++round) {
     if (in_.HasData()) return absl::OkStatus();
     // Reading the clock costs more than a look at the ring: do it every 64th round.
     if (round % 64 != 0) {

@@ -32,7 +32,9 @@ absl::Status Client::Await(uint64_t seq,
                            absl::Duration timeout) {
   // A reply often arrives within a microsecond or two: look for it before reading the clock,
   // which costs more than a look at the ring.
-  for (int i = 0; i < 256 && !conn_.channel.HasData(); ++i) __builtin_ia32_pause();
+  if (spin_ > absl::ZeroDuration()) {
+    for (int i = 0; i < 256 && !conn_.channel.HasData(); ++i) __builtin_ia32_pause();
+  }
   std::optional<absl::Time> deadline;
   while (true) {
     if (!conn_.channel.HasData()) {
