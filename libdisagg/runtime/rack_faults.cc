@@ -254,25 +254,36 @@ void RackImpl::FetchAndInstall(std::vector<Fetch>& fetches) {
 }
 
 void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<uint64_t>& batch) {
-  // Sequential faults double the window (up to a pipeline's worth); others reset it.
-  const bool sequential = vpage == readahead_next_ || vpage == last_fault_ + 1;
-  last_fault_ = vpage;
-  readahead_pages_ = sequential ? std::clamp<uint64_t>(readahead_pages_ * 2, 4,
-                                                       ElementPool::kMaxPipelined - 1)
-                                : 0;
+  // A fault that continues one of the recent sequential streams doubles that stream's window
+  // (up to a pipeline's worth); any other starts a stream in the least recently used slot.
+  // Several streams at once are common: a merge reads one per run and writes another.
+  ReadaheadStream* stream = nullptr;
+  for (ReadaheadStream& s : streams_) {
+    if (s.used != 0 && (vpage == s.next || vpage == s.last + 1)) stream = &s;
+  }
+  if (stream != nullptr) {
+    stream->window = std::clamp<uint64_t>(stream->window * 2, 4, ElementPool::kMaxPipelined - 1);
+  } else {
+    stream = &*std::min_element(streams_.begin(), streams_.end(),
+                                [](const auto& a, const auto& b) { return a.used < b.used; });
+    *stream = ReadaheadStream{};
+  }
+  stream->last = vpage;
+  stream->used = ++stream_clock_;
   uint64_t wanted = 0;
-  for (uint64_t p = vpage + 1; wanted < readahead_pages_ && p < extent_end; ++p, ++wanted) {
+  for (uint64_t p = vpage + 1; wanted < stream->window && p < extent_end; ++p, ++wanted) {
     if (cache_.Find(p) != nullptr) break;
   }
-  // Read ahead evicts only pages that leave at once: it never waits for a write-back.
   const uint64_t room = cache_.quota_pages() - std::min(cache_.quota_pages(),
                                                         cache_.present_pages() + cache_.busy_pages());
-  if (room < wanted) EvictClean(wanted - room);
+  // Making room may write dirty pages back (mu_ is released meanwhile): look again after.
+  if (room < wanted) EvictBatch(wanted - room);
   for (uint64_t p = vpage + 1; p <= vpage + wanted && cache_.HasRoom(); ++p) {
+    if (cache_.Find(p) != nullptr) break;
     cache_.BeginFetch(p);
     batch.push_back(p);
   }
-  if (batch.size() > 1) readahead_next_ = batch.back() + 1;
+  stream->next = batch.back() + 1;
 }
 
 void RackImpl::HandleWriteProtect(uint64_t vpage) {
@@ -355,26 +366,6 @@ absl::StatusOr<std::string> RackImpl::Translate(uint64_t vpage) {
     extents.insert(at, ExtentInfo{extent.vpage, extent.pages, element});
   }
   return element;
-}
-
-void RackImpl::EvictClean(uint64_t pages) {
-  std::vector<uint64_t> victims;
-  while (victims.size() < pages) {
-    std::optional<uint64_t> victim = cache_.PeekVictim();
-    if (!victim || cache_.Find(*victim)->dirty) break;
-    cache_.NextVictim();
-    victims.push_back(*victim);
-  }
-  // One drop per run of adjacent pages: each drop costs a TLB shootdown.
-  std::sort(victims.begin(), victims.end());
-  for (size_t i = 0; i < victims.size();) {
-    size_t j = i + 1;
-    while (j < victims.size() && victims[j] == victims[j - 1] + 1) ++j;
-    (void)uffd_.Drop(victims[i] << kPageShift, (j - i) * kPageBytes);
-    for (size_t k = i; k < j; ++k) cache_.Remove(victims[k]);
-    i = j;
-  }
-  evictions_ += victims.size();
 }
 
 uint64_t RackImpl::EvictBatch(uint64_t pages) {

@@ -14,6 +14,7 @@
 
 #include <linux/userfaultfd.h>
 
+#include <array>
 #include <atomic>
 #include <optional>
 #include <map>
@@ -102,8 +103,6 @@ class RackImpl final : public Rack {
   // Evicts up to `pages` of the longest-present pages, writing the dirty ones back (mu_ is
   // released meanwhile). Returns how many left; 0 if no page is present to evict.
   uint64_t EvictBatch(uint64_t pages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Evicts up to `pages` of the next victims while they are clean (never releases mu_).
-  void EvictClean(uint64_t pages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts until the cache fits its quota (waits for fetches in flight to land first).
   void ShrinkToQuota() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -135,9 +134,14 @@ class RackImpl final : public Rack {
   PageCache cache_ ABSL_GUARDED_BY(mu_);
   bool quota_known_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t stats_quota_pages_ ABSL_GUARDED_BY(mu_) = 0;  // the quota the cache fits
-  uint64_t last_fault_ ABSL_GUARDED_BY(mu_) = 0;      // the last page faulted in
-  uint64_t readahead_next_ ABSL_GUARDED_BY(mu_) = 0;  // the page after the last read ahead
-  uint64_t readahead_pages_ ABSL_GUARDED_BY(mu_) = 0;
+  struct ReadaheadStream {
+    uint64_t last = 0;    // the last page faulted in it
+    uint64_t next = 0;    // the page after the last one read ahead
+    uint64_t window = 0;  // pages read ahead at its last fault
+    uint64_t used = 0;    // when it last faulted (0: free)
+  };
+  std::array<ReadaheadStream, 16> streams_ ABSL_GUARDED_BY(mu_);
+  uint64_t stream_clock_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status attach_status_ ABSL_GUARDED_BY(mu_);  // the compute element's refusal
   absl::Mutex reader_mu_;     // which fault thread reads the userfaultfd
   absl::CondVar reader_free_;
