@@ -80,32 +80,42 @@ absl::StatusOr<std::unique_ptr<Rack>> RackImpl::Join(JoinOptions options) {
 }
 
 absl::Status RackImpl::Start(ipc::Connection compute) {
-  {
-    absl::MutexLock lock(&mmu_mu_);
-    ipc::SmallMessage request;
-    auto root = request.Init();
-    auto join = root.initJoin();
-    join.setName(options_.name);
-    join.setElement(options_.element);
-    RETURN_IF_ERROR(mmu_.Call(
-        request.builder(), root,
-        [&](proto::Message::Reader reply) {
-          if (!reply.isJoined()) return absl::InternalError("the Rack MMU answered Join oddly");
-          auto joined = reply.getJoined();
-          id_ = joined.getProcessId();
-          range_base_ = joined.getRangeBase();
-          range_bytes_ = joined.getRangeBytes();
-          window_base_ = joined.getWindowBase();
-          window_bytes_ = joined.getWindowBytes();
-          return absl::OkStatus();
-        },
-        options_.timeout));
-  }
+  RETURN_IF_ERROR(JoinMmu());
+  RETURN_IF_ERROR(ReserveRange());
+  RETURN_IF_ERROR(AttachCompute(std::move(compute)));
+  for (int i = 0; i < options_.fault_threads; ++i) threads_.emplace_back([this] { FaultLoop(); });
+  return absl::OkStatus();
+}
+
+absl::Status RackImpl::JoinMmu() {
+  absl::MutexLock lock(&mmu_mu_);
+  ipc::SmallMessage request;
+  auto root = request.Init();
+  auto join = root.initJoin();
+  join.setName(options_.name);
+  join.setElement(options_.element);
+  RETURN_IF_ERROR(mmu_.Call(
+      request.builder(), root,
+      [&](proto::Message::Reader reply) {
+        if (!reply.isJoined()) return absl::InternalError("the Rack MMU answered Join oddly");
+        auto joined = reply.getJoined();
+        id_ = joined.getProcessId();
+        range_base_ = joined.getRangeBase();
+        range_bytes_ = joined.getRangeBytes();
+        window_base_ = joined.getWindowBase();
+        window_bytes_ = joined.getWindowBytes();
+        return absl::OkStatus();
+      },
+      options_.timeout));
   if (range_base_ % kPageBytes != 0 || range_bytes_ == 0 || range_base_ >= kUserSpaceEnd ||
       range_bytes_ > kUserSpaceEnd - range_base_ || window_base_ < range_base_ ||
       window_base_ + window_bytes_ > range_base_ + range_bytes_) {
     return absl::InternalError("the Rack MMU gave an impossible rack range or window");
   }
+  return absl::OkStatus();
+}
+
+absl::Status RackImpl::ReserveRange() {
   void* at = mmap(reinterpret_cast<void*>(range_base_), range_bytes_, PROT_READ | PROT_WRITE,
                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
   if (at == MAP_FAILED || reinterpret_cast<uintptr_t>(at) != range_base_) {
@@ -122,39 +132,37 @@ absl::Status RackImpl::Start(ipc::Connection compute) {
   RETURN_IF_ERROR(uffd_.Register(range_base_, range_bytes_));
   RETURN_IF_ERROR(InstallFaultSignal(range_base_, range_bytes_));
   signal_installed_ = true;
+  return absl::OkStatus();
+}
 
-  // The compute element leases the cache quota; its first answer is the initial quota.
+absl::Status RackImpl::AttachCompute(ipc::Connection compute) {
+  // The compute element leases the cache quota; its answer is the initial quota.
   compute_ = std::make_unique<ipc::Connection>(std::move(compute));
-  {
-    ipc::SmallMessage request;
-    auto root = request.Init(1);
-    auto attach = root.initAttach();
-    attach.setProcessId(id_);
-    attach.setName(options_.name);
-    RETURN_IF_ERROR(compute_->channel.Send(request.builder()));
-  }
+  ipc::SmallMessage request;
+  auto root = request.Init(1);
+  auto attach = root.initAttach();
+  attach.setProcessId(id_);
+  attach.setName(options_.name);
+  RETURN_IF_ERROR(compute_->channel.Send(request.builder()));
   stop_ = ipc::Fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_.valid()) return ErrnoStatus("eventfd");
   threads_.emplace_back([this] { ControlLoop(); });
-  {
-    absl::MutexLock lock(&mu_);
-    const absl::Time deadline = absl::Now() + options_.timeout;
-    // A new process may start with no quota while the others shrink to make room for it.
-    while (!quota_known_ || cache_.quota_pages() == 0) {
-      if (!attach_status_.ok()) {
-        return absl::Status(attach_status_.code(),
-                            absl::StrCat("compute element ", options_.element,
-                                         " refused this process: ", attach_status_.message()));
-      }
-      if (changed_.WaitWithDeadline(&mu_, deadline)) {
-        return absl::UnavailableError(absl::StrCat(
-            "compute element ", options_.element,
-            quota_known_ ? " leases all its cache to processes that did not shrink in time"
-                         : " did not lease a cache quota in time"));
-      }
+  absl::MutexLock lock(&mu_);
+  const absl::Time deadline = absl::Now() + options_.timeout;
+  // A new process may start with no quota while the others shrink to make room for it.
+  while (!quota_known_ || cache_.quota_pages() == 0) {
+    if (!attach_status_.ok()) {
+      return absl::Status(attach_status_.code(),
+                          absl::StrCat("compute element ", options_.element,
+                                       " refused this process: ", attach_status_.message()));
+    }
+    if (changed_.WaitWithDeadline(&mu_, deadline)) {
+      return absl::UnavailableError(absl::StrCat(
+          "compute element ", options_.element,
+          quota_known_ ? " leases all its cache to processes that did not shrink in time"
+                       : " did not lease a cache quota in time"));
     }
   }
-  for (int i = 0; i < options_.fault_threads; ++i) threads_.emplace_back([this] { FaultLoop(); });
   return absl::OkStatus();
 }
 
@@ -280,51 +288,24 @@ absl::Status RackImpl::Flush(const void* addr, size_t len) {
   }
   std::vector<uint8_t> buffer(kFlushBatch * kPageBytes);
   std::vector<std::pair<std::string, PageWrite>> batch;
-  uint64_t cursor = first;
-  while (cursor < last) {
+  for (uint64_t cursor = first; cursor < last;) {
     batch.clear();
     {
       absl::MutexLock lock(&mu_);
-      auto& pages = cache_.pages();
-      auto it = pages.lower_bound(cursor);
-      for (; it != pages.end() && it->first < last && batch.size() < kFlushBatch; ++it) {
-        if (it->second.state != PageState::kPresent || !it->second.dirty) continue;
-        const uint64_t vpage = it->first;
-        absl::StatusOr<std::string> element = TranslateLocked(vpage);
-        if (!element.ok()) continue;  // unmapped meanwhile: nothing to make durable
-        // Writes from here on fault and mark the page dirty again.
-        if (absl::Status s = uffd_.WriteProtect(vpage << kPageShift, kPageBytes, true); !s.ok()) {
-          LOG(ERROR) << "disagg: flush: " << s;  // it stays dirty: a later write-back takes it
-          continue;
-        }
-        uint8_t* copy = buffer.data() + batch.size() * kPageBytes;
-        std::memcpy(copy, reinterpret_cast<const void*>(vpage << kPageShift), kPageBytes);
-        // Clean from now on, but pinned until the element holds the copy: evicting it as clean
-        // meanwhile would let a fetch read the element's older contents.
-        it->second.dirty = false;
-        ++it->second.pins;
-        batch.push_back({*element, PageWrite{vpage, copy}});
-      }
-      cursor = (it == pages.end() || it->first >= last) ? last : it->first;
+      cursor = SnapshotDirty(cursor, last, buffer.data(), batch);
     }
-    std::sort(batch.begin(), batch.end(),
-              [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<absl::Status> results;
+    WriteBack(batch, results);
     absl::Status failure;
-    for (size_t i = 0; i < batch.size() && failure.ok();) {
-      size_t j = i;
-      std::vector<PageWrite> writes;
-      while (j < batch.size() && batch[j].first == batch[i].first) writes.push_back(batch[j++].second);
-      failure = elements_.WritePages(batch[i].first, writes);
-      if (failure.ok()) writebacks_ += writes.size();
-      i = j;
-    }
     absl::MutexLock lock(&mu_);
-    for (const auto& [element, write] : batch) {
-      PageEntry* entry = cache_.Find(write.vpage);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (results[i].ok()) ++writebacks_;
+      if (failure.ok()) failure = results[i];
+      PageEntry* entry = cache_.Find(batch[i].second.vpage);
       // Unmapped meanwhile (and perhaps mapped and fetched afresh, unpinned): nothing to undo.
       if (entry == nullptr || entry->state != PageState::kPresent || entry->pins == 0) continue;
       --entry->pins;
-      if (!failure.ok()) entry->dirty = true;  // not durable: it stays to be written back
+      if (!results[i].ok()) entry->dirty = true;  // not durable: it stays to be written back
     }
     changed_.SignalAll();
     if (!failure.ok()) return failure;
@@ -340,6 +321,46 @@ absl::Status RackImpl::Flush(const void* addr, size_t len) {
     }
   }
   return absl::OkStatus();
+}
+
+uint64_t RackImpl::SnapshotDirty(uint64_t cursor, uint64_t last, uint8_t* buffer,
+                                 std::vector<std::pair<std::string, PageWrite>>& batch) {
+  auto& pages = cache_.pages();
+  auto it = pages.lower_bound(cursor);
+  for (; it != pages.end() && it->first < last && batch.size() < kFlushBatch; ++it) {
+    if (it->second.state != PageState::kPresent || !it->second.dirty) continue;
+    const uint64_t vpage = it->first;
+    const ExtentInfo* extent = FindExtentLocked(vpage);
+    if (extent == nullptr) continue;  // unmapped meanwhile: nothing to make durable
+    // Writes from here on fault and mark the page dirty again.
+    if (absl::Status s = uffd_.WriteProtect(vpage << kPageShift, kPageBytes, true); !s.ok()) {
+      LOG(ERROR) << "disagg: flush: " << s;  // it stays dirty: a later write-back takes it
+      continue;
+    }
+    uint8_t* copy = buffer + batch.size() * kPageBytes;
+    std::memcpy(copy, reinterpret_cast<const void*>(vpage << kPageShift), kPageBytes);
+    // Clean from now on, but pinned until the element holds the copy: evicting it as clean
+    // meanwhile would let a fetch read the element's older contents.
+    it->second.dirty = false;
+    ++it->second.pins;
+    batch.push_back({extent->element, PageWrite{vpage, copy}});
+  }
+  return (it == pages.end() || it->first >= last) ? last : it->first;
+}
+
+void RackImpl::WriteBack(std::vector<std::pair<std::string, PageWrite>>& writes,
+                         std::vector<absl::Status>& results) {
+  std::stable_sort(writes.begin(), writes.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  results.assign(writes.size(), absl::OkStatus());
+  for (size_t i = 0; i < writes.size();) {
+    size_t j = i;
+    std::vector<PageWrite> group;
+    while (j < writes.size() && writes[j].first == writes[i].first) group.push_back(writes[j++].second);
+    const absl::Status status = elements_.WritePages(writes[i].first, group);
+    for (size_t k = i; k < j; ++k) results[k] = status;
+    i = j;
+  }
 }
 
 void RackImpl::OnMemoryFault(MemoryFaultHandler handler) { SetMemoryFaultHandler(handler); }

@@ -175,6 +175,13 @@ void RackImpl::FetchAndInstall(std::vector<Fetch>& fetches) {
       f.refusal = CauseOfTranslation(remote.status());
     }
   }
+  thread_local std::vector<uint8_t> staging;
+  ReadInto(fetches, staging);
+  Install(fetches, staging);
+  Complete(fetches);
+}
+
+void RackImpl::ReadInto(std::vector<Fetch>& fetches, std::vector<uint8_t>& staging) {
   // Every page gets a slot in one staging buffer; reads go pipelined, per memory element.
   size_t slots = 0;
   std::map<std::string, std::vector<std::pair<size_t, size_t>>> by_element;  // (fetch, page)
@@ -186,7 +193,6 @@ void RackImpl::FetchAndInstall(std::vector<Fetch>& fetches) {
     if (f.refusal) continue;
     for (size_t k = 0; k < f.pages.size(); ++k) by_element[f.element].emplace_back(i, k);
   }
-  thread_local std::vector<uint8_t> staging;
   staging.resize(slots * kPageBytes);
   for (const auto& [element, pages] : by_element) {
     for (size_t start = 0; start < pages.size(); start += ElementPool::kMaxPipelined) {
@@ -212,6 +218,9 @@ void RackImpl::FetchAndInstall(std::vector<Fetch>& fetches) {
       }
     }
   }
+}
+
+void RackImpl::Install(std::vector<Fetch>& fetches, const std::vector<uint8_t>& staging) {
   // Installed in runs, one wake-up each. A write fault's pages are installed writable (and
   // count as dirty): a sequential writer takes one fault per window, not a write-protect
   // fault per page. A read fault's pages are read-only, so that the first write marks each.
@@ -230,6 +239,9 @@ void RackImpl::FetchAndInstall(std::vector<Fetch>& fetches) {
       i = j;
     }
   }
+}
+
+void RackImpl::Complete(std::vector<Fetch>& fetches) {
   absl::MutexLock lock(&mu_);
   for (Fetch& f : fetches) {
     for (size_t i = 0; i < f.pages.size(); ++i) {
@@ -410,17 +422,8 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
   if (writes.empty()) return victims.size();
 
   mu_.Unlock();
-  std::vector<absl::Status> results(writes.size());
-  std::stable_sort(writes.begin(), writes.end(),
-                   [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (size_t i = 0; i < writes.size();) {
-    size_t j = i;
-    std::vector<PageWrite> group;
-    while (j < writes.size() && writes[j].first == writes[i].first) group.push_back(writes[j++].second);
-    const absl::Status status = elements_.WritePages(writes[i].first, group);
-    for (size_t k = i; k < j; ++k) results[k] = status;
-    i = j;
-  }
+  std::vector<absl::Status> results;
+  WriteBack(writes, results);
   mu_.Lock();
   for (size_t i = 0; i < writes.size(); ++i) {
     const uint64_t vpage = writes[i].second.vpage;

@@ -62,7 +62,12 @@ class RackImpl final : public Rack {
  private:
   RackImpl(JoinOptions options, ipc::Client mmu, Userfaultfd uffd);
 
+  // Joining, in order: the Rack MMU's process id and window, the reservation of the rack
+  // range (with userfaultfd and the SIGBUS handler), the compute element's cache quota.
   absl::Status Start(ipc::Connection compute);
+  absl::Status JoinMmu();
+  absl::Status ReserveRange();
+  absl::Status AttachCompute(ipc::Connection compute);
 
   // Fault path (rack_faults.cc).
   void FaultLoop();
@@ -90,6 +95,11 @@ class RackImpl final : public Rack {
   Admission Admit(uint64_t vpage, bool write, bool may_wait, Fetch& fetch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FetchAndInstall(std::vector<Fetch>& fetches);
+  // The steps of FetchAndInstall: read every page into `staging`, install them in runs,
+  // record the results in the cache (poisoning faulting pages that could not be had).
+  void ReadInto(std::vector<Fetch>& fetches, std::vector<uint8_t>& staging);
+  void Install(std::vector<Fetch>& fetches, const std::vector<uint8_t>& staging);
+  void Complete(std::vector<Fetch>& fetches);
   void HandleWriteProtect(uint64_t vpage);
   // Where `vpage` lives: its memory element, or why the rack refuses it.
   absl::StatusOr<std::string> Translate(uint64_t vpage);
@@ -110,6 +120,16 @@ class RackImpl final : public Rack {
   void ControlLoop();
   absl::Status HandleControl(proto::Message::Reader message);
   absl::Status ReportUsage(uint64_t seq);
+
+  // Flush's step under mu_: write-protects, copies (into `buffer`) and pins the dirty pages
+  // of [cursor, last), up to a batch; returns where the next batch starts.
+  uint64_t SnapshotDirty(uint64_t cursor, uint64_t last, uint8_t* buffer,
+                         std::vector<std::pair<std::string, PageWrite>>& batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes `writes` back (reordered by element, pipelined per element); `results` gets each
+  // write's outcome, in the new order. Called without mu_.
+  void WriteBack(std::vector<std::pair<std::string, PageWrite>>& writes,
+                 std::vector<absl::Status>& results);
 
   // Checks that [addr, addr + len) lies inside this process's mapped regions.
   absl::Status CheckMapped(uintptr_t addr, size_t len) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
