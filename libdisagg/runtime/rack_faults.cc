@@ -390,25 +390,30 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
   std::sort(victims.begin(), victims.end());
   // Dirty pages are write-protected first (writers block from then on), so the copies taken
   // here are their last contents; then every victim leaves the address space.
+  // Runs of adjacent victims are protected and dropped with one call each (each costs a TLB
+  // shootdown); protecting a clean victim does no harm, it leaves anyway.
+  std::vector<std::pair<uint64_t, uint64_t>> runs;  // (first page, pages)
+  for (size_t i = 0; i < victims.size();) {
+    size_t j = i + 1;
+    while (j < victims.size() && victims[j] == victims[j - 1] + 1) ++j;
+    runs.emplace_back(victims[i], j - i);
+    i = j;
+  }
+  for (const auto& [first, count] : runs) {
+    absl::Status status = uffd_.WriteProtect(first << kPageShift, count * kPageBytes, true);
+    if (!status.ok()) LOG(ERROR) << "disagg: evicting: " << status;
+  }
   thread_local std::vector<uint8_t> staging;
   staging.resize(victims.size() * kPageBytes);
   std::vector<std::pair<std::string, PageWrite>> writes;
   for (uint64_t vpage : victims) {
     const ExtentInfo* extent = FindExtentLocked(vpage);
     if (!cache_.Find(vpage)->dirty || extent == nullptr) continue;
-    const uintptr_t addr = vpage << kPageShift;
-    absl::Status status = uffd_.WriteProtect(addr, kPageBytes, true);
-    if (!status.ok()) LOG(ERROR) << "disagg: evicting 0x" << std::hex << addr << ": " << status;
     uint8_t* copy = staging.data() + writes.size() * kPageBytes;
-    std::memcpy(copy, reinterpret_cast<const void*>(addr), kPageBytes);
+    std::memcpy(copy, reinterpret_cast<const void*>(vpage << kPageShift), kPageBytes);
     writes.push_back({extent->element, PageWrite{vpage, copy}});
   }
-  for (size_t i = 0; i < victims.size();) {  // one drop (one TLB shootdown) per run
-    size_t j = i + 1;
-    while (j < victims.size() && victims[j] == victims[j - 1] + 1) ++j;
-    (void)uffd_.Drop(victims[i] << kPageShift, (j - i) * kPageBytes);
-    i = j;
-  }
+  for (const auto& [first, count] : runs) (void)uffd_.Drop(first << kPageShift, count * kPageBytes);
   size_t w = 0;
   for (uint64_t vpage : victims) {
     if (w < writes.size() && writes[w].second.vpage == vpage) {
