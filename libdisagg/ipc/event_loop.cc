@@ -127,6 +127,7 @@ EventLoop::WatchId EventLoop::AddPoller(Poller poller) {
   auto entry = std::make_unique<Entry>();
   entry->kind = Kind::kPoller;
   entry->poller = std::move(poller);
+  pollers_.push_back(entry.get());
   entries_[id] = std::move(entry);
   poller_ids_.push_back(id);
   return id;
@@ -151,6 +152,8 @@ void EventLoop::Unwatch(WatchId id) {
     case Kind::kPoller:
       poller_ids_.erase(std::remove(poller_ids_.begin(), poller_ids_.end(), id),
                         poller_ids_.end());
+      pollers_.erase(std::remove(pollers_.begin(), pollers_.end(), it->second.get()),
+                     pollers_.end());
       break;
   }
   // Removal must reach the kernel before the caller closes the fd, and a prepared timeout
@@ -203,12 +206,9 @@ bool EventLoop::ReapCompletions() {
 
 bool EventLoop::RunPollers() {
   bool any = false;
-  // Index loop: pollers may add or remove pollers.
-  for (size_t i = 0; i < poller_ids_.size(); ++i) {
-    auto it = entries_.find(poller_ids_[i]);
-    if (it == entries_.end()) continue;
-    any |= it->second->poller.poll();
-  }
+  // Index loop: pollers may add or remove pollers (a removed one lives on in graveyard_ until
+  // the next turn, so the pointer stays valid while its callback runs).
+  for (size_t i = 0; i < pollers_.size(); ++i) any |= pollers_[i]->poller.poll();
   return any;
 }
 

@@ -92,6 +92,7 @@ class EventLoop {
   WatchId next_id_ = 1;
   absl::flat_hash_map<WatchId, std::unique_ptr<Entry>> entries_;
   std::vector<WatchId> poller_ids_;
+  std::vector<Entry*> pollers_;  // the pollers' entries, in poller_ids_ order, for the hot loop
   std::vector<std::unique_ptr<Entry>> graveyard_;  // unwatched this turn; freed next turn
   Fd signal_fd_;
 };
