@@ -390,16 +390,22 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
   std::sort(victims.begin(), victims.end());
   // Dirty pages are write-protected first (writers block from then on), so the copies taken
   // here are their last contents; then every victim leaves the address space.
-  // Runs of adjacent victims are protected and dropped with one call each (each costs a TLB
-  // shootdown); protecting a clean victim does no harm, it leaves anyway.
-  std::vector<std::pair<uint64_t, uint64_t>> runs;  // (first page, pages)
-  for (size_t i = 0; i < victims.size();) {
-    size_t j = i + 1;
-    while (j < victims.size() && victims[j] == victims[j - 1] + 1) ++j;
-    runs.emplace_back(victims[i], j - i);
-    i = j;
+  // Runs of adjacent victims are dropped, and runs of adjacent dirty ones write-protected,
+  // with one call each: each costs a TLB shootdown. (Clean pages are write-protected already.)
+  std::vector<std::pair<uint64_t, uint64_t>> runs;        // (first page, pages)
+  std::vector<std::pair<uint64_t, uint64_t>> dirty_runs;
+  for (size_t i = 0; i < victims.size(); ++i) {
+    auto extend = [&](std::vector<std::pair<uint64_t, uint64_t>>& r) {
+      if (!r.empty() && r.back().first + r.back().second == victims[i]) {
+        ++r.back().second;
+      } else {
+        r.emplace_back(victims[i], 1);
+      }
+    };
+    extend(runs);
+    if (cache_.Find(victims[i])->dirty) extend(dirty_runs);
   }
-  for (const auto& [first, count] : runs) {
+  for (const auto& [first, count] : dirty_runs) {
     absl::Status status = uffd_.WriteProtect(first << kPageShift, count * kPageBytes, true);
     if (!status.ok()) LOG(ERROR) << "disagg: evicting: " << status;
   }
