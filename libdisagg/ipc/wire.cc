@@ -16,8 +16,10 @@ absl::Status DecodeMessage(absl::Span<const uint64_t> words,
   // Room for the validation pass below plus the handler reading every field a few times.
   options.traversalLimitInWords = 8 * words.size() + 64;
   options.nestingLimit = kNestingLimit;
+  // A plain try/catch (zero-cost when nothing throws) rather than kj::runCatchingExceptions,
+  // which goes through an out-of-line runnable on every message.
   absl::Status result;
-  kj::Maybe<kj::Exception> failure = kj::runCatchingExceptions([&] {
+  try {
     capnp::FlatArrayMessageReader reader(
         kj::ArrayPtr<const capnp::word>(reinterpret_cast<const capnp::word*>(words.data()),
                                         words.size()),
@@ -25,10 +27,10 @@ absl::Status DecodeMessage(absl::Span<const uint64_t> words,
     auto root = reader.getRoot<proto::Message>();
     root.totalSize();  // walks every pointer once: malformed structure throws here
     result = use(root);
-  });
-  KJ_IF_MAYBE(e, failure) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("malformed message: ", e->getDescription().cStr()));
+  } catch (const kj::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("malformed message: ", e.getDescription().cStr()));
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("malformed message: ", e.what()));
   }
   return result;
 }
