@@ -46,6 +46,7 @@ class Element : public ipc::Hub::Handler {
   // `link` is gone (called for every link, before the element's own bookkeeping).
   virtual void LinkClosed(ipc::Link& link) {}
   bool IsRackMmu(const ipc::Link& link) const { return &link == mmu_; }
+  ipc::EventLoop& loop() { return loop_; }
   const ElementOptions& options() const { return options_; }
 
  private:

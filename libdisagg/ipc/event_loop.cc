@@ -237,7 +237,8 @@ absl::Status EventLoop::Run() {
       last_work = now;
       stamp_pending = false;
     }
-    if (now - last_work < options_.spin) continue;
+    if (now - last_work < std::max(options_.spin, burst_spin_)) continue;
+    burst_spin_ = absl::ZeroDuration();
     bool pending = false;
     for (WatchId id : poller_ids_) {
       auto it = entries_.find(id);

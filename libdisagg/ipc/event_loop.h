@@ -11,6 +11,7 @@
 #include <liburing.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <functional>
 #include <memory>
 
@@ -62,6 +63,10 @@ class EventLoop {
   // Runs until Stop() or a stop signal. Returns the reason for an abnormal end.
   absl::Status Run();
   void Stop() { stopped_ = true; }
+  // Keeps polling for at least `spin` after the current turn's work instead of the usual spin
+  // (until the loop next sleeps): for work that tends to come in bursts, such as page traffic,
+  // while heartbeats and other stray messages keep the short spin.
+  void KeepSpinning(absl::Duration spin) { burst_spin_ = std::max(burst_spin_, spin); }
   bool stopped() const { return stopped_; }
 
  private:
@@ -89,6 +94,7 @@ class EventLoop {
   io_uring ring_{};
   bool ring_ready_ = false;
   bool stopped_ = false;
+  absl::Duration burst_spin_ = absl::ZeroDuration();  // see KeepSpinning
   WatchId next_id_ = 1;
   absl::flat_hash_map<WatchId, std::unique_ptr<Entry>> entries_;
   std::vector<WatchId> poller_ids_;

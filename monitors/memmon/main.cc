@@ -18,7 +18,9 @@
 DEFINE_string(run_dir, "", "the rack's run directory (sockets, logs); required");
 DEFINE_string(name, "", "this element's rack-wide name, e.g. mem0; required");
 DEFINE_string(pool_size, "1G", "bytes in the page pool (suffixes K, M, G)");
-DEFINE_int32(spin_us, 200, "microseconds to poll the rings after the last message before sleeping");
+DEFINE_int32(spin_us, 20, "microseconds to poll the rings after the last message before sleeping");
+DEFINE_int32(burst_spin_us, 200,
+             "microseconds to poll the rings after page traffic (reads, write-backs)");
 
 namespace disagg::memmon {
 namespace {
@@ -28,6 +30,7 @@ struct Options {
   std::string name;
   uint64_t pool_bytes;
   absl::Duration spin;
+  absl::Duration burst_spin;
 };
 
 absl::Status Run(const Options& options) {
@@ -40,7 +43,8 @@ absl::Status Run(const Options& options) {
   element_options.name = options.name;
   element_options.kind = proto::ElementKind::MEMORY;
   element_options.capacity_bytes = options.pool_bytes;
-  MemoryElement element(*loop, element_options, std::move(store));
+  MemoryElement element(*loop, element_options, std::move(store),
+                        MemoryOptions{options.burst_spin});
   return RunElement(*loop, element,
                     absl::StrCat("memory element with a pool of ", options.pool_bytes, " bytes"));
 }
@@ -62,6 +66,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   disagg::memmon::Options options{FLAGS_run_dir, FLAGS_name, *pool,
-                                  absl::Microseconds(FLAGS_spin_us)};
+                                  absl::Microseconds(FLAGS_spin_us),
+                                  absl::Microseconds(FLAGS_burst_spin_us)};
   return disagg::ExitCode(FLAGS_name, disagg::memmon::Run(options));
 }

@@ -8,12 +8,14 @@
 
 namespace disagg::memmon {
 
-MemoryElement::MemoryElement(ipc::EventLoop& loop, ElementOptions options, PageStore store)
+MemoryElement::MemoryElement(ipc::EventLoop& loop, ElementOptions options, PageStore store,
+                             MemoryOptions memory_options)
     : Element(loop, [&] {
         options.used_bytes = [this] { return store_.used_bytes(); };
         return std::move(options);
       }()),
-      store_(std::move(store)) {}
+      store_(std::move(store)),
+      memory_options_(memory_options) {}
 
 absl::Status MemoryElement::HandleOther(ipc::Link& link, proto::Message::Reader message) {
   const uint64_t seq = message.getSeq();
@@ -23,8 +25,10 @@ absl::Status MemoryElement::HandleOther(ipc::Link& link, proto::Message::Reader 
     case proto::Message::REVOKE_PAGES:
       return HandleRevoke(link, seq, message.getRevokePages());
     case proto::Message::READ_PAGE:
+      loop().KeepSpinning(memory_options_.burst_spin);  // page traffic comes in bursts
       return HandleRead(link, seq, message.getReadPage().getVpage());
     case proto::Message::PAGE_DATA:
+      loop().KeepSpinning(memory_options_.burst_spin);
       return HandleWrite(link, seq, message.getPageData());
     default:
       return Element::HandleOther(link, message);

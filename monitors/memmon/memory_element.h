@@ -7,14 +7,22 @@
 #define DISAGG_MONITORS_MEMMON_MEMORY_ELEMENT_H_
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/time/time.h"
 #include "element.h"
 #include "page_store.h"
 
 namespace disagg::memmon {
 
+struct MemoryOptions {
+  // How long the loop keeps polling after page traffic (reads, write-backs), which comes in
+  // bursts: long enough that a fault path's next request finds it awake.
+  absl::Duration burst_spin = absl::Microseconds(200);
+};
+
 class MemoryElement : public Element {
  public:
-  MemoryElement(ipc::EventLoop& loop, ElementOptions options, PageStore store);
+  MemoryElement(ipc::EventLoop& loop, ElementOptions options, PageStore store,
+                MemoryOptions memory_options = {});
 
  protected:
   absl::Status HandleOther(ipc::Link& link, proto::Message::Reader message) override;
@@ -31,6 +39,7 @@ class MemoryElement : public Element {
   absl::Status Refuse(ipc::Link& link, uint64_t seq, const absl::Status& why);
 
   PageStore store_;
+  const MemoryOptions memory_options_;
   absl::flat_hash_map<uint64_t, uint64_t> identities_;  // link id -> peer start time
 };
 
