@@ -8,8 +8,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <map>
 #include <cstring>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "internal/logging.h"
