@@ -339,6 +339,28 @@ TEST_CASE("A failed memory element: its pages fault with kElementFailed and Flus
   REQUIRE(std::string(flushed.message()).find("mem0") != std::string::npos);
 }
 
+TEST_CASE("When the Rack MMU dies, Map fails clearly and mapped memory stays usable") {
+  JoinedRack r;
+  auto region = r.app->Map(2 * kBudget);
+  REQUIRE(region.ok());
+  uint64_t* words = region->as<uint64_t>();
+  for (uint64_t i = 0; i < 2 * kBudget / 8; i += 512) words[i] = i + 1;
+  const pid_t mmu = r.rack.Pid("mmu");
+  REQUIRE(mmu > 0);
+  REQUIRE(kill(mmu, SIGKILL) == 0);
+  while (ProcessAlive(mmu)) usleep(1000);
+  auto more = r.app->Map(kPage);
+  REQUIRE(absl::IsUnavailable(more.status()));
+  // The memory elements still serve what they were programmed with: evictions and faults
+  // go on without the Rack MMU.
+  uint64_t wrong = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (uint64_t i = 0; i < 2 * kBudget / 8; i += 512) wrong += words[i] != i + 1;
+  }
+  REQUIRE(wrong == 0);
+  REQUIRE(r.app->Flush(words, 2 * kBudget).ok());
+}
+
 TEST_CASE("Join explains what is missing") {
   JoinOptions options;
   options.rack_dir = "/nonexistent/rack";
