@@ -210,10 +210,16 @@ absl::StatusOr<Region> RackImpl::Map(size_t bytes, MapOptions options) {
             [](const ExtentInfo& a, const ExtentInfo& b) { return a.vpage < b.vpage; });
   const uint64_t first = vaddr >> kPageShift, last = (vaddr + info.bytes) >> kPageShift;
   absl::MutexLock lock(&mu_);
-  // Pages refused before this Map (a touch of an unmapped address) are usable now.
+  // Pages refused before this Map (a touch of an unmapped address) are usable now. A touch
+  // racing with this Map may still be in flight: its outcome is awaited first. (One the
+  // Rack MMU already translated holds the region's own data and stays.)
+  while (cache_.BusyIn(first, last)) changed_.Wait(&mu_);
   auto& pages = cache_.pages();
   for (auto it = pages.lower_bound(first); it != pages.end() && it->first < last;) {
-    CHECK(it->second.state == PageState::kPoisoned) << "a page of a fresh region is cached";
+    if (it->second.state != PageState::kPoisoned) {
+      ++it;
+      continue;
+    }
     ForgetPoison(it->first);
     (void)uffd_.Drop(it->first << kPageShift, kPageBytes);
     it = pages.erase(it);
