@@ -42,10 +42,7 @@ int main(int argc, char** argv) {
     fprintf(stderr, "rackmmu: --run_dir is required and no positional arguments are taken\n");
     return 2;
   }
-  if (absl::Status s = disagg::InitDaemon(argv[0], FLAGS_run_dir, "mmu"); !s.ok()) {
-    LOG(ERROR) << "mmu: " << s;
-    return 1;
-  }
   disagg::rackmmu::Options options{FLAGS_run_dir, absl::Microseconds(FLAGS_spin_us)};
-  return disagg::ExitCode("mmu", disagg::rackmmu::Run(options));
+  return disagg::RunDaemon(argv[0], FLAGS_run_dir, "mmu",
+                           [&] { return disagg::rackmmu::Run(options); });
 }

@@ -63,15 +63,12 @@ int main(int argc, char** argv) {
             "rackmon: --run_dir is required; --heartbeat_ms must be > 0 and --missed_beats >= 2\n");
     return 2;
   }
-  if (absl::Status s = disagg::InitDaemon(argv[0], FLAGS_run_dir, "mon"); !s.ok()) {
-    LOG(ERROR) << "mon: " << s;
-    return 1;
-  }
   disagg::rackmon::Options options;
   options.run_dir = FLAGS_run_dir;
   options.spin = absl::Microseconds(FLAGS_spin_us);
   options.monitor.rack_name = FLAGS_rack_name;
   options.monitor.period = absl::Milliseconds(FLAGS_heartbeat_ms);
   options.monitor.missed_beats = FLAGS_missed_beats;
-  return disagg::ExitCode("mon", disagg::rackmon::Run(options));
+  return disagg::RunDaemon(argv[0], FLAGS_run_dir, "mon",
+                           [&] { return disagg::rackmon::Run(options); });
 }

@@ -27,7 +27,10 @@ absl::Status InitDaemon(const char* argv0, const std::string& log_dir, const std
   return ipc::ProbeKernelSupport();
 }
 
-int ExitCode(const std::string& element, const absl::Status& status) {
+int RunDaemon(const char* argv0, const std::string& log_dir, const std::string& element,
+              absl::FunctionRef<absl::Status()> run) {
+  absl::Status status = InitDaemon(argv0, log_dir, element);
+  if (status.ok()) status = run();
   if (status.ok()) return 0;
   LOG(ERROR) << element << ": " << status;
   return 1;

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 
 namespace disagg {
@@ -13,8 +14,10 @@ namespace disagg {
 // features the IPC core needs are probed. FAILED_PRECONDITION if one is missing.
 absl::Status InitDaemon(const char* argv0, const std::string& log_dir, const std::string& element);
 
-// The exit code for daemon `element` ending with `status` (0 for OK, else 1, logged).
-int ExitCode(const std::string& element, const absl::Status& status);
+// A daemon's main() after flag parsing: InitDaemon, then `run`; returns the exit code (0 when
+// `run` ends OK, else 1 with the reason logged).
+int RunDaemon(const char* argv0, const std::string& log_dir, const std::string& element,
+              absl::FunctionRef<absl::Status()> run);
 
 // The socket path of element `name` in run directory `run_dir`: <run_dir>/<name>.sock.
 std::string SocketPath(const std::string& run_dir, const std::string& name);

@@ -58,17 +58,6 @@ void ElementPool::Return(const std::string& element, std::unique_ptr<ipc::Client
   idle_[element].push_back(std::move(client));
 }
 
-absl::Status ElementPool::ReadPage(const std::string& element, uint64_t vpage,
-                                   absl::FunctionRef<absl::Status(const uint8_t*)> use) {
-  absl::Status refusal;
-  RETURN_IF_ERROR(ReadPages(element, {&vpage, 1},
-                            [&](size_t, absl::StatusOr<const uint8_t*> data) -> absl::Status {
-                              if (!data.ok()) return refusal = data.status();
-                              return use(*data);
-                            }));
-  return refusal;
-}
-
 absl::Status ElementPool::ReadPages(
     const std::string& element, absl::Span<const uint64_t> vpages,
     absl::FunctionRef<absl::Status(size_t, absl::StatusOr<const uint8_t*>)> use) {

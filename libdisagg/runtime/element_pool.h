@@ -32,12 +32,6 @@ class ElementPool {
   ElementPool(std::string run_dir, absl::Duration timeout)
       : run_dir_(std::move(run_dir)), timeout_(timeout) {}
 
-  // Reads page `vpage` from `element` and passes its 4 KiB to `use` (valid only during the
-  // call). The element's refusal comes back as its status (PERMISSION_DENIED, ...);
-  // UNAVAILABLE if the element cannot be reached.
-  absl::Status ReadPage(const std::string& element, uint64_t vpage,
-                        absl::FunctionRef<absl::Status(const uint8_t*)> use);
-
   // Reads `vpages` from `element`, pipelined (at most kMaxPipelined), and calls `use` for
   // each in order with its index and its data or the element's refusal of that page. The
   // returned status is the transport's (UNAVAILABLE: the element cannot be reached; then

@@ -62,12 +62,6 @@ std::optional<uint64_t> PageCache::NextVictim() {
   return victim;
 }
 
-std::optional<uint64_t> PageCache::PeekVictim() {
-  std::optional<uint64_t> victim = NextVictim();
-  if (victim) fifo_.emplace_front(*victim, pages_[*victim].generation);
-  return victim;
-}
-
 void PageCache::BeginWriteBack(uint64_t vpage) {
   PageEntry* entry = Find(vpage);
   CHECK(entry != nullptr && entry->state == PageState::kPresent);

@@ -39,9 +39,11 @@ class PageCache {
   uint64_t quota_pages() const { return quota_; }
   uint64_t present_pages() const { return present_; }
   uint64_t peak_present_pages() const { return peak_; }
-  uint64_t busy_pages() const { return fetching_ + writing_back_; }
-  // True if one more page may be fetched within the quota.
-  bool HasRoom() const { return present_ + fetching_ < quota_; }
+  // Pages that may still be fetched within the quota.
+  uint64_t free_pages() const {
+    return quota_ > present_ + fetching_ ? quota_ - present_ - fetching_ : 0;
+  }
+  bool HasRoom() const { return free_pages() > 0; }
   // True if the cache holds (or is fetching) more than the quota allows.
   bool OverQuota() const { return present_ + fetching_ > quota_; }
 
@@ -58,8 +60,6 @@ class PageCache {
   // The present page to evict next (the longest present that is not pinned), or nullopt if
   // there is none. Pinned pages keep their place in the queue.
   std::optional<uint64_t> NextVictim();
-  // The page NextVictim would return, left in place.
-  std::optional<uint64_t> PeekVictim();
   // A present page was dropped from the address space and is being written back.
   void BeginWriteBack(uint64_t vpage);
   // The page leaves the cache whatever its state (a fetch in flight must not be removed).

@@ -286,10 +286,8 @@ void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<ui
   for (uint64_t p = vpage + 1; wanted < stream->window && p < extent_end; ++p, ++wanted) {
     if (cache_.Find(p) != nullptr) break;
   }
-  const uint64_t room = cache_.quota_pages() - std::min(cache_.quota_pages(),
-                                                        cache_.present_pages() + cache_.busy_pages());
   // Making room may write dirty pages back (mu_ is released meanwhile): look again after.
-  if (room < wanted) EvictBatch(wanted - room);
+  if (cache_.free_pages() < wanted) EvictBatch(wanted - cache_.free_pages());
   for (uint64_t p = vpage + 1; p <= vpage + wanted && cache_.HasRoom(); ++p) {
     if (cache_.Find(p) != nullptr) break;
     cache_.BeginFetch(p);
@@ -333,11 +331,6 @@ const ExtentInfo* RackImpl::FindExtentLocked(uint64_t vpage) const {
                             [](uint64_t v, const ExtentInfo& x) { return v < x.vpage; });
   if (e == extents.begin() || vpage >= std::prev(e)->vpage + std::prev(e)->pages) return nullptr;
   return &*std::prev(e);
-}
-
-absl::StatusOr<std::string> RackImpl::TranslateLocked(uint64_t vpage) {
-  if (const ExtentInfo* extent = FindExtentLocked(vpage)) return extent->element;
-  return absl::NotFoundError("not in the local translation cache");
 }
 
 absl::StatusOr<std::string> RackImpl::Translate(uint64_t vpage) {

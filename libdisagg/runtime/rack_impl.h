@@ -103,7 +103,6 @@ class RackImpl final : public Rack {
   void HandleWriteProtect(uint64_t vpage);
   // Where `vpage` lives: its memory element, or why the rack refuses it.
   absl::StatusOr<std::string> Translate(uint64_t vpage);
-  absl::StatusOr<std::string> TranslateLocked(uint64_t vpage) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   const ExtentInfo* FindExtentLocked(uint64_t vpage) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Adds to `batch` the pages after `vpage` (up to `extent_end`) worth reading with it, and
   // marks them as being fetched.

@@ -27,14 +27,9 @@ class Userfaultfd {
   // Registers [base, base + bytes) for missing and write-protect faults.
   absl::Status Register(uintptr_t base, uint64_t bytes);
 
-  // Installs a copy of the page at `src` at page `addr` and wakes its waiters; with
-  // `write_protect` the page is installed read-only so that the first write faults.
-  // A page already present is not an error (returns OK after waking).
-  absl::Status Copy(uintptr_t addr, const void* src, bool write_protect) {
-    return CopyRun(addr, src, 1, write_protect);
-  }
-  // The same for `pages` consecutive pages from `src` (one wake-up for the whole run). Pages
-  // already present are skipped.
+  // Installs copies of the `pages` consecutive pages at `src` at `addr` and wakes their
+  // waiters (one wake-up for the whole run); with `write_protect` they are installed
+  // read-only so that the first write faults. Pages already present are skipped.
   absl::Status CopyRun(uintptr_t addr, const void* src, uint64_t pages, bool write_protect);
   // Sets or clears write protection of [addr, addr + bytes) of present pages; clearing
   // wakes the threads waiting on a write fault there.

@@ -61,12 +61,9 @@ int main(int argc, char** argv) {
             pool.ok() ? "must be > 0" : std::string(pool.status().message()).c_str());
     return 2;
   }
-  if (absl::Status s = disagg::InitDaemon(argv[0], FLAGS_run_dir, FLAGS_name); !s.ok()) {
-    LOG(ERROR) << FLAGS_name << ": " << s;
-    return 1;
-  }
   disagg::memmon::Options options{FLAGS_run_dir, FLAGS_name, *pool,
                                   absl::Microseconds(FLAGS_spin_us),
                                   absl::Microseconds(FLAGS_burst_spin_us)};
-  return disagg::ExitCode(FLAGS_name, disagg::memmon::Run(options));
+  return disagg::RunDaemon(argv[0], FLAGS_run_dir, FLAGS_name,
+                           [&] { return disagg::memmon::Run(options); });
 }

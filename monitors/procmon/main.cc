@@ -48,16 +48,14 @@ int main(int argc, char** argv) {
   gflags::SetUsageMessage("procmon --run_dir=DIR --name=cpuN: a compute element");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   absl::StatusOr<uint64_t> budget = disagg::ParseSize(FLAGS_cache_budget);
-  if (FLAGS_run_dir.empty() || FLAGS_name.empty() || argc != 1 || !budget.ok() || *budget < (64 << 10)) {
+  if (FLAGS_run_dir.empty() || FLAGS_name.empty() || argc != 1 || !budget.ok() ||
+      *budget < (64 << 10)) {
     fprintf(stderr, "procmon: --run_dir and --name are required; --cache_budget: %s\n",
             budget.ok() ? "must be at least 64K" : std::string(budget.status().message()).c_str());
     return 2;
   }
-  if (absl::Status s = disagg::InitDaemon(argv[0], FLAGS_run_dir, FLAGS_name); !s.ok()) {
-    LOG(ERROR) << FLAGS_name << ": " << s;
-    return 1;
-  }
   disagg::procmon::Options options{FLAGS_run_dir, FLAGS_name, *budget,
                                    absl::Microseconds(FLAGS_spin_us)};
-  return disagg::ExitCode(FLAGS_name, disagg::procmon::Run(options));
+  return disagg::RunDaemon(argv[0], FLAGS_run_dir, FLAGS_name,
+                           [&] { return disagg::procmon::Run(options); });
 }
