@@ -97,6 +97,7 @@ uint64_t RingReader::HeaderAtTail() const {
 absl::StatusOr<bool> RingReader::Read(std::vector<uint64_t>& out) {
   uint64_t header = HeaderAtTail();
   if (header == 0) {
+    __builtin_prefetch(data_ + ((tail_ + kCacheLine) & (capacity_ - 1)));
     // No frame where one would start. The head index says whether that is right.
     const uint64_t head = control_->head.load(std::memory_order_acquire);
     switch (Classify(head)) {
@@ -132,7 +133,11 @@ absl::StatusOr<bool> RingReader::Read(std::vector<uint64_t>& out) {
   return true;
 }
 
-bool RingReader::HasData() const { return HeaderAtTail() != 0; }
+bool RingReader::HasData() const {
+  const uint64_t header = HeaderAtTail();
+  if (header == 0) __builtin_prefetch(data_ + ((tail_ + kCacheLine) & (capacity_ - 1)));
+  return header != 0;
+}
 
 RingReader::HeadState RingReader::Classify(uint64_t head) const {
   if (head == tail_) return HeadState::kCaughtUp;

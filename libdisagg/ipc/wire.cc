@@ -7,32 +7,60 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "ipc/validate.h"
 
 namespace disagg::ipc {
 
+namespace {
+
+// Room for a walk over every pointer plus the handler reading every field a few times.
+uint64_t TraversalLimit(size_t words) { return 8 * words + 64; }
+
+// The general path, for messages of several segments: Cap'n Proto's checked reader, with a
+// first pass over every pointer so that malformed structure is refused before `use` runs.
+absl::Status DecodeSegments(absl::Span<const uint64_t> words,
+                            absl::FunctionRef<absl::Status(proto::Message::Reader)> use) {
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = TraversalLimit(words.size());
+  options.nestingLimit = kNestingLimit;
+  capnp::FlatArrayMessageReader reader(
+      kj::ArrayPtr<const capnp::word>(reinterpret_cast<const capnp::word*>(words.data()),
+                                      words.size()),
+      options);
+  auto root = reader.getRoot<proto::Message>();
+  root.totalSize();  // walks every pointer once: malformed structure throws here
+  return use(root);
+}
+
+}  // namespace
+
 absl::Status DecodeMessage(absl::Span<const uint64_t> words,
                            absl::FunctionRef<absl::Status(proto::Message::Reader)> use) {
-  capnp::ReaderOptions options;
-  // Room for the validation pass below plus the handler reading every field a few times.
-  options.traversalLimitInWords = 8 * words.size() + 64;
-  options.nestingLimit = kNestingLimit;
   // A plain try/catch (zero-cost when nothing throws) rather than kj::runCatchingExceptions,
   // which goes through an out-of-line runnable on every message.
-  absl::Status result;
   try {
-    capnp::FlatArrayMessageReader reader(
-        kj::ArrayPtr<const capnp::word>(reinterpret_cast<const capnp::word*>(words.data()),
-                                        words.size()),
-        options);
-    auto root = reader.getRoot<proto::Message>();
-    root.totalSize();  // walks every pointer once: malformed structure throws here
-    result = use(root);
+    // Stream framing: word 0 holds (segment count - 1) and the first segment's size.
+    if (words.empty() || static_cast<uint32_t>(words[0]) != 0) return DecodeSegments(words, use);
+    // One segment, the common case: validated by our own walk, then read unchecked, which
+    // saves building a Cap'n Proto reader (its arena and mutex) for every message.
+    const uint64_t segment_words = words[0] >> 32;
+    if (segment_words != words.size() - 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("malformed message: its segment table announces ", segment_words,
+                       " words but the frame carries ", words.size() - 1));
+    }
+    const absl::Span<const uint64_t> segment = words.subspan(1);
+    if (absl::Status valid = ValidateSegment(segment, kNestingLimit, TraversalLimit(words.size()));
+        !valid.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("malformed message: ", valid.message()));
+    }
+    return use(capnp::readMessageUnchecked<proto::Message>(
+        reinterpret_cast<const capnp::word*>(segment.data())));
   } catch (const kj::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("malformed message: ", e.getDescription().cStr()));
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("malformed message: ", e.what()));
   }
-  return result;
 }
 
 kj::ArrayPtr<capnp::word> SmallMessage::allocateSegment(unsigned int minimum_words) {
