@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -47,9 +48,15 @@ TestRack::~TestRack() {
 }
 
 int TestRack::Up(const std::string& args, std::string* output) {
-  return RunCommand(std::string("DISAGG_BIN=") + DISAGG_BIN_DIR + " " + DISAGG_SOURCE_DIR +
-                        "/scripts/rack up --dir " + dir_ + " " + args,
-                    output);
+  std::string out;
+  const int rc = RunCommand(std::string("DISAGG_BIN=") + DISAGG_BIN_DIR + " " +
+                                DISAGG_SOURCE_DIR + "/scripts/rack up --dir " + dir_ + " " + args,
+                            &out);
+  // A rack that should have come up and did not: its own account (with the daemons' last log
+  // lines) is what explains the failure.
+  if (rc != 0 && output == nullptr) std::fprintf(stderr, "scripts/rack up failed:\n%s", out.c_str());
+  if (output != nullptr) *output = std::move(out);
+  return rc;
 }
 
 int TestRack::Down(std::string* output) {

@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "internal/logging.h"
 #include "ipc/validate.h"
 
 namespace disagg::ipc {
@@ -63,9 +65,25 @@ absl::Status DecodeMessage(absl::Span<const uint64_t> words,
   }
 }
 
+namespace {
+
+// Each thread's pre-zeroed first segments for SmallMessage. Constant-initialized, so reaching
+// it costs no initialization guard.
+struct ScratchPool {
+  alignas(64) capnp::word blocks[SmallMessage::kPoolBlocks][SmallMessage::kScratchWords] = {};
+  uint32_t free_blocks = (1u << SmallMessage::kPoolBlocks) - 1;
+};
+thread_local ScratchPool scratch_pool;
+
+}  // namespace
+
 kj::ArrayPtr<capnp::word> SmallMessage::allocateSegment(unsigned int minimum_words) {
-  if (!scratch_used_ && minimum_words <= kScratchWords) {
-    scratch_used_ = true;
+  const bool first = std::exchange(first_segment_, false);
+  if (first && minimum_words <= kScratchWords && scratch_pool.free_blocks != 0) {
+    scratch_block_ = __builtin_ctz(scratch_pool.free_blocks);
+    scratch_pool.free_blocks &= ~(1u << scratch_block_);
+    pool_ = &scratch_pool;
+    scratch_ = scratch_pool.blocks[scratch_block_];
     return kj::arrayPtr(scratch_, kScratchWords);
   }
   kj::Array<capnp::word> segment =
@@ -74,6 +92,16 @@ kj::ArrayPtr<capnp::word> SmallMessage::allocateSegment(unsigned int minimum_wor
   kj::ArrayPtr<capnp::word> out = segment.asPtr();
   spilled_.push_back(kj::mv(segment));
   return out;
+}
+
+SmallMessage::~SmallMessage() {
+  if (scratch_ == nullptr) return;
+  CHECK(pool_ == &scratch_pool) << "a SmallMessage must be dropped on the thread that built it";
+  // Cap'n Proto writes only inside the words it allocated, and keeps the rest of a segment
+  // zero: zeroing the used words restores the block.
+  const size_t used = getSegmentsForOutput()[0].size();
+  std::memset(scratch_, 0, used * sizeof(capnp::word));
+  scratch_pool.free_blocks |= 1u << scratch_block_;
 }
 
 void SetError(proto::Error::Builder error, const absl::Status& status) {
