@@ -13,7 +13,7 @@
 DEFINE_string(run_dir, "", "the rack's run directory (sockets, logs); required");
 DEFINE_string(rack_name, "rack", "the rack's name, shown by rackctl status");
 DEFINE_int32(heartbeat_ms, 5, "heartbeat period in milliseconds");
-DEFINE_int32(missed_beats, 10, "missed heartbeats in a row after which an element has failed");
+DEFINE_int32(missed_beats, 40, "missed heartbeats in a row after which an element has failed");
 DEFINE_int32(spin_us, 20, "microseconds to poll the rings after the last message before sleeping");
 
 namespace disagg::rackmon {

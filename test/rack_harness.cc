@@ -1,6 +1,7 @@
 #include "rack_harness.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,14 +38,52 @@ bool ProcessAlive(pid_t pid) {
   return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z';
 }
 
+namespace {
+
+std::string DownCommand(const std::string& dir) {
+  return std::string("DISAGG_BIN=") + DISAGG_BIN_DIR + " " + DISAGG_SOURCE_DIR +
+         "/scripts/rack down --dir " + dir;
+}
+
+}  // namespace
+
 TestRack::TestRack() {
   char tmpl[] = "/tmp/disagg-test-XXXXXX";
   dir_ = ::mkdtemp(tmpl);
+  // The reaper: a shell that waits on a pipe from this process. The destructor writes "done"
+  // after tearing the rack down itself; if this process ends any other way (a library that
+  // _Exits with its compute element, a signal, a crash) the pipe reads EOF and the reaper tears
+  // the rack down instead. It execs at once, so forking a threaded test process is safe.
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return;
+  const std::string script = "read word; [ \"$word\" = done ] || { " + DownCommand(dir_) +
+                             "; rm -rf '" + dir_ + "'; }";
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(fds[0], STDIN_FILENO);  // dup2 clears close-on-exec on the copy
+    const int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, STDOUT_FILENO);  // ctest must not wait for the reaper's output
+    ::dup2(null, STDERR_FILENO);
+    ::execl("/bin/sh", "sh", "-c", script.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(fds[0]);
+  if (pid < 0) {
+    ::close(fds[1]);
+    return;
+  }
+  reaper_ = pid;
+  reaper_pipe_ = fds[1];
 }
 
 TestRack::~TestRack() {
   Down();
   RunCommand("rm -rf '" + dir_ + "'");
+  if (reaper_ > 0) {
+    (void)!::write(reaper_pipe_, "done\n", 5);
+    ::close(reaper_pipe_);
+    ::waitpid(reaper_, nullptr, 0);
+  }
 }
 
 int TestRack::Up(const std::string& args, std::string* output) {
@@ -59,11 +98,7 @@ int TestRack::Up(const std::string& args, std::string* output) {
   return rc;
 }
 
-int TestRack::Down(std::string* output) {
-  return RunCommand(std::string("DISAGG_BIN=") + DISAGG_BIN_DIR + " " + DISAGG_SOURCE_DIR +
-                        "/scripts/rack down --dir " + dir_,
-                    output);
-}
+int TestRack::Down(std::string* output) { return RunCommand(DownCommand(dir_), output); }
 
 std::map<std::string, ElementRow> TestRack::Status() {
   std::string out;

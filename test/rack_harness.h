@@ -1,5 +1,6 @@
 // TestRack: a private rack for one test, in its own temporary run directory, started with the
-// real scripts/rack and daemons, and always torn down (destructor), also when the test fails.
+// real scripts/rack and daemons, and always torn down: by the destructor, also when the test
+// fails, and by a reaper process when the test process ends without running it.
 #ifndef DISAGG_TEST_RACK_HARNESS_H_
 #define DISAGG_TEST_RACK_HARNESS_H_
 
@@ -27,7 +28,7 @@ struct ElementRow {
 
 class TestRack {
  public:
-  // Makes a fresh run directory; the rack is not started yet.
+  // Makes a fresh run directory and starts the reaper; the rack is not started yet.
   TestRack();
   // Stops the rack (by its recorded pids) and removes the run directory.
   ~TestRack();
@@ -52,6 +53,8 @@ class TestRack {
 
  private:
   std::string dir_;
+  pid_t reaper_ = -1;     // the shell that tears the rack down if this process dies first
+  int reaper_pipe_ = -1;  // its stdin; "done" tells it the destructor did the work
 };
 
 }  // namespace disagg::testing

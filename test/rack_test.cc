@@ -1,8 +1,12 @@
 // A whole rack of real daemons: start-up, status, failure detection, tear-down.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <sstream>
 #include <thread>
 
 #include <catch2/catch.hpp>
@@ -74,6 +78,45 @@ TEST_CASE("A rack of 2 compute and 2 memory elements comes up, sees failures and
   struct stat st;
   REQUIRE(::stat((rack.dir() + "/mmu.sock").c_str(), &st) != 0);
   REQUIRE(::stat((rack.dir() + "/pids/mmu.pid").c_str(), &st) != 0);
+}
+
+TEST_CASE("A test process that ends without running its destructors still has its rack torn down") {
+  int report[2];
+  REQUIRE(::pipe2(report, O_CLOEXEC) == 0);  // the rack's daemons must not hold it
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::close(report[0]);
+    TestRack rack;
+    std::string line = rack.dir();
+    if (rack.Up("--compute 1 --memory 1 --pool-size 16M") == 0) {
+      for (pid_t pid : rack.AllPids()) line.append(" ").append(std::to_string(pid));
+    }
+    line += "\n";
+    (void)!::write(report[1], line.data(), line.size());
+    std::_Exit(70);  // as libdisagg does when its compute element is gone: no destructors
+  }
+  ::close(report[1]);
+  std::string line;
+  char buf[512];
+  ssize_t n;
+  while ((n = ::read(report[0], buf, sizeof(buf))) > 0) line.append(buf, n);
+  ::close(report[0]);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  std::istringstream words(line);
+  std::string dir;
+  words >> dir;
+  std::vector<pid_t> pids;
+  for (pid_t pid; words >> pid;) pids.push_back(pid);
+  INFO(line);
+  REQUIRE(pids.size() == 4);
+  struct stat st;
+  for (int i = 0; i < 300 && (!AllGone(pids) || ::stat(dir.c_str(), &st) == 0); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  REQUIRE(AllGone(pids));
+  REQUIRE(::stat(dir.c_str(), &st) != 0);
 }
 
 TEST_CASE("scripts/rack refuses a taken name and bad arguments, starting nothing") {
