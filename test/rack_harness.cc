@@ -14,6 +14,7 @@
 #include <regex>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 namespace disagg::testing {
 
@@ -40,14 +41,13 @@ bool ProcessAlive(pid_t pid) {
 
 namespace {
 
-std::string DownCommand(const std::string& dir) {
-  return std::string("DISAGG_BIN=") + DISAGG_BIN_DIR + " " + DISAGG_SOURCE_DIR +
-         "/scripts/rack down --dir " + dir;
+std::string DownCommand(const std::string& bin_dir, const std::string& dir) {
+  return "DISAGG_BIN=" + bin_dir + " " + DISAGG_SOURCE_DIR + "/scripts/rack down --dir " + dir;
 }
 
 }  // namespace
 
-TestRack::TestRack() {
+TestRack::TestRack(std::string bin_dir) : bin_dir_(std::move(bin_dir)) {
   char tmpl[] = "/tmp/disagg-test-XXXXXX";
   dir_ = ::mkdtemp(tmpl);
   // The reaper: a shell that waits on a pipe from this process. The destructor writes "done"
@@ -56,7 +56,7 @@ TestRack::TestRack() {
   // the rack down instead. It execs at once, so forking a threaded test process is safe.
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) return;
-  const std::string script = "read word; [ \"$word\" = done ] || { " + DownCommand(dir_) +
+  const std::string script = "read word; [ \"$word\" = done ] || { " + DownCommand(bin_dir_, dir_) +
                              "; rm -rf '" + dir_ + "'; }";
   const pid_t pid = ::fork();
   if (pid == 0) {
@@ -88,8 +88,8 @@ TestRack::~TestRack() {
 
 int TestRack::Up(const std::string& args, std::string* output) {
   std::string out;
-  const int rc = RunCommand(std::string("DISAGG_BIN=") + DISAGG_BIN_DIR + " " +
-                                DISAGG_SOURCE_DIR + "/scripts/rack up --dir " + dir_ + " " + args,
+  const int rc = RunCommand("DISAGG_BIN=" + bin_dir_ + " " + DISAGG_SOURCE_DIR +
+                                "/scripts/rack up --dir " + dir_ + " " + args,
                             &out);
   // A rack that should have come up and did not: its own account (with the daemons' last log
   // lines) is what explains the failure.
@@ -98,12 +98,12 @@ int TestRack::Up(const std::string& args, std::string* output) {
   return rc;
 }
 
-int TestRack::Down(std::string* output) { return RunCommand(DownCommand(dir_), output); }
+int TestRack::Down(std::string* output) { return RunCommand(DownCommand(bin_dir_, dir_), output); }
 
 std::map<std::string, ElementRow> TestRack::Status() {
   std::string out;
   std::map<std::string, ElementRow> rows;
-  if (RunCommand(std::string(DISAGG_BIN_DIR) + "/rackctl --rack " + dir_ + " status --json",
+  if (RunCommand(bin_dir_ + "/rackctl --rack " + dir_ + " status --json",
                  &out) != 0) {
     return rows;
   }

@@ -28,8 +28,9 @@ struct ElementRow {
 
 class TestRack {
  public:
-  // Makes a fresh run directory and starts the reaper; the rack is not started yet.
-  TestRack();
+  // Makes a fresh run directory and starts the reaper; the rack is not started yet. Its daemons
+  // are the ones in `bin_dir` (the build's by default).
+  explicit TestRack(std::string bin_dir = DISAGG_BIN_DIR);
   // Stops the rack (by its recorded pids) and removes the run directory.
   ~TestRack();
   TestRack(const TestRack&) = delete;
@@ -52,6 +53,7 @@ class TestRack {
   std::string Socket(const std::string& element) const { return dir_ + "/" + element + ".sock"; }
 
  private:
+  std::string bin_dir_;
   std::string dir_;
   pid_t reaper_ = -1;     // the shell that tears the rack down if this process dies first
   int reaper_pipe_ = -1;  // its stdin; "done" tells it the destructor did the work

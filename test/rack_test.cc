@@ -119,6 +119,32 @@ TEST_CASE("A test process that ends without running its destructors still has it
   REQUIRE(::stat(dir.c_str(), &st) != 0);
 }
 
+TEST_CASE("scripts/rack down stops daemons whose binaries were rebuilt while they ran") {
+  // A private copy of the daemons, replaced under the running rack as a rebuild would.
+  struct TempDir {
+    std::string path;
+    ~TempDir() { RunCommand("rm -rf '" + path + "'"); }
+  } bin_dir;
+  char tmpl[] = "/tmp/disagg-bin-XXXXXX";
+  bin_dir.path = ::mkdtemp(tmpl);
+  const std::string& bin = bin_dir.path;
+  const std::string copy = std::string("cp ") + DISAGG_BIN_DIR +
+                           "/{rackmmu,rackmon,procmon,memmon,rackctl} " + bin + "/";
+  REQUIRE(RunCommand("bash -c '" + copy + "'") == 0);
+  {
+    TestRack rack(bin);
+    REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M") == 0);
+    const std::vector<pid_t> pids = rack.AllPids();
+    REQUIRE(pids.size() == 4);
+    REQUIRE(RunCommand("bash -c 'rm " + bin + "/{rackmmu,rackmon,procmon,memmon} && " + copy +
+                       "'") == 0);
+    std::string out;
+    REQUIRE(rack.Down(&out) == 0);
+    INFO(out);
+    REQUIRE(AllGone(pids));
+  }
+}
+
 TEST_CASE("scripts/rack refuses a taken name and bad arguments, starting nothing") {
   TestRack rack;
   std::string out;
