@@ -231,7 +231,10 @@ absl::Status EventLoop::Run() {
       idle_rounds = 0;
       continue;
     }
-    if (++idle_rounds % 64 != 0) {
+    // A loop that spins looks at the clock every 64th idle round (reading it costs more than a
+    // look at the rings); one that does not spin goes to sleep at the first idle round.
+    const bool spinning = options_.spin > absl::ZeroDuration() || burst_spin_ > absl::ZeroDuration();
+    if (spinning && ++idle_rounds % 64 != 0) {
       __builtin_ia32_pause();
       continue;
     }
