@@ -134,7 +134,9 @@ TEST_CASE("A daemon cuts off a client that corrupts its ring and keeps serving t
   REQUIRE(rows.size() == 4);
   for (const auto& [name, row] : rows) {
     INFO(name);
-    REQUIRE(row.state == "healthy");
+    // Suspect for a moment is fair on a loaded machine; failed is not.
+    REQUIRE(row.state != "failed");
+    REQUIRE(rack.WaitForState(name, "healthy"));
   }
 }
 
@@ -241,7 +243,12 @@ TEST_CASE("Remote-memory requests out of protocol are refused, and the daemons s
     RequireServing(rack.Socket("cpu0"));
   }
   auto rows = rack.Status();
-  for (const auto& [name, row] : rows) REQUIRE(row.state == "healthy");
+  REQUIRE(rows.size() == 4);
+  for (const auto& [name, row] : rows) {
+    INFO(name);
+    REQUIRE(row.state != "failed");
+    REQUIRE(rack.WaitForState(name, "healthy"));
+  }
 }
 
 }  // namespace

@@ -34,7 +34,8 @@ TEST_CASE("A rack of 2 compute and 2 memory elements comes up, sees failures and
   for (const char* name : {"mmu", "mon", "cpu0", "cpu1", "mem0", "mem1"}) {
     INFO(name);
     REQUIRE(rows.count(name) == 1);
-    REQUIRE(rows[name].state == "healthy");
+    REQUIRE(rows[name].state != "failed");
+    REQUIRE(rack.WaitForState(name, "healthy"));
     REQUIRE(rows[name].pid == rack.Pid(name));
     REQUIRE(ProcessAlive(rows[name].pid));
   }
@@ -55,7 +56,8 @@ TEST_CASE("A rack of 2 compute and 2 memory elements comes up, sees failures and
     rows = rack.Status();
     for (const char* name : {"mmu", "mon", "cpu0", "cpu1", "mem1"}) {
       INFO(name);
-      REQUIRE(rows[name].state == "healthy");
+      REQUIRE(rows[name].state != "failed");
+      REQUIRE(rack.WaitForState(name, "healthy"));
     }
   }
   SECTION("a compute element that stops answering heartbeats is marked failed and fenced") {
