@@ -104,6 +104,15 @@ TEST_CASE("A daemon cuts off a client that corrupts its ring and keeps serving t
         ring.control->head.store(64);
         expected_reason = "malformed message";
       }
+      SECTION("a one-segment message whose root pointer leaves the message") {
+        const uint32_t header[2] = {16, 16 ^ ipc::kFrameTag};
+        const uint64_t words[2] = {uint64_t{1} << 32,                     // 1 segment of 1 word
+                                   (uint64_t{2} << 32) | (100u << 2)};    // struct 100 words on
+        std::memcpy(ring.data, header, sizeof(header));
+        std::memcpy(ring.data + 8, words, sizeof(words));
+        ring.control->head.store(24);
+        expected_reason = "outside the message";
+      }
       SECTION("stray data on the handshake socket") {
         REQUIRE(::send(conn->socket.get(), "hello?", 6, 0) == 6);
         expected_reason = "stray data";
