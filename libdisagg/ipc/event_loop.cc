@@ -233,7 +233,8 @@ absl::Status EventLoop::Run() {
     }
     // A loop that spins looks at the clock every 64th idle round (reading it costs more than a
     // look at the rings); one that does not spin goes to sleep at the first idle round.
-    const bool spinning = options_.spin > absl::ZeroDuration() || burst_spin_ > absl::ZeroDuration();
+    const bool spinning =
+        options_.spin > absl::ZeroDuration() || burst_spin_ > absl::ZeroDuration();
     if (spinning && ++idle_rounds % 64 != 0) {
       __builtin_ia32_pause();
       continue;

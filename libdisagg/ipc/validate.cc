@@ -130,7 +130,8 @@ const char* Describe(Problem p) {
     case Problem::kNone: return "no problem";
     case Problem::kOutOfBounds: return "points outside the message";
     case Problem::kFar: return "is a far pointer (a rack message is one segment)";
-    case Problem::kCapability: return "is a capability or reserved pointer (rack messages carry none)";
+    case Problem::kCapability:
+      return "is a capability or reserved pointer (rack messages carry none)";
     case Problem::kTooDeep: return "is nested deeper than the limit";
     case Problem::kTooBig: return "reaches more words than the traversal limit allows";
     case Problem::kBadTag: return "is a composite list whose tag is not a struct tag";

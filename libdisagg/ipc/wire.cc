@@ -59,7 +59,8 @@ absl::Status DecodeMessage(absl::Span<const uint64_t> words,
     return use(capnp::readMessageUnchecked<proto::Message>(
         reinterpret_cast<const capnp::word*>(segment.data())));
   } catch (const kj::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("malformed message: ", e.getDescription().cStr()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("malformed message: ", e.getDescription().cStr()));
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("malformed message: ", e.what()));
   }

@@ -23,8 +23,9 @@ inline constexpr int kNestingLimit = 16;
 // pointer in it against the frame's bounds with traversal and nesting limits, and calls
 // `use` with the root; a message that fails the check never reaches `use`. Single-segment
 // messages (all but the large ones) are checked by ValidateSegment (validate.h) and then read
-// without Cap'n Proto's per-message reader; others go through its checked reader. Any Cap'n Proto exception, from parsing or from inside `use`, is
-// returned as INVALID_ARGUMENT naming the problem. `use`'s own Status is passed through.
+// without Cap'n Proto's per-message reader; others go through its checked reader. Any Cap'n
+// Proto exception, from parsing or from inside `use`, is returned as INVALID_ARGUMENT naming
+// the problem. `use`'s own Status is passed through.
 absl::Status DecodeMessage(absl::Span<const uint64_t> words,
                            absl::FunctionRef<absl::Status(proto::Message::Reader)> use);
 
