@@ -1,7 +1,10 @@
 #include "ipc/ring.h"
 
+#include <sys/mman.h>
+
 #include <cstring>
 #include <memory>
+#include <random>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -156,6 +159,113 @@ TEST_CASE("The sleep protocol never misses a frame published before sleeping") {
   ring.reader.Awake();
   REQUIRE(ring.reader.PrepareToSleep());  // data waiting: do not sleep
   REQUIRE_FALSE(ring.writer.ConsumerSleeping());
+}
+
+// A ring whose data area sits between PROT_NONE guard pages, so that any access outside it
+// faults: a test that survives shows the ring stayed in bounds whatever the peer wrote.
+class FencedRing {
+ public:
+  static constexpr size_t kPage = 4096;
+  explicit FencedRing(size_t capacity) : capacity_(capacity), bytes_(capacity + 2 * kPage) {
+    void* p = ::mmap(nullptr, bytes_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(p != MAP_FAILED);
+    base_ = static_cast<uint8_t*>(p);
+    REQUIRE(::mprotect(base_ + kPage, capacity, PROT_READ | PROT_WRITE) == 0);
+    Reset();
+  }
+  ~FencedRing() { ::munmap(base_, bytes_); }
+
+  // A fresh pair of ends over zeroed memory, as after the peer was cut off and replaced.
+  void Reset() {
+    std::memset(data(), 0, capacity_);
+    control_.head.store(0);
+    control_.tail.store(0);
+    control_.consumer_sleeping.store(0);
+    writer_ = std::make_unique<RingWriter>(&control_, data(), capacity_);
+    reader_ = std::make_unique<RingReader>(&control_, data(), capacity_);
+  }
+  uint8_t* data() { return base_ + kPage; }
+  RingControl& control() { return control_; }
+  RingWriter& writer() { return *writer_; }
+  RingReader& reader() { return *reader_; }
+
+ private:
+  size_t capacity_;
+  size_t bytes_;
+  uint8_t* base_;
+  RingControl control_{};
+  std::unique_ptr<RingWriter> writer_;
+  std::unique_ptr<RingReader> reader_;
+};
+
+TEST_CASE("A reader fed random frames, bytes and indices stays inside its ring") {
+  constexpr size_t kCapacity = 4096;
+  FencedRing ring(kCapacity);
+  std::mt19937_64 rng(7);
+  std::vector<uint64_t> out;
+  size_t frames = 0, refusals = 0;
+  for (int round = 0; round < 200000; ++round) {
+    switch (rng() % 6) {
+      case 0:  // the peer scribbles a word anywhere in the data area
+        reinterpret_cast<uint64_t*>(ring.data())[rng() % (kCapacity / 8)] = rng();
+        break;
+      case 1: {  // ... or a well-tagged frame header of any length where the reader looks next
+        const uint32_t len =
+            static_cast<uint32_t>(rng() % 3 == 0 ? rng() : rng() % (2 * kCapacity));
+        const uint64_t header = uint64_t{len ^ kFrameTag} << 32 | len;
+        const uint64_t at = ring.control().tail.load() & (kCapacity - 1);
+        std::memcpy(ring.data() + at, &header, sizeof(header));
+        break;
+      }
+      case 2:  // ... or publishes any head
+        ring.control().head.store(rng() % 3 == 0 ? rng() : rng() % (4 * kCapacity));
+        break;
+      default:  // an honest frame now and then
+        (void)WriteWords(ring.writer(), Words(1 + rng() % 100, round));
+        break;
+    }
+    if (rng() % 8 == 0 && !ring.reader().PrepareToSleep()) ring.reader().Awake();
+    absl::StatusOr<bool> got = ring.reader().Read(out);
+    if (!got.ok()) {
+      REQUIRE(absl::IsDataLoss(got.status()));
+      ++refusals;
+      ring.Reset();
+      continue;
+    }
+    if (*got) {
+      ++frames;
+      REQUIRE(out.size() * 8 <= MaxPayloadFor(kCapacity));
+    }
+  }
+  INFO(frames << " frames read, " << refusals << " corruptions refused");
+  REQUIRE(frames > 1000);
+  REQUIRE(refusals > 1000);
+}
+
+TEST_CASE("A writer facing a random consumer tail stays inside its ring") {
+  constexpr size_t kCapacity = 4096;
+  FencedRing ring(kCapacity);
+  std::mt19937_64 rng(11);
+  size_t written = 0, refusals = 0;
+  for (int round = 0; round < 100000; ++round) {
+    if (rng() % 4 == 0) {
+      ring.control().tail.store(rng() % 3 == 0 ? rng() : rng() % (4 * kCapacity));
+    }
+    const absl::Status status = WriteWords(ring.writer(), Words(1 + rng() % 120, round));
+    if (status.ok()) {
+      ++written;
+    } else if (absl::IsDataLoss(status)) {
+      ++refusals;
+      ring.Reset();
+    } else {
+      REQUIRE(absl::IsResourceExhausted(status));
+      std::vector<uint64_t> out;
+      (void)ring.reader().Read(out);  // make room, as an honest reader would
+    }
+  }
+  INFO(written << " frames written, " << refusals << " impossible tails refused");
+  REQUIRE(written > 1000);
+  REQUIRE(refusals > 1000);
 }
 
 }  // namespace
