@@ -1,5 +1,7 @@
 #include "ipc/validate.h"
 
+#include <sys/mman.h>
+
 #include <capnp/message.h>
 #include <capnp/pretty-print.h>
 #include <capnp/serialize.h>
@@ -191,6 +193,37 @@ TEST_CASE("Whatever validation accepts, Cap'n Proto's checked reader reads the s
   INFO("accepted " << accepted << ", refused " << refused);
   REQUIRE(accepted > 1000);
   REQUIRE(refused > 1000);
+}
+
+TEST_CASE("Validation of random words never reads outside the segment") {
+  // guard page | data page | guard page: segments placed flush against either guard.
+  constexpr size_t kPage = 4096;
+  void* p = ::mmap(nullptr, 3 * kPage, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(p != MAP_FAILED);
+  auto* page = static_cast<uint8_t*>(p) + kPage;
+  REQUIRE(::mprotect(page, kPage, PROT_READ | PROT_WRITE) == 0);
+  std::mt19937_64 rng(99);
+  size_t accepted = 0;
+  for (int round = 0; round < 100000; ++round) {
+    const size_t words = 1 + rng() % 16;
+    uint64_t* begin = round % 2 == 0
+                          ? reinterpret_cast<uint64_t*>(page)
+                          : reinterpret_cast<uint64_t*>(page + kPage) - words;
+    for (size_t i = 0; i < words; ++i) {
+      // Mostly small struct and list pointers, so that many point somewhere plausible.
+      const uint64_t kind = rng() % 2;
+      const int32_t offset = static_cast<int32_t>(rng() % 33) - 16;
+      const uint64_t upper = rng() % 4 == 0 ? rng() >> 32 : rng() % 64 | (rng() % 4) << 16;
+      begin[i] = rng() % 8 == 0 ? rng()
+                                : upper << 32 | static_cast<uint32_t>(offset) << 2 | kind;
+    }
+    if (ValidateSegment(absl::MakeConstSpan(begin, words), kNestingLimit, kBudget).ok()) {
+      ++accepted;
+    }
+  }
+  ::munmap(p, 3 * kPage);
+  INFO(accepted << " of 100000 accepted");
+  REQUIRE(accepted > 1000);
 }
 
 TEST_CASE("Decoding refuses a frame whose segment table disagrees with its length") {
