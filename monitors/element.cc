@@ -43,6 +43,7 @@ absl::Status Element::OnMessage(ipc::Link& link, proto::Message::Reader message)
   const uint64_t seq = message.getSeq();
   switch (message.which()) {
     case proto::Message::PING: {
+      loop().Housekeeping();
       capnp::MallocMessageBuilder builder;
       auto pong = builder.initRoot<proto::Message>();
       pong.setSeq(seq);

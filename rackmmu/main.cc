@@ -23,7 +23,7 @@ absl::Status Run(const Options& options) {
   loop_options.spin = options.spin;
   auto loop = ipc::EventLoop::Create(loop_options);
   if (!loop.ok()) return loop.status();
-  RackMmu mmu;
+  RackMmu mmu(**loop);
   ipc::Hub hub(**loop, mmu, "mmu");
   if (absl::Status s = hub.Listen(SocketPath(options.run_dir, "mmu")); !s.ok()) return s;
   LOG(INFO) << "mmu: serving " << SocketPath(options.run_dir, "mmu");

@@ -32,6 +32,7 @@ absl::Status RackMmu::OnMessage(ipc::Link& link, proto::Message::Reader message)
     case proto::Message::STATUS_REQUEST:
       return HandleStatus(link, seq);
     case proto::Message::PING: {
+      loop_.Housekeeping();
       capnp::MallocMessageBuilder builder;
       auto pong = builder.initRoot<proto::Message>();
       pong.setSeq(seq);

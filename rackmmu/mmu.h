@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
+#include "ipc/event_loop.h"
 #include "ipc/hub.h"
 #include "memory_map.h"
 #include "registry.h"
@@ -16,7 +17,8 @@ namespace disagg::rackmmu {
 
 class RackMmu : public ipc::Hub::Handler {
  public:
-  RackMmu() = default;
+  // `loop` is the one the MMU's Hub runs on; it must outlive the MMU.
+  explicit RackMmu(ipc::EventLoop& loop) : loop_(loop) {}
 
   void OnOpen(ipc::Link& link) override { links_[link.id()] = &link; }
   absl::Status OnMessage(ipc::Link& link, proto::Message::Reader message) override;
@@ -57,6 +59,8 @@ class RackMmu : public ipc::Hub::Handler {
   absl::Status HandleHealthChange(ipc::Link& link, uint64_t seq,
                                   proto::HealthChange::Reader change);
   absl::Status HandleStatus(ipc::Link& link, uint64_t seq);
+
+  ipc::EventLoop& loop_;
 
   ElementRegistry registry_;
   MemoryMap memory_;

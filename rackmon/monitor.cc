@@ -79,6 +79,7 @@ absl::Status RackMonitor::OnMessage(ipc::Link& link, proto::Message::Reader mess
   const uint64_t seq = message.getSeq();
   switch (message.which()) {
     case proto::Message::PONG: {
+      loop_.Housekeeping();
       Watched* w = ByLink(link);
       if (w == nullptr || w->health == proto::Health::FAILED) return absl::OkStatus();
       w->ping_outstanding = false;

@@ -5,6 +5,7 @@
 #include <sys/signalfd.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "internal/logging.h"
@@ -216,7 +217,7 @@ bool EventLoop::RunPollers() {
 }
 
 absl::Status EventLoop::Run() {
-  absl::Time last_work = absl::Now();
+  absl::Time last_work = absl::InfinitePast();  // no work yet: nothing to spin for
   bool stamp_pending = false;
   uint32_t idle_rounds = 0;
   while (!stopped_) {
@@ -227,7 +228,8 @@ absl::Status EventLoop::Run() {
     if (stopped_) break;
     if (worked) {
       // The clock is read later, once idle: reading it costs more than a look at the rings.
-      stamp_pending = true;
+      // A turn of housekeeping alone (a heartbeat answered) starts no spin.
+      if (!std::exchange(housekeeping_, false)) stamp_pending = true;
       idle_rounds = 0;
       continue;
     }
@@ -265,7 +267,8 @@ absl::Status EventLoop::Run() {
         it->second->poller.awake();
       }
     }
-    last_work = absl::Now();
+    // The spin restarts only if what woke the loop is work (see above): a daemon woken by a
+    // heartbeat answers it and sleeps again.
   }
   return absl::OkStatus();
 }

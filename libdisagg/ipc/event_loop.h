@@ -67,6 +67,10 @@ class EventLoop {
   // (until the loop next sleeps): for work that tends to come in bursts, such as page traffic,
   // while heartbeats and other stray messages keep the short spin.
   void KeepSpinning(absl::Duration spin) { burst_spin_ = std::max(burst_spin_, spin); }
+  // Marks the current turn's work as housekeeping (a heartbeat answered): unless the turn also
+  // did other work that did not say so, it starts no spin, so an idle daemon sleeps between
+  // heartbeats instead of polling for `spin` after each.
+  void Housekeeping() { housekeeping_ = true; }
   bool stopped() const { return stopped_; }
 
  private:
@@ -95,6 +99,7 @@ class EventLoop {
   bool ring_ready_ = false;
   bool stopped_ = false;
   absl::Duration burst_spin_ = absl::ZeroDuration();  // see KeepSpinning
+  bool housekeeping_ = false;                          // see Housekeeping
   WatchId next_id_ = 1;
   absl::flat_hash_map<WatchId, std::unique_ptr<Entry>> entries_;
   std::vector<WatchId> poller_ids_;

@@ -6,6 +6,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <chrono>
+#include <thread>
+
 namespace disagg::ipc {
 namespace {
 
@@ -70,6 +73,38 @@ TEST_CASE("The event loop sleeps between pollers' work instead of spinning") {
   REQUIRE(sleeps >= 9);
   REQUIRE(wakes >= 9);
   REQUIRE(polls < 200000);
+}
+
+TEST_CASE("Housekeeping alone starts no spin: a loop woken by heartbeats sleeps between them") {
+  EventLoopOptions options = TestOptions();
+  options.spin = absl::Seconds(1);  // after real work it would poll for a whole second
+  auto loop = EventLoop::Create(options);
+  REQUIRE(loop.ok());
+  Fd beat(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  REQUIRE(beat.valid());
+  int sleeps = 0, beats = 0;
+  (*loop)->AddPoller({[] { return false; }, [&] { ++sleeps; return false; }, [] {}});
+  (*loop)->WatchFd(beat.get(), POLLIN, [&](int) {
+    uint64_t v;
+    (void)!::read(beat.get(), &v, sizeof(v));
+    (*loop)->Housekeeping();
+    if (++beats == 10) (*loop)->Stop();
+  });
+  std::thread heart([&] {
+    for (int i = 0; i < 10; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(3));
+      const uint64_t one = 1;
+      (void)!::write(beat.get(), &one, sizeof(one));
+    }
+  });
+  const auto start = std::chrono::steady_clock::now();
+  REQUIRE((*loop)->Run().ok());
+  heart.join();
+  REQUIRE(beats == 10);
+  // Asleep before each of the beats after the first; a spinning loop would not sleep at all
+  // within its one-second spin.
+  REQUIRE(sleeps >= 9);
+  REQUIRE(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
 }
 
 }  // namespace
