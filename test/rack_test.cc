@@ -167,6 +167,16 @@ TEST_CASE("scripts/rack refuses a taken name and bad arguments, starting nothing
       REQUIRE(rack.AllPids().empty());
     }
   }
+  SECTION("a daemon that refuses its flags: up fails at once with its reason, nothing left") {
+    const auto start = std::chrono::steady_clock::now();
+    REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 1K", &out) != 0);
+    INFO(out);
+    REQUIRE_THAT(out, Catch::Contains("cpu0 exited on start-up") &&
+                          Catch::Contains("--cache_budget=1K: must be at least 64K"));
+    REQUIRE(rack.AllPids().empty());
+    // Said as soon as it happened, not after the wait for health ran out (15 s).
+    REQUIRE(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
+  }
 }
 
 TEST_CASE("rackctl explains what is wrong instead of failing silently") {

@@ -56,8 +56,12 @@ int main(int argc, char** argv) {
   gflags::SetUsageMessage("memmon --run_dir=DIR --name=memN --pool_size=1G: a memory element");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   absl::StatusOr<uint64_t> pool = disagg::ParseSize(FLAGS_pool_size);
-  if (FLAGS_run_dir.empty() || FLAGS_name.empty() || argc != 1 || !pool.ok() || *pool == 0) {
-    fprintf(stderr, "memmon: --run_dir and --name are required; --pool_size: %s\n",
+  if (FLAGS_run_dir.empty() || FLAGS_name.empty() || argc != 1) {
+    fprintf(stderr, "memmon: --run_dir and --name are required, and nothing else\n");
+    return 2;
+  }
+  if (!pool.ok() || *pool == 0) {
+    fprintf(stderr, "memmon: --pool_size=%s: %s\n", FLAGS_pool_size.c_str(),
             pool.ok() ? "must be > 0" : std::string(pool.status().message()).c_str());
     return 2;
   }

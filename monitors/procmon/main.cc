@@ -48,9 +48,12 @@ int main(int argc, char** argv) {
   gflags::SetUsageMessage("procmon --run_dir=DIR --name=cpuN: a compute element");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   absl::StatusOr<uint64_t> budget = disagg::ParseSize(FLAGS_cache_budget);
-  if (FLAGS_run_dir.empty() || FLAGS_name.empty() || argc != 1 || !budget.ok() ||
-      *budget < (64 << 10)) {
-    fprintf(stderr, "procmon: --run_dir and --name are required; --cache_budget: %s\n",
+  if (FLAGS_run_dir.empty() || FLAGS_name.empty() || argc != 1) {
+    fprintf(stderr, "procmon: --run_dir and --name are required, and nothing else\n");
+    return 2;
+  }
+  if (!budget.ok() || *budget < (64 << 10)) {
+    fprintf(stderr, "procmon: --cache_budget=%s: %s\n", FLAGS_cache_budget.c_str(),
             budget.ok() ? "must be at least 64K" : std::string(budget.status().message()).c_str());
     return 2;
   }
