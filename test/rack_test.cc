@@ -1,11 +1,16 @@
 // A whole rack of real daemons: start-up, status, failure detection, tear-down.
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <sstream>
 #include <thread>
 
@@ -15,6 +20,24 @@
 
 namespace disagg::testing {
 namespace {
+
+// Processes whose command line names run directory `dir` (found by scanning /proc).
+std::vector<pid_t> PidsRunningIn(const std::string& dir) {
+  std::vector<pid_t> pids;
+  const std::string flag = "--run_dir=" + dir;
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) return pids;
+  while (dirent* entry = ::readdir(proc)) {
+    const pid_t pid = static_cast<pid_t>(std::atoi(entry->d_name));
+    if (pid <= 0 || !ProcessAlive(pid)) continue;
+    std::ifstream cmdline(std::string("/proc/") + entry->d_name + "/cmdline");
+    std::string args((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
+    std::replace(args.begin(), args.end(), '\0', ' ');
+    if (args.find(flag + " ") != std::string::npos || args.ends_with(flag + " ")) pids.push_back(pid);
+  }
+  ::closedir(proc);
+  return pids;
+}
 
 bool AllGone(const std::vector<pid_t>& pids) {
   for (pid_t pid : pids) {
@@ -176,6 +199,12 @@ TEST_CASE("scripts/rack refuses a taken name and bad arguments, starting nothing
     REQUIRE(rack.AllPids().empty());
     // Said as soon as it happened, not after the wait for health ran out (15 s).
     REQUIRE(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
+  }
+  SECTION("... also when whoever reads its output stops reading at once") {
+    RunCommand(std::string("DISAGG_BIN=") + DISAGG_BIN_DIR + " " + DISAGG_SOURCE_DIR +
+               "/scripts/rack up --dir " + rack.dir() +
+               " --compute 1 --memory 1 --pool-size 16M --cache-budget 1K 2>&1 | head -c 1");
+    REQUIRE(PidsRunningIn(rack.dir()).empty());
   }
 }
 
