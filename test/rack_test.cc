@@ -33,7 +33,7 @@ std::vector<pid_t> PidsRunningIn(const std::string& dir) {
     std::ifstream cmdline(std::string("/proc/") + entry->d_name + "/cmdline");
     std::string args((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
     std::replace(args.begin(), args.end(), '\0', ' ');
-    if (args.find(flag + " ") != std::string::npos || args.ends_with(flag + " ")) pids.push_back(pid);
+    if (args.find(flag + " ") != std::string::npos) pids.push_back(pid);
   }
   ::closedir(proc);
   return pids;
