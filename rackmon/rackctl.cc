@@ -1,11 +1,14 @@
 // rackctl: the rack's command-line client.
 //   rackctl status [--json]     one row per element (from the rack monitor), one per process
 //                               (from the Rack MMU and the compute elements)
-//   rackctl run --on cpuN -- PROGRAM ARGS   runs PROGRAM on compute element cpuN
+//   rackctl run --on cpuN -- PROGRAM ARGS   runs PROGRAM on compute element cpuN (procmon
+//                                           starts it; rackctl waits and passes signals on)
 // The rack is the run directory given by --rack, else $DISAGG_RACK.
 #include <gflags/gflags.h>
 
 #include <limits.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -20,6 +23,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "internal/daemon.h"
 #include "internal/status_macros.h"
 #include "ipc/client.h"
@@ -37,8 +41,10 @@ constexpr char kUsage[] =
     "usage: rackctl [--rack DIR] COMMAND\n"
     "  status [--json]   show every element of the rack and its health, and its processes\n"
     "  run --on ELEMENT -- PROGRAM [ARGS...]\n"
-    "                    run PROGRAM on compute element ELEMENT (it joins the rack with\n"
-    "                    libdisagg: DISAGG_RACK and DISAGG_ELEMENT are set for it)\n";
+    "                    run PROGRAM on compute element ELEMENT, as a child of its procmon\n"
+    "                    with this terminal's stdio (it joins the rack with libdisagg:\n"
+    "                    DISAGG_RACK and DISAGG_ELEMENT are set for it); wait for it and\n"
+    "                    end as it ends; signals to rackctl are passed on to it\n";
 
 std::string JsonString(const std::string& s) {
   std::string out = "\"";
@@ -195,10 +201,28 @@ absl::Status Status(const std::string& rack) {
   });
 }
 
-// Replaces rackctl with `argv` running on compute element `element`: checks that the element
-// is a healthy compute element of the rack and sets the environment libdisagg joins by.
-absl::Status Run(const std::string& rack, const std::string& element, char** argv) {
+// The program's path as the shell would find it: as given if it names a directory, else the
+// first executable of that name on $PATH.
+absl::StatusOr<std::string> FindProgram(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
+  const char* path = std::getenv("PATH");
+  for (absl::string_view dir : absl::StrSplit(path != nullptr ? path : "/usr/bin:/bin", ':')) {
+    const std::string candidate = absl::StrCat(dir.empty() ? "." : dir, "/", name);
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return absl::NotFoundError(absl::StrCat("cannot run ", name, ": not found on $PATH"));
+}
+
+// Set by the signals rackctl passes on to its program.
+volatile sig_atomic_t g_pending_signal = 0;
+extern "C" void NoteSignal(int sig) { g_pending_signal = sig; }
+
+// Runs `argv` on compute element `element` as a child of its procmon, with rackctl's own
+// stdin, stdout and stderr, and waits for it: returns its exit code (a program that a signal
+// ended ends rackctl with the same signal). SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed on.
+absl::StatusOr<int> Run(const std::string& rack, const std::string& element, char** argv) {
   bool found = false;
+  pid_t procmon = 0;
   std::string compute;
   RETURN_IF_ERROR(AskStatus(rack, "mon", [&](proto::RackStatus::Reader status) {
     for (auto e : status.getElements()) {
@@ -210,6 +234,7 @@ absl::Status Run(const std::string& rack, const std::string& element, char** arg
                                                      ipc::HealthName(e.getHealth())));
         }
         found = true;
+        procmon = static_cast<pid_t>(e.getPid());
       }
     }
     return absl::OkStatus();
@@ -218,12 +243,65 @@ absl::Status Run(const std::string& rack, const std::string& element, char** arg
     return absl::NotFoundError(absl::StrCat("the rack has no compute element '", element,
                                             "' (it has: ", compute.empty() ? "none" : compute, ")"));
   }
-  char resolved[PATH_MAX];
-  const std::string dir = realpath(rack.c_str(), resolved) != nullptr ? resolved : rack;
-  setenv("DISAGG_RACK", dir.c_str(), 1);
-  setenv("DISAGG_ELEMENT", element.c_str(), 1);
-  execvp(argv[0], argv);
-  return absl::NotFoundError(absl::StrCat("cannot run ", argv[0], ": ", std::strerror(errno)));
+  ASSIGN_OR_RETURN(const std::string program, FindProgram(argv[0]));
+  // The element copies our fds 0-2 for the program (pidfd_getfd); where Yama restricts that
+  // to ancestors, this lets the element do it.
+  (void)::prctl(PR_SET_PTRACER, procmon, 0, 0, 0);
+  ASSIGN_OR_RETURN(ipc::Client client,
+                   ipc::Client::Connect(absl::StrCat(rack, "/", element, ".sock")));
+  client.set_spin(absl::ZeroDuration());
+
+  capnp::MallocMessageBuilder builder;
+  auto root = builder.initRoot<proto::Message>();
+  auto launch = root.initLaunch();
+  size_t argc = 0;
+  while (argv[argc] != nullptr) ++argc;
+  auto args = launch.initArgv(argc);
+  args.set(0, program);
+  for (size_t i = 1; i < argc; ++i) args.set(i, argv[i]);
+  size_t envc = 0;
+  while (environ[envc] != nullptr) ++envc;
+  auto env = launch.initEnv(envc);
+  for (size_t i = 0; i < envc; ++i) env.set(i, environ[i]);
+  char cwd[PATH_MAX];
+  if (::getcwd(cwd, sizeof(cwd)) == nullptr) return absl::InternalError("getcwd failed");
+  launch.setCwd(cwd);
+  auto stdio = launch.initStdio(3);
+  for (int i = 0; i < 3; ++i) stdio.set(i, i);
+
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) ::signal(sig, NoteSignal);
+  ASSIGN_OR_RETURN(const uint64_t seq, client.Send(builder, root));
+  RETURN_IF_ERROR(client.Await(seq, [](proto::Message::Reader) { return absl::OkStatus(); }));
+  int code = -1, ended_by = 0;
+  while (code < 0) {
+    absl::Status status = client.Await(
+        seq,
+        [&](proto::Message::Reader reply) {
+          if (!reply.isExited()) return absl::OkStatus();
+          code = reply.getExited().getExitCode();
+          ended_by = reply.getExited().getSignal();
+          return absl::OkStatus();
+        },
+        absl::Milliseconds(50));
+    if (absl::IsUnavailable(status)) {
+      return absl::UnavailableError(absl::StrCat("compute element ", element,
+                                                 " is gone; the program ended with it"));
+    }
+    if (!status.ok() && !absl::IsDeadlineExceeded(status)) return status;
+    if (const int sig = g_pending_signal; sig != 0 && code < 0) {
+      g_pending_signal = 0;
+      capnp::MallocMessageBuilder message;
+      auto signal_root = message.initRoot<proto::Message>();
+      signal_root.initSignalProgram().setSignal(sig);
+      RETURN_IF_ERROR(client.Send(message, signal_root).status());
+    }
+  }
+  if (ended_by != 0) {  // end the same way, so that a shell sees what happened
+    ::signal(ended_by, SIG_DFL);
+    ::raise(ended_by);
+    return 128 + ended_by;
+  }
+  return code;
 }
 
 int Main(int argc, char** argv) {
@@ -258,7 +336,9 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr, "rackctl: run needs --on ELEMENT and -- PROGRAM\n%s", kUsage);
       return 2;
     }
-    status = Run(rack, FLAGS_on, program);
+    absl::StatusOr<int> code = Run(rack, FLAGS_on, program);
+    if (code.ok()) return *code;
+    status = code.status();
   } else {
     std::fprintf(stderr, "rackctl: unknown command or arguments: %s\n%s", command.c_str(), kUsage);
     return 2;

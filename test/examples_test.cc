@@ -1,11 +1,16 @@
 // The examples, run as a user runs them: `rackctl run --on cpuN -- PROGRAM` on a private rack.
+#include <dirent.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <catch2/catch.hpp>
 
@@ -33,6 +38,99 @@ TEST_CASE("rackctl run starts hello on a compute element, which maps, writes, fl
     REQUIRE(out.find("no compute element 'cpu7' (it has: cpu0, cpu1)") != std::string::npos);
     REQUIRE(RunCommand(RunOn(rack, "cpu0", "/nonexistent/prog"), &out) != 0);
     REQUIRE(out.find("cannot run /nonexistent/prog") != std::string::npos);
+  }
+}
+
+// Live children of `parent` (from /proc/*/stat).
+std::vector<pid_t> ChildrenOf(pid_t parent) {
+  std::vector<pid_t> out;
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) return out;
+  while (dirent* entry = ::readdir(proc)) {
+    const pid_t pid = static_cast<pid_t>(std::atoi(entry->d_name));
+    if (pid <= 0) continue;
+    std::ifstream stat(std::string("/proc/") + entry->d_name + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const size_t paren = line.rfind(')');
+    if (paren == std::string::npos) continue;
+    char state = 0;
+    int ppid = 0;
+    if (std::sscanf(line.c_str() + paren + 1, " %c %d", &state, &ppid) == 2 && ppid == parent &&
+        state != 'Z') {
+      out.push_back(pid);
+    }
+  }
+  ::closedir(proc);
+  return out;
+}
+
+// Starts `rackctl run --on cpu0 -- sleep 30` and returns its pid once the program runs;
+// `program` is the sleep's pid.
+pid_t StartSleeper(const TestRack& rack, pid_t& program) {
+  const pid_t procmon = rack.Pid("cpu0");
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::execl(Bin("rackctl").c_str(), "rackctl", "--rack", rack.dir().c_str(), "run", "--on", "cpu0",
+            "--", "sleep", "30", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  for (int i = 0; i < 500 && ChildrenOf(procmon).empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const std::vector<pid_t> children = ChildrenOf(procmon);
+  program = children.size() == 1 ? children[0] : 0;
+  return child;
+}
+
+TEST_CASE("rackctl run makes the program a child of its compute element that ends as it ends") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 1M") == 0);
+  const pid_t procmon = rack.Pid("cpu0");
+  std::string out;
+  SECTION("its parent, environment, exit code and stdin") {
+    REQUIRE(RunCommand(RunOn(rack, "cpu0",
+                             "/bin/sh -c 'echo parent=$PPID element=$DISAGG_ELEMENT; exit 7'"),
+                       &out) == 7);
+    REQUIRE(out == "parent=" + std::to_string(procmon) + " element=cpu0\n");
+    REQUIRE(RunCommand("echo through stdin | " + RunOn(rack, "cpu0", "cat"), &out) == 0);
+    REQUIRE(out == "through stdin\n");
+  }
+  SECTION("a signal to rackctl reaches the program, and rackctl ends by the same signal") {
+    pid_t program = 0;
+    const pid_t rackctl = StartSleeper(rack, program);
+    REQUIRE(program > 0);
+    REQUIRE(::kill(rackctl, SIGTERM) == 0);
+    int status = 0;
+    REQUIRE(::waitpid(rackctl, &status, 0) == rackctl);
+    REQUIRE(WIFSIGNALED(status));
+    REQUIRE(WTERMSIG(status) == SIGTERM);
+    REQUIRE_FALSE(ProcessAlive(program));
+  }
+  SECTION("rackctl killed outright: the element ends the program") {
+    pid_t program = 0;
+    const pid_t rackctl = StartSleeper(rack, program);
+    REQUIRE(program > 0);
+    REQUIRE(::kill(rackctl, SIGKILL) == 0);
+    REQUIRE(::waitpid(rackctl, nullptr, 0) == rackctl);
+    for (int i = 0; i < 500 && ProcessAlive(program); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    REQUIRE_FALSE(ProcessAlive(program));
+  }
+  SECTION("the compute element dies: the program dies with it, and rackctl says so") {
+    pid_t program = 0;
+    const pid_t rackctl = StartSleeper(rack, program);
+    REQUIRE(program > 0);
+    REQUIRE(::kill(procmon, SIGKILL) == 0);
+    int status = 0;
+    REQUIRE(::waitpid(rackctl, &status, 0) == rackctl);
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) == 1);
+    for (int i = 0; i < 500 && ProcessAlive(program); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    REQUIRE_FALSE(ProcessAlive(program));
   }
 }
 

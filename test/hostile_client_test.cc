@@ -1,5 +1,6 @@
 // Clients that break the protocol are cut off with a logged reason; the daemon serves on.
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -258,6 +259,59 @@ TEST_CASE("Remote-memory requests out of protocol are refused, and the daemons s
     REQUIRE(row.state != "failed");
     REQUIRE(rack.WaitForState(name, "healthy"));
   }
+}
+
+TEST_CASE("Launch requests out of protocol are refused with a reason, and procmon serves on") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 1M") == 0);
+  auto client = ipc::Client::Connect(rack.Socket("cpu0"));
+  REQUIRE(client.ok());
+  capnp::MallocMessageBuilder builder;
+  auto root = builder.initRoot<proto::Message>();
+  auto launch = root.initLaunch();
+  launch.initArgv(1).set(0, "/bin/true");
+  launch.setCwd("/");
+  auto stdio = launch.initStdio(3);
+  for (int i = 0; i < 3; ++i) stdio.set(i, i);
+  absl::StatusCode code = absl::StatusCode::kOk;
+  std::string reason;
+  SECTION("no program") {
+    launch.initArgv(0);
+    code = absl::StatusCode::kInvalidArgument;
+    reason = "names no program";
+  }
+  SECTION("two fds instead of three") {
+    launch.initStdio(2);
+    code = absl::StatusCode::kInvalidArgument;
+    reason = "not 3";
+  }
+  SECTION("an fd the caller does not have") {
+    launch.getStdio().set(1, 999);
+    code = absl::StatusCode::kInvalidArgument;
+    reason = "cannot take the caller's fd 999";
+  }
+  SECTION("a relative working directory") {
+    launch.setCwd("tmp");
+    code = absl::StatusCode::kInvalidArgument;
+    reason = "absolute";
+  }
+  SECTION("a program that does not exist") {
+    launch.getArgv().set(0, "/nonexistent/prog");
+    code = absl::StatusCode::kNotFound;
+    reason = "cannot run /nonexistent/prog";
+  }
+  SECTION("a signal with no program to receive it") {
+    root.initSignalProgram().setSignal(SIGTERM);
+    code = absl::StatusCode::kFailedPrecondition;
+    reason = "runs no program";
+  }
+  const absl::Status status =
+      client->Call(builder, root, [](proto::Message::Reader) { return absl::OkStatus(); });
+  INFO(status);
+  REQUIRE(status.code() == code);
+  REQUIRE_THAT(std::string(status.message()), Catch::Contains(reason));
+  RequireServing(rack.Socket("cpu0"));
+  REQUIRE(rack.WaitForState("cpu0", "healthy"));
 }
 
 }  // namespace

@@ -168,6 +168,32 @@ struct CacheUsage {
   cachedBytes @0 :UInt64;
 }
 
+# rackctl -> compute element: start a program on the element, as its child. The caller's
+# standard fds are taken with pidfd_getfd (the caller lets the element do so with
+# PR_SET_PTRACER). Answered with launched, then, when the program ends, with exited under the
+# same seq.
+struct Launch {
+  argv @0 :List(Text);          # argv[0]: the program's path (relative to cwd if not absolute)
+  env @1 :List(Text);           # NAME=value; the element adds DISAGG_RACK and DISAGG_ELEMENT
+  cwd @2 :Text;
+  stdio @3 :List(Int32);        # the caller's fds that become the program's 0, 1 and 2
+}
+
+struct Launched {
+  pid @0 :UInt32;
+}
+
+struct Exited {
+  pid @0 :UInt32;
+  exitCode @1 :Int32;           # if it exited
+  signal @2 :Int32;             # if a signal ended it (then exitCode is 0)
+}
+
+# rackctl -> compute element: deliver a signal to the program this connection launched.
+struct SignalProgram {
+  signal @0 :Int32;
+}
+
 # Application <-> memory element: one page at a time.
 struct ReadPage {
   vpage @0 :UInt64;
@@ -204,6 +230,10 @@ struct Message {
     attach @21 :Attach;
     cacheQuota @22 :CacheQuota;
     cacheUsage @23 :CacheUsage;
+    launch @24 :Launch;
+    launched @25 :Launched;
+    exited @26 :Exited;
+    signalProgram @27 :SignalProgram;
   }
 }
 

@@ -1,5 +1,8 @@
 #include "compute_element.h"
 
+#include <limits.h>
+#include <stdlib.h>
+
 #include <capnp/message.h>
 
 #include <algorithm>
@@ -11,14 +14,24 @@
 namespace disagg::procmon {
 namespace {
 constexpr uint64_t kPageBytes = 4096;
+
+// What a program launched here finds in its environment to join the rack by.
+std::vector<std::string> ProgramEnvironment(const ElementOptions& options) {
+  char resolved[PATH_MAX];
+  const std::string rack =
+      ::realpath(options.run_dir.c_str(), resolved) != nullptr ? resolved : options.run_dir;
+  return {"DISAGG_RACK=" + rack, "DISAGG_ELEMENT=" + options.name};
 }
+
+}  // namespace
 
 ComputeElement::ComputeElement(ipc::EventLoop& loop, ElementOptions options)
     : Element(loop, [&] {
         options.used_bytes = [this] { return CachedBytes(); };
         return std::move(options);
       }()),
-      budget_pages_(this->options().capacity_bytes / kPageBytes) {}
+      budget_pages_(this->options().capacity_bytes / kPageBytes),
+      launcher_(loop, this->options().name, ProgramEnvironment(this->options())) {}
 
 uint64_t ComputeElement::CachedBytes() const {
   uint64_t total = 0;
@@ -35,6 +48,10 @@ absl::Status ComputeElement::HandleOther(ipc::Link& link, proto::Message::Reader
       return HandleUsage(link, seq, message.getCacheUsage());
     case proto::Message::STATUS_REQUEST:
       return HandleStatus(link, seq);
+    case proto::Message::LAUNCH:
+      return launcher_.HandleLaunch(link, seq, message.getLaunch());
+    case proto::Message::SIGNAL_PROGRAM:
+      return launcher_.HandleSignal(link, seq, message.getSignalProgram());
     default:
       return Element::HandleOther(link, message);
   }
@@ -124,6 +141,7 @@ void ComputeElement::Rebalance() {
 }
 
 void ComputeElement::LinkClosed(ipc::Link& link) {
+  launcher_.LinkClosed(link);
   auto it = processes_.find(link.id());
   if (it == processes_.end()) return;
   LOG(INFO) << options().name << ": " << link.label() << " left";

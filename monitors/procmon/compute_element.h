@@ -7,6 +7,7 @@
 // and keeps its old quota in the sum until it answers that its cache fits; what that frees
 // goes to processes below their share. A new process may therefore start with a quota of 0
 // and grow as the others shrink.
+// Programs started with `rackctl run` are procmon's children: see Launcher.
 // Single-threaded, on the element's loop.
 #ifndef DISAGG_MONITORS_PROCMON_COMPUTE_ELEMENT_H_
 #define DISAGG_MONITORS_PROCMON_COMPUTE_ELEMENT_H_
@@ -17,6 +18,7 @@
 #include <string>
 
 #include "element.h"
+#include "launcher.h"
 
 namespace disagg::procmon {
 
@@ -55,6 +57,7 @@ class ComputeElement : public Element {
   const uint64_t budget_pages_;
   std::map<uint64_t, Process> processes_;  // by link id, in order of attaching
   uint64_t next_seq_ = 1;
+  Launcher launcher_;
 };
 
 }  // namespace disagg::procmon

@@ -1,0 +1,276 @@
+#include "launcher.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <capnp/message.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "internal/logging.h"
+
+#ifndef P_PIDFD
+#define P_PIDFD 3  // Linux 5.4; older glibc headers lack the name
+#endif
+
+namespace disagg::procmon {
+namespace {
+
+// Debian 12's <sys/pidfd.h> declares these without C linkage; the system calls are direct.
+int PidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+int PidfdGetfd(int pidfd, int fd) {
+  return static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, fd, 0));
+}
+int PidfdSignal(int pidfd, int sig) {
+  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
+}
+
+constexpr size_t kMaxStrings = 4096;  // argv or env entries in one request
+
+// A Text field as a C string, refused if it carries a NUL inside (exec would cut it there).
+absl::StatusOr<std::string> CString(capnp::Text::Reader text, const char* what) {
+  std::string s(text.cStr(), text.size());
+  if (s.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " contains a NUL byte"));
+  }
+  return s;
+}
+
+absl::StatusOr<std::vector<std::string>> Strings(capnp::List<capnp::Text>::Reader list,
+                                                 const char* what) {
+  if (list.size() > kMaxStrings) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " has ", list.size(), " entries (limit ", kMaxStrings, ")"));
+  }
+  std::vector<std::string> out;
+  out.reserve(list.size());
+  for (auto text : list) {
+    absl::StatusOr<std::string> s = CString(text, what);
+    if (!s.ok()) return s.status();
+    out.push_back(*std::move(s));
+  }
+  return out;
+}
+
+std::vector<char*> CArray(std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  for (auto& s : strings) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+// What the child reports through its close-on-exec pipe when it cannot start the program.
+struct SpawnFailure {
+  int stage;  // 0: chdir, 1: exec
+  int error;
+};
+
+}  // namespace
+
+Launcher::Launcher(ipc::EventLoop& loop, std::string element,
+                   std::vector<std::string> env_additions)
+    : loop_(loop), element_(std::move(element)), env_additions_(std::move(env_additions)) {}
+
+Launcher::~Launcher() {
+  // The programs end with procmon (PR_SET_PDEATHSIG); only the watches are ours to drop.
+  for (auto& [pid, program] : programs_) loop_.Unwatch(program.watch);
+}
+
+absl::Status Launcher::HandleLaunch(ipc::Link& link, uint64_t seq,
+                                    proto::Launch::Reader request) {
+  auto refuse = [&](const absl::Status& why) {
+    LOG(WARNING) << element_ << ": refused to launch for " << link.label() << ": " << why;
+    return link.ReplyError(seq, why);
+  };
+  // The program runs as procmon's user: only that user (or root) may start one.
+  if (link.peer().uid != ::getuid() && link.peer().uid != 0) {
+    return refuse(absl::PermissionDeniedError(absl::StrCat(
+        element_, ": uid ", link.peer().uid, " may not start programs as uid ", ::getuid())));
+  }
+  if (program_by_link_.count(link.id()) != 0) {
+    return refuse(absl::FailedPreconditionError(
+        absl::StrCat(element_, ": this connection already runs a program")));
+  }
+  absl::StatusOr<std::vector<std::string>> argv = Strings(request.getArgv(), "argv");
+  if (!argv.ok()) return refuse(argv.status());
+  if (argv->empty() || (*argv)[0].empty()) {
+    return refuse(absl::InvalidArgumentError("argv names no program"));
+  }
+  absl::StatusOr<std::vector<std::string>> env = Strings(request.getEnv(), "env");
+  if (!env.ok()) return refuse(env.status());
+  absl::StatusOr<std::string> cwd = CString(request.getCwd(), "cwd");
+  if (!cwd.ok()) return refuse(cwd.status());
+  if (cwd->empty() || (*cwd)[0] != '/') {
+    return refuse(absl::InvalidArgumentError("cwd must be an absolute path"));
+  }
+  auto stdio = request.getStdio();
+  if (stdio.size() != 3) {
+    return refuse(absl::InvalidArgumentError(
+        absl::StrCat("stdio names ", stdio.size(), " fds, not 3")));
+  }
+  ipc::Fd fds[3];
+  for (int i = 0; i < 3; ++i) {
+    const int fd = stdio[i];
+    if (fd < 0) return refuse(absl::InvalidArgumentError(absl::StrCat("stdio fd ", fd)));
+    fds[i] = ipc::Fd(PidfdGetfd(link.peer().pidfd.get(), fd));
+    if (!fds[i].valid()) {
+      const int error = errno;
+      const std::string why =
+          absl::StrCat(element_, ": cannot take the caller's fd ", fd, ": ", std::strerror(error));
+      if (error == EBADF) return refuse(absl::InvalidArgumentError(why));
+      return refuse(absl::PermissionDeniedError(
+          absl::StrCat(why, " (the caller must allow it with PR_SET_PTRACER, as rackctl does)")));
+    }
+  }
+  // The caller's environment, with the element's own entries instead of any of the same name.
+  std::vector<std::string> environment;
+  for (auto& entry : *env) {
+    bool replaced = false;
+    for (const auto& add : env_additions_) {
+      replaced |= absl::StartsWith(entry, add.substr(0, add.find('=') + 1));
+    }
+    if (!replaced) environment.push_back(std::move(entry));
+  }
+  environment.insert(environment.end(), env_additions_.begin(), env_additions_.end());
+
+  absl::StatusOr<pid_t> pid = Spawn(*argv, environment, *cwd, fds);
+  if (!pid.ok()) return refuse(pid.status());
+  ipc::Fd pidfd(PidfdOpen(*pid));
+  CHECK(pidfd.valid()) << "pidfd_open of our own child " << *pid << ": " << std::strerror(errno);
+  Program& program = programs_[*pid];
+  program.pid = *pid;
+  program.launcher = &link;
+  program.seq = seq;
+  program.watch = loop_.WatchFd(pidfd.get(), POLLIN, [this, p = *pid](int) { Reap(p); });
+  program.pidfd = std::move(pidfd);
+  program_by_link_[link.id()] = *pid;
+  LOG(INFO) << element_ << ": started " << (*argv)[0] << " as pid " << *pid << " for "
+            << link.label();
+  capnp::MallocMessageBuilder reply;
+  auto root = reply.initRoot<proto::Message>();
+  root.setSeq(seq);
+  root.initLaunched().setPid(static_cast<uint32_t>(*pid));
+  return link.Send(reply);
+}
+
+absl::StatusOr<pid_t> Launcher::Spawn(const std::vector<std::string>& argv_strings,
+                                      const std::vector<std::string>& env_strings,
+                                      const std::string& cwd, const ipc::Fd (&stdio)[3]) {
+  // Everything the child needs is made before fork: after it, only async-signal-safe calls.
+  std::vector<std::string> argv_copy = argv_strings, env_copy = env_strings;
+  std::vector<char*> argv = CArray(argv_copy), env = CArray(env_copy);
+  int report[2];
+  if (::pipe2(report, O_CLOEXEC) != 0) return absl::InternalError("pipe2 failed");
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(report[0]);
+    ::close(report[1]);
+    return absl::ResourceExhaustedError(absl::StrCat("fork: ", std::strerror(errno)));
+  }
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // a process does not outlive its compute element
+    if (::getppid() != parent) ::_exit(127);
+    ::setpgid(0, 0);
+    for (int i = 0; i < 3; ++i) ::dup2(stdio[i].get(), i);  // the copies are all >= 3
+    ::dup3(report[1], 3, O_CLOEXEC);
+    ::close_range(4, ~0U, 0);
+    for (int sig = 1; sig < NSIG; ++sig) ::signal(sig, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the loop blocks SIGTERM and SIGINT
+    SpawnFailure failure{0, 0};
+    if (::chdir(cwd.c_str()) == 0) {
+      ::execve(argv[0], argv.data(), env.data());
+      failure.stage = 1;
+    }
+    failure.error = errno;
+    (void)!::write(3, &failure, sizeof(failure));
+    ::_exit(127);
+  }
+  ::close(report[1]);
+  SpawnFailure failure;
+  ssize_t n;
+  do {
+    n = ::read(report[0], &failure, sizeof(failure));  // EOF: the exec went through
+  } while (n < 0 && errno == EINTR);
+  ::close(report[0]);
+  if (n == sizeof(failure)) {
+    ::waitpid(pid, nullptr, 0);
+    return absl::NotFoundError(failure.stage == 0
+                                   ? absl::StrCat("cannot enter ", cwd, ": ",
+                                                  std::strerror(failure.error))
+                                   : absl::StrCat("cannot run ", argv_strings[0], ": ",
+                                                  std::strerror(failure.error)));
+  }
+  return pid;
+}
+
+void Launcher::Reap(pid_t pid) {
+  auto it = programs_.find(pid);
+  if (it == programs_.end()) return;
+  Program& program = it->second;
+  siginfo_t info{};
+  if (::waitid(static_cast<idtype_t>(P_PIDFD), program.pidfd.get(), &info, WEXITED | WNOHANG) !=
+          0 ||
+      info.si_pid == 0) {
+    return;  // not ended after all
+  }
+  const bool exited = info.si_code == CLD_EXITED;
+  LOG(INFO) << element_ << ": pid " << pid << (exited ? " exited with " : " ended by signal ")
+            << info.si_status;
+  if (program.launcher != nullptr) {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<proto::Message>();
+    root.setSeq(program.seq);
+    auto body = root.initExited();
+    body.setPid(static_cast<uint32_t>(pid));
+    body.setExitCode(exited ? info.si_status : 0);
+    body.setSignal(exited ? 0 : info.si_status);
+    absl::Status sent = program.launcher->Send(message);
+    if (!sent.ok()) LOG(WARNING) << element_ << ": " << sent;
+    program_by_link_.erase(program.launcher->id());
+  }
+  loop_.Unwatch(program.watch);  // before the pidfd closes
+  programs_.erase(it);
+}
+
+absl::Status Launcher::HandleSignal(ipc::Link& link, uint64_t seq,
+                                    proto::SignalProgram::Reader request) {
+  auto it = program_by_link_.find(link.id());
+  if (it == program_by_link_.end()) {
+    return link.ReplyError(seq, absl::FailedPreconditionError(
+                                    absl::StrCat(element_, ": this connection runs no program")));
+  }
+  const int sig = request.getSignal();
+  if (sig <= 0 || sig >= NSIG) {
+    return link.ReplyError(seq, absl::InvalidArgumentError(absl::StrCat("no signal ", sig)));
+  }
+  if (PidfdSignal(programs_[it->second].pidfd.get(), sig) != 0) {
+    return link.ReplyError(seq, absl::InternalError(absl::StrCat(
+                                    "pidfd_send_signal: ", std::strerror(errno))));
+  }
+  return link.ReplyOk(seq);
+}
+
+void Launcher::LinkClosed(ipc::Link& link) {
+  auto it = program_by_link_.find(link.id());
+  if (it == program_by_link_.end()) return;
+  Program& program = programs_[it->second];
+  program.launcher = nullptr;
+  program_by_link_.erase(it);
+  LOG(INFO) << element_ << ": the launcher of pid " << program.pid
+            << " hung up: sending it SIGTERM";
+  PidfdSignal(program.pidfd.get(), SIGTERM);
+}
+
+}  // namespace disagg::procmon
