@@ -65,6 +65,14 @@ std::vector<pid_t> ChildrenOf(pid_t parent) {
   return out;
 }
 
+// True once `pid` is gone (or a zombie), within 5 s.
+bool GoneWithin5s(pid_t pid) {
+  for (int i = 0; i < 500 && ProcessAlive(pid); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return !ProcessAlive(pid);
+}
+
 // Starts `rackctl run --on cpu0 -- sleep 30` and returns its pid once the program runs;
 // `program` is the sleep's pid.
 pid_t StartSleeper(const TestRack& rack, pid_t& program) {
@@ -113,10 +121,7 @@ TEST_CASE("rackctl run makes the program a child of its compute element that end
     REQUIRE(program > 0);
     REQUIRE(::kill(rackctl, SIGKILL) == 0);
     REQUIRE(::waitpid(rackctl, nullptr, 0) == rackctl);
-    for (int i = 0; i < 500 && ProcessAlive(program); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    REQUIRE_FALSE(ProcessAlive(program));
+    REQUIRE(GoneWithin5s(program));
   }
   SECTION("the compute element dies: the program dies with it, and rackctl says so") {
     pid_t program = 0;
@@ -127,10 +132,7 @@ TEST_CASE("rackctl run makes the program a child of its compute element that end
     REQUIRE(::waitpid(rackctl, &status, 0) == rackctl);
     REQUIRE(WIFEXITED(status));
     REQUIRE(WEXITSTATUS(status) == 1);
-    for (int i = 0; i < 500 && ProcessAlive(program); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    REQUIRE_FALSE(ProcessAlive(program));
+    REQUIRE(GoneWithin5s(program));
   }
 }
 

@@ -46,6 +46,18 @@ bool CutOff(Connection& conn, int timeout_ms = 10000) {
 }
 
 // A well-behaved client still gets an echo back.
+// The rack has `elements` elements, none failed, all healthy again within the wait (suspect
+// for a moment is fair on a loaded machine; failed is not).
+void RequireNoneFailed(TestRack& rack, size_t elements) {
+  auto rows = rack.Status();
+  REQUIRE(rows.size() == elements);
+  for (const auto& [name, row] : rows) {
+    INFO(name);
+    REQUIRE(row.state != "failed");
+    REQUIRE(rack.WaitForState(name, "healthy"));
+  }
+}
+
 void RequireServing(const std::string& socket) {
   auto client = ipc::Client::Connect(socket);
   REQUIRE(client.ok());
@@ -140,14 +152,7 @@ TEST_CASE("A daemon cuts off a client that corrupts its ring and keeps serving t
       RequireServing(socket);
     }
   }
-  auto rows = rack.Status();
-  REQUIRE(rows.size() == 4);
-  for (const auto& [name, row] : rows) {
-    INFO(name);
-    // Suspect for a moment is fair on a loaded machine; failed is not.
-    REQUIRE(row.state != "failed");
-    REQUIRE(rack.WaitForState(name, "healthy"));
-  }
+  RequireNoneFailed(rack, 4);
 }
 
 TEST_CASE("An unknown request is answered with an error, and the client stays connected") {
@@ -252,13 +257,7 @@ TEST_CASE("Remote-memory requests out of protocol are refused, and the daemons s
     REQUIRE(clients.size() == 17);
     RequireServing(rack.Socket("cpu0"));
   }
-  auto rows = rack.Status();
-  REQUIRE(rows.size() == 4);
-  for (const auto& [name, row] : rows) {
-    INFO(name);
-    REQUIRE(row.state != "failed");
-    REQUIRE(rack.WaitForState(name, "healthy"));
-  }
+  RequireNoneFailed(rack, 4);
 }
 
 TEST_CASE("Launch requests out of protocol are refused with a reason, and procmon serves on") {
