@@ -145,7 +145,13 @@ absl::Status Launcher::HandleLaunch(ipc::Link& link, uint64_t seq,
   absl::StatusOr<pid_t> pid = Spawn(*argv, environment, *cwd, fds);
   if (!pid.ok()) return refuse(pid.status());
   ipc::Fd pidfd(PidfdOpen(*pid));
-  CHECK(pidfd.valid()) << "pidfd_open of our own child " << *pid << ": " << std::strerror(errno);
+  if (!pidfd.valid()) {  // out of fds, say: a program we cannot watch is not kept
+    const int error = errno;
+    ::kill(*pid, SIGKILL);
+    ::waitpid(*pid, nullptr, 0);
+    return refuse(absl::ResourceExhaustedError(
+        absl::StrCat(element_, ": cannot watch a new program: ", std::strerror(error))));
+  }
   Program& program = programs_[*pid];
   program.pid = *pid;
   program.launcher = &link;
@@ -166,6 +172,8 @@ absl::StatusOr<pid_t> Launcher::Spawn(const std::vector<std::string>& argv_strin
                                       const std::vector<std::string>& env_strings,
                                       const std::string& cwd, const ipc::Fd (&stdio)[3]) {
   // Everything the child needs is made before fork: after it, only async-signal-safe calls.
+  // The loop waits for the exec (or its failure) through the report pipe: a few milliseconds
+  // on a local file system.
   std::vector<std::string> argv_copy = argv_strings, env_copy = env_strings;
   std::vector<char*> argv = CArray(argv_copy), env = CArray(env_copy);
   int report[2];
@@ -221,8 +229,13 @@ void Launcher::Reap(pid_t pid) {
   Program& program = it->second;
   siginfo_t info{};
   if (::waitid(static_cast<idtype_t>(P_PIDFD), program.pidfd.get(), &info, WEXITED | WNOHANG) !=
-          0 ||
-      info.si_pid == 0) {
+      0) {
+    // Not ours to reap any more (it cannot be waited for): count it as ended, with an unknown
+    // status, rather than be woken by its pidfd again and again.
+    LOG(WARNING) << element_ << ": waitid of pid " << pid << ": " << std::strerror(errno);
+    info.si_code = CLD_EXITED;
+    info.si_status = 255;
+  } else if (info.si_pid == 0) {
     return;  // not ended after all
   }
   const bool exited = info.si_code == CLD_EXITED;
