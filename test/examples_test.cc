@@ -65,22 +65,28 @@ std::vector<pid_t> ChildrenOf(pid_t parent) {
   return out;
 }
 
-// True once `pid` is gone (or a zombie), within 5 s.
-bool GoneWithin5s(pid_t pid) {
-  for (int i = 0; i < 500 && ProcessAlive(pid); ++i) {
+// True once `pid` is gone (or a zombie), within 10 s.
+bool GoneWithin10s(pid_t pid) {
+  for (int i = 0; i < 1000 && ProcessAlive(pid); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return !ProcessAlive(pid);
 }
 
 // Starts `rackctl run --on cpu0 -- sleep 30` and returns its pid once the program runs;
-// `program` is the sleep's pid.
-pid_t StartSleeper(const TestRack& rack, pid_t& program) {
+// `program` is the sleep's pid. With `deaf`, the sleep ignores SIGTERM.
+pid_t StartSleeper(const TestRack& rack, pid_t& program, bool deaf = false) {
   const pid_t procmon = rack.Pid("cpu0");
   const pid_t child = ::fork();
   if (child == 0) {
-    ::execl(Bin("rackctl").c_str(), "rackctl", "--rack", rack.dir().c_str(), "run", "--on", "cpu0",
-            "--", "sleep", "30", static_cast<char*>(nullptr));
+    const std::string rackctl = Bin("rackctl");
+    if (deaf) {
+      ::execl(rackctl.c_str(), "rackctl", "--rack", rack.dir().c_str(), "run", "--on", "cpu0",
+              "--", "/bin/sh", "-c", "trap '' TERM; exec sleep 30", static_cast<char*>(nullptr));
+    } else {
+      ::execl(rackctl.c_str(), "rackctl", "--rack", rack.dir().c_str(), "run", "--on", "cpu0",
+              "--", "sleep", "30", static_cast<char*>(nullptr));
+    }
     ::_exit(127);
   }
   for (int i = 0; i < 500 && ChildrenOf(procmon).empty(); ++i) {
@@ -121,7 +127,15 @@ TEST_CASE("rackctl run makes the program a child of its compute element that end
     REQUIRE(program > 0);
     REQUIRE(::kill(rackctl, SIGKILL) == 0);
     REQUIRE(::waitpid(rackctl, nullptr, 0) == rackctl);
-    REQUIRE(GoneWithin5s(program));
+    REQUIRE(GoneWithin10s(program));
+  }
+  SECTION("... with SIGKILL when SIGTERM is not enough") {
+    pid_t program = 0;
+    const pid_t rackctl = StartSleeper(rack, program, /*deaf=*/true);
+    REQUIRE(program > 0);
+    REQUIRE(::kill(rackctl, SIGKILL) == 0);
+    REQUIRE(::waitpid(rackctl, nullptr, 0) == rackctl);
+    REQUIRE(GoneWithin10s(program));
   }
   SECTION("the compute element dies: the program dies with it, and rackctl says so") {
     pid_t program = 0;
@@ -132,7 +146,7 @@ TEST_CASE("rackctl run makes the program a child of its compute element that end
     REQUIRE(::waitpid(rackctl, &status, 0) == rackctl);
     REQUIRE(WIFEXITED(status));
     REQUIRE(WEXITSTATUS(status) == 1);
-    REQUIRE(GoneWithin5s(program));
+    REQUIRE(GoneWithin10s(program));
   }
 }
 

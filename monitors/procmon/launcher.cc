@@ -82,7 +82,10 @@ Launcher::Launcher(ipc::EventLoop& loop, std::string element,
 
 Launcher::~Launcher() {
   // The programs end with procmon (PR_SET_PDEATHSIG); only the watches are ours to drop.
-  for (auto& [pid, program] : programs_) loop_.Unwatch(program.watch);
+  for (auto& [pid, program] : programs_) {
+    loop_.Unwatch(program.watch);
+    if (program.kill_timer != 0) loop_.Unwatch(program.kill_timer);
+  }
 }
 
 absl::Status Launcher::HandleLaunch(ipc::Link& link, uint64_t seq,
@@ -254,6 +257,7 @@ void Launcher::Reap(pid_t pid) {
     program_by_link_.erase(program.launcher->id());
   }
   loop_.Unwatch(program.watch);  // before the pidfd closes
+  if (program.kill_timer != 0) loop_.Unwatch(program.kill_timer);
   programs_.erase(it);
 }
 
@@ -284,6 +288,17 @@ void Launcher::LinkClosed(ipc::Link& link) {
   LOG(INFO) << element_ << ": the launcher of pid " << program.pid
             << " hung up: sending it SIGTERM";
   PidfdSignal(program.pidfd.get(), SIGTERM);
+  // The timer goes with the program's record (Reap); if it fires, the program outstayed SIGTERM.
+  const pid_t pid = program.pid;
+  program.kill_timer = loop_.AddTimer(kKillGrace, [this, pid] {
+    auto it = programs_.find(pid);
+    if (it == programs_.end()) return;
+    LOG(WARNING) << element_ << ": pid " << pid << " outlived SIGTERM by "
+                 << absl::FormatDuration(kKillGrace) << ": SIGKILL";
+    PidfdSignal(it->second.pidfd.get(), SIGKILL);
+    loop_.Unwatch(it->second.kill_timer);
+    it->second.kill_timer = 0;
+  });
 }
 
 }  // namespace disagg::procmon

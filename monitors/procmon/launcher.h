@@ -6,7 +6,8 @@
 // pidfd_getfd: the program writes straight to the caller's terminal or pipes. The launcher
 // answers `launched` with the pid, then `exited` under the same seq when the program ends;
 // `signalProgram` from the same connection delivers a signal to it. A launcher connection
-// that closes takes its program down (SIGTERM), as a terminal's hang-up would; the program
+// that closes takes its program down (SIGTERM, then SIGKILL after kKillGrace), as a terminal's
+// hang-up would; the program
 // dies with procmon (PR_SET_PDEATHSIG), since a process does not outlive its compute element.
 //
 // Single-threaded, on the element's loop; the loop must outlive the Launcher.
@@ -19,12 +20,16 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "ipc/event_loop.h"
 #include "ipc/fd.h"
 #include "ipc/hub.h"
 #include "proto/rack.capnp.h"
 
 namespace disagg::procmon {
+
+// How long a program whose launcher hung up has between SIGTERM and SIGKILL.
+inline constexpr absl::Duration kKillGrace = absl::Seconds(3);
 
 class Launcher {
  public:
@@ -41,7 +46,8 @@ class Launcher {
   absl::Status HandleLaunch(ipc::Link& link, uint64_t seq, proto::Launch::Reader request);
   // Delivers `request`'s signal to the program `link` launched.
   absl::Status HandleSignal(ipc::Link& link, uint64_t seq, proto::SignalProgram::Reader request);
-  // `link` closed: the program it launched, if still running, is sent SIGTERM.
+  // `link` closed: the program it launched, if still running, is sent SIGTERM, and SIGKILL
+  // kKillGrace later if it is still running then.
   void LinkClosed(ipc::Link& link);
 
  private:
@@ -49,6 +55,7 @@ class Launcher {
     pid_t pid = 0;
     ipc::Fd pidfd;
     ipc::EventLoop::WatchId watch = 0;
+    ipc::EventLoop::WatchId kill_timer = 0;  // set once its launcher hung up
     ipc::Link* launcher = nullptr;  // null once the launching connection closed
     uint64_t seq = 0;               // the launch request's, for the exited message
   };
