@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <vector>
 #include <cstdlib>
 #include <string>
@@ -217,11 +218,9 @@ absl::StatusOr<std::string> FindProgram(const std::string& name) {
 volatile sig_atomic_t g_pending_signal = 0;
 extern "C" void NoteSignal(int sig) { g_pending_signal = sig; }
 
-// Runs `argv` on compute element `element` as a child of its procmon, with rackctl's own
-// stdin, stdout and stderr, and waits for it: returns its exit code (a program that a signal
-// ended ends rackctl with the same signal). SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed on.
-absl::StatusOr<int> Run(const std::string& rack, const std::string& element, char** argv) {
-  bool found = false;
+// The pid of compute element `element`'s procmon, if the rack has that element and it is
+// healthy.
+absl::StatusOr<pid_t> HealthyComputeElement(const std::string& rack, const std::string& element) {
   pid_t procmon = 0;
   std::string compute;
   RETURN_IF_ERROR(AskStatus(rack, "mon", [&](proto::RackStatus::Reader status) {
@@ -233,27 +232,21 @@ absl::StatusOr<int> Run(const std::string& rack, const std::string& element, cha
           return absl::UnavailableError(absl::StrCat("compute element ", element, " is ",
                                                      ipc::HealthName(e.getHealth())));
         }
-        found = true;
         procmon = static_cast<pid_t>(e.getPid());
       }
     }
     return absl::OkStatus();
   }));
-  if (!found) {
+  if (procmon == 0) {
     return absl::NotFoundError(absl::StrCat("the rack has no compute element '", element,
                                             "' (it has: ", compute.empty() ? "none" : compute, ")"));
   }
-  ASSIGN_OR_RETURN(const std::string program, FindProgram(argv[0]));
-  // The element copies our fds 0-2 for the program (pidfd_getfd); where Yama restricts that
-  // to ancestors, this lets the element do it.
-  (void)::prctl(PR_SET_PTRACER, procmon, 0, 0, 0);
-  ASSIGN_OR_RETURN(ipc::Client client,
-                   ipc::Client::Connect(absl::StrCat(rack, "/", element, ".sock")));
-  client.set_spin(absl::ZeroDuration());
+  return procmon;
+}
 
-  capnp::MallocMessageBuilder builder;
-  auto root = builder.initRoot<proto::Message>();
-  auto launch = root.initLaunch();
+// A launch of `program` with the rest of `argv`, this process's environment, working
+// directory and fds 0-2.
+absl::Status BuildLaunch(proto::Launch::Builder launch, const std::string& program, char** argv) {
   size_t argc = 0;
   while (argv[argc] != nullptr) ++argc;
   auto args = launch.initArgv(argc);
@@ -264,22 +257,34 @@ absl::StatusOr<int> Run(const std::string& rack, const std::string& element, cha
   auto env = launch.initEnv(envc);
   for (size_t i = 0; i < envc; ++i) env.set(i, environ[i]);
   char cwd[PATH_MAX];
-  if (::getcwd(cwd, sizeof(cwd)) == nullptr) return absl::InternalError("getcwd failed");
+  if (::getcwd(cwd, sizeof(cwd)) == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot tell the working directory: ", std::strerror(errno)));
+  }
   launch.setCwd(cwd);
   auto stdio = launch.initStdio(3);
   for (int i = 0; i < 3; ++i) stdio.set(i, i);
+  return absl::OkStatus();
+}
 
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) ::signal(sig, NoteSignal);
-  ASSIGN_OR_RETURN(const uint64_t seq, client.Send(builder, root));
-  RETURN_IF_ERROR(client.Await(seq, [](proto::Message::Reader) { return absl::OkStatus(); }));
-  int code = -1, ended_by = 0;
-  while (code < 0) {
+// How a launched program ended.
+struct Ending {
+  int exit_code = 0;
+  int signal = 0;  // nonzero if a signal ended it
+};
+
+// Waits for the program launched by request `seq` to end, passing on the signals NoteSignal
+// noted meanwhile.
+absl::StatusOr<Ending> WaitForProgram(ipc::Client& client, uint64_t seq,
+                                      const std::string& element) {
+  std::optional<Ending> ending;
+  while (!ending) {
     absl::Status status = client.Await(
         seq,
         [&](proto::Message::Reader reply) {
-          if (!reply.isExited()) return absl::OkStatus();
-          code = reply.getExited().getExitCode();
-          ended_by = reply.getExited().getSignal();
+          if (reply.isExited()) {
+            ending = Ending{reply.getExited().getExitCode(), reply.getExited().getSignal()};
+          }
           return absl::OkStatus();
         },
         absl::Milliseconds(50));
@@ -288,20 +293,42 @@ absl::StatusOr<int> Run(const std::string& rack, const std::string& element, cha
                                                  " is gone; the program ended with it"));
     }
     if (!status.ok() && !absl::IsDeadlineExceeded(status)) return status;
-    if (const int sig = g_pending_signal; sig != 0 && code < 0) {
+    if (const int sig = g_pending_signal; sig != 0 && !ending) {
       g_pending_signal = 0;
       capnp::MallocMessageBuilder message;
-      auto signal_root = message.initRoot<proto::Message>();
-      signal_root.initSignalProgram().setSignal(sig);
-      RETURN_IF_ERROR(client.Send(message, signal_root).status());
+      auto root = message.initRoot<proto::Message>();
+      root.initSignalProgram().setSignal(sig);
+      RETURN_IF_ERROR(client.Send(message, root).status());
     }
   }
-  if (ended_by != 0) {  // end the same way, so that a shell sees what happened
-    ::signal(ended_by, SIG_DFL);
-    ::raise(ended_by);
-    return 128 + ended_by;
+  return *ending;
+}
+
+// Runs `argv` on compute element `element` as a child of its procmon, with rackctl's own
+// stdin, stdout and stderr, and waits for it: returns its exit code (a program that a signal
+// ended ends rackctl with the same signal). SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed on.
+absl::StatusOr<int> Run(const std::string& rack, const std::string& element, char** argv) {
+  ASSIGN_OR_RETURN(const pid_t procmon, HealthyComputeElement(rack, element));
+  ASSIGN_OR_RETURN(const std::string program, FindProgram(argv[0]));
+  // The element copies our fds 0-2 for the program (pidfd_getfd); where Yama restricts that
+  // to ancestors, this lets the element do it.
+  (void)::prctl(PR_SET_PTRACER, procmon, 0, 0, 0);
+  ASSIGN_OR_RETURN(ipc::Client client,
+                   ipc::Client::Connect(absl::StrCat(rack, "/", element, ".sock")));
+  client.set_spin(absl::ZeroDuration());
+  capnp::MallocMessageBuilder builder;
+  auto root = builder.initRoot<proto::Message>();
+  RETURN_IF_ERROR(BuildLaunch(root.initLaunch(), program, argv));
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) ::signal(sig, NoteSignal);
+  ASSIGN_OR_RETURN(const uint64_t seq, client.Send(builder, root));
+  RETURN_IF_ERROR(client.Await(seq, [](proto::Message::Reader) { return absl::OkStatus(); }));
+  ASSIGN_OR_RETURN(const Ending ending, WaitForProgram(client, seq, element));
+  if (ending.signal != 0) {  // end the same way, so that a shell sees what happened
+    ::signal(ending.signal, SIG_DFL);
+    ::raise(ending.signal);
+    return 128 + ending.signal;
   }
-  return code;
+  return ending.exit_code;
 }
 
 int Main(int argc, char** argv) {

@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "internal/logging.h"
+#include "internal/status_macros.h"
 
 #ifndef P_PIDFD
 #define P_PIDFD 3  // Linux 5.4; older glibc headers lack the name
@@ -88,6 +89,47 @@ Launcher::~Launcher() {
   }
 }
 
+absl::StatusOr<Launcher::Request> Launcher::Parse(ipc::Link& link,
+                                                  proto::Launch::Reader request) {
+  Request out;
+  ASSIGN_OR_RETURN(out.argv, Strings(request.getArgv(), "argv"));
+  if (out.argv.empty() || out.argv[0].empty()) {
+    return absl::InvalidArgumentError("argv names no program");
+  }
+  ASSIGN_OR_RETURN(std::vector<std::string> env, Strings(request.getEnv(), "env"));
+  ASSIGN_OR_RETURN(out.cwd, CString(request.getCwd(), "cwd"));
+  if (out.cwd.empty() || out.cwd[0] != '/') {
+    return absl::InvalidArgumentError("cwd must be an absolute path");
+  }
+  auto stdio = request.getStdio();
+  if (stdio.size() != 3) {
+    return absl::InvalidArgumentError(absl::StrCat("stdio names ", stdio.size(), " fds, not 3"));
+  }
+  for (int i = 0; i < 3; ++i) {
+    const int fd = stdio[i];
+    if (fd < 0) return absl::InvalidArgumentError(absl::StrCat("stdio fd ", fd));
+    out.stdio[i] = ipc::Fd(PidfdGetfd(link.peer().pidfd.get(), fd));
+    if (!out.stdio[i].valid()) {
+      const int error = errno;
+      const std::string why =
+          absl::StrCat(element_, ": cannot take the caller's fd ", fd, ": ", std::strerror(error));
+      if (error == EBADF) return absl::InvalidArgumentError(why);
+      return absl::PermissionDeniedError(
+          absl::StrCat(why, " (the caller must allow it with PR_SET_PTRACER, as rackctl does)"));
+    }
+  }
+  // The caller's environment, with the element's own entries instead of any of the same name.
+  for (auto& entry : env) {
+    bool replaced = false;
+    for (const auto& add : env_additions_) {
+      replaced |= absl::StartsWith(entry, add.substr(0, add.find('=') + 1));
+    }
+    if (!replaced) out.env.push_back(std::move(entry));
+  }
+  out.env.insert(out.env.end(), env_additions_.begin(), env_additions_.end());
+  return out;
+}
+
 absl::Status Launcher::HandleLaunch(ipc::Link& link, uint64_t seq,
                                     proto::Launch::Reader request) {
   auto refuse = [&](const absl::Status& why) {
@@ -103,49 +145,9 @@ absl::Status Launcher::HandleLaunch(ipc::Link& link, uint64_t seq,
     return refuse(absl::FailedPreconditionError(
         absl::StrCat(element_, ": this connection already runs a program")));
   }
-  absl::StatusOr<std::vector<std::string>> argv = Strings(request.getArgv(), "argv");
-  if (!argv.ok()) return refuse(argv.status());
-  if (argv->empty() || (*argv)[0].empty()) {
-    return refuse(absl::InvalidArgumentError("argv names no program"));
-  }
-  absl::StatusOr<std::vector<std::string>> env = Strings(request.getEnv(), "env");
-  if (!env.ok()) return refuse(env.status());
-  absl::StatusOr<std::string> cwd = CString(request.getCwd(), "cwd");
-  if (!cwd.ok()) return refuse(cwd.status());
-  if (cwd->empty() || (*cwd)[0] != '/') {
-    return refuse(absl::InvalidArgumentError("cwd must be an absolute path"));
-  }
-  auto stdio = request.getStdio();
-  if (stdio.size() != 3) {
-    return refuse(absl::InvalidArgumentError(
-        absl::StrCat("stdio names ", stdio.size(), " fds, not 3")));
-  }
-  ipc::Fd fds[3];
-  for (int i = 0; i < 3; ++i) {
-    const int fd = stdio[i];
-    if (fd < 0) return refuse(absl::InvalidArgumentError(absl::StrCat("stdio fd ", fd)));
-    fds[i] = ipc::Fd(PidfdGetfd(link.peer().pidfd.get(), fd));
-    if (!fds[i].valid()) {
-      const int error = errno;
-      const std::string why =
-          absl::StrCat(element_, ": cannot take the caller's fd ", fd, ": ", std::strerror(error));
-      if (error == EBADF) return refuse(absl::InvalidArgumentError(why));
-      return refuse(absl::PermissionDeniedError(
-          absl::StrCat(why, " (the caller must allow it with PR_SET_PTRACER, as rackctl does)")));
-    }
-  }
-  // The caller's environment, with the element's own entries instead of any of the same name.
-  std::vector<std::string> environment;
-  for (auto& entry : *env) {
-    bool replaced = false;
-    for (const auto& add : env_additions_) {
-      replaced |= absl::StartsWith(entry, add.substr(0, add.find('=') + 1));
-    }
-    if (!replaced) environment.push_back(std::move(entry));
-  }
-  environment.insert(environment.end(), env_additions_.begin(), env_additions_.end());
-
-  absl::StatusOr<pid_t> pid = Spawn(*argv, environment, *cwd, fds);
+  absl::StatusOr<Request> parsed = Parse(link, request);
+  if (!parsed.ok()) return refuse(parsed.status());
+  absl::StatusOr<pid_t> pid = Spawn(*parsed);
   if (!pid.ok()) return refuse(pid.status());
   ipc::Fd pidfd(PidfdOpen(*pid));
   if (!pidfd.valid()) {  // out of fds, say: a program we cannot watch is not kept
@@ -162,7 +164,7 @@ absl::Status Launcher::HandleLaunch(ipc::Link& link, uint64_t seq,
   program.watch = loop_.WatchFd(pidfd.get(), POLLIN, [this, p = *pid](int) { Reap(p); });
   program.pidfd = std::move(pidfd);
   program_by_link_[link.id()] = *pid;
-  LOG(INFO) << element_ << ": started " << (*argv)[0] << " as pid " << *pid << " for "
+  LOG(INFO) << element_ << ": started " << parsed->argv[0] << " as pid " << *pid << " for "
             << link.label();
   capnp::MallocMessageBuilder reply;
   auto root = reply.initRoot<proto::Message>();
@@ -171,13 +173,13 @@ absl::Status Launcher::HandleLaunch(ipc::Link& link, uint64_t seq,
   return link.Send(reply);
 }
 
-absl::StatusOr<pid_t> Launcher::Spawn(const std::vector<std::string>& argv_strings,
-                                      const std::vector<std::string>& env_strings,
-                                      const std::string& cwd, const ipc::Fd (&stdio)[3]) {
+absl::StatusOr<pid_t> Launcher::Spawn(const Request& request) {
   // Everything the child needs is made before fork: after it, only async-signal-safe calls.
   // The loop waits for the exec (or its failure) through the report pipe: a few milliseconds
   // on a local file system.
-  std::vector<std::string> argv_copy = argv_strings, env_copy = env_strings;
+  std::vector<std::string> argv_copy = request.argv, env_copy = request.env;
+  const std::string& cwd = request.cwd;
+  const ipc::Fd(&stdio)[3] = request.stdio;
   std::vector<char*> argv = CArray(argv_copy), env = CArray(env_copy);
   int report[2];
   if (::pipe2(report, O_CLOEXEC) != 0) return absl::InternalError("pipe2 failed");
@@ -220,7 +222,7 @@ absl::StatusOr<pid_t> Launcher::Spawn(const std::vector<std::string>& argv_strin
     return absl::NotFoundError(failure.stage == 0
                                    ? absl::StrCat("cannot enter ", cwd, ": ",
                                                   std::strerror(failure.error))
-                                   : absl::StrCat("cannot run ", argv_strings[0], ": ",
+                                   : absl::StrCat("cannot run ", request.argv[0], ": ",
                                                   std::strerror(failure.error)));
   }
   return pid;

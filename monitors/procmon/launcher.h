@@ -18,6 +18,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -60,10 +61,17 @@ class Launcher {
     uint64_t seq = 0;               // the launch request's, for the exited message
   };
 
-  // Forks and execs; the child's fds 0-2 become `stdio`. Returns the child's pid.
-  absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv,
-                              const std::vector<std::string>& env, const std::string& cwd,
-                              const ipc::Fd (&stdio)[3]);
+  // A launch request, checked, with the caller's fds taken and the environment completed.
+  struct Request {
+    std::vector<std::string> argv;
+    std::vector<std::string> env;
+    std::string cwd;
+    ipc::Fd stdio[3];
+  };
+
+  absl::StatusOr<Request> Parse(ipc::Link& link, proto::Launch::Reader request);
+  // Forks and execs; the child's fds 0-2 become the request's stdio. Returns the child's pid.
+  absl::StatusOr<pid_t> Spawn(const Request& request);
   void Reap(pid_t pid);
 
   ipc::EventLoop& loop_;
