@@ -239,7 +239,8 @@ absl::StatusOr<pid_t> HealthyComputeElement(const std::string& rack, const std::
   }));
   if (procmon == 0) {
     return absl::NotFoundError(absl::StrCat("the rack has no compute element '", element,
-                                            "' (it has: ", compute.empty() ? "none" : compute, ")"));
+                                            "' (it has: ", compute.empty() ? "none" : compute,
+                                            ")"));
   }
   return procmon;
 }
