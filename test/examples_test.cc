@@ -77,16 +77,18 @@ bool GoneWithin10s(pid_t pid) {
 // `program` is the sleep's pid. With `deaf`, the sleep ignores SIGTERM.
 pid_t StartSleeper(const TestRack& rack, pid_t& program, bool deaf = false) {
   const pid_t procmon = rack.Pid("cpu0");
+  const std::string rackctl = Bin("rackctl");
+  std::vector<const char*> argv = {"rackctl", "--rack", rack.dir().c_str(), "run", "--on", "cpu0",
+                                   "--"};
+  if (deaf) {
+    argv.insert(argv.end(), {"/bin/sh", "-c", "trap '' TERM; exec sleep 30"});
+  } else {
+    argv.insert(argv.end(), {"sleep", "30"});
+  }
+  argv.push_back(nullptr);
   const pid_t child = ::fork();
   if (child == 0) {
-    const std::string rackctl = Bin("rackctl");
-    if (deaf) {
-      ::execl(rackctl.c_str(), "rackctl", "--rack", rack.dir().c_str(), "run", "--on", "cpu0",
-              "--", "/bin/sh", "-c", "trap '' TERM; exec sleep 30", static_cast<char*>(nullptr));
-    } else {
-      ::execl(rackctl.c_str(), "rackctl", "--rack", rack.dir().c_str(), "run", "--on", "cpu0",
-              "--", "sleep", "30", static_cast<char*>(nullptr));
-    }
+    ::execv(rackctl.c_str(), const_cast<char* const*>(argv.data()));
     ::_exit(127);
   }
   for (int i = 0; i < 500 && ChildrenOf(procmon).empty(); ++i) {
