@@ -8,6 +8,9 @@
 #include "mmu.h"
 
 DEFINE_string(run_dir, "", "the rack's run directory (sockets, logs); required");
+DEFINE_int64(grace_ms, 10000,
+             "how long a dead process's memory and named roots are held for adoption (steal) "
+             "before they are freed; 0 frees them at once");
 DEFINE_int32(spin_us, 20, "microseconds to poll the rings after the last message before sleeping");
 
 namespace disagg::rackmmu {
@@ -16,6 +19,7 @@ namespace {
 struct Options {
   std::string run_dir;
   absl::Duration spin;
+  MmuOptions mmu;
 };
 
 absl::Status Run(const Options& options) {
@@ -23,7 +27,7 @@ absl::Status Run(const Options& options) {
   loop_options.spin = options.spin;
   auto loop = ipc::EventLoop::Create(loop_options);
   if (!loop.ok()) return loop.status();
-  RackMmu mmu(**loop);
+  RackMmu mmu(**loop, options.mmu);
   ipc::Hub hub(**loop, mmu, "mmu");
   if (absl::Status s = hub.Listen(SocketPath(options.run_dir, "mmu")); !s.ok()) return s;
   LOG(INFO) << "mmu: serving " << SocketPath(options.run_dir, "mmu");
@@ -42,7 +46,13 @@ int main(int argc, char** argv) {
     fprintf(stderr, "rackmmu: --run_dir is required and no positional arguments are taken\n");
     return 2;
   }
-  disagg::rackmmu::Options options{FLAGS_run_dir, absl::Microseconds(FLAGS_spin_us)};
+  if (FLAGS_grace_ms < 0) {
+    fprintf(stderr, "rackmmu: --grace_ms=%lld: must be 0 or more\n",
+            static_cast<long long>(FLAGS_grace_ms));
+    return 2;
+  }
+  disagg::rackmmu::Options options{FLAGS_run_dir, absl::Microseconds(FLAGS_spin_us),
+                                   {absl::Milliseconds(FLAGS_grace_ms)}};
   return disagg::RunDaemon(argv[0], FLAGS_run_dir, "mmu",
                            [&] { return disagg::rackmmu::Run(options); });
 }

@@ -36,19 +36,25 @@ void MemoryMap::SetUsable(const std::string& name, bool usable) {
 }
 
 absl::StatusOr<ProcessRecord*> MemoryMap::Join(const std::string& name, pid_t pid,
-                                                     uint64_t start_time) {
-  if (next_process_id_ > kMaxProcesses) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the rack has given out all ", kMaxProcesses, " process ids"));
+                                               uint64_t start_time) {
+  uint32_t id;
+  if (!free_ids_.empty()) {
+    id = *free_ids_.begin();
+    free_ids_.erase(free_ids_.begin());
+  } else if (next_process_id_ <= kMaxProcesses) {
+    id = next_process_id_++;
+  } else {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "all ", kMaxProcesses, " process ids of the rack are in use (by running processes, "
+        "dead ones whose memory is held for adoption, or windows that still hold regions)"));
   }
-  const uint32_t id = next_process_id_++;
   ProcessRecord& p = processes_[id];
   p.id = id;
   p.name = name;
   p.pid = pid;
   p.start_time = start_time;
   p.window_base = kRangeBase + (uint64_t{id} << kWindowShift);
-  p.window = PagePool(kWindowPages);
+  windows_.try_emplace(id, PagePool(kWindowPages));
   return &p;
 }
 
@@ -101,11 +107,10 @@ std::vector<ExtentRecord> MemoryMap::Place(uint64_t vpage, uint64_t pages,
 
 absl::StatusOr<const Region*> MemoryMap::Map(uint32_t process_id, uint64_t bytes,
                                              proto::Placement placement) {
-  auto it = processes_.find(process_id);
-  if (it == processes_.end()) {
+  ProcessRecord* p = process(process_id);
+  if (p == nullptr || p->dead) {
     return absl::NotFoundError(absl::StrCat("process ", process_id, " has not joined the rack"));
   }
-  ProcessRecord& p = it->second;
   if (bytes == 0 || bytes > (uint64_t{1} << kWindowShift)) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot map ", bytes, " bytes: a region is 1 byte to 64 GiB"));
@@ -117,20 +122,21 @@ absl::StatusOr<const Region*> MemoryMap::Map(uint32_t process_id, uint64_t bytes
         "the rack's memory elements have ", free * kPageBytes, " bytes free; ", bytes,
         " requested"));
   }
-  absl::StatusOr<PageRun> virt = p.window.AllocateContiguous(pages, kRegionAlignPages);
+  absl::StatusOr<PageRun> virt = windows_.at(process_id).AllocateContiguous(pages, kRegionAlignPages);
   if (!virt.ok()) {
-    return absl::ResourceExhaustedError(absl::StrCat("process ", process_id,
-                                                     "'s window is full: ", virt.status().message()));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "process ", process_id, "'s window is full: ", virt.status().message()));
   }
-  const uint64_t vaddr = p.window_base + (virt->first << kPageShift);
-  Region& region = p.regions[vaddr];
+  const uint64_t vaddr = p->window_base + (virt->first << kPageShift);
+  Region& region = regions_[vaddr];
   region.vaddr = vaddr;
   region.bytes = pages << kPageShift;
+  region.owner = process_id;
   region.extents = Place(vaddr >> kPageShift, pages, placement);
   return &region;
 }
 
-void MemoryMap::FreeExtents(const Region& region) {
+void MemoryMap::Release(const Region& region) {
   for (const ExtentRecord& e : region.extents) {
     auto pool = pools_.find(e.element);
     // Pages of an earlier incarnation of the element died with it.
@@ -138,23 +144,35 @@ void MemoryMap::FreeExtents(const Region& region) {
     absl::Status s = pool->second.pages.Free({e.pool_page, e.pages});
     CHECK(s.ok()) << "Rack MMU page accounting broken: " << s;
   }
+  const uint32_t window = static_cast<uint32_t>((region.vaddr - kRangeBase) >> kWindowShift);
+  auto w = windows_.find(window);
+  CHECK(w != windows_.end()) << "a region outlived its window";
+  const uint64_t base = kRangeBase + (uint64_t{window} << kWindowShift);
+  CHECK(w->second.Free({(region.vaddr - base) >> kPageShift, region.bytes >> kPageShift}).ok())
+      << "Rack MMU window accounting broken";
+  MaybeRecycle(window);
+}
+
+void MemoryMap::MaybeRecycle(uint32_t id) {
+  if (processes_.contains(id)) return;
+  auto w = windows_.find(id);
+  if (w == windows_.end() || w->second.free_pages() != w->second.total_pages()) return;
+  windows_.erase(w);
+  free_ids_.insert(id);
 }
 
 absl::StatusOr<Region> MemoryMap::Unmap(uint32_t process_id, uint64_t vaddr) {
-  auto it = processes_.find(process_id);
-  if (it == processes_.end()) {
+  if (process(process_id) == nullptr) {
     return absl::NotFoundError(absl::StrCat("process ", process_id, " has not joined the rack"));
   }
-  ProcessRecord& p = it->second;
-  auto r = p.regions.find(vaddr);
-  if (r == p.regions.end()) {
+  auto r = regions_.find(vaddr);
+  if (r == regions_.end() || r->second.owner != process_id) {
     return absl::NotFoundError(
-        absl::StrCat("process ", process_id, " has no region at 0x", absl::Hex(vaddr)));
+        absl::StrCat("process ", process_id, " owns no region at 0x", absl::Hex(vaddr)));
   }
   Region region = std::move(r->second);
-  p.regions.erase(r);
-  FreeExtents(region);
-  CHECK(p.window.Free({(vaddr - p.window_base) >> kPageShift, region.bytes >> kPageShift}).ok());
+  regions_.erase(r);
+  Release(region);
   return region;
 }
 
@@ -164,24 +182,22 @@ absl::StatusOr<Region> MemoryMap::Translate(uint32_t process_id, uint64_t vpage)
       addr - kRangeBase >= kRangeBytes) {
     return absl::OutOfRangeError(absl::StrCat("0x", absl::Hex(addr), " is outside the rack range"));
   }
-  const uint32_t owner = static_cast<uint32_t>((addr - kRangeBase) >> kWindowShift);
-  if (owner != process_id) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "0x", absl::Hex(addr), " lies in process ", owner, "'s window, not in process ",
-        process_id, "'s"));
-  }
-  const ProcessRecord* p = process(process_id);
-  if (p == nullptr) {
+  if (process(process_id) == nullptr) {
     return absl::NotFoundError(absl::StrCat("process ", process_id, " has not joined the rack"));
   }
-  auto r = p->regions.upper_bound(addr);
-  if (r != p->regions.begin()) {
+  auto r = regions_.upper_bound(addr);
+  if (r != regions_.begin()) {
     --r;
     const Region& region = r->second;
     if (addr < region.vaddr + region.bytes) {
+      if (region.owner != process_id) {
+        return absl::PermissionDeniedError(absl::StrCat("0x", absl::Hex(addr),
+                                                        " belongs to process ", region.owner,
+                                                        ", not to process ", process_id));
+      }
       for (const ExtentRecord& e : region.extents) {
         if (vpage >= e.vpage && vpage < e.vpage + e.pages) {
-          return Region{region.vaddr, region.bytes, {e}};
+          return Region{region.vaddr, region.bytes, region.owner, {e}};
         }
       }
     }
@@ -189,16 +205,107 @@ absl::StatusOr<Region> MemoryMap::Translate(uint32_t process_id, uint64_t vpage)
   return absl::NotFoundError(absl::StrCat("nothing is mapped at 0x", absl::Hex(addr)));
 }
 
+void MemoryMap::SplitAt(uint64_t vaddr) {
+  auto r = regions_.upper_bound(vaddr);
+  if (r == regions_.begin()) return;
+  --r;
+  Region& left = r->second;
+  if (vaddr <= left.vaddr || vaddr >= left.vaddr + left.bytes) return;
+  Region right{vaddr, left.vaddr + left.bytes - vaddr, left.owner, {}};
+  const uint64_t cut = vaddr >> kPageShift;
+  std::vector<ExtentRecord> kept;
+  for (ExtentRecord& e : left.extents) {
+    if (e.vpage + e.pages <= cut) {
+      kept.push_back(std::move(e));
+    } else if (e.vpage >= cut) {
+      right.extents.push_back(std::move(e));
+    } else {
+      ExtentRecord tail = e;
+      const uint64_t head = cut - e.vpage;
+      tail.vpage = cut;
+      tail.pages = e.pages - head;
+      tail.pool_page = e.pool_page + head;
+      e.pages = head;
+      kept.push_back(std::move(e));
+      right.extents.push_back(std::move(tail));
+    }
+  }
+  left.extents = std::move(kept);
+  left.bytes = vaddr - left.vaddr;
+  regions_.emplace(vaddr, std::move(right));
+}
+
+absl::StatusOr<std::vector<ExtentRecord>> MemoryMap::Move(uint32_t from, uint32_t to,
+                                                          uint64_t vaddr, uint64_t bytes) {
+  const ProcessRecord* giver = process(from);
+  const ProcessRecord* taker = process(to);
+  if (giver == nullptr) return absl::NotFoundError(absl::StrCat("no process ", from));
+  if (taker == nullptr || taker->dead) {
+    return absl::NotFoundError(absl::StrCat("no live process ", to, " in the rack"));
+  }
+  if (from == to) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("process ", from, " cannot move memory to itself"));
+  }
+  if (bytes == 0 || vaddr % kPageBytes != 0 || bytes % kPageBytes != 0 ||
+      vaddr + bytes < vaddr) {
+    return absl::InvalidArgumentError(absl::StrCat("[0x", absl::Hex(vaddr), ", +", bytes,
+                                                   ") is not a non-empty page-aligned range"));
+  }
+  // Every page of the range must lie in regions `from` owns, without gaps.
+  const uint64_t end = vaddr + bytes;
+  uint64_t at = vaddr;
+  auto r = regions_.upper_bound(vaddr);
+  if (r != regions_.begin()) --r;
+  for (; at < end; ++r) {
+    if (r == regions_.end() || r->second.vaddr > at || r->second.vaddr + r->second.bytes <= at) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("0x", absl::Hex(at), " is not mapped: [0x", absl::Hex(vaddr), ", +",
+                       bytes, ") must lie wholly in mapped regions"));
+    }
+    if (r->second.owner != from) {
+      return absl::PermissionDeniedError(absl::StrCat("0x", absl::Hex(at), " belongs to process ",
+                                                      r->second.owner, ", not to process ",
+                                                      from));
+    }
+    at = r->second.vaddr + r->second.bytes;
+  }
+  SplitAt(vaddr);
+  SplitAt(end);
+  std::vector<ExtentRecord> moved;
+  for (auto it = regions_.find(vaddr); it != regions_.end() && it->first < end; ++it) {
+    it->second.owner = to;
+    moved.insert(moved.end(), it->second.extents.begin(), it->second.extents.end());
+  }
+  return moved;
+}
+
+void MemoryMap::MarkDead(uint32_t process_id, absl::Time release_at) {
+  ProcessRecord* p = process(process_id);
+  if (p == nullptr) return;
+  p->dead = true;
+  p->release_at = release_at;
+}
+
 std::vector<Region> MemoryMap::Leave(uint32_t process_id) {
   std::vector<Region> out;
-  auto it = processes_.find(process_id);
-  if (it == processes_.end()) return out;
-  for (auto& [vaddr, region] : it->second.regions) {
-    FreeExtents(region);
-    out.push_back(std::move(region));
+  if (processes_.erase(process_id) == 0) return out;
+  for (auto it = regions_.begin(); it != regions_.end();) {
+    if (it->second.owner != process_id) {
+      ++it;
+      continue;
+    }
+    out.push_back(std::move(it->second));
+    it = regions_.erase(it);
   }
-  processes_.erase(it);
+  for (const Region& region : out) Release(region);
+  MaybeRecycle(process_id);
   return out;
+}
+
+ProcessRecord* MemoryMap::process(uint32_t id) {
+  auto it = processes_.find(id);
+  return it == processes_.end() ? nullptr : &it->second;
 }
 
 const ProcessRecord* MemoryMap::process(uint32_t id) const {
@@ -207,10 +314,9 @@ const ProcessRecord* MemoryMap::process(uint32_t id) const {
 }
 
 uint64_t MemoryMap::MappedBytes(uint32_t process_id) const {
-  const ProcessRecord* p = process(process_id);
   uint64_t total = 0;
-  if (p != nullptr) {
-    for (const auto& [vaddr, region] : p->regions) total += region.bytes;
+  for (const auto& [vaddr, region] : regions_) {
+    if (region.owner == process_id) total += region.bytes;
   }
   return total;
 }

@@ -113,5 +113,100 @@ TEST_CASE("The Rack MMU places regions in the process's window, spread or filled
   }
 }
 
+TEST_CASE("The Rack MMU moves memory between processes at the same addresses") {
+  MemoryMap map;
+  map.AddElement("mem0", 1 << 20);
+  map.AddElement("mem1", 1 << 20);
+  auto a = map.Join("a", 100, 1);
+  auto b = map.Join("b", 101, 2);
+  REQUIRE((a.ok() && b.ok()));
+  const uint32_t ida = (*a)->id, idb = (*b)->id;
+  auto r = map.Map(ida, 256 * kPageBytes, proto::Placement::SPREAD);
+  REQUIRE(r.ok());
+  const uint64_t vaddr = (*r)->vaddr;
+
+  SECTION("a whole region changes owner; the giver is refused, the taker translated") {
+    const size_t extents = (*r)->extents.size();
+    REQUIRE(extents > 1);  // striped
+    auto moved = map.Move(ida, idb, vaddr, 256 * kPageBytes);
+    REQUIRE(moved.ok());
+    REQUIRE(moved->size() == extents);
+    REQUIRE(map.Translate(idb, (vaddr >> kPageShift) + 3).ok());
+    REQUIRE(absl::IsPermissionDenied(map.Translate(ida, (vaddr >> kPageShift) + 3).status()));
+    REQUIRE(map.MappedBytes(idb) == 256 * kPageBytes);
+    REQUIRE(map.MappedBytes(ida) == 0);
+    REQUIRE(absl::IsNotFound(map.Unmap(ida, vaddr).status()));
+    REQUIRE(map.Unmap(idb, vaddr).ok());  // the taker may free it, in the giver's window
+    REQUIRE(map.free_pages() == 512);
+  }
+  SECTION("part of a region splits it in three") {
+    const uint64_t mid = vaddr + 32 * kPageBytes;
+    auto moved = map.Move(ida, idb, mid, 64 * kPageBytes);
+    REQUIRE(moved.ok());
+    uint64_t pages = 0;
+    for (const auto& e : *moved) pages += e.pages;
+    REQUIRE(pages == 64);
+    REQUIRE(map.regions().size() == 3);
+    REQUIRE(map.MappedBytes(ida) == 192 * kPageBytes);
+    REQUIRE(map.Translate(ida, vaddr >> kPageShift).ok());
+    REQUIRE(map.Translate(ida, (mid >> kPageShift) + 64).ok());
+    REQUIRE(map.Translate(idb, (mid >> kPageShift) + 63).ok());
+    REQUIRE(absl::IsPermissionDenied(map.Translate(idb, (mid >> kPageShift) + 64).status()));
+    for (const auto& [at, region] : map.regions()) RequireCovers(region);
+    SECTION("and the taker can move it on, or back") {
+      REQUIRE(map.Move(idb, ida, mid, 64 * kPageBytes).ok());
+      REQUIRE(map.MappedBytes(ida) == 256 * kPageBytes);
+    }
+  }
+  SECTION("bad moves change nothing") {
+    REQUIRE(absl::IsNotFound(map.Move(ida, 999, vaddr, kPageBytes).status()));
+    REQUIRE(absl::IsInvalidArgument(map.Move(ida, ida, vaddr, kPageBytes).status()));
+    REQUIRE(absl::IsInvalidArgument(map.Move(ida, idb, vaddr + 1, kPageBytes).status()));
+    REQUIRE(absl::IsInvalidArgument(map.Move(ida, idb, vaddr, 0).status()));
+    REQUIRE(absl::IsInvalidArgument(map.Move(ida, idb, vaddr, 300 * kPageBytes).status()));
+    REQUIRE(absl::IsPermissionDenied(map.Move(idb, ida, vaddr, kPageBytes).status()));
+    REQUIRE(map.regions().size() == 1);
+    REQUIRE(map.MappedBytes(ida) == 256 * kPageBytes);
+  }
+  SECTION("a dead process keeps its memory until it leaves; its window outlives it while it "
+          "holds others' regions") {
+    REQUIRE(map.Move(ida, idb, vaddr, 128 * kPageBytes).ok());
+    map.MarkDead(ida, absl::Now());
+    REQUIRE(map.process(ida)->dead);
+    REQUIRE(absl::IsNotFound(map.Move(idb, ida, vaddr, kPageBytes).status()));  // no live taker
+    REQUIRE(map.Move(ida, idb, vaddr + 128 * kPageBytes, 128 * kPageBytes).ok());  // adopted
+    REQUIRE(map.Leave(ida).empty());
+    auto c = map.Join("c", 102, 3);
+    REQUIRE(c.ok());
+    REQUIRE((*c)->id != ida);  // a's window still holds b's regions
+    REQUIRE(map.Unmap(idb, vaddr).ok());
+    REQUIRE(map.Unmap(idb, vaddr + 128 * kPageBytes).ok());
+    auto d = map.Join("d", 103, 4);
+    REQUIRE(d.ok());
+    REQUIRE((*d)->id == ida);  // now it is free again
+  }
+}
+
+TEST_CASE("Process ids are recycled: a rack serves any number of processes over its life") {
+  MemoryMap map;
+  map.AddElement("mem0", 1 << 20);
+  for (int i = 0; i < 3 * static_cast<int>(kMaxProcesses); ++i) {
+    auto p = map.Join("p", 100 + i, i);
+    REQUIRE(p.ok());
+    REQUIRE(map.Map((*p)->id, kPageBytes, proto::Placement::SPREAD).ok());
+    REQUIRE(map.Leave((*p)->id).size() == 1);
+  }
+  REQUIRE(map.free_pages() == 256);
+  std::vector<uint32_t> ids;
+  for (uint32_t i = 0; i < kMaxProcesses; ++i) {
+    auto p = map.Join("p", 1, i);
+    REQUIRE(p.ok());
+    ids.push_back((*p)->id);
+  }
+  REQUIRE(absl::IsResourceExhausted(map.Join("one too many", 1, 0).status()));
+  REQUIRE(map.Leave(ids[500]).empty());
+  REQUIRE(map.Join("again", 1, 0).ok());
+}
+
 }  // namespace
 }  // namespace disagg::rackmmu

@@ -8,6 +8,11 @@
 
 namespace disagg::rackmmu {
 
+RackMmu::RackMmu(ipc::EventLoop& loop, MmuOptions options) : loop_(loop), options_(options) {
+  // Dead processes' memory is freed within a tenth of a second of its grace period's end.
+  loop_.AddTimer(absl::Milliseconds(100), [this] { ReleaseExpired(); });
+}
+
 absl::Status RackMmu::OnMessage(ipc::Link& link, proto::Message::Reader message) {
   const uint64_t seq = message.getSeq();
   switch (message.which()) {
@@ -23,11 +28,26 @@ absl::Status RackMmu::OnMessage(ipc::Link& link, proto::Message::Reader message)
       return HandleUnmap(link, seq, message.getUnmap());
     case proto::Message::TRANSLATE:
       return HandleTranslate(link, seq, message.getTranslate().getVpage());
+    case proto::Message::LEAVE:
+      return HandleLeave(link, seq);
+    case proto::Message::GRANT:
+      return HandleGrant(link, seq, message.getGrant());
+    case proto::Message::STEAL:
+      return HandleSteal(link, seq, message.getSteal());
+    case proto::Message::JOIN_GROUP:
+      return HandleJoinGroup(link, seq, message.getJoinGroup());
+    case proto::Message::PUBLISH:
+      return HandlePublish(link, seq, message.getPublish());
+    case proto::Message::LOOKUP:
+      return HandleLookup(link, seq, message.getLookup());
+    case proto::Message::SUBSCRIBE:
+      return HandleSubscribe(link, seq, message.getSubscribe());
+    case proto::Message::CHECK_REQUEST:
+      return HandleCheck(link, seq);
     case proto::Message::OK:
-      HandleProgramAck(link, seq, absl::OkStatus());
-      return absl::OkStatus();
     case proto::Message::ERROR:
-      HandleProgramAck(link, seq, ipc::ErrorToStatus(message.getError()));
+    case proto::Message::PAGE_TABLE:
+      HandleReply(link, message);
       return absl::OkStatus();
     case proto::Message::STATUS_REQUEST:
       return HandleStatus(link, seq);
@@ -43,6 +63,15 @@ absl::Status RackMmu::OnMessage(ipc::Link& link, proto::Message::Reader message)
       return link.ReplyEcho(message);
     default:
       return link.ReplyUnserved("mmu", message);
+  }
+}
+
+void RackMmu::HandleReply(ipc::Link& link, proto::Message::Reader message) {
+  absl::StatusOr<proto::Message::Reader> reply = message;
+  if (message.isError()) reply = ipc::ErrorToStatus(message.getError());
+  if (!calls_.Complete(link.id(), message.getSeq(), reply)) {
+    LOG(WARNING) << "mmu: " << link.label() << " answered request " << message.getSeq()
+                 << " that it was not asked: " << reply.status();
   }
 }
 
@@ -105,6 +134,8 @@ absl::Status RackMmu::HandleStatus(ipc::Link& link, uint64_t seq) {
   }
   const auto& processes = memory_.processes();
   auto process_rows = status.initProcesses(processes.size());
+  status.setGracePeriodNanos(absl::ToInt64Nanoseconds(options_.grace_period));
+  const absl::Time now = absl::Now();
   i = 0;
   for (const auto& [id, record] : processes) {
     auto row = process_rows[i++];
@@ -113,6 +144,11 @@ absl::Status RackMmu::HandleStatus(ipc::Link& link, uint64_t seq) {
     row.setPid(record.pid);
     row.setElement(record.element);
     row.setMappedBytes(memory_.MappedBytes(id));
+    row.setDead(record.dead);
+    row.setReleaseInNanos(record.dead ? absl::ToInt64Nanoseconds(record.release_at - now) : 0);
+    auto groups = row.initGroups(record.groups.size());
+    size_t g = 0;
+    for (const std::string& group : record.groups) groups.set(g++, group);
   }
   return link.Send(builder);
 }
@@ -120,7 +156,14 @@ absl::Status RackMmu::HandleStatus(ipc::Link& link, uint64_t seq) {
 void RackMmu::OnClose(ipc::Link& link, const absl::Status& why) {
   links_.erase(link.id());
   if (link.id() == monitor_link_) monitor_link_ = 0;
+  for (auto it = event_links_.begin(); it != event_links_.end(); ++it) {
+    if (it->second == link.id()) {
+      event_links_.erase(it);
+      break;
+    }
+  }
   ProcessLeft(link.id());
+  calls_.FailLink(link.id(), absl::UnavailableError(absl::StrCat(link.label(), " is gone")));
   const std::string name = registry_.Disconnected(link.id());
   if (!name.empty()) {
     LOG(INFO) << "mmu: element " << name << " disconnected: " << why.message();

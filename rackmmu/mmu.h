@@ -1,13 +1,21 @@
-// RackMmu: the Rack MMU's service on its event loop: the registry of elements and (later
-// issues) placement, page maps, grant and steal. It answers every peer on its Hub.
+// RackMmu: the Rack MMU's service on its event loop: the registry of elements, placement,
+// the rack-wide memory map, the programming of the memory elements' page tables, grant and
+// steal, trust groups, named roots, the memory of dead processes held for adoption, and the
+// consistency check against the memory elements. It answers every peer on its Hub.
+// Every operation is decided (validated, recorded in the map) at once, then applied at the
+// memory elements; its caller hears of success only once they all acknowledged.
 // Single-threaded, owned by main().
 #ifndef DISAGG_RACKMMU_MMU_H_
 #define DISAGG_RACKMMU_MMU_H_
 
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/time/time.h"
+#include "calls.h"
 #include "ipc/event_loop.h"
 #include "ipc/hub.h"
 #include "memory_map.h"
@@ -15,10 +23,15 @@
 
 namespace disagg::rackmmu {
 
+struct MmuOptions {
+  // How long a dead process's memory and roots are held for adoption before they are freed.
+  absl::Duration grace_period = absl::Seconds(10);
+};
+
 class RackMmu : public ipc::Hub::Handler {
  public:
   // `loop` is the one the MMU's Hub runs on; it must outlive the MMU.
-  explicit RackMmu(ipc::EventLoop& loop) : loop_(loop) {}
+  RackMmu(ipc::EventLoop& loop, MmuOptions options = {});
 
   void OnOpen(ipc::Link& link) override { links_[link.id()] = &link; }
   absl::Status OnMessage(ipc::Link& link, proto::Message::Reader message) override;
@@ -27,54 +40,75 @@ class RackMmu : public ipc::Hub::Handler {
   const ElementRegistry& registry() const { return registry_; }
 
  private:
-  // A Map waiting for the memory elements to acknowledge their page-table programming.
-  struct PendingMap {
-    uint64_t link_id = 0;  // the application's connection
-    uint64_t seq = 0;      // its request
-    uint32_t process_id = 0;
-    uint64_t vaddr = 0;
-    int acks_left = 0;
-    absl::Status failure;
-  };
-
   // Remote memory (mmu_memory.cc).
   absl::Status HandleJoin(ipc::Link& link, uint64_t seq, proto::Join::Reader request);
   absl::Status HandleMap(ipc::Link& link, uint64_t seq, proto::MapRequest::Reader request);
   absl::Status HandleUnmap(ipc::Link& link, uint64_t seq, proto::UnmapRequest::Reader request);
   absl::Status HandleTranslate(ipc::Link& link, uint64_t seq, uint64_t vpage);
+  absl::Status HandleLeave(ipc::Link& link, uint64_t seq);
   // Sends `region` as a Mapped reply to `seq`.
   absl::Status SendMapped(ipc::Link& link, uint64_t seq, const Region& region);
-  // A memory element answered one of our ProgramPages (seq) with `result`.
-  void HandleProgramAck(ipc::Link& link, uint64_t seq, const absl::Status& result);
-  void FinishMap(uint64_t op_id);
-  // Tells the memory elements to drop `region`'s pages.
-  void Revoke(uint32_t process_id, const Region& region);
+  void FinishMap(uint64_t link_id, uint64_t seq, uint32_t process_id, uint64_t vaddr,
+                 const absl::Status& result);
+  // Tells the memory elements to free `extents` of `process_id` (acknowledged; a failure is
+  // logged: the element is gone or its table disagrees, which `rackctl check` shows).
+  void Release(uint32_t process_id, const std::vector<ExtentRecord>& extents);
+  // The application on `link_id` is gone: its memory is held for adoption for the grace
+  // period, or freed now if it holds nothing worth adopting.
   void ProcessLeft(uint64_t link_id);
+  // Frees the memory of dead processes whose grace period ended.
+  void ReleaseExpired();
+  void ReleaseProcess(uint32_t process_id);
   // A memory element went away: it takes no new regions and acknowledges nothing more.
   void ElementGone(const std::string& name);
   ipc::Link* ElementLink(const std::string& name);
   uint32_t ProcessOf(const ipc::Link& link) const;
+  // Sends a request built by `fill` to memory element `element`, answered through
+  // `callback`. UNAVAILABLE (and `callback` is not called) if the element cannot be reached.
+  absl::Status CallElement(const std::string& element,
+                           const std::function<void(proto::Message::Builder)>& fill,
+                           PendingCalls::Callback callback);
+
+  // Grant, steal, groups, roots (mmu_transfer.cc).
+  absl::Status HandleGrant(ipc::Link& link, uint64_t seq, proto::GrantRequest::Reader request);
+  absl::Status HandleSteal(ipc::Link& link, uint64_t seq, proto::StealRequest::Reader request);
+  // Moves [vaddr, +bytes) from `from` to `to` in the map and at the memory elements; `done`
+  // runs once every element acknowledged (or the move was undone after a refusal).
+  absl::Status StartMove(uint32_t from, uint32_t to, uint64_t vaddr, uint64_t bytes,
+                         std::function<void(const absl::Status&)> done);
+  // Sends a rebinding of `extents` from `from` to `to` to their elements, counted in `batch`.
+  void Rebind(uint32_t from, uint32_t to, const std::vector<ExtentRecord>& extents,
+              const std::shared_ptr<CallBatch>& batch);
+  bool Busy(uint64_t vaddr, uint64_t bytes) const;
+  void SendEvent(uint32_t process_id, proto::EventKind kind, uint32_t other, uint64_t vaddr,
+                 uint64_t bytes);
+  absl::Status HandleJoinGroup(ipc::Link& link, uint64_t seq, proto::JoinGroup::Reader request);
+  absl::Status HandlePublish(ipc::Link& link, uint64_t seq, proto::Publish::Reader request);
+  absl::Status HandleLookup(ipc::Link& link, uint64_t seq, proto::Lookup::Reader request);
+  absl::Status HandleSubscribe(ipc::Link& link, uint64_t seq, proto::Subscribe::Reader request);
+
+  // The consistency check (mmu_check.cc).
+  absl::Status HandleCheck(ipc::Link& link, uint64_t seq);
 
   absl::Status HandleRegister(ipc::Link& link, uint64_t seq, proto::Register::Reader request);
   absl::Status HandleHealthChange(ipc::Link& link, uint64_t seq,
                                   proto::HealthChange::Reader change);
   absl::Status HandleStatus(ipc::Link& link, uint64_t seq);
+  void HandleReply(ipc::Link& link, proto::Message::Reader message);
 
   ipc::EventLoop& loop_;
+  const MmuOptions options_;
 
   ElementRegistry registry_;
   MemoryMap memory_;
+  PendingCalls calls_;
   uint64_t monitor_link_ = 0;  // the rack monitor's connection: the only one trusted on health
   absl::flat_hash_map<uint64_t, ipc::Link*> links_;          // open links by id
   absl::flat_hash_map<uint64_t, uint32_t> process_by_link_;  // application links
-  uint64_t next_seq_ = 1;                                    // our own requests' seqs
-  struct ProgramAck {
-    uint64_t op_id;
-    std::string element;
-  };
-  absl::flat_hash_map<uint64_t, ProgramAck> acks_by_seq_;  // our ProgramPages in flight
-  std::map<uint64_t, PendingMap> pending_maps_;
-  uint64_t next_op_ = 1;
+  absl::flat_hash_map<uint32_t, uint64_t> event_links_;      // process id -> its event link
+  // Ranges being mapped, granted or stolen: [vaddr, end) by vaddr. Nothing else touches them
+  // until the memory elements acknowledged.
+  std::map<uint64_t, uint64_t> busy_;
 };
 
 }  // namespace disagg::rackmmu

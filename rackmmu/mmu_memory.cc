@@ -45,6 +45,24 @@ absl::Status RackMmu::HandleJoin(ipc::Link& link, uint64_t seq, proto::Join::Rea
   return link.Send(reply.builder());
 }
 
+absl::Status RackMmu::CallElement(const std::string& element,
+                                 const std::function<void(proto::Message::Builder)>& fill,
+                                 PendingCalls::Callback callback) {
+  ipc::Link* link = ElementLink(element);
+  if (link == nullptr) {
+    return absl::UnavailableError(absl::StrCat("memory element ", element, " is gone"));
+  }
+  const uint64_t seq = calls_.Add(link->id(), std::move(callback));
+  ipc::SmallMessage message;
+  fill(message.Init(seq));
+  if (absl::Status sent = link->Send(message.builder()); !sent.ok()) {
+    calls_.Drop(link->id(), seq);
+    return absl::UnavailableError(
+        absl::StrCat("memory element ", element, " cannot be reached: ", sent.message()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status RackMmu::HandleMap(ipc::Link& link, uint64_t seq, proto::MapRequest::Reader request) {
   const uint32_t process_id = ProcessOf(link);
   if (process_id == 0) {
@@ -54,85 +72,53 @@ absl::Status RackMmu::HandleMap(ipc::Link& link, uint64_t seq, proto::MapRequest
       memory_.Map(process_id, request.getBytes(), request.getPlacement());
   if (!region.ok()) return link.ReplyError(seq, region.status());
   const ProcessRecord* p = memory_.process(process_id);
-  const uint64_t op_id = next_op_++;
-  PendingMap& op = pending_maps_[op_id];
-  op = PendingMap{link.id(), seq, process_id, (*region)->vaddr, 0, absl::OkStatus()};
+  const uint64_t vaddr = (*region)->vaddr;
+  busy_[vaddr] = vaddr + (*region)->bytes;
+  auto batch = CallBatch::Make([this, link_id = link.id(), seq, process_id,
+                                vaddr](const absl::Status& result) {
+    FinishMap(link_id, seq, process_id, vaddr, result);
+  });
   for (const ExtentRecord& e : (*region)->extents) {
-    ipc::Link* element = ElementLink(e.element);
-    if (element == nullptr) {
-      op.failure = absl::UnavailableError(absl::StrCat("memory element ", e.element, " is gone"));
-      break;
-    }
-    const uint64_t program_seq = next_seq_++;
-    ipc::SmallMessage message;
-    auto program = message.Init(program_seq).initProgramPages();
-    program.setProcessId(process_id);
-    program.setPid(p->pid);
-    program.setStartTime(p->start_time);
-    program.setVpage(e.vpage);
-    program.setPages(e.pages);
-    program.setPoolPage(e.pool_page);
-    if (!element->Send(message.builder()).ok()) {
-      op.failure = absl::UnavailableError(absl::StrCat("memory element ", e.element,
-                                                       " cannot be reached"));
-      break;
-    }
-    acks_by_seq_[program_seq] = {op_id, e.element};
-    ++op.acks_left;
+    batch->Expect();
+    absl::Status sent = CallElement(
+        e.element,
+        [&](proto::Message::Builder m) {
+          auto program = m.initProgramPages();
+          program.setProcessId(process_id);
+          program.setPid(p->pid);
+          program.setStartTime(p->start_time);
+          program.setVpage(e.vpage);
+          program.setPages(e.pages);
+          program.setPoolPage(e.pool_page);
+        },
+        [batch](const absl::StatusOr<proto::Message::Reader>& reply) {
+          batch->Answer(reply.status());
+        });
+    if (!sent.ok()) batch->Answer(sent);
   }
-  if (op.acks_left == 0) FinishMap(op_id);
+  batch->Seal();
   return absl::OkStatus();
 }
 
-void RackMmu::HandleProgramAck(ipc::Link& link, uint64_t seq, const absl::Status& result) {
-  auto ack = acks_by_seq_.find(seq);
-  if (ack == acks_by_seq_.end() || ElementLink(ack->second.element) != &link) {
-    LOG(WARNING) << "mmu: " << link.label() << " answered request " << seq
-                 << " that it was not asked: " << result;
-    return;
-  }
-  const uint64_t op_id = ack->second.op_id;
-  acks_by_seq_.erase(ack);
-  auto op = pending_maps_.find(op_id);
-  if (op == pending_maps_.end()) return;
-  if (!result.ok() && op->second.failure.ok()) op->second.failure = result;
-  if (--op->second.acks_left == 0) FinishMap(op_id);
-}
+void RackMmu::ElementGone(const std::string& name) { memory_.SetUsable(name, false); }
 
-void RackMmu::ElementGone(const std::string& name) {
-  memory_.SetUsable(name, false);
-  std::vector<uint64_t> orphaned;
-  for (const auto& [seq, ack] : acks_by_seq_) {
-    if (ack.element == name) orphaned.push_back(seq);
-  }
-  for (uint64_t seq : orphaned) {
-    const uint64_t op_id = acks_by_seq_[seq].op_id;
-    acks_by_seq_.erase(seq);
-    auto op = pending_maps_.find(op_id);
-    if (op == pending_maps_.end()) continue;
-    op->second.failure = absl::UnavailableError(absl::StrCat("memory element ", name, " failed"));
-    if (--op->second.acks_left == 0) FinishMap(op_id);
-  }
-}
-
-void RackMmu::FinishMap(uint64_t op_id) {
-  PendingMap op = std::move(pending_maps_[op_id]);
-  pending_maps_.erase(op_id);
-  auto app = links_.find(op.link_id);
-  const ProcessRecord* p = memory_.process(op.process_id);
-  if (p == nullptr) return;  // the process left meanwhile; its memory is already released
-  auto region = p->regions.find(op.vaddr);
-  if (region == p->regions.end()) return;
-  if (!op.failure.ok() || app == links_.end()) {
-    absl::StatusOr<Region> removed = memory_.Unmap(op.process_id, op.vaddr);
-    if (removed.ok()) Revoke(op.process_id, *removed);
-    if (app != links_.end()) (void)app->second->ReplyError(op.seq, op.failure);
+void RackMmu::FinishMap(uint64_t link_id, uint64_t seq, uint32_t process_id, uint64_t vaddr,
+                        const absl::Status& result) {
+  busy_.erase(vaddr);
+  auto app = links_.find(link_id);
+  auto region = memory_.regions().find(vaddr);
+  // The process left meanwhile: its memory is already released (or held for adoption).
+  if (region == memory_.regions().end() || region->second.owner != process_id) return;
+  if (!result.ok() || app == links_.end() || ProcessOf(*app->second) != process_id) {
+    absl::StatusOr<Region> removed = memory_.Unmap(process_id, vaddr);
+    if (removed.ok()) Release(process_id, removed->extents);
+    if (app != links_.end()) (void)app->second->ReplyError(seq, result);
     return;
   }
   const Region& r = region->second;
-  VLOG(1) << "mmu: process " << op.process_id << " mapped " << r.bytes << " bytes at 0x" << std::hex
+  VLOG(1) << "mmu: process " << process_id << " mapped " << r.bytes << " bytes at 0x" << std::hex
           << r.vaddr << std::dec << " in " << r.extents.size() << " extents";
-  (void)SendMapped(*app->second, op.seq, r);
+  (void)SendMapped(*app->second, seq, r);
 }
 
 absl::Status RackMmu::SendMapped(ipc::Link& link, uint64_t seq, const Region& r) {
@@ -159,13 +145,12 @@ absl::Status RackMmu::HandleTranslate(ipc::Link& link, uint64_t seq, uint64_t vp
   }
   absl::StatusOr<Region> region = memory_.Translate(process_id, vpage);
   if (!region.ok()) return link.ReplyError(seq, region.status());
-  for (const auto& [id, op] : pending_maps_) {
-    if (op.process_id == process_id && op.vaddr == region->vaddr) {
-      // Its memory elements are not programmed yet: the page is not usable before Map returns.
-      return link.ReplyError(seq, absl::NotFoundError(absl::StrCat(
-                                      "0x", absl::Hex(vpage << kPageShift),
-                                      " belongs to a region whose Map has not returned yet")));
-    }
+  if (Busy(vpage << kPageShift, kPageBytes)) {
+    // Its memory elements are not programmed yet (a Map that has not returned, a grant or
+    // steal under way): the page is not usable yet.
+    return link.ReplyError(seq, absl::PermissionDeniedError(absl::StrCat(
+                                    "0x", absl::Hex(vpage << kPageShift),
+                                    " is being mapped, granted or stolen right now")));
   }
   return SendMapped(link, seq, *region);
 }
@@ -176,29 +161,49 @@ absl::Status RackMmu::HandleUnmap(ipc::Link& link, uint64_t seq,
   if (process_id == 0) {
     return link.ReplyError(seq, absl::FailedPreconditionError("mmu: join the rack before Unmap"));
   }
-  for (const auto& [id, op] : pending_maps_) {
-    if (op.process_id == process_id && op.vaddr == request.getVaddr()) {
-      return link.ReplyError(seq, absl::FailedPreconditionError("mmu: that region is still being mapped"));
-    }
+  if (Busy(request.getVaddr(), kPageBytes)) {
+    return link.ReplyError(seq, absl::FailedPreconditionError(
+                                    "mmu: that region is being mapped, granted or stolen"));
   }
   absl::StatusOr<Region> region = memory_.Unmap(process_id, request.getVaddr());
   if (!region.ok()) return link.ReplyError(seq, region.status());
-  Revoke(process_id, *region);
+  Release(process_id, region->extents);
   return link.ReplyOk(seq);
 }
 
-void RackMmu::Revoke(uint32_t process_id, const Region& region) {
-  for (const ExtentRecord& e : region.extents) {
-    ipc::Link* element = ElementLink(e.element);
-    if (element == nullptr) continue;  // a gone element holds nothing to revoke
-    ipc::SmallMessage message;
-    // Acknowledgements of revocations need no bookkeeping: seq 0 asks for none.
-    auto revoke = message.Init(0).initRevokePages();
-    revoke.setProcessId(process_id);
-    revoke.setVpage(e.vpage);
-    revoke.setPages(e.pages);
-    (void)element->Send(message.builder());
+void RackMmu::Release(uint32_t process_id, const std::vector<ExtentRecord>& extents) {
+  for (const ExtentRecord& e : extents) {
+    absl::Status sent = CallElement(
+        e.element,
+        [&](proto::Message::Builder m) {
+          auto revoke = m.initRevokePages();
+          revoke.setProcessId(process_id);
+          revoke.setVpage(e.vpage);
+          revoke.setPages(e.pages);
+        },
+        [element = e.element](const absl::StatusOr<proto::Message::Reader>& reply) {
+          if (!reply.ok()) {
+            LOG(WARNING) << "mmu: " << element << " did not release pages: " << reply.status();
+          }
+        });
+    (void)sent;  // a gone element holds nothing to release
   }
+}
+
+absl::Status RackMmu::HandleLeave(ipc::Link& link, uint64_t seq) {
+  const uint32_t process_id = ProcessOf(link);
+  if (process_id == 0) {
+    return link.ReplyError(seq, absl::FailedPreconditionError("mmu: this process has not joined"));
+  }
+  process_by_link_.erase(link.id());
+  ReleaseProcess(process_id);
+  LOG(INFO) << "mmu: process " << process_id << " left the rack";
+  return link.ReplyOk(seq);
+}
+
+void RackMmu::ReleaseProcess(uint32_t process_id) {
+  event_links_.erase(process_id);
+  for (const Region& region : memory_.Leave(process_id)) Release(process_id, region.extents);
 }
 
 void RackMmu::ProcessLeft(uint64_t link_id) {
@@ -206,13 +211,32 @@ void RackMmu::ProcessLeft(uint64_t link_id) {
   if (it == process_by_link_.end()) return;
   const uint32_t process_id = it->second;
   process_by_link_.erase(it);
-  // Maps in flight for it are dropped when their acknowledgements arrive (FinishMap finds
-  // no region). Its memory is released now; keeping it for steal comes with grant/steal.
-  for (auto& [id, op] : pending_maps_) {
-    if (op.process_id == process_id) op.link_id = 0;
+  // Maps in flight for it are undone when their acknowledgements arrive (FinishMap).
+  const ProcessRecord* p = memory_.process(process_id);
+  const bool worth_keeping = p != nullptr && (memory_.MappedBytes(process_id) > 0 || !p->roots.empty());
+  if (!worth_keeping || options_.grace_period <= absl::ZeroDuration()) {
+    ReleaseProcess(process_id);
+    LOG(INFO) << "mmu: process " << process_id << " died; it held nothing to adopt";
+    return;
   }
-  for (const Region& region : memory_.Leave(process_id)) Revoke(process_id, region);
-  LOG(INFO) << "mmu: process " << process_id << " left the rack";
+  memory_.MarkDead(process_id, absl::Now() + options_.grace_period);
+  event_links_.erase(process_id);
+  LOG(INFO) << "mmu: process " << process_id << " died; its " << memory_.MappedBytes(process_id)
+            << " bytes are held for adoption for " << absl::FormatDuration(options_.grace_period);
+}
+
+void RackMmu::ReleaseExpired() {
+  loop_.Housekeeping();
+  const absl::Time now = absl::Now();
+  std::vector<uint32_t> expired;
+  for (const auto& [id, p] : memory_.processes()) {
+    if (p.dead && p.release_at <= now) expired.push_back(id);
+  }
+  for (uint32_t id : expired) {
+    LOG(INFO) << "mmu: grace period of dead process " << id << " is over; its "
+              << memory_.MappedBytes(id) << " bytes are freed";
+    ReleaseProcess(id);
+  }
 }
 
 }  // namespace disagg::rackmmu

@@ -63,15 +63,19 @@ struct ProcessStatus {
   name @1 :Text;
   pid @2 :Int32;
   element @3 :Text;
-  mappedBytes @4 :UInt64;
+  mappedBytes @4 :UInt64;       # memory it owns now
   cachedBytes @5 :UInt64;
   cacheQuotaBytes @6 :UInt64;
+  dead @7 :Bool;                # it died: its memory is held for adoption (steal) until
+  releaseInNanos @8 :Int64;     # ... this much later, then freed
+  groups @9 :List(Text);        # trust groups it joined
 }
 
 struct RackStatus {
   rackName @0 :Text;
   elements @1 :List(ElementStatus);
   processes @2 :List(ProcessStatus);
+  gracePeriodNanos @3 :Int64;   # how long a dead process's memory is held for adoption
 }
 
 # The rack monitor tells the Rack MMU when an element's health changes.
@@ -137,15 +141,105 @@ struct ProgramPages {
   poolPage @5 :UInt64;
 }
 
+# Releases [vpage, +pages) of a process: the pages are unbound and freed (zeroed for the
+# next owner). Answered ok once done.
 struct RevokePages {
   processId @0 :UInt32;
   vpage @1 :UInt64;
   pages @2 :UInt64;
 }
 
+# Rebinds [vpage, +pages) from one process to another at the same virtual pages, keeping the
+# data: from then on `fromProcess` is refused there and `toProcess` (identified by its pid and
+# start time, as in ProgramPages) is served. The whole range must be bound to `fromProcess`;
+# answered ok once done, or with an error and nothing changed.
+struct MovePages {
+  fromProcess @0 :UInt32;
+  toProcess @1 :UInt32;
+  toPid @2 :Int32;
+  toStartTime @3 :UInt64;
+  vpage @4 :UInt64;
+  pages @5 :UInt64;
+}
+
+# A memory element's page table, as it stands when the request is served (for `rackctl check`).
+struct PageTableEntry {
+  processId @0 :UInt32;
+  vpage @1 :UInt64;
+  pages @2 :UInt64;
+  poolPage @3 :UInt64;
+}
+
+struct PageTable {
+  entries @0 :List(PageTableEntry);
+}
+
+# Application -> Rack MMU: move the caller's pages [vaddr, +bytes) to process `to` (grant), or
+# `from`'s pages to the caller (steal, within a shared trust group). Grant is answered ok;
+# steal with `mapped` (the range and its extents).
+struct GrantRequest {
+  vaddr @0 :UInt64;
+  bytes @1 :UInt64;
+  to @2 :UInt32;
+}
+
+struct StealRequest {
+  vaddr @0 :UInt64;
+  bytes @1 :UInt64;
+  from @2 :UInt32;
+}
+
+struct JoinGroup {
+  name @0 :Text;
+}
+
+# A named root: `name -> vaddr` of the publisher, kept by the Rack MMU (also for the grace
+# period after the publisher's death), so whoever adopts its memory finds its state.
+struct Publish {
+  name @0 :Text;
+  vaddr @1 :UInt64;
+}
+
+struct Lookup {
+  owner @0 :UInt32;
+  name @1 :Text;
+}
+
+struct Root {
+  vaddr @0 :UInt64;
+}
+
+# What the Rack MMU tells an application process on its event link, unasked (seq 0).
+enum EventKind {
+  granted @0;   # `process` granted [vaddr, +bytes) to this process; extents say where it lives
+  revoked @1;   # `process` stole [vaddr, +bytes) from this process
+}
+
+struct RackEvent {
+  kind @0 :EventKind;
+  process @1 :UInt32;
+  vaddr @2 :UInt64;
+  bytes @3 :UInt64;
+  extents @4 :List(Extent);
+}
+
+# Application -> Rack MMU, on a second connection: make this the event link of process
+# `processId` (the same process, as the kernel identifies it).
+struct Subscribe {
+  processId @0 :UInt32;
+}
+
+# rackctl -> Rack MMU: compare the MMU's map with every memory element's page table.
+struct CheckResult {
+  differences @0 :List(Text);   # empty: they agree
+  extents @1 :UInt64;           # how many extents were compared
+  elements @2 :UInt32;          # how many memory elements answered
+}
+
 # Application -> Rack MMU: where does this page live? Answered with `mapped` holding the
 # region's bounds and the one extent that holds the page; NOT_FOUND if nothing is mapped
-# there, PERMISSION_DENIED if the page lies in another process's window.
+# there, PERMISSION_DENIED naming the owner if another process owns the page (or the page
+# is being granted or stolen right now).
 struct Translate {
   vpage @0 :UInt64;
 }
@@ -234,6 +328,20 @@ struct Message {
     launched @25 :Launched;
     exited @26 :Exited;
     signalProgram @27 :SignalProgram;
+    movePages @28 :MovePages;
+    pageTableRequest @29 :Void;
+    pageTable @30 :PageTable;
+    grant @31 :GrantRequest;
+    steal @32 :StealRequest;
+    joinGroup @33 :JoinGroup;
+    publish @34 :Publish;
+    lookup @35 :Lookup;
+    root @36 :Root;
+    rackEvent @37 :RackEvent;
+    subscribe @38 :Subscribe;
+    leave @39 :Void;              # application -> Rack MMU: release everything now (clean exit)
+    checkRequest @40 :Void;
+    checkResult @41 :CheckResult;
   }
 }
 

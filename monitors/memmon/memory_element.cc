@@ -24,6 +24,10 @@ absl::Status MemoryElement::HandleOther(ipc::Link& link, proto::Message::Reader 
       return HandleProgram(link, seq, message.getProgramPages());
     case proto::Message::REVOKE_PAGES:
       return HandleRevoke(link, seq, message.getRevokePages());
+    case proto::Message::MOVE_PAGES:
+      return HandleMove(link, seq, message.getMovePages());
+    case proto::Message::PAGE_TABLE_REQUEST:
+      return HandlePageTable(link, seq);
     case proto::Message::READ_PAGE:
       loop().KeepSpinning(memory_options_.burst_spin);  // page traffic comes in bursts
       return HandleRead(link, seq, message.getReadPage().getVpage());
@@ -61,6 +65,46 @@ absl::Status MemoryElement::HandleRevoke(ipc::Link& link, uint64_t seq,
   }
   store_.Revoke(revoke.getProcessId(), revoke.getVpage(), revoke.getPages());
   return seq == 0 ? absl::OkStatus() : link.ReplyOk(seq);
+}
+
+absl::Status MemoryElement::HandleMove(ipc::Link& link, uint64_t seq,
+                                       proto::MovePages::Reader move) {
+  if (!IsRackMmu(link)) {
+    return Refuse(link, seq, absl::PermissionDeniedError(absl::StrCat(
+                                 options().name, ": only the Rack MMU moves pages")));
+  }
+  absl::Status status = store_.Move(move.getFromProcess(), move.getToProcess(), move.getToPid(),
+                                    move.getToStartTime(), move.getVpage(), move.getPages());
+  if (!status.ok()) return Refuse(link, seq, status);
+  VLOG(1) << options().name << ": moved [0x" << std::hex << (move.getVpage() << 12) << std::dec
+          << ", +" << move.getPages() << " pages) from process " << move.getFromProcess()
+          << " to " << move.getToProcess();
+  return link.ReplyOk(seq);
+}
+
+absl::Status MemoryElement::HandlePageTable(ipc::Link& link, uint64_t seq) {
+  if (!IsRackMmu(link)) {
+    return Refuse(link, seq, absl::PermissionDeniedError(absl::StrCat(
+                                 options().name, ": only the Rack MMU reads the page table")));
+  }
+  const std::vector<PageStore::Binding> bindings = store_.Dump();
+  capnp::MallocMessageBuilder builder;
+  auto reply = builder.initRoot<proto::Message>();
+  reply.setSeq(seq);
+  auto entries = reply.initPageTable().initEntries(bindings.size());
+  for (size_t i = 0; i < bindings.size(); ++i) {
+    entries[i].setProcessId(bindings[i].process_id);
+    entries[i].setVpage(bindings[i].vpage);
+    entries[i].setPages(bindings[i].pages);
+    entries[i].setPoolPage(bindings[i].pool_page);
+  }
+  absl::Status sent = link.Send(builder);
+  if (absl::IsInvalidArgument(sent)) {  // larger than the channel takes
+    return link.ReplyError(seq, absl::ResourceExhaustedError(absl::StrCat(
+                                    options().name, ": its page table (", bindings.size(),
+                                    " runs) is too large for one message")));
+  }
+  return sent;
 }
 
 absl::StatusOr<uint32_t> MemoryElement::ProcessOn(ipc::Link& link) {

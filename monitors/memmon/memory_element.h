@@ -31,6 +31,8 @@ class MemoryElement : public Element {
  private:
   absl::Status HandleProgram(ipc::Link& link, uint64_t seq, proto::ProgramPages::Reader program);
   absl::Status HandleRevoke(ipc::Link& link, uint64_t seq, proto::RevokePages::Reader revoke);
+  absl::Status HandleMove(ipc::Link& link, uint64_t seq, proto::MovePages::Reader move);
+  absl::Status HandlePageTable(ipc::Link& link, uint64_t seq);
   absl::Status HandleRead(ipc::Link& link, uint64_t seq, uint64_t vpage);
   absl::Status HandleWrite(ipc::Link& link, uint64_t seq, proto::PageData::Reader page);
   // The rack process on `link`, as the kernel identifies it. PERMISSION_DENIED if the

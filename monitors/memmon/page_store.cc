@@ -31,14 +31,8 @@ absl::Status PageStore::Program(uint32_t process_id, pid_t pid, uint64_t start_t
     return absl::InvalidArgumentError(absl::StrCat(name_, ": pool pages [", pool_page, ", +",
                                                    pages, ") are outside a pool of ", pool_pages));
   }
+  RETURN_IF_ERROR(Bind(process_id, pid, start_time));
   Process& p = processes_[process_id];
-  if (p.pid == 0) {
-    p.pid = pid;
-    p.start_time = start_time;
-  } else if (p.pid != pid || p.start_time != start_time) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(name_, ": process ", process_id, " is bound to pid ", p.pid));
-  }
   auto next = p.ranges.lower_bound(vpage);
   if ((next != p.ranges.end() && next->first < vpage + pages) ||
       (next != p.ranges.begin() && std::prev(next)->first + std::prev(next)->second.pages > vpage)) {
@@ -49,6 +43,82 @@ absl::Status PageStore::Program(uint32_t process_id, pid_t pid, uint64_t start_t
   p.ranges[vpage] = Range{pages, pool_page};
   used_pages_ += pages;
   return absl::OkStatus();
+}
+
+absl::Status PageStore::Bind(uint32_t process_id, pid_t pid, uint64_t start_time) {
+  auto it = processes_.find(process_id);
+  if (it == processes_.end()) {
+    processes_[process_id] = Process{pid, start_time, {}};
+  } else if (it->second.pid != pid || it->second.start_time != start_time) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name_, ": process ", process_id, " is bound to pid ", it->second.pid));
+  }
+  return absl::OkStatus();
+}
+
+void PageStore::SplitAt(std::map<uint64_t, Range>& ranges, uint64_t vpage) {
+  auto it = ranges.upper_bound(vpage);
+  if (it == ranges.begin()) return;
+  --it;
+  const uint64_t first = it->first;
+  const Range r = it->second;
+  if (vpage <= first || vpage >= first + r.pages) return;
+  it->second.pages = vpage - first;
+  ranges[vpage] = Range{first + r.pages - vpage, r.pool_page + (vpage - first)};
+}
+
+absl::Status PageStore::Move(uint32_t from, uint32_t to, pid_t pid, uint64_t start_time,
+                             uint64_t vpage, uint64_t pages) {
+  const uint64_t end = vpage + pages;
+  auto src = processes_.find(from);
+  if (pages == 0 || end < vpage || src == processes_.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(name_, ": process ", from,
+                                                   " holds nothing at 0x", absl::Hex(vpage << 12)));
+  }
+  // The whole range must be bound to `from`, without gaps, and free for `to`.
+  auto& ranges = src->second.ranges;
+  uint64_t at = vpage;
+  auto it = ranges.upper_bound(vpage);
+  if (it != ranges.begin()) --it;
+  for (; at < end; ++it) {
+    if (it == ranges.end() || it->first > at || it->first + it->second.pages <= at) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name_, ": page 0x", absl::Hex(at << 12), " is not bound to process ", from));
+    }
+    at = it->first + it->second.pages;
+  }
+  if (from == to) return absl::InvalidArgumentError(absl::StrCat(name_, ": a move to itself"));
+  if (auto dst = processes_.find(to); dst != processes_.end()) {
+    if (dst->second.pid != pid || dst->second.start_time != start_time) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name_, ": process ", to, " is bound to pid ", dst->second.pid));
+    }
+    auto& theirs = dst->second.ranges;
+    auto next = theirs.lower_bound(vpage);
+    if ((next != theirs.end() && next->first < end) ||
+        (next != theirs.begin() && std::prev(next)->first + std::prev(next)->second.pages > vpage)) {
+      return absl::InvalidArgumentError(absl::StrCat(name_, ": process ", to, " has pages at 0x",
+                                                     absl::Hex(vpage << 12), " already"));
+    }
+  }
+  RETURN_IF_ERROR(Bind(to, pid, start_time));
+  SplitAt(ranges, vpage);
+  SplitAt(ranges, end);
+  auto& theirs = processes_[to].ranges;
+  for (auto r = ranges.lower_bound(vpage); r != ranges.end() && r->first < end;) {
+    theirs[r->first] = r->second;
+    r = ranges.erase(r);
+  }
+  if (ranges.empty()) processes_.erase(from);
+  return absl::OkStatus();
+}
+
+std::vector<PageStore::Binding> PageStore::Dump() const {
+  std::vector<Binding> out;
+  for (const auto& [id, p] : processes_) {
+    for (const auto& [vpage, r] : p.ranges) out.push_back({id, vpage, r.pages, r.pool_page});
+  }
+  return out;
 }
 
 void PageStore::Release(uint64_t pool_page, uint64_t pages) {

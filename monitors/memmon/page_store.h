@@ -34,6 +34,23 @@ class PageStore {
   // Unmaps [vpage, +pages) of `process_id` and zeroes (releases) those pool pages. Ranges
   // that are not mapped are ignored; a partial overlap splits the range.
   void Revoke(uint32_t process_id, uint64_t vpage, uint64_t pages);
+  // Rebinds [vpage, +pages) from `from` to `to` (bound to `pid` and `start_time`), keeping
+  // the pool pages and their data: from then on `from` is refused there. Costs the number of
+  // runs, not pages. INVALID_ARGUMENT if any page of the range is not bound to `from`, if
+  // `to` already has pages there, or if `to`'s identity differs from an earlier binding;
+  // nothing changes then.
+  absl::Status Move(uint32_t from, uint32_t to, pid_t pid, uint64_t start_time, uint64_t vpage,
+                    uint64_t pages);
+
+  // One bound run: (process, first vpage, pages, first pool page).
+  struct Binding {
+    uint32_t process_id;
+    uint64_t vpage;
+    uint64_t pages;
+    uint64_t pool_page;
+  };
+  // The whole page table, by process and vpage.
+  std::vector<Binding> Dump() const;
 
   // The rack process id bound to (pid, start_time), or 0.
   uint32_t ProcessFor(pid_t pid, uint64_t start_time) const;
@@ -63,6 +80,10 @@ class PageStore {
         pool_(std::move(pool)),
         written_(pool_.size() / kPageBytes, false) {}
   absl::StatusOr<uint64_t> Locate(uint32_t process_id, uint64_t vpage) const;
+  // Binds `process_id` to (pid, start_time), or checks an earlier binding.
+  absl::Status Bind(uint32_t process_id, pid_t pid, uint64_t start_time);
+  // Makes a range of `ranges` start at `vpage` if one spans it.
+  static void SplitAt(std::map<uint64_t, Range>& ranges, uint64_t vpage);
   void Release(uint64_t pool_page, uint64_t pages);
 
   std::string name_;

@@ -47,5 +47,50 @@ TEST_CASE("A memory element's page table serves only what the Rack MMU programme
   }
 }
 
+TEST_CASE("A memory element rebinds pages to another process without touching their data") {
+  auto store = PageStore::Create("mem0", 64 * kPageBytes);
+  REQUIRE(store.ok());
+  REQUIRE(store->Program(7, 1000, 55, 0x100, 16, 4).ok());
+  std::memset(*store->Write(7, 0x105), 0x5A, kPageBytes);
+
+  SECTION("a move of part of a range splits it: the giver keeps the rest, the taker the data") {
+    REQUIRE(store->Move(7, 9, 2000, 66, 0x104, 4).ok());
+    REQUIRE(absl::IsPermissionDenied(store->Read(7, 0x105).status()));
+    REQUIRE(store->Read(7, 0x103).ok());
+    REQUIRE(store->Read(7, 0x108).ok());
+    auto moved = store->Read(9, 0x105);
+    REQUIRE(moved.ok());
+    REQUIRE((*moved)[100] == 0x5A);
+    REQUIRE(store->ProcessFor(2000, 66) == 9);
+    REQUIRE(store->used_bytes() == 16 * kPageBytes);  // nothing freed, nothing copied
+    const auto table = store->Dump();
+    REQUIRE(table.size() == 3);
+    SECTION("and it can move back, and a released page reads as zeros afterwards") {
+      REQUIRE(store->Move(9, 7, 1000, 55, 0x104, 4).ok());
+      REQUIRE((*store->Read(7, 0x105))[0] == 0x5A);
+      REQUIRE(store->ProcessFor(2000, 66) == 0);  // 9 holds nothing here any more
+      store->Revoke(7, 0x100, 16);
+      REQUIRE(store->used_bytes() == 0);
+      REQUIRE(store->Program(3, 3000, 77, 0x900, 16, 4).ok());
+      REQUIRE((*store->Read(3, 0x901))[0] == 0);
+    }
+  }
+  SECTION("a range not wholly bound to the giver is refused, and nothing changes") {
+    REQUIRE(absl::IsInvalidArgument(store->Move(7, 9, 2000, 66, 0x10c, 8)));
+    REQUIRE(absl::IsInvalidArgument(store->Move(8, 9, 2000, 66, 0x100, 1)));
+    REQUIRE(absl::IsInvalidArgument(store->Move(7, 7, 1000, 55, 0x100, 1)));
+    REQUIRE(store->Read(7, 0x10c).ok());
+    REQUIRE(store->ProcessFor(2000, 66) == 0);
+    REQUIRE(store->Dump().size() == 1);
+  }
+  SECTION("a taker bound to another pid, or holding pages there, is refused") {
+    REQUIRE(store->Program(9, 2000, 66, 0x200, 1, 40).ok());
+    REQUIRE(absl::IsInvalidArgument(store->Move(7, 9, 2001, 66, 0x100, 1)));
+    REQUIRE(store->Program(9, 2000, 66, 0x110, 1, 41).ok());
+    REQUIRE(absl::IsInvalidArgument(store->Move(7, 9, 2000, 66, 0x10f, 2)));
+    REQUIRE(store->Read(7, 0x10f).ok());
+  }
+}
+
 }  // namespace
 }  // namespace disagg::memmon
