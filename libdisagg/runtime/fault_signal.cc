@@ -142,6 +142,8 @@ const char* FaultCauseName(FaultCause cause) {
       return "memory element failed";
     case FaultCause::kLost:
       return "data lost (a write-back failed)";
+    case FaultCause::kRevoked:
+      return "revoked (granted away or stolen)";
   }
   return "refused";
 }

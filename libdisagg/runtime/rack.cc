@@ -40,7 +40,7 @@ std::string FromEnv(const std::string& given, const char* variable) {
 
 RackImpl::RackImpl(JoinOptions options, ipc::Client mmu, Userfaultfd uffd)
     : options_(std::move(options)),
-      mmu_(std::move(mmu)),
+      mmu_(std::move(mmu), options_.timeout),
       uffd_(std::move(uffd)),
       elements_(options_.rack_dir, options_.timeout) {}
 
@@ -81,6 +81,7 @@ absl::StatusOr<std::unique_ptr<Rack>> RackImpl::Join(JoinOptions options) {
 
 absl::Status RackImpl::Start(ipc::Connection compute) {
   RETURN_IF_ERROR(JoinMmu());
+  RETURN_IF_ERROR(SubscribeEvents());
   RETURN_IF_ERROR(ReserveRange());
   RETURN_IF_ERROR(AttachCompute(std::move(compute)));
   for (int i = 0; i < options_.fault_threads; ++i) threads_.emplace_back([this] { FaultLoop(); });
@@ -88,30 +89,36 @@ absl::Status RackImpl::Start(ipc::Connection compute) {
 }
 
 absl::Status RackImpl::JoinMmu() {
-  absl::MutexLock lock(&mmu_mu_);
-  ipc::SmallMessage request;
-  auto root = request.Init();
-  auto join = root.initJoin();
-  join.setName(options_.name);
-  join.setElement(options_.element);
-  RETURN_IF_ERROR(mmu_.Call(
-      request.builder(), root,
-      [&](proto::Message::Reader reply) {
-        if (!reply.isJoined()) return absl::InternalError("the Rack MMU answered Join oddly");
-        auto joined = reply.getJoined();
-        id_ = joined.getProcessId();
-        range_base_ = joined.getRangeBase();
-        range_bytes_ = joined.getRangeBytes();
-        window_base_ = joined.getWindowBase();
-        window_bytes_ = joined.getWindowBytes();
-        return absl::OkStatus();
-      },
-      options_.timeout));
+  ASSIGN_OR_RETURN(JoinedInfo joined, mmu_.Join(options_.name, options_.element));
+  id_ = joined.process_id;
+  range_base_ = joined.range_base;
+  range_bytes_ = joined.range_bytes;
+  window_base_ = joined.window_base;
+  window_bytes_ = joined.window_bytes;
   if (range_base_ % kPageBytes != 0 || range_bytes_ == 0 || range_base_ >= kUserSpaceEnd ||
       range_bytes_ > kUserSpaceEnd - range_base_ || window_base_ < range_base_ ||
       window_base_ + window_bytes_ > range_base_ + range_bytes_) {
     return absl::InternalError("the Rack MMU gave an impossible rack range or window");
   }
+  return absl::OkStatus();
+}
+
+absl::Status RackImpl::SubscribeEvents() {
+  // A second connection, read only by the control thread: what the Rack MMU sends unasked
+  // never meets a reply that a caller waits for.
+  absl::StatusOr<ipc::Client> link =
+      ipc::Client::Connect(SocketPath(options_.rack_dir, "mmu"), options_.timeout);
+  if (!link.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot open the event link to the Rack MMU: ", link.status().message()));
+  }
+  ipc::SmallMessage request;
+  auto root = request.Init();
+  root.initSubscribe().setProcessId(id_);
+  RETURN_IF_ERROR(link->Call(
+      request.builder(), root, [](proto::Message::Reader) { return absl::OkStatus(); },
+      options_.timeout));
+  event_link_ = std::make_unique<ipc::Connection>(std::move(link->connection()));
   return absl::OkStatus();
 }
 
@@ -173,113 +180,40 @@ RackImpl::~RackImpl() {
     (void)ignored;
   }
   for (std::thread& t : threads_) t.join();
+  // A clean exit frees this process's memory now; a death would hold it for adoption.
+  if (id_ != 0) {
+    if (absl::Status left = mmu_.Leave(); !left.ok()) {
+      VLOG(1) << "disagg: leaving the rack: " << left;
+    }
+  }
   if (signal_installed_) RemoveFaultSignal();
   if (reserved_) munmap(reinterpret_cast<void*>(range_base_), range_bytes_);
 }
 
 absl::StatusOr<Region> RackImpl::Map(size_t bytes, MapOptions options) {
-  uint64_t vaddr = 0;
-  RegionInfo info;
-  {
-    absl::MutexLock lock(&mmu_mu_);
-    ipc::SmallMessage request;
-    auto root = request.Init();
-    auto map = root.initMap();
-    map.setBytes(bytes);
-    map.setPlacement(options.placement == Placement::kFill ? proto::Placement::FILL
-                                                           : proto::Placement::SPREAD);
-    RETURN_IF_ERROR(mmu_.Call(
-        request.builder(), root,
-        [&](proto::Message::Reader reply) {
-          if (!reply.isMapped()) return absl::InternalError("the Rack MMU answered Map oddly");
-          auto mapped = reply.getMapped();
-          vaddr = mapped.getVaddr();
-          info.bytes = mapped.getBytes();
-          for (auto e : mapped.getExtents()) {
-            info.extents.push_back({e.getVpage(), e.getPages(), e.getElement()});
-          }
-          return absl::OkStatus();
-        },
-        options_.timeout));
-  }
-  if (vaddr < window_base_ || info.bytes > window_base_ + window_bytes_ - vaddr ||
-      info.bytes < bytes) {
+  ASSIGN_OR_RETURN(MappedRange mapped,
+                   mmu_.Map(bytes, options.placement == Placement::kFill
+                                       ? proto::Placement::FILL
+                                       : proto::Placement::SPREAD));
+  const uint64_t vaddr = mapped.vaddr;
+  if (vaddr < window_base_ || mapped.info.bytes > window_base_ + window_bytes_ - vaddr ||
+      mapped.info.bytes < bytes) {
     return absl::InternalError("the Rack MMU placed a region outside this process's window");
   }
-  std::sort(info.extents.begin(), info.extents.end(),
-            [](const ExtentInfo& a, const ExtentInfo& b) { return a.vpage < b.vpage; });
-  const uint64_t first = vaddr >> kPageShift, last = (vaddr + info.bytes) >> kPageShift;
+  const size_t size = mapped.info.bytes;
   absl::MutexLock lock(&mu_);
-  // Pages refused before this Map (a touch of an unmapped address) are usable now. A touch
-  // racing with this Map may still be in flight: its outcome is awaited first. (One the
-  // Rack MMU already translated holds the region's own data and stays.)
-  while (cache_.BusyIn(first, last)) changed_.Wait(&mu_);
-  auto& pages = cache_.pages();
-  for (auto it = pages.lower_bound(first); it != pages.end() && it->first < last;) {
-    if (it->second.state != PageState::kPoisoned) {
-      ++it;
-      continue;
-    }
-    ForgetPoison(it->first);
-    (void)uffd_.Drop(it->first << kPageShift, kPageBytes);
-    it = pages.erase(it);
-  }
-  const size_t size = info.bytes;
-  regions_[vaddr] = std::move(info);
+  Adopt(vaddr, std::move(mapped.info));
   return Region(reinterpret_cast<void*>(vaddr), size);
 }
 
 absl::Status RackImpl::Unmap(void* data) {
   const uint64_t vaddr = reinterpret_cast<uintptr_t>(data);
-  uint64_t bytes = 0;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = regions_.find(vaddr);
-    if (it == regions_.end()) {
-      return absl::NotFoundError(absl::StrCat("Unmap: no region starts at 0x", absl::Hex(vaddr)));
-    }
-    bytes = it->second.bytes;
-  }
-  {
-    absl::MutexLock lock(&mmu_mu_);
-    ipc::SmallMessage request;
-    auto root = request.Init();
-    root.initUnmap().setVaddr(vaddr);
-    RETURN_IF_ERROR(mmu_.Call(
-        request.builder(), root, [](proto::Message::Reader) { return absl::OkStatus(); },
-        options_.timeout));
-  }
-  const uint64_t first = vaddr >> kPageShift, last = (vaddr + bytes) >> kPageShift;
+  RETURN_IF_ERROR(mmu_.Unmap(vaddr));
   absl::MutexLock lock(&mu_);
-  while (cache_.BusyIn(first, last)) changed_.Wait(&mu_);
-  regions_.erase(vaddr);
-  auto& pages = cache_.pages();
-  std::vector<uint64_t> gone;
-  for (auto it = pages.lower_bound(first); it != pages.end() && it->first < last; ++it) {
-    gone.push_back(it->first);
-  }
-  for (uint64_t vpage : gone) {
-    ForgetPoison(vpage);
-    cache_.Remove(vpage);
-  }
-  RETURN_IF_ERROR(uffd_.Drop(vaddr, bytes));
-  changed_.SignalAll();
-  return absl::OkStatus();
-}
-
-absl::Status RackImpl::CheckMapped(uintptr_t addr, size_t len) {
-  uintptr_t at = addr;
-  const uintptr_t end = addr + len;
-  if (end < addr) return absl::InvalidArgumentError("the range wraps around");
-  while (at < end) {
-    auto it = regions_.upper_bound(at);
-    if (it == regions_.begin() || at >= std::prev(it)->first + std::prev(it)->second.bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "0x", absl::Hex(at), " is not in a region this process mapped"));
-    }
-    --it;
-    at = it->first + it->second.bytes;
-  }
+  std::optional<uint64_t> bytes = translations_.Remove(vaddr);
+  if (!bytes) return absl::OkStatus();  // it was known to the Rack MMU only
+  RETURN_IF_ERROR(DropRange(vaddr >> kPageShift, (vaddr + *bytes) >> kPageShift,
+                            /*write_back=*/false));
   return absl::OkStatus();
 }
 
@@ -288,22 +222,35 @@ absl::Status RackImpl::Flush(const void* addr, size_t len) {
   const uintptr_t start = reinterpret_cast<uintptr_t>(addr);
   const uint64_t first = start >> kPageShift;
   const uint64_t last = (start + len + kPageBytes - 1) >> kPageShift;
-  {
-    absl::MutexLock lock(&mu_);
-    RETURN_IF_ERROR(CheckMapped(start, len));
+  absl::MutexLock lock(&mu_);
+  // Memory granted to this process may be used before its event arrived: ask the Rack MMU
+  // about what is not known here.
+  for (int learnt = 0;; ++learnt) {
+    absl::Status owned = translations_.CheckOwned(start, len);
+    if (owned.ok()) break;
+    uint64_t missing = start;
+    while (translations_.CheckOwned(missing, 1).ok()) missing = (missing & ~(kPageBytes - 1)) + kPageBytes;
+    mu_.Unlock();
+    absl::StatusOr<MappedRange> found = mmu_.Translate(missing >> kPageShift);
+    mu_.Lock();
+    if (!found.ok() || learnt >= 64) return owned;
+    VLOG(1) << "disagg: learnt of 0x" << std::hex << found->vaddr << std::dec << " from the Rack MMU";
+    translations_.AddExtent(found->vaddr, found->info.bytes, found->info.extents[0]);
   }
+  return WriteBackRange(first, last);
+}
+
+absl::Status RackImpl::WriteBackRange(uint64_t first, uint64_t last) {
   std::vector<uint8_t> buffer(kFlushBatch * kPageBytes);
   std::vector<std::pair<std::string, PageWrite>> batch;
   for (uint64_t cursor = first; cursor < last;) {
     batch.clear();
-    {
-      absl::MutexLock lock(&mu_);
-      cursor = SnapshotDirty(cursor, last, buffer.data(), batch);
-    }
+    cursor = SnapshotDirty(cursor, last, buffer.data(), batch);
     std::vector<absl::Status> results;
+    mu_.Unlock();
     WriteBack(batch, results);
+    mu_.Lock();
     absl::Status failure;
-    absl::MutexLock lock(&mu_);
     for (size_t i = 0; i < batch.size(); ++i) {
       if (results[i].ok()) ++writebacks_;
       if (failure.ok()) failure = results[i];
@@ -317,7 +264,6 @@ absl::Status RackImpl::Flush(const void* addr, size_t len) {
     if (!failure.ok()) return failure;
   }
   // Pages evicted before this call may still be on their way back: wait for them.
-  absl::MutexLock lock(&mu_);
   while (cache_.BusyIn(first, last)) changed_.Wait(&mu_);
   for (auto it = cache_.pages().lower_bound(first);
        it != cache_.pages().end() && it->first < last; ++it) {
@@ -336,7 +282,7 @@ uint64_t RackImpl::SnapshotDirty(uint64_t cursor, uint64_t last, uint8_t* buffer
   for (; it != pages.end() && it->first < last && batch.size() < kFlushBatch; ++it) {
     if (it->second.state != PageState::kPresent || !it->second.dirty) continue;
     const uint64_t vpage = it->first;
-    const ExtentInfo* extent = FindExtentLocked(vpage);
+    const ExtentInfo* extent = translations_.Find(vpage);
     if (extent == nullptr) continue;  // unmapped meanwhile: nothing to make durable
     // Writes from here on fault and mark the page dirty again.
     if (absl::Status s = uffd_.WriteProtect(vpage << kPageShift, kPageBytes, true); !s.ok()) {
@@ -371,6 +317,8 @@ void RackImpl::WriteBack(std::vector<std::pair<std::string, PageWrite>>& writes,
 
 void RackImpl::OnMemoryFault(MemoryFaultHandler handler) { SetMemoryFaultHandler(handler); }
 
+void RackImpl::OnEvent(EventHandler handler) { events_.SetHandler(std::move(handler)); }
+
 CacheStats RackImpl::cache_stats() const {
   CacheStats stats;
   {
@@ -392,13 +340,25 @@ void RackImpl::ControlLoop() {
   ipc::Channel& channel = compute_->channel;
   std::vector<uint64_t> words;
   uint64_t reported = ~uint64_t{0};
-  while (true) {
+  // Drains `from`; false if its ring is corrupt.
+  auto drain = [&](ipc::Channel& from, const char* who,
+                   absl::Status (RackImpl::*handle)(proto::Message::Reader)) {
     while (true) {
-      absl::StatusOr<bool> got = channel.Receive(words);
-      if (!got.ok() || !*got) break;
+      absl::StatusOr<bool> got = from.Receive(words);
+      if (!got.ok()) {
+        LOG(WARNING) << "disagg: " << who << ": " << got.status();
+        return false;
+      }
+      if (!*got) return true;
       absl::Status status = ipc::DecodeMessage(
-          words, [&](proto::Message::Reader message) { return HandleControl(message); });
-      if (!status.ok()) LOG(WARNING) << "disagg: compute element " << options_.element << ": " << status;
+          words, [&](proto::Message::Reader message) { return (this->*handle)(message); });
+      if (!status.ok()) LOG(WARNING) << "disagg: " << who << ": " << status;
+    }
+  };
+  while (true) {
+    drain(channel, "compute element", &RackImpl::HandleControl);
+    if (event_link_ && !drain(event_link_->channel, "Rack MMU events", &RackImpl::HandleRackEvent)) {
+      event_link_.reset();
     }
     uint64_t cached;
     {
@@ -407,14 +367,32 @@ void RackImpl::ControlLoop() {
     }
     if (cached != reported && ReportUsage(0).ok()) reported = cached;
     if (channel.PrepareToSleep()) continue;  // a message arrived meanwhile
-    struct pollfd fds[3] = {{channel.doorbell_fd(), POLLIN, 0},
+    if (event_link_ && event_link_->channel.PrepareToSleep()) {
+      channel.Awake();
+      continue;
+    }
+    struct pollfd fds[5] = {{channel.doorbell_fd(), POLLIN, 0},
                             {compute_->socket.get(), POLLRDHUP, 0},
-                            {stop_.get(), POLLIN, 0}};
-    const int rc = poll(fds, 3, 100);
+                            {stop_.get(), POLLIN, 0},
+                            {-1, POLLIN, 0},
+                            {-1, POLLRDHUP, 0}};
+    if (event_link_) {
+      fds[3].fd = event_link_->channel.doorbell_fd();
+      fds[4].fd = event_link_->socket.get();
+    }
+    const int rc = poll(fds, 5, 100);
     channel.Awake();
+    if (event_link_) event_link_->channel.Awake();
     if (rc < 0 && errno != EINTR) continue;
     if (fds[2].revents & POLLIN) return;
     if (fds[0].revents & POLLIN) channel.DrainDoorbell();
+    if (event_link_ && (fds[3].revents & POLLIN)) event_link_->channel.DrainDoorbell();
+    if (event_link_ && (fds[4].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+      // The Rack MMU is gone: memory already mapped keeps working; no more events come.
+      drain(event_link_->channel, "Rack MMU events", &RackImpl::HandleRackEvent);
+      LOG(WARNING) << "disagg: the Rack MMU closed the event link";
+      event_link_.reset();
+    }
     if (fds[1].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
       // The process runs on that compute element: it fails with it.
       std::fprintf(stderr, "disagg: compute element %s is gone; process %d (%s) ends with it\n",

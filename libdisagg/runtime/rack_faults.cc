@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "internal/logging.h"
+#include "internal/status_macros.h"
 #include "ipc/wire.h"
 #include "runtime/fault_signal.h"
 #include "runtime/rack_impl.h"
@@ -146,6 +147,15 @@ RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait, F
           continue;
       }
     }
+    if (InTransfer(vpage)) {
+      changed_.Wait(&mu_);  // being granted: served once the outcome is known
+      continue;
+    }
+    if (translations_.Revoked(vpage)) {
+      cache_.MarkPoisoned(vpage);
+      Refuse(vpage, FaultCause::kRevoked);
+      return Admission::kDone;
+    }
     if (cache_.HasRoom()) break;
     if (EvictBatch(kEvictBatch) > 0) continue;
     // Everything is in flight, or the quota is 0.
@@ -155,7 +165,7 @@ RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait, F
   cache_.BeginFetch(vpage);
   fetch.write = write;
   fetch.pages = {vpage};
-  if (const ExtentInfo* extent = FindExtentLocked(vpage)) {
+  if (const ExtentInfo* extent = translations_.Find(vpage)) {
     fetch.element = extent->element;
     PlanReadahead(vpage, extent->vpage + extent->pages, fetch.pages);
   }
@@ -300,8 +310,10 @@ void RackImpl::HandleWriteProtect(uint64_t vpage) {
   const uintptr_t addr = vpage << kPageShift;
   absl::MutexLock lock(&mu_);
   PageEntry* entry = cache_.Find(vpage);
-  while (entry != nullptr && entry->state == PageState::kFetching) {
-    changed_.Wait(&mu_);  // installed but not yet recorded
+  // Installed but not yet recorded; or being granted: a write then must not land in a copy
+  // that is about to leave.
+  while ((entry != nullptr && entry->state == PageState::kFetching) || InTransfer(vpage)) {
+    changed_.Wait(&mu_);
     entry = cache_.Find(vpage);
   }
   if (entry != nullptr && entry->state == PageState::kPresent) {
@@ -320,56 +332,11 @@ void RackImpl::Refuse(uint64_t vpage, FaultCause cause) {
   if (!status.ok()) LOG(ERROR) << "disagg: " << status;
 }
 
-const ExtentInfo* RackImpl::FindExtentLocked(uint64_t vpage) const {
-  const uintptr_t addr = vpage << kPageShift;
-  auto region = regions_.upper_bound(addr);
-  if (region == regions_.begin()) return nullptr;
-  --region;
-  if (addr >= region->first + region->second.bytes) return nullptr;
-  const auto& extents = region->second.extents;
-  auto e = std::upper_bound(extents.begin(), extents.end(), vpage,
-                            [](uint64_t v, const ExtentInfo& x) { return v < x.vpage; });
-  if (e == extents.begin() || vpage >= std::prev(e)->vpage + std::prev(e)->pages) return nullptr;
-  return &*std::prev(e);
-}
-
 absl::StatusOr<std::string> RackImpl::Translate(uint64_t vpage) {
-  uint64_t region_vaddr = 0;
-  RegionInfo found;
-  {
-    absl::MutexLock lock(&mmu_mu_);
-    ipc::SmallMessage request;
-    auto root = request.Init();
-    root.initTranslate().setVpage(vpage);
-    absl::Status status = mmu_.Call(
-        request.builder(), root,
-        [&](proto::Message::Reader reply) {
-          if (!reply.isMapped() || reply.getMapped().getExtents().size() != 1) {
-            return absl::InternalError("the Rack MMU answered Translate oddly");
-          }
-          auto mapped = reply.getMapped();
-          auto e = mapped.getExtents()[0];
-          region_vaddr = mapped.getVaddr();
-          found.bytes = mapped.getBytes();
-          found.extents.push_back({e.getVpage(), e.getPages(), e.getElement()});
-          return absl::OkStatus();
-        },
-        options_.timeout);
-    if (!status.ok()) return status;
-  }
-  const ExtentInfo& extent = found.extents[0];
-  if (vpage < extent.vpage || vpage - extent.vpage >= extent.pages) {
-    return absl::InternalError("the Rack MMU translated a page to an extent without it");
-  }
-  std::string element = extent.element;
+  ASSIGN_OR_RETURN(MappedRange found, mmu_.Translate(vpage));
+  std::string element = found.info.extents[0].element;
   absl::MutexLock lock(&mu_);
-  auto [it, inserted] = regions_.try_emplace(region_vaddr, std::move(found));
-  if (!inserted) {
-    auto& extents = it->second.extents;
-    auto at = std::upper_bound(extents.begin(), extents.end(), extent.vpage,
-                               [](uint64_t v, const ExtentInfo& x) { return v < x.vpage; });
-    extents.insert(at, ExtentInfo{extent.vpage, extent.pages, element});
-  }
+  translations_.AddExtent(found.vaddr, found.info.bytes, std::move(found.info.extents[0]));
   return element;
 }
 
@@ -406,7 +373,7 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
   staging.resize(victims.size() * kPageBytes);
   std::vector<std::pair<std::string, PageWrite>> writes;
   for (uint64_t vpage : victims) {
-    const ExtentInfo* extent = FindExtentLocked(vpage);
+    const ExtentInfo* extent = translations_.Find(vpage);
     if (!cache_.Find(vpage)->dirty || extent == nullptr) continue;
     uint8_t* copy = staging.data() + writes.size() * kPageBytes;
     std::memcpy(copy, reinterpret_cast<const void*>(vpage << kPageShift), kPageBytes);

@@ -1,9 +1,14 @@
 // RackImpl: the application's share of the rack, behind <disagg/disagg.h>.
 //
-// Threads: the application's own threads call Map/Unmap/Flush; `fault_threads` threads read
-// the userfaultfd and serve faults (fetch, install, write-protect, evict); one control thread
-// holds the connection to the compute element (cache quota, usage reports, the element's
-// death). All cache state lives under mu_. Page data moves with mu_ released, except the
+// A facade over parts that each do one job: MmuStub (calls to the Rack MMU), Translations
+// (where owned memory lives, what was revoked), PageCache (which pages are local),
+// ElementPool (page reads and write-backs), EventQueue (OnEvent delivery), Userfaultfd.
+//
+// Threads: the application's own threads call Map/Unmap/Flush/Grant/Steal; `fault_threads`
+// threads read the userfaultfd and serve faults (fetch, install, write-protect, evict); one
+// control thread holds the connection to the compute element (cache quota, usage reports,
+// the element's death) and the event link from the Rack MMU (granted, revoked); the
+// EventQueue's thread runs the OnEvent handler. All cache state lives under mu_. Page data moves with mu_ released, except the
 // 4 KiB copies taken of pages that are being evicted or flushed, which are taken under mu_
 // so that no other thread can drop the page meanwhile.
 //
@@ -28,22 +33,13 @@
 #include "disagg/disagg.h"
 #include "ipc/client.h"
 #include "runtime/element_pool.h"
+#include "runtime/events.h"
+#include "runtime/mmu_stub.h"
 #include "runtime/page_cache.h"
+#include "runtime/translations.h"
 #include "runtime/userfaultfd.h"
 
 namespace disagg::runtime {
-
-// Where a run of a region's pages lives.
-struct ExtentInfo {
-  uint64_t vpage = 0;
-  uint64_t pages = 0;
-  std::string element;
-};
-
-struct RegionInfo {
-  uint64_t bytes = 0;
-  std::vector<ExtentInfo> extents;  // sorted by vpage
-};
 
 class RackImpl final : public Rack {
  public:
@@ -56,16 +52,24 @@ class RackImpl final : public Rack {
   absl::StatusOr<Region> Map(size_t bytes, MapOptions options) override;
   absl::Status Unmap(void* data) override;
   absl::Status Flush(const void* addr, size_t len) override;
+  absl::Status Grant(void* addr, size_t len, uint32_t to) override;
+  absl::StatusOr<Region> Steal(uint32_t from, void* addr, size_t len) override;
+  absl::Status JoinGroup(const std::string& name) override;
+  absl::Status Publish(const std::string& name, const void* addr) override;
+  absl::StatusOr<void*> Lookup(uint32_t owner, const std::string& name) override;
+  void OnEvent(EventHandler handler) override;
   void OnMemoryFault(MemoryFaultHandler handler) override;
   CacheStats cache_stats() const override;
 
  private:
   RackImpl(JoinOptions options, ipc::Client mmu, Userfaultfd uffd);
 
-  // Joining, in order: the Rack MMU's process id and window, the reservation of the rack
-  // range (with userfaultfd and the SIGBUS handler), the compute element's cache quota.
+  // Joining, in order: the Rack MMU's process id and window, the event link, the
+  // reservation of the rack range (with userfaultfd and the SIGBUS handler), the compute
+  // element's cache quota.
   absl::Status Start(ipc::Connection compute);
   absl::Status JoinMmu();
+  absl::Status SubscribeEvents();
   absl::Status ReserveRange();
   absl::Status AttachCompute(ipc::Connection compute);
 
@@ -103,7 +107,6 @@ class RackImpl final : public Rack {
   void HandleWriteProtect(uint64_t vpage);
   // Where `vpage` lives: its memory element, or why the rack refuses it.
   absl::StatusOr<std::string> Translate(uint64_t vpage);
-  const ExtentInfo* FindExtentLocked(uint64_t vpage) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Adds to `batch` the pages after `vpage` (up to `extent_end`) worth reading with it, and
   // marks them as being fetched.
   void PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<uint64_t>& batch)
@@ -120,18 +123,32 @@ class RackImpl final : public Rack {
   absl::Status HandleControl(proto::Message::Reader message);
   absl::Status ReportUsage(uint64_t seq);
 
+  // Grant and steal (rack_transfer.cc).
+  // Drops every cached page of [first, last) from the address space and the cache; with
+  // `write_back`, dirty ones are written back first (mu_ is released meanwhile) and the
+  // first failure is returned. Waits for fetches and write-backs in flight there first.
+  absl::Status DropRange(uint64_t first, uint64_t last, bool write_back)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Faults in ranges being granted wait for the outcome.
+  bool InTransfer(uint64_t vpage) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes [vaddr, +info.bytes) usable here: translations known, earlier refusals forgotten.
+  void Adopt(uint64_t vaddr, RegionInfo info) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A message on the event link from the Rack MMU.
+  absl::Status HandleRackEvent(proto::Message::Reader message);
+
   // Flush's step under mu_: write-protects, copies (into `buffer`) and pins the dirty pages
   // of [cursor, last), up to a batch; returns where the next batch starts.
   uint64_t SnapshotDirty(uint64_t cursor, uint64_t last, uint8_t* buffer,
                          std::vector<std::pair<std::string, PageWrite>>& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes back the dirty pages of [first, last) (mu_ is released while they travel) and
+  // waits for earlier write-backs there. UNAVAILABLE (the pages stay dirty) or DATA_LOSS
+  // (a page there was lost or refused) on failure.
+  absl::Status WriteBackRange(uint64_t first, uint64_t last) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes `writes` back (reordered by element, pipelined per element); `results` gets each
   // write's outcome, in the new order. Called without mu_.
   void WriteBack(std::vector<std::pair<std::string, PageWrite>>& writes,
                  std::vector<absl::Status>& results);
-
-  // Checks that [addr, addr + len) lies inside this process's mapped regions.
-  absl::Status CheckMapped(uintptr_t addr, size_t len) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const JoinOptions options_;
   uint32_t id_ = 0;
@@ -142,14 +159,15 @@ class RackImpl final : public Rack {
   bool reserved_ = false;
   bool signal_installed_ = false;
 
-  absl::Mutex mmu_mu_;  // held for one request/reply with the Rack MMU
-  ipc::Client mmu_ ABSL_GUARDED_BY(mmu_mu_);
+  MmuStub mmu_;
   Userfaultfd uffd_;
   ElementPool elements_;
+  EventQueue events_;
 
   mutable absl::Mutex mu_;
   absl::CondVar changed_;  // a fetch, write-back or quota change completed
-  std::map<uint64_t, RegionInfo> regions_ ABSL_GUARDED_BY(mu_);  // by start address
+  Translations translations_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, uint64_t> transfers_ ABSL_GUARDED_BY(mu_);  // being granted: [start, end)
   PageCache cache_ ABSL_GUARDED_BY(mu_);
   bool quota_known_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t stats_quota_pages_ ABSL_GUARDED_BY(mu_) = 0;  // the quota the cache fits
@@ -172,6 +190,7 @@ class RackImpl final : public Rack {
 
   ipc::Fd stop_;  // eventfd: the threads return when it is readable
   std::unique_ptr<ipc::Connection> compute_;  // used only by the control thread
+  std::unique_ptr<ipc::Connection> event_link_;  // from the Rack MMU; the control thread's
   std::vector<std::thread> threads_;
 };
 

@@ -24,6 +24,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -84,6 +85,7 @@ enum class FaultCause {
   kRefused,        // the memory element holding the page refused this process
   kElementFailed,  // the memory element holding the page failed or cannot be reached
   kLost,           // a dirty page could not be written back: its latest data is lost
+  kRevoked,        // this process granted the memory away, or another process stole it
 };
 
 // A short, static description of `cause` ("not mapped", ...).
@@ -98,6 +100,23 @@ struct MemoryFault {
 // are allowed. It may leave with siglongjmp (to a sigsetjmp(env, 1) point). If it returns,
 // the process ends by SIGBUS after printing the fault, as without a handler.
 using MemoryFaultHandler = void (*)(const MemoryFault& fault);
+
+// What the rack tells a process unasked (see Rack::OnEvent).
+enum class EventKind {
+  kGranted,  // `process` granted [address, +size) to this process: it may use it at once
+  kRevoked,  // `process` stole [address, +size) from this process: touches fault (kRevoked)
+};
+
+struct Event {
+  EventKind kind;
+  uint32_t process;  // the giver (kGranted) or the taker (kRevoked)
+  void* address;
+  size_t size;
+};
+
+// Called on a libdisagg thread of its own, one event at a time, in the order they happened.
+// It may call the Rack's methods. It must not destroy the Rack.
+using EventHandler = std::function<void(const Event& event)>;
 
 // What the local cache holds and has done so far.
 struct CacheStats {
@@ -119,8 +138,10 @@ class Rack {
   static absl::StatusOr<std::unique_ptr<Rack>> Join(JoinOptions options = {});
 
   // Leaves the rack: stops serving faults, drops the reservation of the rack range (later
-  // accesses to it crash with SIGSEGV) and releases this process's regions. Unflushed writes
-  // are lost, as in a crash.
+  // accesses to it crash with SIGSEGV) and releases this process's regions and roots at once.
+  // Unflushed writes are lost, as in a crash. A process that ends without leaving (a crash,
+  // a kill, exit without destroying the Rack) has its memory held for adoption for the
+  // rack's grace period instead.
   virtual ~Rack() = default;
 
   // This process's rack-wide id.
@@ -144,6 +165,45 @@ class Rack {
   // inside this process's mapped regions; UNAVAILABLE if a memory element fails (the pages
   // stay dirty; the call names the element).
   virtual absl::Status Flush(const void* addr, size_t len) = 0;
+
+  // Grants [addr, addr + len) to process `to`, without copying: the pages written since
+  // their last write-back are written back first, then the Rack MMU makes `to` their owner
+  // at the same addresses (every pointer into them stays valid) and reprograms the memory
+  // elements; this process's cached copies and translations are dropped, and its later
+  // touches of the range fault with kRevoked. `to` gets a kGranted event. The range may be a
+  // whole region or any part of one, or span several; parts become regions of their own.
+  // The cost grows with the number of extents, not with the bytes. Errors:
+  // INVALID_ARGUMENT for an empty or unaligned range, one not wholly mapped, or `to` being
+  // this process; PERMISSION_DENIED if this process does not own all of it; NOT_FOUND if
+  // `to` is not a live process of the rack; ABORTED if a grant or steal of an overlapping
+  // range is under way; UNAVAILABLE if a dirty page could not be written back (nothing was
+  // granted then).
+  virtual absl::Status Grant(void* addr, size_t len, uint32_t to) = 0;
+
+  // Takes [addr, addr + len) from process `from`, which may be running, paused or dead
+  // (a dead process's memory is held for the rack's grace period): the memory elements
+  // refuse `from` there before this returns, so it can never again read or write back the
+  // range (its touches fault with kRevoked once it hears of it; its write-backs are refused
+  // and logged); what `from` had not written back is lost. Returns the range, now this
+  // process's, at the same addresses. Errors: PERMISSION_DENIED if this process and `from`
+  // share no trust group (JoinGroup) or `from` does not own all of the range; NOT_FOUND
+  // if `from` is unknown; INVALID_ARGUMENT and ABORTED as for Grant.
+  virtual absl::StatusOr<Region> Steal(uint32_t from, void* addr, size_t len) = 0;
+
+  // Joins the trust group `name` (1 to 255 bytes; created on first use). Members of a
+  // common group may steal from each other.
+  virtual absl::Status JoinGroup(const std::string& name) = 0;
+
+  // Publishes the named root `name` -> `addr`, which must lie in memory this process owns;
+  // kept by the Rack MMU, also for the grace period after this process dies, so that
+  // whoever adopts its memory finds its state. Publishing a name again replaces it.
+  virtual absl::Status Publish(const std::string& name, const void* addr) = 0;
+  // The root `name` of process `owner` (live, or dead within the grace period).
+  // NOT_FOUND if there is no such process or root.
+  virtual absl::StatusOr<void*> Lookup(uint32_t owner, const std::string& name) = 0;
+
+  // Sets the handler for rack events (nullptr: none; events then go unreported).
+  virtual void OnEvent(EventHandler handler) = 0;
 
   // Sets the handler for refused accesses (nullptr: the default message and SIGBUS).
   virtual void OnMemoryFault(MemoryFaultHandler handler) = 0;

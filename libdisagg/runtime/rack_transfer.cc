@@ -1,0 +1,153 @@
+// RackImpl's grant and steal, trust groups, named roots, and the events of the Rack MMU
+// (memory granted to this process, memory stolen from it).
+#include "absl/strings/str_cat.h"
+#include "internal/logging.h"
+#include "internal/status_macros.h"
+#include "ipc/wire.h"
+#include "runtime/fault_signal.h"
+#include "runtime/rack_impl.h"
+
+namespace disagg::runtime {
+namespace {
+
+absl::Status CheckRange(uint64_t vaddr, size_t len, const char* what) {
+  if (len == 0 || vaddr % kPageBytes != 0 || len % kPageBytes != 0 || vaddr + len < vaddr) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": [0x", absl::Hex(vaddr), ", +", len,
+                                                   ") is not a non-empty page-aligned range"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool RackImpl::InTransfer(uint64_t vpage) const {
+  const uint64_t addr = vpage << kPageShift;
+  auto it = transfers_.upper_bound(addr);
+  if (it == transfers_.begin()) return false;
+  return addr < std::prev(it)->second;
+}
+
+absl::Status RackImpl::DropRange(uint64_t first, uint64_t last, bool write_back) {
+  if (write_back) RETURN_IF_ERROR(WriteBackRange(first, last));
+  while (cache_.BusyIn(first, last)) changed_.Wait(&mu_);
+  auto& pages = cache_.pages();
+  std::vector<uint64_t> gone;
+  for (auto it = pages.lower_bound(first); it != pages.end() && it->first < last; ++it) {
+    gone.push_back(it->first);
+  }
+  for (uint64_t vpage : gone) {
+    ForgetPoison(vpage);
+    cache_.Remove(vpage);
+  }
+  // Present pages and poison go; the next touch faults and finds what the range is now.
+  absl::Status dropped = uffd_.Drop(first << kPageShift, (last - first) << kPageShift);
+  changed_.SignalAll();
+  return dropped;
+}
+
+void RackImpl::Adopt(uint64_t vaddr, RegionInfo info) {
+  const uint64_t first = vaddr >> kPageShift, last = (vaddr + info.bytes) >> kPageShift;
+  // Pages refused before (touched while unmapped, or someone else's) are usable now. A touch
+  // in flight is awaited first (one the Rack MMU already translated holds the range's own
+  // data and stays).
+  while (cache_.BusyIn(first, last)) changed_.Wait(&mu_);
+  auto& pages = cache_.pages();
+  for (auto it = pages.lower_bound(first); it != pages.end() && it->first < last;) {
+    if (it->second.state != PageState::kPoisoned) {
+      ++it;
+      continue;
+    }
+    ForgetPoison(it->first);
+    (void)uffd_.Drop(it->first << kPageShift, kPageBytes);
+    it = pages.erase(it);
+  }
+  translations_.Add(vaddr, std::move(info));
+  changed_.SignalAll();
+}
+
+absl::Status RackImpl::Grant(void* addr, size_t len, uint32_t to) {
+  const uint64_t vaddr = reinterpret_cast<uintptr_t>(addr);
+  RETURN_IF_ERROR(CheckRange(vaddr, len, "Grant"));
+  if (to == id_) return absl::InvalidArgumentError("Grant: a process cannot grant to itself");
+  const uint64_t first = vaddr >> kPageShift, last = (vaddr + len) >> kPageShift;
+  {
+    absl::MutexLock lock(&mu_);
+    auto next = transfers_.lower_bound(vaddr);
+    if ((next != transfers_.end() && next->first < vaddr + len) || InTransfer(first)) {
+      return absl::AbortedError("Grant: this process is granting an overlapping range already");
+    }
+    // From here on, touches of the range wait for the outcome; what was written goes back to
+    // the memory elements, and the local copies leave.
+    transfers_[vaddr] = vaddr + len;
+    absl::Status dropped = DropRange(first, last, /*write_back=*/true);
+    if (!dropped.ok()) {
+      transfers_.erase(vaddr);
+      changed_.SignalAll();
+      return absl::Status(dropped.code(), absl::StrCat("Grant: nothing was granted: the range's "
+                                                       "data could not be written back: ",
+                                                       dropped.message()));
+    }
+  }
+  absl::Status granted = mmu_.Grant(vaddr, len, to);
+  absl::MutexLock lock(&mu_);
+  transfers_.erase(vaddr);
+  if (granted.ok()) translations_.MarkRevoked(vaddr, len);
+  changed_.SignalAll();
+  return granted;
+}
+
+absl::StatusOr<Region> RackImpl::Steal(uint32_t from, void* addr, size_t len) {
+  const uint64_t vaddr = reinterpret_cast<uintptr_t>(addr);
+  RETURN_IF_ERROR(CheckRange(vaddr, len, "Steal"));
+  if (from == id_) return absl::InvalidArgumentError("Steal: a process cannot steal from itself");
+  ASSIGN_OR_RETURN(MappedRange stolen, mmu_.Steal(from, vaddr, len));
+  if (stolen.vaddr != vaddr || stolen.info.bytes != len) {
+    return absl::InternalError("the Rack MMU answered a steal with another range");
+  }
+  absl::MutexLock lock(&mu_);
+  Adopt(vaddr, std::move(stolen.info));
+  return Region(addr, len);
+}
+
+absl::Status RackImpl::JoinGroup(const std::string& name) { return mmu_.JoinGroup(name); }
+
+absl::Status RackImpl::Publish(const std::string& name, const void* addr) {
+  return mmu_.Publish(name, reinterpret_cast<uintptr_t>(addr));
+}
+
+absl::StatusOr<void*> RackImpl::Lookup(uint32_t owner, const std::string& name) {
+  ASSIGN_OR_RETURN(uint64_t vaddr, mmu_.Lookup(owner, name));
+  return reinterpret_cast<void*>(vaddr);
+}
+
+absl::Status RackImpl::HandleRackEvent(proto::Message::Reader message) {
+  if (!message.isRackEvent()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unexpected message ", static_cast<int>(message.which()), " on the event link"));
+  }
+  auto event = message.getRackEvent();
+  const uint64_t vaddr = event.getVaddr(), bytes = event.getBytes();
+  if (vaddr % kPageBytes != 0 || bytes % kPageBytes != 0 || vaddr < range_base_ ||
+      bytes > range_base_ + range_bytes_ - vaddr) {
+    return absl::InvalidArgumentError("an event names a range outside the rack range");
+  }
+  Event out{EventKind::kGranted, event.getProcess(), reinterpret_cast<void*>(vaddr), bytes};
+  absl::MutexLock lock(&mu_);
+  if (event.getKind() == proto::EventKind::GRANTED) {
+    RegionInfo info{bytes, {}};
+    for (auto e : event.getExtents()) {
+      info.extents.push_back({e.getVpage(), e.getPages(), e.getElement()});
+    }
+    Adopt(vaddr, std::move(info));
+  } else {
+    out.kind = EventKind::kRevoked;
+    // The memory elements refuse this process there already: what was not written back is
+    // lost, and later touches fault as revoked.
+    (void)DropRange(vaddr >> kPageShift, (vaddr + bytes) >> kPageShift, /*write_back=*/false);
+    translations_.MarkRevoked(vaddr, bytes);
+  }
+  events_.Push(out);
+  return absl::OkStatus();
+}
+
+}  // namespace disagg::runtime
