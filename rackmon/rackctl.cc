@@ -3,6 +3,8 @@
 //                               (from the Rack MMU and the compute elements)
 //   rackctl run --on cpuN -- PROGRAM ARGS   runs PROGRAM on compute element cpuN (procmon
 //                                           starts it; rackctl waits and passes signals on)
+//   rackctl check               compares the Rack MMU's map with every memory element's page
+//                               table; exit status 0 when they agree
 // The rack is the run directory given by --rack, else $DISAGG_RACK.
 #include <gflags/gflags.h>
 
@@ -11,6 +13,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -45,7 +48,9 @@ constexpr char kUsage[] =
     "                    run PROGRAM on compute element ELEMENT, as a child of its procmon\n"
     "                    with this terminal's stdio (it joins the rack with libdisagg:\n"
     "                    DISAGG_RACK and DISAGG_ELEMENT are set for it); wait for it and\n"
-    "                    end as it ends; signals to rackctl are passed on to it\n";
+    "                    end as it ends; signals to rackctl are passed on to it\n"
+    "  check             compare the Rack MMU's memory map with every memory element's page\n"
+    "                    table: exit status 0 when they agree, else the differences and 1\n";
 
 std::string JsonString(const std::string& s) {
   std::string out = "\"";
@@ -86,7 +91,14 @@ struct ProcessRow {
   uint64_t mapped = 0;
   uint64_t cached = 0;
   uint64_t quota = 0;
+  bool dead = false;          // its memory is held for adoption
+  int64_t release_in_ns = 0;  // ... until then
 };
+
+std::string ProcessState(const ProcessRow& p) {
+  if (!p.dead) return "running";
+  return absl::StrFormat("dead, held %.1f s", std::max<int64_t>(p.release_in_ns, 0) / 1e9);
+}
 
 void PrintStatus(proto::RackStatus::Reader status, const std::vector<ProcessRow>& processes,
                  bool json) {
@@ -111,7 +123,10 @@ void PrintStatus(proto::RackStatus::Reader status, const std::vector<ProcessRow>
       absl::StrAppend(&out, first ? "" : ",", "{\"id\":", p.id, ",\"name\":", JsonString(p.name),
                       ",\"pid\":", p.pid, ",\"element\":", JsonString(p.element),
                       ",\"mapped_bytes\":", p.mapped, ",\"cached_bytes\":", p.cached,
-                      ",\"cache_quota_bytes\":", p.quota, "}");
+                      ",\"cache_quota_bytes\":", p.quota, ",\"dead\":", p.dead ? "true" : "false",
+                      ",\"release_in_ms\":",
+                      p.dead ? absl::StrFormat("%.3f", p.release_in_ns / 1e6) : std::string("null"),
+                      "}");
       first = false;
     }
     out += "]}";
@@ -129,12 +144,18 @@ void PrintStatus(proto::RackStatus::Reader status, const std::vector<ProcessRow>
                 HeartbeatAge(e.getLastHeartbeatAgeNanos()).c_str());
   }
   if (processes.empty()) return;
-  std::printf("\n%-8s %-16s %8s %-8s %12s %12s %12s\n", "PROCESS", "NAME", "PID", "ON", "MAPPED",
-              "CACHED", "CACHE QUOTA");
+  std::printf("\n%-8s %-16s %8s %-8s %12s %12s %12s  %s\n", "PROCESS", "NAME", "PID", "ON",
+              "MAPPED", "CACHED", "CACHE QUOTA", "STATE");
+  uint64_t held = 0;
   for (const ProcessRow& p : processes) {
-    std::printf("%-8u %-16s %8d %-8s %12s %12s %12s\n", p.id, p.name.c_str(), p.pid,
+    std::printf("%-8u %-16s %8d %-8s %12s %12s %12s  %s\n", p.id, p.name.c_str(), p.pid,
                 p.element.empty() ? "-" : p.element.c_str(), HumanBytes(p.mapped).c_str(),
-                HumanBytes(p.cached).c_str(), HumanBytes(p.quota).c_str());
+                HumanBytes(p.cached).c_str(), HumanBytes(p.quota).c_str(),
+                ProcessState(p).c_str());
+    if (p.dead) held += p.mapped;
+  }
+  if (held > 0) {
+    std::printf("\n%s held for adoption (steal) from dead processes\n", HumanBytes(held).c_str());
   }
 }
 
@@ -167,8 +188,9 @@ std::vector<ProcessRow> Processes(const std::string& rack, proto::RackStatus::Re
   std::map<uint32_t, ProcessRow> rows;
   absl::Status s = AskStatus(rack, "mmu", [&](proto::RackStatus::Reader status) {
     for (auto p : status.getProcesses()) {
-      rows[p.getProcessId()] = {p.getProcessId(), p.getName(), p.getPid(), p.getElement(),
-                                p.getMappedBytes(), 0, 0};
+      rows[p.getProcessId()] = {p.getProcessId(), p.getName(), p.getPid(),   p.getElement(),
+                                p.getMappedBytes(), 0,           0,           p.getDead(),
+                                p.getReleaseInNanos()};
     }
     return absl::OkStatus();
   });
@@ -200,6 +222,36 @@ absl::Status Status(const std::string& rack) {
     PrintStatus(status, Processes(rack, status), FLAGS_json);
     return absl::OkStatus();
   });
+}
+
+// Asks the Rack MMU to compare its map with the memory elements' page tables; prints the
+// outcome. FAILED_PRECONDITION when they differ.
+absl::Status Check(const std::string& rack) {
+  const absl::Duration timeout = absl::Milliseconds(FLAGS_timeout_ms);
+  ASSIGN_OR_RETURN(ipc::Client client, ipc::Client::Connect(SocketPath(rack, "mmu"), timeout));
+  ipc::SmallMessage request;
+  auto root = request.Init();
+  root.setCheckRequest();
+  size_t differences = 0;
+  RETURN_IF_ERROR(client.Call(
+      request.builder(), root,
+      [&](proto::Message::Reader reply) {
+        if (!reply.isCheckResult()) return absl::InternalError("the Rack MMU sent no check result");
+        auto result = reply.getCheckResult();
+        differences = result.getDifferences().size();
+        for (auto d : result.getDifferences()) std::printf("%s\n", d.cStr());
+        std::printf("%s: %llu extents on %u memory elements compared, %zu differences\n",
+                    differences == 0 ? "consistent" : "INCONSISTENT",
+                    static_cast<unsigned long long>(result.getExtents()), result.getElements(),
+                    differences);
+        return absl::OkStatus();
+      },
+      timeout));
+  if (differences > 0) {
+    return absl::FailedPreconditionError(
+        "the Rack MMU's map and the memory elements' page tables differ");
+  }
+  return absl::OkStatus();
 }
 
 // The program's path as the shell would find it: as given if it names a directory, else the
@@ -359,6 +411,8 @@ int Main(int argc, char** argv) {
   absl::Status status;
   if (command == "status" && argc == 2) {
     status = Status(rack);
+  } else if (command == "check" && argc == 2) {
+    status = Check(rack);
   } else if (command == "run" && argc == 2) {
     if (FLAGS_on.empty() || program == nullptr || program[0] == nullptr) {
       std::fprintf(stderr, "rackctl: run needs --on ELEMENT and -- PROGRAM\n%s", kUsage);

@@ -135,7 +135,7 @@ const char* FaultCauseName(FaultCause cause) {
     case FaultCause::kNotMapped:
       return "not mapped";
     case FaultCause::kNotYours:
-      return "not yours (another process's window)";
+      return "not yours (another process's memory)";
     case FaultCause::kRefused:
       return "refused by the memory element";
     case FaultCause::kElementFailed:

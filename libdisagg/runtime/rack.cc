@@ -241,6 +241,10 @@ absl::Status RackImpl::Flush(const void* addr, size_t len) {
 }
 
 absl::Status RackImpl::WriteBackRange(uint64_t first, uint64_t last) {
+  // A page a fault thread installed (so the application may have written it) is recorded as
+  // present, and dirty, only when its fetch completes: wait for those first, or their writes
+  // would be skipped.
+  while (cache_.BusyIn(first, last)) changed_.Wait(&mu_);
   std::vector<uint8_t> buffer(kFlushBatch * kPageBytes);
   std::vector<std::pair<std::string, PageWrite>> batch;
   for (uint64_t cursor = first; cursor < last;) {

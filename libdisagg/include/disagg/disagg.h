@@ -81,7 +81,7 @@ class Region {
 // Why the rack refused an access.
 enum class FaultCause {
   kNotMapped,      // nothing is mapped at that address
-  kNotYours,       // the address lies in another process's window
+  kNotYours,       // another process owns the memory at that address
   kRefused,        // the memory element holding the page refused this process
   kElementFailed,  // the memory element holding the page failed or cannot be reached
   kLost,           // a dirty page could not be written back: its latest data is lost

@@ -1,0 +1,304 @@
+// Grant and steal end to end: application processes (rack_peer) on a private rack of real
+// daemons move memory between each other without copying it, at the same addresses. Every
+// test ends by comparing the Rack MMU's map with the memory elements' page tables.
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include <catch2/catch.hpp>
+
+#include "rack_harness.h"
+#include "rack_peer_driver.h"
+
+namespace disagg::testing {
+namespace {
+
+constexpr uint64_t kKiB = 1024;
+constexpr uint64_t kMiB = 1024 * kKiB;
+// Failure detection is not the point here: a generous limit keeps a loaded machine's
+// scheduling stalls from failing elements.
+constexpr char kRackArgs[] =
+    "--compute 2 --memory 2 --pool-size 64M --cache-budget 1M --missed-beats 400";
+
+uint64_t Addr(const std::string& hex) { return std::stoull(hex, nullptr, 16); }
+
+std::string Range(uint64_t addr, uint64_t bytes) {
+  return HexAddr(addr) + " " + std::to_string(bytes);
+}
+
+// `rackctl check` agrees, and says so.
+void RequireConsistent(const TestRack& rack) {
+  std::string out;
+  const int rc =
+      RunCommand(std::string(DISAGG_BIN_DIR) + "/rackctl --rack " + rack.dir() + " check", &out);
+  INFO(out);
+  REQUIRE(rc == 0);
+  REQUIRE(out.find("consistent:") != std::string::npos);
+}
+
+// Polls `peer`'s events until one contains `wanted` (5 s at the most).
+bool WaitForEvent(Peer& peer, const std::string& wanted) {
+  for (int i = 0; i < 500; ++i) {
+    if (peer.Ask("events").find(wanted) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+std::string Status(const TestRack& rack) {
+  std::string out;
+  RunCommand(std::string(DISAGG_BIN_DIR) + "/rackctl --rack " + rack.dir() + " status", &out);
+  return out;
+}
+
+#define REQUIRE_PEER(p) \
+  INFO((p).error());    \
+  REQUIRE((p).ok())
+
+TEST_CASE("Grant moves memory to another process at the same address, dirty pages included") {
+  TestRack rack;
+  REQUIRE(rack.Up(kRackArgs) == 0);
+  Peer a(rack.dir(), "cpu0"), b(rack.dir(), "cpu1");
+  REQUIRE_PEER(a);
+  REQUIRE_PEER(b);
+  // 4 MiB through a 1 MiB cache: some pages were evicted and written back, the last ones are
+  // dirty in a's cache, none was flushed.
+  const uint64_t addr = Addr(a.Ask("map " + std::to_string(4 * kMiB)));
+  REQUIRE(addr != 0);
+  REQUIRE(a.Ask("fill " + Range(addr, 4 * kMiB) + " 7") == "ok");
+  REQUIRE(a.Ask("grant " + Range(addr, 4 * kMiB) + " " + std::to_string(b.id())) == "ok");
+
+  const std::string event = "granted:" + std::to_string(a.id()) + ":" + HexAddr(addr) + ":" +
+                            std::to_string(4 * kMiB);
+  REQUIRE(WaitForEvent(b, event));
+  REQUIRE(b.Ask("verify " + Range(addr, 4 * kMiB) + " 7") == "ok");
+  REQUIRE(a.Ask("touch " + HexAddr(addr)) == "fault revoked (granted away or stolen)");
+  REQUIRE(a.Ask("touch " + HexAddr(addr + 4 * kMiB - 8)) ==
+          "fault revoked (granted away or stolen)");
+  // The receiver owns it now: it writes, flushes and frees it like its own.
+  REQUIRE(b.Ask("fill " + Range(addr, 4 * kMiB) + " 8") == "ok");
+  REQUIRE(b.Ask("flush " + Range(addr, 4 * kMiB)) == "ok");
+  RequireConsistent(rack);
+}
+
+TEST_CASE("Grant of part of a region splits it, and the receiver can grant it back") {
+  TestRack rack;
+  REQUIRE(rack.Up(kRackArgs) == 0);
+  Peer a(rack.dir(), "cpu0"), b(rack.dir(), "cpu1");
+  REQUIRE_PEER(a);
+  REQUIRE_PEER(b);
+  const uint64_t q = 256 * kKiB;
+  const uint64_t addr = Addr(a.Ask("map " + std::to_string(4 * q)));
+  REQUIRE(addr != 0);
+  for (int i = 0; i < 4; ++i) {
+    REQUIRE(a.Ask("fill " + Range(addr + i * q, q) + " " + std::to_string(i + 1)) == "ok");
+  }
+  const std::string second = Range(addr + q, q);
+  REQUIRE(a.Ask("grant " + second + " " + std::to_string(b.id())) == "ok");
+  REQUIRE(a.Ask("touch " + HexAddr(addr + q)) == "fault revoked (granted away or stolen)");
+  REQUIRE(a.Ask("verify " + Range(addr, q) + " 1") == "ok");
+  REQUIRE(a.Ask("verify " + Range(addr + 2 * q, q) + " 3") == "ok");
+  REQUIRE(a.Ask("flush " + Range(addr, q)) == "ok");
+  REQUIRE(a.Ask("flush " + Range(addr + q, q)).rfind("error INVALID_ARGUMENT", 0) == 0);
+  REQUIRE(b.Ask("verify " + second + " 2") == "ok");
+  RequireConsistent(rack);
+
+  SECTION("back to the giver, with the receiver's writes") {
+    REQUIRE(b.Ask("fill " + second + " 22") == "ok");
+    REQUIRE(b.Ask("grant " + second + " " + std::to_string(a.id())) == "ok");
+    REQUIRE(WaitForEvent(a, "granted:" + std::to_string(b.id())));
+    REQUIRE(a.Ask("verify " + second + " 22") == "ok");
+    REQUIRE(a.Ask("verify " + Range(addr + 3 * q, q) + " 4") == "ok");
+    REQUIRE(b.Ask("touch " + HexAddr(addr + q)) == "fault revoked (granted away or stolen)");
+    RequireConsistent(rack);
+  }
+  SECTION("the giver unmaps what it kept; the receiver keeps its part") {
+    REQUIRE(a.Ask("unmap " + HexAddr(addr)) == "ok");  // now a region of one quarter
+    REQUIRE(a.Ask("unmap " + HexAddr(addr + 2 * q)) == "ok");
+    REQUIRE(a.Ask("unmap " + HexAddr(addr + q)).rfind("error NOT_FOUND", 0) == 0);
+    REQUIRE(b.Ask("verify " + second + " 2") == "ok");
+    RequireConsistent(rack);
+  }
+}
+
+TEST_CASE("Steal takes memory from a live, paused or dead peer of the same trust group") {
+  TestRack rack;
+  REQUIRE(rack.Up(kRackArgs) == 0);
+  Peer victim(rack.dir(), "cpu0"), thief(rack.dir(), "cpu1");
+  REQUIRE_PEER(victim);
+  REQUIRE_PEER(thief);
+  REQUIRE(victim.Ask("group workers") == "ok");
+  REQUIRE(thief.Ask("group workers") == "ok");
+  const uint64_t addr = Addr(victim.Ask("map " + std::to_string(kMiB)));
+  REQUIRE(addr != 0);
+  const std::string all = Range(addr, kMiB);
+  REQUIRE(victim.Ask("fill " + all + " 5") == "ok");
+  REQUIRE(victim.Ask("flush " + all) == "ok");
+  REQUIRE(victim.Ask("publish state " + HexAddr(addr + 64)) == "ok");
+  const std::string from = std::to_string(victim.id());
+
+  SECTION("live: the victim's later touches fault as revoked") {
+    REQUIRE(Addr(thief.Ask("lookup " + from + " state")) == addr + 64);
+    REQUIRE(thief.Ask("steal " + from + " " + all) == "ok");
+    REQUIRE(thief.Ask("verify " + all + " 5") == "ok");
+    REQUIRE(WaitForEvent(victim, "revoked:" + std::to_string(thief.id())));
+    REQUIRE(victim.Ask("touch " + HexAddr(addr)) == "fault revoked (granted away or stolen)");
+  }
+  SECTION("paused: its unflushed writes never land, before or after it resumes") {
+    REQUIRE(victim.Ask("fill " + all + " 6") == "ok");  // dirty in its cache only
+    REQUIRE(kill(victim.pid(), SIGSTOP) == 0);
+    REQUIRE(thief.Ask("steal " + from + " " + all) == "ok");
+    REQUIRE(thief.Ask("verify " + all + " 5") == "ok");
+    REQUIRE(kill(victim.pid(), SIGCONT) == 0);
+    REQUIRE(victim.Ask("flush " + all).rfind("error", 0) == 0);
+    REQUIRE(thief.Ask("verify " + all + " 5") == "ok");
+    REQUIRE(WaitForEvent(victim, "revoked:" + std::to_string(thief.id())));
+    REQUIRE(victim.Ask("touch " + HexAddr(addr)) == "fault revoked (granted away or stolen)");
+  }
+  SECTION("dead: its memory and roots are held for adoption") {
+    victim.End("crash");
+    bool held = false;  // once the Rack MMU has seen the death
+    for (int i = 0; i < 500 && !held; ++i) {
+      held = Status(rack).find("dead, held") != std::string::npos;
+      if (!held) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    REQUIRE(held);
+    REQUIRE(Addr(thief.Ask("lookup " + from + " state")) == addr + 64);
+    REQUIRE(thief.Ask("steal " + from + " " + all) == "ok");
+    REQUIRE(thief.Ask("verify " + all + " 5") == "ok");
+  }
+  RequireConsistent(rack);
+}
+
+TEST_CASE("A dead process's memory and roots are freed when its grace period ends") {
+  TestRack rack;
+  REQUIRE(rack.Up(std::string(kRackArgs) + " --grace-ms 300") == 0);
+  Peer victim(rack.dir(), "cpu0"), thief(rack.dir(), "cpu1");
+  REQUIRE_PEER(victim);
+  REQUIRE_PEER(thief);
+  REQUIRE(victim.Ask("group g") == "ok");
+  REQUIRE(thief.Ask("group g") == "ok");
+  const uint64_t addr = Addr(victim.Ask("map " + std::to_string(kMiB)));
+  REQUIRE(victim.Ask("publish state " + HexAddr(addr)) == "ok");
+  const std::string from = std::to_string(victim.id());
+  victim.End("crash");
+  bool freed = false;
+  for (int i = 0; i < 300 && !freed; ++i) {
+    freed = thief.Ask("lookup " + from + " state").rfind("error NOT_FOUND", 0) == 0;
+    if (!freed) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(freed);
+  REQUIRE(thief.Ask("steal " + from + " " + Range(addr, kMiB)).rfind("error NOT_FOUND", 0) == 0);
+  REQUIRE(Status(rack).find("dead, held") == std::string::npos);
+  RequireConsistent(rack);
+}
+
+TEST_CASE("Steal outside a shared trust group is refused and changes nothing") {
+  TestRack rack;
+  REQUIRE(rack.Up(kRackArgs) == 0);
+  Peer victim(rack.dir(), "cpu0"), thief(rack.dir(), "cpu1");
+  REQUIRE_PEER(victim);
+  REQUIRE_PEER(thief);
+  REQUIRE(victim.Ask("group one") == "ok");
+  REQUIRE(thief.Ask("group two") == "ok");
+  const uint64_t addr = Addr(victim.Ask("map " + std::to_string(kMiB)));
+  REQUIRE(victim.Ask("fill " + Range(addr, kMiB) + " 9") == "ok");
+  REQUIRE(thief.Ask("steal " + std::to_string(victim.id()) + " " + Range(addr, kMiB))
+              .rfind("error PERMISSION_DENIED", 0) == 0);
+  REQUIRE(victim.Ask("flush " + Range(addr, kMiB)) == "ok");
+  REQUIRE(victim.Ask("verify " + Range(addr, kMiB) + " 9") == "ok");
+  REQUIRE(thief.Ask("touch " + HexAddr(addr)) == "fault not yours (another process's memory)");
+  RequireConsistent(rack);
+}
+
+TEST_CASE("Bad grants and steals are refused with the reason and change nothing") {
+  TestRack rack;
+  REQUIRE(rack.Up(kRackArgs) == 0);
+  Peer a(rack.dir(), "cpu0"), b(rack.dir(), "cpu1");
+  REQUIRE_PEER(a);
+  REQUIRE_PEER(b);
+  const uint64_t addr = Addr(a.Ask("map " + std::to_string(kMiB)));
+  const uint64_t theirs = Addr(b.Ask("map " + std::to_string(kMiB)));
+  REQUIRE(a.Ask("fill " + Range(addr, kMiB) + " 3") == "ok");
+  const std::string to_b = " " + std::to_string(b.id());
+  auto refused = [](const std::string& answer, const std::string& code) {
+    INFO(answer);
+    return answer.rfind("error " + code, 0) == 0;
+  };
+  CHECK(refused(a.Ask("grant " + Range(addr, kMiB) + " 999"), "NOT_FOUND"));
+  CHECK(refused(a.Ask("grant " + Range(theirs, kMiB) + to_b), "PERMISSION_DENIED"));
+  CHECK(refused(a.Ask("grant " + Range(addr + 1, 4096) + to_b), "INVALID_ARGUMENT"));
+  CHECK(refused(a.Ask("grant " + Range(addr, 4097) + to_b), "INVALID_ARGUMENT"));
+  CHECK(refused(a.Ask("grant " + Range(addr, 0) + to_b), "INVALID_ARGUMENT"));
+  CHECK(refused(a.Ask("grant " + Range(addr, 4 * kMiB) + to_b), "INVALID_ARGUMENT"));
+  CHECK(refused(a.Ask("grant " + Range(addr, kMiB) + " " + std::to_string(a.id())),
+                "INVALID_ARGUMENT"));
+  CHECK(refused(a.Ask("steal " + std::to_string(a.id()) + " " + Range(addr, kMiB)),
+                "INVALID_ARGUMENT"));
+  CHECK(refused(a.Ask("steal 999 " + Range(addr, kMiB)), "NOT_FOUND"));
+  CHECK(refused(a.Ask("publish x " + HexAddr(theirs)), "INVALID_ARGUMENT"));
+  CHECK(refused(a.Ask("lookup " + std::to_string(b.id()) + " nothing"), "NOT_FOUND"));
+  REQUIRE(a.Ask("verify " + Range(addr, kMiB) + " 3") == "ok");
+  REQUIRE(a.Ask("flush " + Range(addr, kMiB)) == "ok");
+  RequireConsistent(rack);
+}
+
+TEST_CASE("Concurrent grant and steal of the same range: exactly one wins") {
+  TestRack rack;
+  REQUIRE(rack.Up(kRackArgs) == 0);
+  Peer owner(rack.dir(), "cpu0"), receiver(rack.dir(), "cpu1"), thief(rack.dir(), "cpu1");
+  REQUIRE_PEER(owner);
+  REQUIRE_PEER(receiver);
+  REQUIRE_PEER(thief);
+  REQUIRE(owner.Ask("group g") == "ok");
+  REQUIRE(thief.Ask("group g") == "ok");
+  int grants = 0, steals = 0;
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t addr = Addr(owner.Ask("map " + std::to_string(256 * kKiB)));
+    const std::string head = Range(addr, 128 * kKiB), tail = Range(addr + 128 * kKiB, 128 * kKiB);
+    REQUIRE(owner.Ask("fill " + head + " 1") == "ok");
+    REQUIRE(owner.Ask("fill " + tail + " 2") == "ok");
+    // Flushed: a steal takes only what reached the memory elements.
+    REQUIRE(owner.Ask("flush " + Range(addr, 256 * kKiB)) == "ok");
+    // Part of the range overlaps: the steal takes its second half.
+    owner.Send("grant " + Range(addr, 256 * kKiB) + " " + std::to_string(receiver.id()));
+    thief.Send("steal " + std::to_string(owner.id()) + " " + tail);
+    const std::string granted = owner.Answer(), stolen = thief.Answer();
+    INFO(granted + " / " + stolen);
+    REQUIRE((granted == "ok") != (stolen == "ok"));
+    grants += granted == "ok";
+    steals += stolen == "ok";
+    // Whoever won holds the data the owner wrote.
+    if (granted == "ok") {
+      REQUIRE(receiver.Ask("verify " + head + " 1") == "ok");
+      REQUIRE(receiver.Ask("verify " + tail + " 2") == "ok");
+      REQUIRE(thief.Ask("touch " + HexAddr(addr + 128 * kKiB)) ==
+              "fault not yours (another process's memory)");
+    } else {
+      REQUIRE(thief.Ask("verify " + tail + " 2") == "ok");
+      REQUIRE(owner.Ask("verify " + head + " 1") == "ok");
+    }
+  }
+  INFO("grants won " << grants << ", steals won " << steals);
+  RequireConsistent(rack);
+}
+
+TEST_CASE("Process ids are reused once their processes left") {
+  TestRack rack;
+  REQUIRE(rack.Up(kRackArgs) == 0);
+  uint32_t first = 0;
+  for (int i = 0; i < 5; ++i) {
+    Peer p(rack.dir(), "cpu0");
+    REQUIRE_PEER(p);
+    REQUIRE(Addr(p.Ask("map 4096")) != 0);
+    if (i == 0) first = p.id();
+    REQUIRE(p.id() == first);  // the previous one left and released everything
+  }
+  RequireConsistent(rack);
+}
+
+}  // namespace
+}  // namespace disagg::testing

@@ -1,0 +1,146 @@
+// rack_peer: a libdisagg application driven line by line on stdin, for tests that need more
+// than one process of the rack. It joins the rack named by DISAGG_RACK/DISAGG_ELEMENT and
+// answers each command with one line on stdout:
+//   id                          -> its rack process id
+//   map BYTES                   -> the region's address (hex)
+//   unmap ADDR                  -> ok | the error
+//   fill ADDR BYTES SEED        -> ok: writes a pattern of 64-bit words
+//   verify ADDR BYTES SEED      -> ok | bad N (words that differ)
+//   flush ADDR BYTES            -> ok | the error
+//   grant ADDR BYTES TO         -> ok | the error
+//   steal FROM ADDR BYTES       -> ok | the error
+//   group NAME                  -> ok | the error
+//   publish NAME ADDR           -> ok | the error
+//   lookup OWNER NAME           -> the address (hex) | the error
+//   touch ADDR                  -> ok | fault CAUSE (a read of one word, faults caught)
+//   stats                       -> faults N writebacks N evictions N cached BYTES
+//   events                      -> the events received so far: kind:process:addr:bytes ...
+//   crash                       -> (no answer) ends without leaving the rack
+//   quit                        -> (no answer) leaves the rack and exits 0
+// Errors are printed as "error CODE message" on one line.
+#include <setjmp.h>
+#include <unistd.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "disagg/disagg.h"
+
+namespace {
+
+sigjmp_buf g_touch;
+volatile disagg::FaultCause g_cause;
+void OnFault(const disagg::MemoryFault& fault) {
+  g_cause = fault.cause;
+  siglongjmp(g_touch, 1);
+}
+
+uint64_t Pattern(uint64_t word, uint64_t seed) { return (word + 1) * 0x9E3779B97F4A7C15ull ^ seed; }
+
+std::string Say(const absl::Status& s) {
+  if (s.ok()) return "ok";
+  return "error " + std::string(absl::StatusCodeToString(s.code())) + " " +
+         std::string(s.message());
+}
+
+std::string Hex(uint64_t v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
+  return buf;
+}
+
+}  // namespace
+
+int main() {
+  auto joined = disagg::Rack::Join();
+  if (!joined.ok()) {
+    std::printf("%s\n", Say(joined.status()).c_str());
+    return 1;
+  }
+  disagg::Rack& rack = **joined;
+  rack.OnMemoryFault(OnFault);
+  std::mutex mu;
+  std::vector<std::string> events;
+  rack.OnEvent([&](const disagg::Event& e) {
+    std::lock_guard<std::mutex> lock(mu);
+    events.push_back(std::string(e.kind == disagg::EventKind::kGranted ? "granted" : "revoked") +
+                     ":" + std::to_string(e.process) + ":" +
+                     Hex(reinterpret_cast<uintptr_t>(e.address)) + ":" + std::to_string(e.size));
+  });
+  std::printf("ready %u\n", rack.self());
+  std::fflush(stdout);
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    std::istringstream in(line);
+    std::string cmd;
+    in >> cmd;
+    std::string out;
+    uint64_t addr = 0, bytes = 0, seed = 0;
+    uint32_t who = 0;
+    std::string name;
+    auto ptr = [&] { return reinterpret_cast<void*>(addr); };
+    if (cmd == "id") {
+      out = std::to_string(rack.self());
+    } else if (cmd == "map" && in >> bytes) {
+      auto r = rack.Map(bytes);
+      out = r.ok() ? Hex(reinterpret_cast<uintptr_t>(r->data())) : Say(r.status());
+    } else if (cmd == "unmap" && in >> std::hex >> addr) {
+      out = Say(rack.Unmap(ptr()));
+    } else if (cmd == "fill" && in >> std::hex >> addr >> std::dec >> bytes >> seed) {
+      auto* words = static_cast<uint64_t*>(ptr());
+      for (uint64_t i = 0; i < bytes / 8; ++i) words[i] = Pattern(i, seed);
+      out = "ok";
+    } else if (cmd == "verify" && in >> std::hex >> addr >> std::dec >> bytes >> seed) {
+      auto* words = static_cast<const uint64_t*>(ptr());
+      uint64_t bad = 0;
+      for (uint64_t i = 0; i < bytes / 8; ++i) bad += words[i] != Pattern(i, seed);
+      out = bad == 0 ? "ok" : "bad " + std::to_string(bad);
+    } else if (cmd == "flush" && in >> std::hex >> addr >> std::dec >> bytes) {
+      out = Say(rack.Flush(ptr(), bytes));
+    } else if (cmd == "grant" && in >> std::hex >> addr >> std::dec >> bytes >> who) {
+      out = Say(rack.Grant(ptr(), bytes, who));
+    } else if (cmd == "steal" && in >> who >> std::hex >> addr >> std::dec >> bytes) {
+      out = Say(rack.Steal(who, ptr(), bytes).status());
+    } else if (cmd == "group" && in >> name) {
+      out = Say(rack.JoinGroup(name));
+    } else if (cmd == "publish" && in >> name >> std::hex >> addr) {
+      out = Say(rack.Publish(name, ptr()));
+    } else if (cmd == "lookup" && in >> who >> name) {
+      auto root = rack.Lookup(who, name);
+      out = root.ok() ? Hex(reinterpret_cast<uintptr_t>(*root)) : Say(root.status());
+    } else if (cmd == "touch" && in >> std::hex >> addr) {
+      if (sigsetjmp(g_touch, 1) == 0) {
+        volatile uint64_t word = *static_cast<volatile uint64_t*>(ptr());
+        (void)word;
+        out = "ok";
+      } else {
+        out = std::string("fault ") + disagg::FaultCauseName(g_cause);
+      }
+    } else if (cmd == "stats") {
+      const disagg::CacheStats st = rack.cache_stats();
+      out = "faults " + std::to_string(st.faults) + " writebacks " + std::to_string(st.writebacks) +
+            " evictions " + std::to_string(st.evictions) + " cached " +
+            std::to_string(st.cached_bytes);
+    } else if (cmd == "events") {
+      std::lock_guard<std::mutex> lock(mu);
+      for (const std::string& e : events) out += (out.empty() ? "" : " ") + e;
+      if (out.empty()) out = "none";
+    } else if (cmd == "crash") {
+      std::_Exit(3);
+    } else if (cmd == "quit") {
+      return 0;
+    } else {
+      out = "error INVALID_ARGUMENT cannot read: " + line;
+    }
+    std::printf("%s\n", out.c_str());
+    std::fflush(stdout);
+  }
+  return 0;
+}
