@@ -30,17 +30,27 @@ bool RackImpl::InTransfer(uint64_t vpage) const {
 absl::Status RackImpl::DropRange(uint64_t first, uint64_t last, bool write_back) {
   if (write_back) RETURN_IF_ERROR(WriteBackRange(first, last));
   while (cache_.BusyIn(first, last)) changed_.Wait(&mu_);
+  // Only pages the cache knows of are in the address space (installed or poisoned): they go
+  // in runs, one call each, so the cost follows what is cached, not the range's size. The
+  // next touch faults and finds what the range is now.
   auto& pages = cache_.pages();
-  std::vector<uint64_t> gone;
-  for (auto it = pages.lower_bound(first); it != pages.end() && it->first < last; ++it) {
-    gone.push_back(it->first);
-  }
-  for (uint64_t vpage : gone) {
-    ForgetPoison(vpage);
+  std::vector<std::pair<uint64_t, uint64_t>> runs;  // (first page, pages)
+  for (auto it = pages.lower_bound(first); it != pages.end() && it->first < last;) {
+    if (!runs.empty() && runs.back().first + runs.back().second == it->first) {
+      ++runs.back().second;
+    } else {
+      runs.emplace_back(it->first, 1);
+    }
+    ForgetPoison(it->first);
+    const uint64_t vpage = it->first;
+    ++it;
     cache_.Remove(vpage);
   }
-  // Present pages and poison go; the next touch faults and finds what the range is now.
-  absl::Status dropped = uffd_.Drop(first << kPageShift, (last - first) << kPageShift);
+  absl::Status dropped;
+  for (const auto& [run, count] : runs) {
+    absl::Status s = uffd_.Drop(run << kPageShift, count << kPageShift);
+    if (dropped.ok()) dropped = s;
+  }
   changed_.SignalAll();
   return dropped;
 }
