@@ -5,11 +5,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <thread>
 
 #include <catch2/catch.hpp>
 
+#include "ipc/client.h"
+#include "ipc/wire.h"
 #include "rack_harness.h"
 #include "rack_peer_driver.h"
 
@@ -297,6 +300,116 @@ TEST_CASE("Process ids are reused once their processes left") {
     if (i == 0) first = p.id();
     REQUIRE(p.id() == first);  // the previous one left and released everything
   }
+  RequireConsistent(rack);
+}
+
+// One request from a raw client; the reply's status.
+absl::Status Call(ipc::Client& client, const std::function<void(proto::Message::Builder)>& fill,
+                  uint64_t* root_vaddr = nullptr) {
+  ipc::SmallMessage m;
+  auto root = m.Init();
+  fill(root);
+  return client.Call(m.builder(), root, [&](proto::Message::Reader reply) {
+    if (root_vaddr != nullptr && reply.isMapped()) *root_vaddr = reply.getMapped().getVaddr();
+    return absl::OkStatus();
+  });
+}
+
+TEST_CASE("Grant and steal requests out of protocol are refused, and the daemons serve on") {
+  TestRack rack;
+  REQUIRE(rack.Up(kRackArgs) == 0);
+  Peer bystander(rack.dir(), "cpu0");  // connected before the attack, served after it
+  REQUIRE_PEER(bystander);
+  const uint64_t mine = Addr(bystander.Ask("map " + std::to_string(kMiB)));
+  REQUIRE(bystander.Ask("fill " + Range(mine, kMiB) + " 4") == "ok");
+  auto client = ipc::Client::Connect(rack.Socket("mmu"));
+  REQUIRE(client.ok());
+
+  SECTION("before joining") {
+    CHECK(absl::IsFailedPrecondition(Call(*client, [](auto m) { m.initGrant().setBytes(4096); })));
+    CHECK(absl::IsFailedPrecondition(Call(*client, [](auto m) { m.initSteal().setFrom(1); })));
+    CHECK(absl::IsFailedPrecondition(Call(*client, [](auto m) { m.initJoinGroup().setName("g"); })));
+    CHECK(absl::IsFailedPrecondition(Call(*client, [](auto m) { m.initPublish().setName("r"); })));
+    CHECK(absl::IsFailedPrecondition(Call(*client, [](auto m) { m.setLeave(); })));
+  }
+  SECTION("impossible ranges, names and parties") {
+    REQUIRE(Call(*client, [](auto m) { m.initJoin().setName("hostile"); }).ok());
+    uint64_t vaddr = 0;
+    REQUIRE(Call(*client, [](auto m) { m.initMap().setBytes(64 * kKiB); }, &vaddr).ok());
+    auto grant = [&](uint64_t at, uint64_t bytes, uint32_t to) {
+      return Call(*client, [&](auto m) {
+        auto g = m.initGrant();
+        g.setVaddr(at);
+        g.setBytes(bytes);
+        g.setTo(to);
+      });
+    };
+    const uint32_t other = bystander.id();
+    CHECK(absl::IsInvalidArgument(grant(vaddr, ~uint64_t{0} - 4095, other)));  // wraps around
+    CHECK(absl::IsInvalidArgument(grant(~uint64_t{0} & ~uint64_t{4095}, 8192, other)));
+    CHECK(absl::IsInvalidArgument(grant(vaddr, 0, other)));
+    CHECK(absl::IsNotFound(grant(vaddr, 4096, 0)));
+    CHECK(absl::IsNotFound(grant(vaddr, 4096, ~uint32_t{0})));
+    CHECK(absl::IsPermissionDenied(grant(mine, 4096, other)));  // the bystander's own memory
+    CHECK(absl::IsInvalidArgument(Call(*client, [](auto m) { m.initJoinGroup().setName(""); })));
+    CHECK(absl::IsInvalidArgument(
+        Call(*client, [](auto m) { m.initJoinGroup().setName(std::string(300, 'g')); })));
+    CHECK(absl::IsPermissionDenied(Call(*client, [&](auto m) {
+      auto s = m.initSteal();
+      s.setFrom(other);
+      s.setVaddr(mine);
+      s.setBytes(4096);
+    })));
+    absl::Status published;
+    int roots = 0;
+    for (; roots < 2000 && published.ok(); ++roots) {
+      published = Call(*client, [&](auto m) {
+        auto p = m.initPublish();
+        p.setName("root" + std::to_string(roots));
+        p.setVaddr(vaddr);
+      });
+    }
+    CHECK(absl::IsResourceExhausted(published));
+    CHECK(roots == 1025);
+    CHECK(absl::IsPermissionDenied(
+        Call(*client, [&](auto m) { m.initSubscribe().setProcessId(other); })));
+  }
+  SECTION("stray replies to the Rack MMU are logged and change nothing") {
+    for (uint64_t seq = 0; seq < 64; ++seq) {
+      ipc::SmallMessage m;
+      auto root = m.Init(seq);
+      if (seq % 3 == 0) root.setOk();
+      if (seq % 3 == 1) ipc::SetError(root.initError(), absl::InternalError("lies"));
+      if (seq % 3 == 2) root.initPageTable().initEntries(3);
+      REQUIRE(client->connection().channel.Send(m.builder()).ok());
+    }
+    REQUIRE(Call(*client, [](auto m) { m.setStatusRequest(); }).ok());
+  }
+  SECTION("page-table requests to a memory element from anyone but the Rack MMU") {
+    auto mem = ipc::Client::Connect(rack.Socket("mem0"));
+    REQUIRE(mem.ok());
+    CHECK(absl::IsPermissionDenied(Call(*mem, [](auto m) { m.setPageTableRequest(); })));
+    CHECK(absl::IsPermissionDenied(Call(*mem, [&](auto m) {
+      auto mv = m.initMovePages();
+      mv.setFromProcess(bystander.id());
+      mv.setToProcess(99);
+      mv.setVpage(mine >> 12);
+      mv.setPages(1);
+    })));
+    CHECK(absl::IsPermissionDenied(Call(*mem, [&](auto m) {
+      auto r = m.initRevokePages();
+      r.setProcessId(bystander.id());
+      r.setVpage(mine >> 12);
+      r.setPages(256);
+    })));
+  }
+  // The bystander's memory and the maps are intact, and grant still works.
+  REQUIRE(bystander.Ask("flush " + Range(mine, kMiB)) == "ok");
+  REQUIRE(bystander.Ask("verify " + Range(mine, kMiB) + " 4") == "ok");
+  Peer late(rack.dir(), "cpu1");
+  REQUIRE_PEER(late);
+  REQUIRE(bystander.Ask("grant " + Range(mine, kMiB) + " " + std::to_string(late.id())) == "ok");
+  REQUIRE(late.Ask("verify " + Range(mine, kMiB) + " 4") == "ok");
   RequireConsistent(rack);
 }
 
