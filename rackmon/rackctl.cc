@@ -101,7 +101,7 @@ std::string ProcessState(const ProcessRow& p) {
 }
 
 void PrintStatus(proto::RackStatus::Reader status, const std::vector<ProcessRow>& processes,
-                 bool json) {
+                 int64_t grace_ns, bool json) {
   if (json) {
     std::string out = absl::StrCat("{\"rack\":", JsonString(status.getRackName()), ",\"elements\":[");
     bool first = true;
@@ -117,7 +117,9 @@ void PrintStatus(proto::RackStatus::Reader status, const std::vector<ProcessRow>
                       "}");
       first = false;
     }
-    out += "],\"processes\":[";
+    absl::StrAppend(&out, "],\"grace_period_ms\":",
+                    grace_ns < 0 ? std::string("null") : absl::StrCat(grace_ns / 1000000),
+                    ",\"processes\":[");
     first = true;
     for (const ProcessRow& p : processes) {
       absl::StrAppend(&out, first ? "" : ",", "{\"id\":", p.id, ",\"name\":", JsonString(p.name),
@@ -155,7 +157,9 @@ void PrintStatus(proto::RackStatus::Reader status, const std::vector<ProcessRow>
     if (p.dead) held += p.mapped;
   }
   if (held > 0) {
-    std::printf("\n%s held for adoption (steal) from dead processes\n", HumanBytes(held).c_str());
+    std::printf("\n%s held for adoption (steal) from dead processes, each for %.1f s after its "
+                "death\n",
+                HumanBytes(held).c_str(), grace_ns / 1e9);
   }
 }
 
@@ -184,9 +188,13 @@ absl::Status AskStatus(const std::string& rack, const std::string& daemon,
 }
 
 // The rack's processes: what the Rack MMU knows, with each compute element's cache figures.
-std::vector<ProcessRow> Processes(const std::string& rack, proto::RackStatus::Reader elements) {
+// `grace_ns` gets the Rack MMU's grace period for the memory of dead processes (-1: unknown).
+std::vector<ProcessRow> Processes(const std::string& rack, proto::RackStatus::Reader elements,
+                                  int64_t& grace_ns) {
   std::map<uint32_t, ProcessRow> rows;
+  grace_ns = -1;
   absl::Status s = AskStatus(rack, "mmu", [&](proto::RackStatus::Reader status) {
+    grace_ns = status.getGracePeriodNanos();
     for (auto p : status.getProcesses()) {
       rows[p.getProcessId()] = {p.getProcessId(), p.getName(), p.getPid(),   p.getElement(),
                                 p.getMappedBytes(), 0,           0,           p.getDead(),
@@ -219,7 +227,9 @@ std::vector<ProcessRow> Processes(const std::string& rack, proto::RackStatus::Re
 
 absl::Status Status(const std::string& rack) {
   return AskStatus(rack, "mon", [&](proto::RackStatus::Reader status) {
-    PrintStatus(status, Processes(rack, status), FLAGS_json);
+    int64_t grace_ns;
+    std::vector<ProcessRow> processes = Processes(rack, status, grace_ns);
+    PrintStatus(status, processes, grace_ns, FLAGS_json);
     return absl::OkStatus();
   });
 }
