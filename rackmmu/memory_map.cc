@@ -6,7 +6,6 @@
 namespace disagg::rackmmu {
 namespace {
 
-constexpr uint64_t kWindowPages = (uint64_t{1} << kWindowShift) >> kPageShift;
 // Regions start on 2 MiB boundaries in their window, so that huge pages stay possible.
 constexpr uint64_t kRegionAlignPages = 512;
 
@@ -26,6 +25,19 @@ void AppendExtent(std::vector<ExtentRecord>& extents, uint64_t vpage, const std:
 
 }  // namespace
 
+absl::Status RackLayout::Validate() const {
+  constexpr uint64_t kUserSpaceEnd = uint64_t{1} << 47;
+  if (window_shift < 20 || window_shift > 36 || max_processes == 0 ||
+      max_processes > (1u << 20) || base % kPageBytes != 0 || base == 0 ||
+      base >= kUserSpaceEnd || range_bytes() > kUserSpaceEnd - base) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the rack range [0x", absl::Hex(base), ", +", max_processes + 1, " windows of 2^",
+        window_shift, " bytes) must be page aligned, lie below 128 TiB, and have windows of "
+        "1 MiB (2^20) to 64 GiB (2^36)"));
+  }
+  return absl::OkStatus();
+}
+
 void MemoryMap::AddElement(const std::string& name, uint64_t capacity_bytes) {
   pools_[name] = Pool{PagePool(capacity_bytes >> kPageShift), true, next_generation_++};
 }
@@ -41,11 +53,11 @@ absl::StatusOr<ProcessRecord*> MemoryMap::Join(const std::string& name, pid_t pi
   if (!free_ids_.empty()) {
     id = *free_ids_.begin();
     free_ids_.erase(free_ids_.begin());
-  } else if (next_process_id_ <= kMaxProcesses) {
+  } else if (next_process_id_ <= layout_.max_processes) {
     id = next_process_id_++;
   } else {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "all ", kMaxProcesses, " process ids of the rack are in use (by running processes, "
+        "all ", layout_.max_processes, " process ids of the rack are in use (by running processes, "
         "dead ones whose memory is held for adoption, or windows that still hold regions)"));
   }
   ProcessRecord& p = processes_[id];
@@ -53,8 +65,8 @@ absl::StatusOr<ProcessRecord*> MemoryMap::Join(const std::string& name, pid_t pi
   p.name = name;
   p.pid = pid;
   p.start_time = start_time;
-  p.window_base = kRangeBase + (uint64_t{id} << kWindowShift);
-  windows_.try_emplace(id, PagePool(kWindowPages));
+  p.window_base = layout_.window_base(id);
+  windows_.try_emplace(id, PagePool(layout_.window_bytes() >> kPageShift));
   return &p;
 }
 
@@ -111,9 +123,9 @@ absl::StatusOr<const Region*> MemoryMap::Map(uint32_t process_id, uint64_t bytes
   if (p == nullptr || p->dead) {
     return absl::NotFoundError(absl::StrCat("process ", process_id, " has not joined the rack"));
   }
-  if (bytes == 0 || bytes > (uint64_t{1} << kWindowShift)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot map ", bytes, " bytes: a region is 1 byte to 64 GiB"));
+  if (bytes == 0 || bytes > layout_.window_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot map ", bytes, " bytes: a region is 1 byte to ",
+                                                   layout_.window_bytes(), " (a window)"));
   }
   const uint64_t pages = (bytes + kPageBytes - 1) >> kPageShift;
   const uint64_t free = free_pages();
@@ -144,10 +156,11 @@ void MemoryMap::Release(const Region& region) {
     absl::Status s = pool->second.pages.Free({e.pool_page, e.pages});
     CHECK(s.ok()) << "Rack MMU page accounting broken: " << s;
   }
-  const uint32_t window = static_cast<uint32_t>((region.vaddr - kRangeBase) >> kWindowShift);
+  const uint32_t window =
+      static_cast<uint32_t>((region.vaddr - layout_.base) >> layout_.window_shift);
   auto w = windows_.find(window);
   CHECK(w != windows_.end()) << "a region outlived its window";
-  const uint64_t base = kRangeBase + (uint64_t{window} << kWindowShift);
+  const uint64_t base = layout_.window_base(window);
   CHECK(w->second.Free({(region.vaddr - base) >> kPageShift, region.bytes >> kPageShift}).ok())
       << "Rack MMU window accounting broken";
   MaybeRecycle(window);
@@ -178,8 +191,8 @@ absl::StatusOr<Region> MemoryMap::Unmap(uint32_t process_id, uint64_t vaddr) {
 
 absl::StatusOr<Region> MemoryMap::Translate(uint32_t process_id, uint64_t vpage) const {
   const uint64_t addr = vpage << kPageShift;
-  if (vpage >= (uint64_t{1} << (64 - kPageShift)) || addr < kRangeBase ||
-      addr - kRangeBase >= kRangeBytes) {
+  if (vpage >= (uint64_t{1} << (64 - kPageShift)) || addr < layout_.base ||
+      addr - layout_.base >= layout_.range_bytes()) {
     return absl::OutOfRangeError(absl::StrCat("0x", absl::Hex(addr), " is outside the rack range"));
   }
   if (process(process_id) == nullptr) {

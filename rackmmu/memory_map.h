@@ -29,15 +29,26 @@ namespace disagg::rackmmu {
 
 inline constexpr uint64_t kPageBytes = 4096;
 inline constexpr int kPageShift = 12;
-// The rack address space: window i is [kRangeBase + i << kWindowShift, +window).
-// The range starts at 1 TiB: above where non-PIE programs and their heaps live, below where
-// Linux puts PIE executables (~85 TiB) and the mmap area (growing down from 128 TiB).
-inline constexpr uint64_t kRangeBase = uint64_t{1} << 40;  // 1 TiB
-inline constexpr int kWindowShift = 36;                     // 64 GiB per process
-inline constexpr uint32_t kMaxProcesses = 1023;             // ids 1..1023: a 64 TiB range
-inline constexpr uint64_t kRangeBytes = uint64_t{kMaxProcesses + 1} << kWindowShift;
 // Spread placement stripes regions across elements in chunks of this many pages (256 KiB).
 inline constexpr uint64_t kStripePages = 64;
+
+// The rack address space, a property of the rack fixed when it starts: window i is
+// [base + i << window_shift, +window), for process ids 1..max_processes; the range is
+// windows 0..max_processes, reserved by every rack process. The default, [17 TiB, 81 TiB),
+// lies above AddressSanitizer's shadow memory and below where Linux puts PIE executables
+// (~85 TiB) and the mmap area (growing down from 128 TiB).
+struct RackLayout {
+  uint64_t base = uint64_t{17} << 40;
+  int window_shift = 36;        // 64 GiB per process
+  uint32_t max_processes = 1023;
+
+  uint64_t window_bytes() const { return uint64_t{1} << window_shift; }
+  uint64_t range_bytes() const { return uint64_t{max_processes + 1} << window_shift; }
+  uint64_t window_base(uint32_t id) const { return base + (uint64_t{id} << window_shift); }
+  // INVALID_ARGUMENT unless the range is page aligned, lies in user space (below 128 TiB)
+  // and holds at least one process of a window of 1 MiB to 64 GiB.
+  absl::Status Validate() const;
+};
 
 struct ExtentRecord {
   uint64_t vpage = 0;
@@ -69,6 +80,9 @@ struct ProcessRecord {
 
 class MemoryMap {
  public:
+  explicit MemoryMap(RackLayout layout = {}) : layout_(layout) {}
+  const RackLayout& layout() const { return layout_; }
+
   // A memory element's pool joins placement. A restarted element comes back with a fresh,
   // empty pool: extents on its earlier pool are then never freed into the new one.
   void AddElement(const std::string& name, uint64_t capacity_bytes);
@@ -135,6 +149,7 @@ class MemoryMap {
   // Recycles window `id` if neither a process nor a region holds it.
   void MaybeRecycle(uint32_t id);
 
+  const RackLayout layout_;
   std::map<std::string, Pool> pools_;  // by element name; ordered for placement
   std::map<uint32_t, ProcessRecord> processes_;
   std::map<uint32_t, PagePool> windows_;  // by window id (the id of the process placing there)

@@ -29,7 +29,7 @@ TEST_CASE("The Rack MMU places regions in the process's window, spread or filled
   auto a = map.Join("a", 100, 1);
   auto b = map.Join("b", 101, 2);
   REQUIRE((a.ok() && b.ok()));
-  REQUIRE((*a)->window_base == kRangeBase + (uint64_t{(*a)->id} << kWindowShift));
+  REQUIRE((*a)->window_base == RackLayout{}.window_base((*a)->id));
   REQUIRE((*b)->window_base != (*a)->window_base);
 
   SECTION("spread stripes across both elements") {
@@ -39,7 +39,7 @@ TEST_CASE("The Rack MMU places regions in the process's window, spread or filled
     REQUIRE(PagesOn(**r, "mem0") == 128);
     REQUIRE(PagesOn(**r, "mem1") == 128);
     REQUIRE((*r)->vaddr >= (*a)->window_base);
-    REQUIRE((*r)->vaddr + (*r)->bytes <= (*a)->window_base + (uint64_t{1} << kWindowShift));
+    REQUIRE((*r)->vaddr + (*r)->bytes <= (*a)->window_base + RackLayout{}.window_bytes());
   }
   SECTION("translation finds the extent of a page, and refuses others' and unmapped pages") {
     auto r = map.Map((*a)->id, 256 * kPageBytes, proto::Placement::SPREAD);
@@ -108,7 +108,7 @@ TEST_CASE("The Rack MMU places regions in the process's window, spread or filled
   SECTION("bad sizes and unknown processes") {
     REQUIRE(absl::IsInvalidArgument(map.Map((*a)->id, 0, proto::Placement::SPREAD).status()));
     REQUIRE(absl::IsInvalidArgument(
-        map.Map((*a)->id, (uint64_t{1} << kWindowShift) + 1, proto::Placement::SPREAD).status()));
+        map.Map((*a)->id, RackLayout{}.window_bytes() + 1, proto::Placement::SPREAD).status()));
     REQUIRE(absl::IsNotFound(map.Map(999, 4096, proto::Placement::SPREAD).status()));
   }
 }
@@ -190,7 +190,7 @@ TEST_CASE("The Rack MMU moves memory between processes at the same addresses") {
 TEST_CASE("Process ids are recycled: a rack serves any number of processes over its life") {
   MemoryMap map;
   map.AddElement("mem0", 1 << 20);
-  for (int i = 0; i < 3 * static_cast<int>(kMaxProcesses); ++i) {
+  for (int i = 0; i < 3 * static_cast<int>(RackLayout{}.max_processes); ++i) {
     auto p = map.Join("p", 100 + i, i);
     REQUIRE(p.ok());
     REQUIRE(map.Map((*p)->id, kPageBytes, proto::Placement::SPREAD).ok());
@@ -198,7 +198,7 @@ TEST_CASE("Process ids are recycled: a rack serves any number of processes over 
   }
   REQUIRE(map.free_pages() == 256);
   std::vector<uint32_t> ids;
-  for (uint32_t i = 0; i < kMaxProcesses; ++i) {
+  for (uint32_t i = 0; i < RackLayout{}.max_processes; ++i) {
     auto p = map.Join("p", 1, i);
     REQUIRE(p.ok());
     ids.push_back((*p)->id);

@@ -8,7 +8,8 @@
 
 namespace disagg::rackmmu {
 
-RackMmu::RackMmu(ipc::EventLoop& loop, MmuOptions options) : loop_(loop), options_(options) {
+RackMmu::RackMmu(ipc::EventLoop& loop, MmuOptions options)
+    : loop_(loop), options_(options), memory_(options.layout) {
   // Dead processes' memory is freed within a tenth of a second of its grace period's end.
   loop_.AddTimer(absl::Milliseconds(100), [this] { ReleaseExpired(); });
 }

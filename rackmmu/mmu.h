@@ -24,6 +24,7 @@
 namespace disagg::rackmmu {
 
 struct MmuOptions {
+  RackLayout layout;
   // How long a dead process's memory and roots are held for adoption before they are freed.
   absl::Duration grace_period = absl::Seconds(10);
 };

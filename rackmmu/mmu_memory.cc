@@ -39,9 +39,9 @@ absl::Status RackMmu::HandleJoin(ipc::Link& link, uint64_t seq, proto::Join::Rea
   auto joined = reply.Init(seq).initJoined();
   joined.setProcessId((*p)->id);
   joined.setWindowBase((*p)->window_base);
-  joined.setWindowBytes(uint64_t{1} << kWindowShift);
-  joined.setRangeBase(kRangeBase);
-  joined.setRangeBytes(kRangeBytes);
+  joined.setWindowBytes(memory_.layout().window_bytes());
+  joined.setRangeBase(memory_.layout().base);
+  joined.setRangeBytes(memory_.layout().range_bytes());
   return link.Send(reply.builder());
 }
 
