@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -76,20 +77,37 @@ TestRack::TestRack(std::string bin_dir) : bin_dir_(std::move(bin_dir)) {
   reaper_pipe_ = fds[1];
 }
 
+// What the sanitizers said in the daemons' standard error (<dir>/<element>.out), if anything.
+std::string SanitizerReports(const std::string& dir) {
+  std::string out;
+  RunCommand("grep -l -E 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|WARNING: "
+             "ThreadSanitizer' '" + dir + "'/*.out 2>/dev/null | xargs -r tail -n 60",
+             &out);
+  return out;
+}
+
 TestRack::~TestRack() {
   Down();
+  // A daemon's memory error or data race fails the test that ran it, with the report.
+  const std::string reports = SanitizerReports(dir_);
   RunCommand("rm -rf '" + dir_ + "'");
   if (reaper_ > 0) {
     (void)!::write(reaper_pipe_, "done\n", 5);
     ::close(reaper_pipe_);
     ::waitpid(reaper_, nullptr, 0);
   }
+  if (!reports.empty()) {
+    std::fprintf(stderr, "a rack daemon's sanitizer reported:\n%s\n", reports.c_str());
+    std::fflush(stderr);
+    std::_Exit(1);
+  }
 }
 
 int TestRack::Up(const std::string& args, std::string* output) {
   std::string out;
   const int rc = RunCommand("DISAGG_BIN=" + bin_dir_ + " " + DISAGG_SOURCE_DIR +
-                                "/scripts/rack up --dir " + dir_ + " " + args,
+                                "/scripts/rack up --dir " + dir_ + " " + args + " " +
+                                DISAGG_TEST_RACK_ARGS,
                             &out);
   // A rack that should have come up and did not: its own account (with the daemons' last log
   // lines) is what explains the failure.

@@ -37,7 +37,7 @@ absl::Status Unreachable(const std::string& element, const absl::Status& why) {
 
 absl::StatusOr<std::unique_ptr<ipc::Client>> ElementPool::Borrow(const std::string& element) {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto& idle = idle_[element];
     if (!idle.empty()) {
       std::unique_ptr<ipc::Client> client = std::move(idle.back());
@@ -54,7 +54,7 @@ absl::StatusOr<std::unique_ptr<ipc::Client>> ElementPool::Borrow(const std::stri
 }
 
 void ElementPool::Return(const std::string& element, std::unique_ptr<ipc::Client> client) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   idle_[element].push_back(std::move(client));
 }
 

@@ -15,7 +15,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "internal/mutex.h"
 #include "absl/types/span.h"
 #include "ipc/client.h"
 
@@ -50,7 +50,7 @@ class ElementPool {
 
   const std::string run_dir_;
   const absl::Duration timeout_;
-  absl::Mutex mu_;
+  Mutex mu_;
   absl::flat_hash_map<std::string, std::vector<std::unique_ptr<ipc::Client>>> idle_
       ABSL_GUARDED_BY(mu_);
 };

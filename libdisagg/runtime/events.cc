@@ -6,39 +6,37 @@ EventQueue::EventQueue() : thread_([this] { Deliver(); }) {}
 
 EventQueue::~EventQueue() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
+    changed_.SignalAll();
   }
   thread_.join();
 }
 
 void EventQueue::SetHandler(EventHandler handler) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   handler_ = std::move(handler);
 }
 
 void EventQueue::Push(const Event& event) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (!handler_) {
     ++dropped_;
     return;
   }
   queue_.push_back(event);
+  changed_.SignalAll();
 }
 
 uint64_t EventQueue::dropped() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return dropped_;
 }
 
 void EventQueue::Deliver() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   while (true) {
-    mu_.Await(absl::Condition(
-        +[](EventQueue* q) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-          return q->stopping_ || !q->queue_.empty();
-        },
-        this));
+    while (!stopping_ && queue_.empty()) changed_.Wait(&mu_);
     if (queue_.empty()) return;  // stopping, and all delivered
     const Event event = queue_.front();
     queue_.pop_front();

@@ -12,7 +12,7 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "internal/mutex.h"
 #include "disagg/disagg.h"
 
 namespace disagg::runtime {
@@ -32,7 +32,8 @@ class EventQueue {
  private:
   void Deliver();
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
+  CondVar changed_;  // an event was queued, or the queue stops
   std::deque<Event> queue_ ABSL_GUARDED_BY(mu_);
   EventHandler handler_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

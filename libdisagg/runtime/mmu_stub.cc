@@ -7,7 +7,7 @@ namespace disagg::runtime {
 
 absl::Status MmuStub::Call(absl::FunctionRef<void(proto::Message::Builder)> fill,
                            absl::FunctionRef<absl::Status(proto::Message::Reader)> on_reply) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   ipc::SmallMessage request;
   auto root = request.Init();
   fill(root);

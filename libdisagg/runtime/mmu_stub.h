@@ -13,7 +13,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "internal/mutex.h"
 #include "absl/time/time.h"
 #include "ipc/client.h"
 #include "runtime/translations.h"
@@ -66,7 +66,7 @@ class MmuStub {
   absl::Status CallOk(absl::FunctionRef<void(proto::Message::Builder)> fill);
   absl::StatusOr<MappedRange> CallMapped(absl::FunctionRef<void(proto::Message::Builder)> fill);
 
-  absl::Mutex mu_;
+  Mutex mu_;
   ipc::Client client_ ABSL_GUARDED_BY(mu_);
   const absl::Duration timeout_;
 };

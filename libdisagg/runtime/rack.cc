@@ -154,7 +154,7 @@ absl::Status RackImpl::AttachCompute(ipc::Connection compute) {
   stop_ = ipc::Fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_.valid()) return ErrnoStatus("eventfd");
   threads_.emplace_back([this] { ControlLoop(); });
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   const absl::Time deadline = absl::Now() + options_.timeout;
   // A new process may start with no quota while the others shrink to make room for it.
   while (!quota_known_ || cache_.quota_pages() == 0) {
@@ -201,7 +201,7 @@ absl::StatusOr<Region> RackImpl::Map(size_t bytes, MapOptions options) {
     return absl::InternalError("the Rack MMU placed a region outside this process's window");
   }
   const size_t size = mapped.info.bytes;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   Adopt(vaddr, std::move(mapped.info));
   return Region(reinterpret_cast<void*>(vaddr), size);
 }
@@ -209,7 +209,7 @@ absl::StatusOr<Region> RackImpl::Map(size_t bytes, MapOptions options) {
 absl::Status RackImpl::Unmap(void* data) {
   const uint64_t vaddr = reinterpret_cast<uintptr_t>(data);
   RETURN_IF_ERROR(mmu_.Unmap(vaddr));
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::optional<uint64_t> bytes = translations_.Remove(vaddr);
   if (!bytes) return absl::OkStatus();  // it was known to the Rack MMU only
   RETURN_IF_ERROR(DropRange(vaddr >> kPageShift, (vaddr + *bytes) >> kPageShift,
@@ -222,7 +222,7 @@ absl::Status RackImpl::Flush(const void* addr, size_t len) {
   const uintptr_t start = reinterpret_cast<uintptr_t>(addr);
   const uint64_t first = start >> kPageShift;
   const uint64_t last = (start + len + kPageBytes - 1) >> kPageShift;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   // Memory granted to this process may be used before its event arrived: ask the Rack MMU
   // about what is not known here.
   for (int learnt = 0;; ++learnt) {
@@ -327,7 +327,7 @@ void RackImpl::OnEvent(EventHandler handler) { events_.SetHandler(std::move(hand
 CacheStats RackImpl::cache_stats() const {
   CacheStats stats;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto& cache = const_cast<PageCache&>(cache_);
     stats.quota_bytes = stats_quota_pages_ * kPageBytes;
     stats.cached_bytes = cache.present_pages() * kPageBytes;
@@ -367,7 +367,7 @@ void RackImpl::ControlLoop() {
     }
     uint64_t cached;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       cached = cache_.present_pages();
     }
     if (cached != reported && ReportUsage(0).ok()) reported = cached;
@@ -412,7 +412,7 @@ absl::Status RackImpl::HandleControl(proto::Message::Reader message) {
     case proto::Message::CACHE_QUOTA: {
       const uint64_t pages = message.getCacheQuota().getBytes() / kPageBytes;
       {
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         cache_.set_quota_pages(pages);  // admissions obey the new quota at once...
         quota_known_ = true;
         ShrinkToQuota();
@@ -422,7 +422,7 @@ absl::Status RackImpl::HandleControl(proto::Message::Reader message) {
       return message.getSeq() != 0 ? ReportUsage(message.getSeq()) : absl::OkStatus();
     }
     case proto::Message::ERROR: {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       attach_status_ = ipc::ErrorToStatus(message.getError());
       changed_.SignalAll();
       return absl::OkStatus();
@@ -436,7 +436,7 @@ absl::Status RackImpl::HandleControl(proto::Message::Reader message) {
 absl::Status RackImpl::ReportUsage(uint64_t seq) {
   uint64_t cached;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     cached = cache_.present_pages() * kPageBytes;
   }
   ipc::SmallMessage report;

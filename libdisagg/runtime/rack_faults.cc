@@ -56,7 +56,7 @@ void RackImpl::FaultLoop() {
   // are served at once and the next fault finds a reader already awake.
   while (true) {
     {
-      absl::MutexLock lock(&reader_mu_);
+      MutexLock lock(&reader_mu_);
       while (reader_busy_ && !stopping_) reader_free_.Wait(&reader_mu_);
       if (stopping_) return;
       reader_busy_ = true;
@@ -72,7 +72,7 @@ void RackImpl::FaultLoop() {
       }
     }
     {
-      absl::MutexLock lock(&reader_mu_);
+      MutexLock lock(&reader_mu_);
       reader_busy_ = false;
       if (!msg) stopping_ = true;
       reader_free_.SignalAll();
@@ -118,7 +118,7 @@ void RackImpl::ServeMissing(const std::vector<MissingFault>& faults) {
   while (next < faults.size()) {
     std::vector<Fetch> fetches;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       for (; next < faults.size(); ++next) {
         Fetch fetch;
         const Admission admission =
@@ -252,7 +252,7 @@ void RackImpl::Install(std::vector<Fetch>& fetches, const std::vector<uint8_t>& 
 }
 
 void RackImpl::Complete(std::vector<Fetch>& fetches) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (Fetch& f : fetches) {
     for (size_t i = 0; i < f.pages.size(); ++i) {
       if (f.results[i].ok()) {
@@ -308,7 +308,7 @@ void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<ui
 
 void RackImpl::HandleWriteProtect(uint64_t vpage) {
   const uintptr_t addr = vpage << kPageShift;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   PageEntry* entry = cache_.Find(vpage);
   // Installed but not yet recorded; or being granted: a write then must not land in a copy
   // that is about to leave.
@@ -335,7 +335,7 @@ void RackImpl::Refuse(uint64_t vpage, FaultCause cause) {
 absl::StatusOr<std::string> RackImpl::Translate(uint64_t vpage) {
   ASSIGN_OR_RETURN(MappedRange found, mmu_.Translate(vpage));
   std::string element = found.info.extents[0].element;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   translations_.AddExtent(found.vaddr, found.info.bytes, std::move(found.info.extents[0]));
   return element;
 }

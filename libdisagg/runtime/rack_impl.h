@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "internal/mutex.h"
 #include "disagg/disagg.h"
 #include "ipc/client.h"
 #include "runtime/element_pool.h"
@@ -164,8 +164,8 @@ class RackImpl final : public Rack {
   ElementPool elements_;
   EventQueue events_;
 
-  mutable absl::Mutex mu_;
-  absl::CondVar changed_;  // a fetch, write-back or quota change completed
+  mutable Mutex mu_;
+  CondVar changed_;  // a fetch, write-back or quota change completed
   Translations translations_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, uint64_t> transfers_ ABSL_GUARDED_BY(mu_);  // being granted: [start, end)
   PageCache cache_ ABSL_GUARDED_BY(mu_);
@@ -180,8 +180,8 @@ class RackImpl final : public Rack {
   std::array<ReadaheadStream, 16> streams_ ABSL_GUARDED_BY(mu_);
   uint64_t stream_clock_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status attach_status_ ABSL_GUARDED_BY(mu_);  // the compute element's refusal
-  absl::Mutex reader_mu_;     // which fault thread reads the userfaultfd
-  absl::CondVar reader_free_;
+  Mutex reader_mu_;     // which fault thread reads the userfaultfd
+  CondVar reader_free_;
   bool reader_busy_ ABSL_GUARDED_BY(reader_mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(reader_mu_) = false;
   std::atomic<uint64_t> faults_{0};

@@ -81,7 +81,7 @@ absl::Status RackImpl::Grant(void* addr, size_t len, uint32_t to) {
   if (to == id_) return absl::InvalidArgumentError("Grant: a process cannot grant to itself");
   const uint64_t first = vaddr >> kPageShift, last = (vaddr + len) >> kPageShift;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto next = transfers_.lower_bound(vaddr);
     if ((next != transfers_.end() && next->first < vaddr + len) || InTransfer(first)) {
       return absl::AbortedError("Grant: this process is granting an overlapping range already");
@@ -99,7 +99,7 @@ absl::Status RackImpl::Grant(void* addr, size_t len, uint32_t to) {
     }
   }
   absl::Status granted = mmu_.Grant(vaddr, len, to);
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   transfers_.erase(vaddr);
   if (granted.ok()) translations_.MarkRevoked(vaddr, len);
   changed_.SignalAll();
@@ -114,7 +114,7 @@ absl::StatusOr<Region> RackImpl::Steal(uint32_t from, void* addr, size_t len) {
   if (stolen.vaddr != vaddr || stolen.info.bytes != len) {
     return absl::InternalError("the Rack MMU answered a steal with another range");
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   Adopt(vaddr, std::move(stolen.info));
   return Region(addr, len);
 }
@@ -142,7 +142,7 @@ absl::Status RackImpl::HandleRackEvent(proto::Message::Reader message) {
     return absl::InvalidArgumentError("an event names a range outside the rack range");
   }
   Event out{EventKind::kGranted, event.getProcess(), reinterpret_cast<void*>(vaddr), bytes};
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (event.getKind() == proto::EventKind::GRANTED) {
     RegionInfo info{bytes, {}};
     for (auto e : event.getExtents()) {
