@@ -34,6 +34,7 @@
 #include "internal/logging.h"
 #include "ipc/wire.h"
 #include "proto/rack.capnp.h"
+#include "bench_echo.capnp.h"
 
 namespace disagg::bench {
 namespace {

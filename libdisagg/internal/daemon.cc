@@ -36,8 +36,4 @@ int RunDaemon(const char* argv0, const std::string& log_dir, const std::string& 
   return 1;
 }
 
-std::string SocketPath(const std::string& run_dir, const std::string& name) {
-  return absl::StrCat(run_dir, "/", name, ".sock");
-}
-
 }  // namespace disagg

@@ -6,6 +6,7 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "ipc/socket.h"  // SocketPath
 
 namespace disagg {
 
@@ -18,9 +19,6 @@ absl::Status InitDaemon(const char* argv0, const std::string& log_dir, const std
 // `run` ends OK, else 1 with the reason logged).
 int RunDaemon(const char* argv0, const std::string& log_dir, const std::string& element,
               absl::FunctionRef<absl::Status()> run);
-
-// The socket path of element `name` in run directory `run_dir`: <run_dir>/<name>.sock.
-std::string SocketPath(const std::string& run_dir, const std::string& name);
 
 }  // namespace disagg
 

@@ -208,3 +208,11 @@ absl::StatusOr<Connection> DialUnix(const std::string& path, absl::Duration time
 }
 
 }  // namespace disagg::ipc
+
+namespace disagg {
+
+std::string SocketPath(const std::string& run_dir, const std::string& name) {
+  return absl::StrCat(run_dir, "/", name, ".sock");
+}
+
+}  // namespace disagg

@@ -57,4 +57,11 @@ absl::StatusOr<uint64_t> ProcessStartTime(const PeerIdentity& peer);
 
 }  // namespace disagg::ipc
 
+namespace disagg {
+
+// The socket path of element `name` in run directory `run_dir`: <run_dir>/<name>.sock.
+std::string SocketPath(const std::string& run_dir, const std::string& name);
+
+}  // namespace disagg
+
 #endif  // DISAGG_IPC_SOCKET_H_

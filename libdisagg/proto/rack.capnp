@@ -344,8 +344,3 @@ struct Message {
     checkResult @41 :CheckResult;
   }
 }
-
-# Only for the benchmark baseline: Cap'n Proto's own two-party RPC.
-interface EchoRpc {
-  echo @0 (payload :Data) -> (payload :Data);
-}

@@ -3,8 +3,8 @@
 #include <capnp/message.h>
 
 #include "absl/strings/str_cat.h"
-#include "internal/daemon.h"
 #include "internal/status_macros.h"
+#include "ipc/socket.h"
 #include "ipc/wire.h"
 #include "runtime/userfaultfd.h"
 

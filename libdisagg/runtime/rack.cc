@@ -10,9 +10,9 @@
 
 #include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
-#include "internal/daemon.h"
 #include "internal/logging.h"
 #include "internal/status_macros.h"
+#include "ipc/socket.h"
 #include "ipc/wire.h"
 #include "runtime/fault_signal.h"
 #include "runtime/rack_impl.h"
