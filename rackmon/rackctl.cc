@@ -394,8 +394,33 @@ absl::StatusOr<int> Run(const std::string& rack, const std::string& element, cha
   return ending.exit_code;
 }
 
+// rackctl's own usage: its commands and its own flags (not the logging library's: those are
+// under --helpfull, as gflags programs have them).
+void PrintHelp() {
+  std::string out = kUsage;
+  out += "\nflags:\n";
+  std::vector<gflags::CommandLineFlagInfo> flags;
+  gflags::GetAllFlags(&flags);
+  for (const auto& flag : flags) {
+    if (flag.filename.find("rackctl.cc") == std::string::npos) continue;
+    absl::StrAppendFormat(&out, "  --%-12s %s (default: %s)\n", flag.name, flag.description,
+                          flag.default_value.empty() ? "\"\"" : flag.default_value);
+  }
+  out += "\nThe logging library's flags: rackctl --helpfull\n";
+  std::fputs(out.c_str(), stdout);
+}
+
 int Main(int argc, char** argv) {
   gflags::SetUsageMessage(kUsage);
+  // --help, -h and `help` show rackctl's own commands and flags; --helpfull shows every flag.
+  for (int i = 1; i < argc && std::strcmp(argv[i], "--") != 0; ++i) {
+    const char* a = argv[i];
+    if (std::strcmp(a, "--help") == 0 || std::strcmp(a, "-help") == 0 ||
+        std::strcmp(a, "-h") == 0 || (i == 1 && std::strcmp(a, "help") == 0)) {
+      PrintHelp();
+      return 0;
+    }
+  }
   // Everything after "--" is the program `run` starts, untouched by flag parsing.
   char** program = nullptr;
   for (int i = 1; i < argc; ++i) {

@@ -2,6 +2,7 @@
 // daemons move memory between each other without copying it, at the same addresses. Every
 // test ends by comparing the Rack MMU's map with the memory elements' page tables.
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -411,6 +412,30 @@ TEST_CASE("Grant and steal requests out of protocol are refused, and the daemons
   REQUIRE(bystander.Ask("grant " + Range(mine, kMiB) + " " + std::to_string(late.id())) == "ok");
   REQUIRE(late.Ask("verify " + Range(mine, kMiB) + " 4") == "ok");
   RequireConsistent(rack);
+}
+
+TEST_CASE("An application that did not set up logging sees one clear message for a memory fault") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 64M --cache-budget 1M --missed-beats 400") ==
+          0);
+  const std::string err_file = rack.dir() + "/peer.err";
+  Peer peer(rack.dir(), "cpu0", err_file);
+  REQUIRE_PEER(peer);
+  const uint64_t addr = Addr(peer.Ask("map " + std::to_string(kMiB)));
+  REQUIRE(addr != 0);
+  // The memory element fails: the touch is refused, which the runtime would also log.
+  REQUIRE(kill(rack.Pid("mem0"), SIGKILL) == 0);
+  REQUIRE(rack.WaitForState("mem0", "failed"));
+  REQUIRE(peer.Ask("nohandler") == "ok");
+  const int status = peer.End("touch " + HexAddr(addr + 8192));
+  REQUIRE(WIFSIGNALED(status));
+  REQUIRE(WTERMSIG(status) == SIGBUS);
+  std::string err;
+  RunCommand("cat " + err_file, &err);
+  INFO(err);
+  REQUIRE(err.find("disagg: memory fault at " + HexAddr(addr + 8192)) == 0);
+  REQUIRE(err.find("memory element failed") != std::string::npos);
+  REQUIRE(err.find('\n') == err.size() - 1);  // one line: nothing of glog's own
 }
 
 }  // namespace

@@ -14,6 +14,8 @@
 //   lookup OWNER NAME           -> the address (hex) | the error
 //   touch ADDR                  -> ok | fault CAUSE (a read of one word, faults caught)
 //   stats                       -> faults N writebacks N evictions N cached BYTES
+//   nohandler                   -> ok: the default fault handling from now on (a refused touch
+//                                  prints the fault and ends the process by SIGBUS)
 //   events                      -> the events received so far: kind:process:addr:bytes ...
 //   crash                       -> (no answer) ends without leaving the rack
 //   quit                        -> (no answer) leaves the rack and exits 0
@@ -132,6 +134,9 @@ int main() {
       std::lock_guard<std::mutex> lock(mu);
       for (const std::string& e : events) out += (out.empty() ? "" : " ") + e;
       if (out.empty()) out = "none";
+    } else if (cmd == "nohandler") {
+      rack.OnMemoryFault(nullptr);
+      out = "ok";
     } else if (cmd == "crash") {
       std::_Exit(3);
     } else if (cmd == "quit") {

@@ -21,7 +21,8 @@ std::string HexAddr(uint64_t addr) {
   return buf;
 }
 
-Peer::Peer(const std::string& rack_dir, const std::string& element) {
+Peer::Peer(const std::string& rack_dir, const std::string& element,
+           const std::string& stderr_path) {
   signal(SIGPIPE, SIG_IGN);  // a peer that died must fail the test, not kill it
   int in[2], out[2];
   if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) {
@@ -32,6 +33,10 @@ Peer::Peer(const std::string& rack_dir, const std::string& element) {
   if (pid_ == 0) {
     dup2(in[0], 0);
     dup2(out[1], 1);
+    if (!stderr_path.empty()) {
+      const int err = open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (err >= 0) dup2(err, 2);
+    }
     setenv("DISAGG_RACK", rack_dir.c_str(), 1);
     setenv("DISAGG_ELEMENT", element.c_str(), 1);
     const std::string program = std::string(DISAGG_BIN_DIR) + "/rack_peer";

@@ -14,8 +14,10 @@ namespace disagg::testing {
 class Peer {
  public:
   // Starts rack_peer on compute element `element` of the rack in `rack_dir` and waits until it
-  // joined. ok() is false (and error() says why) if it could not.
-  Peer(const std::string& rack_dir, const std::string& element);
+  // joined; its standard error goes to `stderr_path` if given. ok() is false (and error()
+  // says why) if it could not.
+  Peer(const std::string& rack_dir, const std::string& element,
+       const std::string& stderr_path = "");
   ~Peer();
   Peer(const Peer&) = delete;
   Peer& operator=(const Peer&) = delete;

@@ -217,5 +217,21 @@ TEST_CASE("rackctl explains what is wrong instead of failing silently") {
   REQUIRE_THAT(out, Catch::Contains("unknown command"));
 }
 
+TEST_CASE("rackctl --help shows rackctl's own commands and flags; --helpfull every flag") {
+  const std::string rackctl = std::string(DISAGG_BIN_DIR) + "/rackctl";
+  for (const std::string args : {"--help", "-h", "help", "status --help", "run --on cpu0 --help"}) {
+    DYNAMIC_SECTION(args) {
+      std::string out;
+      REQUIRE(RunCommand(rackctl + " " + args, &out) == 0);
+      REQUIRE_THAT(out, Catch::Contains("usage: rackctl") && Catch::Contains("check") &&
+                            Catch::Contains("--timeout_ms") && Catch::Contains("--helpfull"));
+      REQUIRE_THAT(out, !Catch::Contains("logtostderr"));  // the logging library's own
+    }
+  }
+  std::string full;
+  REQUIRE(RunCommand(rackctl + " --helpfull", &full) == 1);  // gflags' own exit status
+  REQUIRE_THAT(full, Catch::Contains("logtostderr") && Catch::Contains("timeout_ms"));
+}
+
 }  // namespace
 }  // namespace disagg::testing

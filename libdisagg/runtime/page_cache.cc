@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "internal/logging.h"
+#include "runtime/log.h"
 
 namespace disagg::runtime {
 

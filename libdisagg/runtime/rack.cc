@@ -10,7 +10,7 @@
 
 #include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
-#include "internal/logging.h"
+#include "runtime/log.h"
 #include "internal/status_macros.h"
 #include "ipc/socket.h"
 #include "ipc/wire.h"
@@ -291,7 +291,7 @@ uint64_t RackImpl::SnapshotDirty(uint64_t cursor, uint64_t last, uint8_t* buffer
     if (extent == nullptr) continue;  // unmapped meanwhile: nothing to make durable
     // Writes from here on fault and mark the page dirty again.
     if (absl::Status s = uffd_.WriteProtect(vpage << kPageShift, kPageBytes, true); !s.ok()) {
-      LOG(ERROR) << "disagg: flush: " << s;  // it stays dirty: a later write-back takes it
+      RLOG(ERROR) << "disagg: flush: " << s;  // it stays dirty: a later write-back takes it
       continue;
     }
     uint8_t* copy = buffer + batch.size() * kPageBytes;
@@ -351,13 +351,13 @@ void RackImpl::ControlLoop() {
     while (true) {
       absl::StatusOr<bool> got = from.Receive(words);
       if (!got.ok()) {
-        LOG(WARNING) << "disagg: " << who << ": " << got.status();
+        RLOG(WARNING) << "disagg: " << who << ": " << got.status();
         return false;
       }
       if (!*got) return true;
       absl::Status status = ipc::DecodeMessage(
           words, [&](proto::Message::Reader message) { return (this->*handle)(message); });
-      if (!status.ok()) LOG(WARNING) << "disagg: " << who << ": " << status;
+      if (!status.ok()) RLOG(WARNING) << "disagg: " << who << ": " << status;
     }
   };
   while (true) {
@@ -395,7 +395,7 @@ void RackImpl::ControlLoop() {
     if (event_link_ && (fds[4].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
       // The Rack MMU is gone: memory already mapped keeps working; no more events come.
       drain(event_link_->channel, "Rack MMU events", &RackImpl::HandleRackEvent);
-      LOG(WARNING) << "disagg: the Rack MMU closed the event link";
+      RLOG(WARNING) << "disagg: the Rack MMU closed the event link";
       event_link_.reset();
     }
     if (fds[1].revents & (POLLRDHUP | POLLHUP | POLLERR)) {

@@ -12,7 +12,7 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
-#include "internal/logging.h"
+#include "runtime/log.h"
 #include "internal/status_macros.h"
 #include "ipc/wire.h"
 #include "runtime/fault_signal.h"
@@ -105,7 +105,7 @@ std::optional<uffd_msg> RackImpl::ReadFault() {
     } while (std::chrono::steady_clock::now() < spin_until);
     struct pollfd fds[2] = {{uffd_.fd(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
     if (poll(fds, 2, -1) < 0 && errno != EINTR) {
-      PLOG(ERROR) << "disagg: polling the userfaultfd";
+      RPLOG(ERROR) << "disagg: polling the userfaultfd";
       return std::nullopt;
     }
     if (fds[1].revents & POLLIN) return std::nullopt;
@@ -260,7 +260,7 @@ void RackImpl::Complete(std::vector<Fetch>& fetches) {
         ++faults_;
       } else if (i == 0) {
         if (!f.refusal) {
-          LOG(WARNING) << "disagg: page 0x" << std::hex << (f.pages[0] << kPageShift) << std::dec
+          RLOG(WARNING) << "disagg: page 0x" << std::hex << (f.pages[0] << kPageShift) << std::dec
                        << ": " << f.results[0];
         }
         cache_.AbortFetch(f.pages[0], /*poisoned=*/true);
@@ -320,7 +320,7 @@ void RackImpl::HandleWriteProtect(uint64_t vpage) {
     entry->dirty = true;
     absl::Status status = uffd_.WriteProtect(addr, kPageBytes, false);  // wakes the writer
     if (status.ok()) return;
-    LOG(ERROR) << "disagg: " << status;
+    RLOG(ERROR) << "disagg: " << status;
   }
   // Evicted meanwhile: the retried write faults the page in again.
   (void)uffd_.Wake(addr);
@@ -329,7 +329,7 @@ void RackImpl::HandleWriteProtect(uint64_t vpage) {
 void RackImpl::Refuse(uint64_t vpage, FaultCause cause) {
   RecordPoison(vpage, cause);
   absl::Status status = uffd_.Poison(vpage << kPageShift);
-  if (!status.ok()) LOG(ERROR) << "disagg: " << status;
+  if (!status.ok()) RLOG(ERROR) << "disagg: " << status;
 }
 
 absl::StatusOr<std::string> RackImpl::Translate(uint64_t vpage) {
@@ -367,7 +367,7 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
   }
   for (const auto& [first, count] : dirty_runs) {
     absl::Status status = uffd_.WriteProtect(first << kPageShift, count * kPageBytes, true);
-    if (!status.ok()) LOG(ERROR) << "disagg: evicting: " << status;
+    if (!status.ok()) RLOG(ERROR) << "disagg: evicting: " << status;
   }
   thread_local std::vector<uint8_t> staging;
   staging.resize(victims.size() * kPageBytes);
@@ -400,7 +400,7 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
     const uint64_t vpage = writes[i].second.vpage;
     cache_.Remove(vpage);
     if (!results[i].ok()) {
-      LOG(ERROR) << "disagg: write-back of 0x" << std::hex << (vpage << kPageShift) << std::dec
+      RLOG(ERROR) << "disagg: write-back of 0x" << std::hex << (vpage << kPageShift) << std::dec
                  << " failed; the page is lost: " << results[i];
       cache_.MarkPoisoned(vpage);
       Refuse(vpage, FaultCause::kLost);

@@ -1,7 +1,7 @@
 // RackImpl's grant and steal, trust groups, named roots, and the events of the Rack MMU
 // (memory granted to this process, memory stolen from it).
 #include "absl/strings/str_cat.h"
-#include "internal/logging.h"
+#include "runtime/log.h"
 #include "internal/status_macros.h"
 #include "ipc/wire.h"
 #include "runtime/fault_signal.h"
