@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <string>
 
+#include <capnp/compat/json.h>
 #include <capnp/message.h>
 
 #include "absl/strings/str_cat.h"
@@ -32,6 +33,7 @@
 #include "internal/status_macros.h"
 #include "ipc/client.h"
 #include "ipc/wire.h"
+#include "status_json.capnp.h"
 
 DEFINE_string(rack, "", "the rack's run directory (default: $DISAGG_RACK)");
 DEFINE_bool(json, false, "status: print one JSON object instead of a table");
@@ -51,21 +53,6 @@ constexpr char kUsage[] =
     "                    end as it ends; signals to rackctl are passed on to it\n"
     "  check             compare the Rack MMU's memory map with every memory element's page\n"
     "                    table: exit status 0 when they agree, else the differences and 1\n";
-
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (c < 0x20) {
-      out += absl::StrFormat("\\u%04x", c);
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
 
 std::string HumanBytes(uint64_t n) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -100,39 +87,49 @@ std::string ProcessState(const ProcessRow& p) {
   return absl::StrFormat("dead, held %.1f s", std::max<int64_t>(p.release_in_ns, 0) / 1e9);
 }
 
+// The status as one line of JSON (schema: status_json.capnp).
+void PrintStatusJson(proto::RackStatus::Reader status, const std::vector<ProcessRow>& processes,
+                     int64_t grace_ns) {
+  capnp::MallocMessageBuilder message;
+  auto out = message.initRoot<StatusJson>();
+  out.setRack(status.getRackName());
+  auto elements = out.initElements(status.getElements().size());
+  size_t i = 0;
+  for (auto e : status.getElements()) {
+    auto row = elements[i++];
+    row.setName(e.getName());
+    row.setKind(ipc::KindName(e.getKind()));
+    row.setPid(e.getPid());
+    row.setState(ipc::HealthName(e.getHealth()));
+    row.setCapacityBytes(e.getCapacityBytes());
+    row.setUsedBytes(e.getUsedBytes());
+    row.setHeartbeatAgeMs(e.getLastHeartbeatAgeNanos() < 0 ? -1
+                                                           : e.getLastHeartbeatAgeNanos() / 1e6);
+  }
+  out.setGracePeriodMs(grace_ns < 0 ? -1 : grace_ns / 1e6);
+  auto rows = out.initProcesses(processes.size());
+  i = 0;
+  for (const ProcessRow& p : processes) {
+    auto row = rows[i++];
+    row.setId(p.id);
+    row.setName(p.name);
+    row.setPid(p.pid);
+    row.setElement(p.element);
+    row.setMappedBytes(p.mapped);
+    row.setCachedBytes(p.cached);
+    row.setCacheQuotaBytes(p.quota);
+    row.setDead(p.dead);
+    row.setReleaseInMs(p.dead ? p.release_in_ns / 1e6 : 0);
+  }
+  capnp::JsonCodec codec;
+  codec.handleByAnnotation<StatusJson>();
+  std::printf("%s\n", codec.encode(out.asReader()).cStr());
+}
+
 void PrintStatus(proto::RackStatus::Reader status, const std::vector<ProcessRow>& processes,
                  int64_t grace_ns, bool json) {
   if (json) {
-    std::string out = absl::StrCat("{\"rack\":", JsonString(status.getRackName()), ",\"elements\":[");
-    bool first = true;
-    for (auto e : status.getElements()) {
-      absl::StrAppend(&out, first ? "" : ",", "{\"name\":", JsonString(e.getName()),
-                      ",\"kind\":\"", ipc::KindName(e.getKind()), "\",\"pid\":", e.getPid(),
-                      ",\"state\":\"", ipc::HealthName(e.getHealth()),
-                      "\",\"capacity_bytes\":", e.getCapacityBytes(),
-                      ",\"used_bytes\":", e.getUsedBytes(), ",\"heartbeat_age_ms\":",
-                      e.getLastHeartbeatAgeNanos() < 0
-                          ? std::string("null")
-                          : absl::StrFormat("%.3f", e.getLastHeartbeatAgeNanos() / 1e6),
-                      "}");
-      first = false;
-    }
-    absl::StrAppend(&out, "],\"grace_period_ms\":",
-                    grace_ns < 0 ? std::string("null") : absl::StrCat(grace_ns / 1000000),
-                    ",\"processes\":[");
-    first = true;
-    for (const ProcessRow& p : processes) {
-      absl::StrAppend(&out, first ? "" : ",", "{\"id\":", p.id, ",\"name\":", JsonString(p.name),
-                      ",\"pid\":", p.pid, ",\"element\":", JsonString(p.element),
-                      ",\"mapped_bytes\":", p.mapped, ",\"cached_bytes\":", p.cached,
-                      ",\"cache_quota_bytes\":", p.quota, ",\"dead\":", p.dead ? "true" : "false",
-                      ",\"release_in_ms\":",
-                      p.dead ? absl::StrFormat("%.3f", p.release_in_ns / 1e6) : std::string("null"),
-                      "}");
-      first = false;
-    }
-    out += "]}";
-    std::printf("%s\n", out.c_str());
+    PrintStatusJson(status, processes, grace_ns);
     return;
   }
   std::printf("rack %s\n", status.getRackName().cStr());

@@ -85,12 +85,11 @@ TEST_CASE("A region larger than the cache works end to end and the cache never e
   REQUIRE(stats.peak_cached_bytes <= stats.quota_bytes);
   REQUIRE(stats.writebacks > 0);
   // The compute element reports this process with its cache inside the quota.
-  std::string out;
-  REQUIRE(RunCommand(std::string(DISAGG_BIN_DIR) + "/rackctl --rack " + r.rack.dir() +
-                         " status --json",
-                     &out) == 0);
-  REQUIRE(out.find("\"cache_quota_bytes\":" + std::to_string(kBudget)) != std::string::npos);
-  REQUIRE(out.find("\"mapped_bytes\":" + std::to_string(bytes)) != std::string::npos);
+  const std::vector<ProcessRow> processes = r.rack.Processes();
+  REQUIRE(processes.size() == 1);
+  REQUIRE(processes[0].id == r.app->self());
+  REQUIRE(processes[0].cache_quota_bytes == kBudget);
+  REQUIRE(processes[0].mapped_bytes == bytes);
 }
 
 TEST_CASE("Four threads fault the same and different pages at once and every byte is right") {

@@ -1,5 +1,8 @@
 #include "rack_harness.h"
 
+#include <capnp/compat/json.h>
+#include <capnp/message.h>
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -12,10 +15,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <regex>
+#include <functional>
 #include <sstream>
 #include <thread>
 #include <utility>
+
+#include "status_json.capnp.h"
 
 namespace disagg::testing {
 
@@ -118,25 +123,48 @@ int TestRack::Up(const std::string& args, std::string* output) {
 
 int TestRack::Down(std::string* output) { return RunCommand(DownCommand(bin_dir_, dir_), output); }
 
-std::map<std::string, ElementRow> TestRack::Status() {
+namespace {
+
+// `rackctl status --json`, decoded with the codec that encoded it; false if rackctl failed or
+// printed something that is not its JSON.
+bool DecodeStatus(const std::string& bin_dir, const std::string& dir,
+                  const std::function<void(rackctl::StatusJson::Reader)>& use) {
   std::string out;
+  if (RunCommand(bin_dir + "/rackctl --rack " + dir + " status --json 2>/dev/null", &out) != 0) {
+    return false;
+  }
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<rackctl::StatusJson>();
+  capnp::JsonCodec codec;
+  codec.handleByAnnotation<rackctl::StatusJson>();
+  kj::Maybe<kj::Exception> failure = kj::runCatchingExceptions(
+      [&] { codec.decode(kj::StringPtr(out.c_str(), out.size()), root); });
+  if (failure != nullptr) return false;
+  use(root.asReader());
+  return true;
+}
+
+}  // namespace
+
+std::map<std::string, ElementRow> TestRack::Status() {
   std::map<std::string, ElementRow> rows;
-  if (RunCommand(bin_dir_ + "/rackctl --rack " + dir_ + " status --json",
-                 &out) != 0) {
-    return rows;
-  }
-  static const std::regex row(
-      R"re(\{"name":"([^"]+)","kind":"([a-z]+)","pid":([0-9]+),"state":"([a-z]+)","capacity_bytes":([0-9]+),"used_bytes":([0-9]+))re");
-  for (auto it = std::sregex_iterator(out.begin(), out.end(), row); it != std::sregex_iterator();
-       ++it) {
-    ElementRow r;
-    r.kind = (*it)[2];
-    r.pid = std::stoi((*it)[3]);
-    r.state = (*it)[4];
-    r.capacity_bytes = std::stoull((*it)[5]);
-    r.used_bytes = std::stoull((*it)[6]);
-    rows[(*it)[1]] = r;
-  }
+  DecodeStatus(bin_dir_, dir_, [&](rackctl::StatusJson::Reader status) {
+    for (auto e : status.getElements()) {
+      rows[e.getName()] = ElementRow{e.getKind(), e.getPid(), e.getState(), e.getCapacityBytes(),
+                                     e.getUsedBytes()};
+    }
+  });
+  return rows;
+}
+
+std::vector<ProcessRow> TestRack::Processes() {
+  std::vector<ProcessRow> rows;
+  DecodeStatus(bin_dir_, dir_, [&](rackctl::StatusJson::Reader status) {
+    for (auto p : status.getProcesses()) {
+      rows.push_back(ProcessRow{p.getId(), p.getName(), p.getMappedBytes(), p.getCachedBytes(),
+                                p.getCacheQuotaBytes(), p.getDead()});
+    }
+  });
   return rows;
 }
 

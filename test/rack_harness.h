@@ -26,6 +26,15 @@ struct ElementRow {
   uint64_t used_bytes = 0;
 };
 
+struct ProcessRow {
+  uint32_t id = 0;
+  std::string name;
+  uint64_t mapped_bytes = 0;
+  uint64_t cached_bytes = 0;
+  uint64_t cache_quota_bytes = 0;
+  bool dead = false;
+};
+
 class TestRack {
  public:
   // Makes a fresh run directory and starts the reaper; the rack is not started yet. Its daemons
@@ -43,6 +52,8 @@ class TestRack {
 
   // `rackctl status --json`, parsed into name -> row. Empty if rackctl failed.
   std::map<std::string, ElementRow> Status();
+  // The processes `rackctl status --json` lists. Empty if rackctl failed.
+  std::vector<ProcessRow> Processes();
   // Polls Status() until element `name` is in `state` or `timeout_ms` passes.
   bool WaitForState(const std::string& name, const std::string& state, int timeout_ms = 10000);
   // The pid recorded in <dir>/pids/<element>.pid, or 0.

@@ -233,5 +233,26 @@ TEST_CASE("rackctl --help shows rackctl's own commands and flags; --helpfull eve
   REQUIRE_THAT(full, Catch::Contains("logtostderr") && Catch::Contains("timeout_ms"));
 }
 
+TEST_CASE("rackctl status --json is JSON with stable snake_case keys") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --missed-beats 400") == 0);
+  const std::string status =
+      std::string(DISAGG_BIN_DIR) + "/rackctl --rack " + rack.dir() + " status --json";
+  std::string out;
+  // jq parses it as JSON (and fails on anything else), whatever the order or spacing.
+  REQUIRE(RunCommand(status + " | jq -e '.rack and (.grace_period_ms == 10000) and "
+                              "(.elements | length == 4) and (.elements | all(has(\"name\") and "
+                              "has(\"kind\") and has(\"pid\") and has(\"state\") and "
+                              "has(\"capacity_bytes\") and has(\"used_bytes\") and "
+                              "has(\"heartbeat_age_ms\"))) and (.processes == [])'",
+                     &out) == 0);
+  REQUIRE(RunCommand(status + " | jq -r '.elements[] | select(.name == \"mem0\") | "
+                              ".capacity_bytes | tonumber'",
+                     &out) == 0);
+  REQUIRE(out == std::to_string(16 << 20) + "\n");
+  // The harness reads it with the codec that wrote it.
+  REQUIRE(rack.Status().at("mem0").capacity_bytes == 16 << 20);
+}
+
 }  // namespace
 }  // namespace disagg::testing
