@@ -27,13 +27,14 @@ void AppendExtent(std::vector<ExtentRecord>& extents, uint64_t vpage, const std:
 
 absl::Status RackLayout::Validate() const {
   constexpr uint64_t kUserSpaceEnd = uint64_t{1} << 47;
-  if (window_shift < 20 || window_shift > 36 || max_processes == 0 ||
-      max_processes > (1u << 20) || base % kPageBytes != 0 || base == 0 ||
-      base >= kUserSpaceEnd || range_bytes() > kUserSpaceEnd - base) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the rack range [0x", absl::Hex(base), ", +", max_processes + 1, " windows of 2^",
-        window_shift, " bytes) must be page aligned, lie below 128 TiB, and have windows of "
-        "1 MiB (2^20) to 64 GiB (2^36)"));
+  if (window_shift < 20 || window_shift > 36 || max_processes == 0 || max_processes > (1u << 20) ||
+      base % kPageBytes != 0 || base == 0 || base >= kUserSpaceEnd ||
+      range_bytes() > kUserSpaceEnd - base) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the rack range [0x", absl::Hex(base), ", +", max_processes + 1,
+                     " windows of 2^", window_shift,
+                     " bytes) must be page aligned, lie below 128 TiB, and have windows of "
+                     "1 MiB (2^20) to 64 GiB (2^36)"));
   }
   return absl::OkStatus();
 }
@@ -57,7 +58,8 @@ absl::StatusOr<ProcessRecord*> MemoryMap::Join(const std::string& name, pid_t pi
     id = next_process_id_++;
   } else {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "all ", layout_.max_processes, " process ids of the rack are in use (by running processes, "
+        "all ", layout_.max_processes,
+        " process ids of the rack are in use (by running processes, "
         "dead ones whose memory is held for adoption, or windows that still hold regions)"));
   }
   ProcessRecord& p = processes_[id];
@@ -124,20 +126,22 @@ absl::StatusOr<const Region*> MemoryMap::Map(uint32_t process_id, uint64_t bytes
     return absl::NotFoundError(absl::StrCat("process ", process_id, " has not joined the rack"));
   }
   if (bytes == 0 || bytes > layout_.window_bytes()) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot map ", bytes, " bytes: a region is 1 byte to ",
+    return absl::InvalidArgumentError(absl::StrCat("cannot map ", bytes,
+                                                   " bytes: a region is 1 byte to ",
                                                    layout_.window_bytes(), " (a window)"));
   }
   const uint64_t pages = (bytes + kPageBytes - 1) >> kPageShift;
   const uint64_t free = free_pages();
   if (pages > free) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the rack's memory elements have ", free * kPageBytes, " bytes free; ", bytes,
-        " requested"));
+    return absl::ResourceExhaustedError(absl::StrCat("the rack's memory elements have ",
+                                                     free * kPageBytes, " bytes free; ", bytes,
+                                                     " requested"));
   }
-  absl::StatusOr<PageRun> virt = windows_.at(process_id).AllocateContiguous(pages, kRegionAlignPages);
+  absl::StatusOr<PageRun> virt =
+      windows_.at(process_id).AllocateContiguous(pages, kRegionAlignPages);
   if (!virt.ok()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "process ", process_id, "'s window is full: ", virt.status().message()));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("process ", process_id, "'s window is full: ", virt.status().message()));
   }
   const uint64_t vaddr = p->window_base + (virt->first << kPageShift);
   Region& region = regions_[vaddr];
@@ -260,8 +264,7 @@ absl::StatusOr<std::vector<ExtentRecord>> MemoryMap::Move(uint32_t from, uint32_
     return absl::InvalidArgumentError(
         absl::StrCat("process ", from, " cannot move memory to itself"));
   }
-  if (bytes == 0 || vaddr % kPageBytes != 0 || bytes % kPageBytes != 0 ||
-      vaddr + bytes < vaddr) {
+  if (bytes == 0 || vaddr % kPageBytes != 0 || bytes % kPageBytes != 0 || vaddr + bytes < vaddr) {
     return absl::InvalidArgumentError(absl::StrCat("[0x", absl::Hex(vaddr), ", +", bytes,
                                                    ") is not a non-empty page-aligned range"));
   }
@@ -272,14 +275,13 @@ absl::StatusOr<std::vector<ExtentRecord>> MemoryMap::Move(uint32_t from, uint32_
   if (r != regions_.begin()) --r;
   for (; at < end; ++r) {
     if (r == regions_.end() || r->second.vaddr > at || r->second.vaddr + r->second.bytes <= at) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("0x", absl::Hex(at), " is not mapped: [0x", absl::Hex(vaddr), ", +",
-                       bytes, ") must lie wholly in mapped regions"));
+      return absl::InvalidArgumentError(absl::StrCat("0x", absl::Hex(at), " is not mapped: [0x",
+                                                     absl::Hex(vaddr), ", +", bytes,
+                                                     ") must lie wholly in mapped regions"));
     }
     if (r->second.owner != from) {
       return absl::PermissionDeniedError(absl::StrCat("0x", absl::Hex(at), " belongs to process ",
-                                                      r->second.owner, ", not to process ",
-                                                      from));
+                                                      r->second.owner, ", not to process ", from));
     }
     at = r->second.vaddr + r->second.bytes;
   }

@@ -39,7 +39,7 @@ inline constexpr uint64_t kStripePages = 64;
 // (~85 TiB) and the mmap area (growing down from 128 TiB).
 struct RackLayout {
   uint64_t base = uint64_t{17} << 40;
-  int window_shift = 36;        // 64 GiB per process
+  int window_shift = 36;  // 64 GiB per process
   uint32_t max_processes = 1023;
 
   uint64_t window_bytes() const { return uint64_t{1} << window_shift; }
@@ -72,9 +72,9 @@ struct ProcessRecord {
   pid_t pid = 0;
   uint64_t start_time = 0;
   uint64_t window_base = 0;
-  bool dead = false;        // it died; its memory and roots are held for adoption
-  absl::Time release_at;    // when a dead process's memory is freed
-  std::set<std::string> groups;          // trust groups
+  bool dead = false;                      // it died; its memory and roots are held for adoption
+  absl::Time release_at;                  // when a dead process's memory is freed
+  std::set<std::string> groups;           // trust groups
   std::map<std::string, uint64_t> roots;  // named roots: name -> address
 };
 
@@ -130,7 +130,7 @@ class MemoryMap {
     auto pool = pools_.find(e.element);
     return pool != pools_.end() && pool->second.generation == e.pool_generation;
   }
-  uint64_t free_pages() const;  // on usable elements
+  uint64_t free_pages() const;                      // on usable elements
   uint64_t MappedBytes(uint32_t process_id) const;  // what it owns
   // Ids no one holds, counted from the highest ever given out (for tests of recycling).
   size_t free_ids() const { return free_ids_.size(); }

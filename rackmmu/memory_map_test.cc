@@ -97,7 +97,7 @@ TEST_CASE("The Rack MMU places regions in the process's window, spread or filled
     auto s = map.Map((*b)->id, 256 * kPageBytes, proto::Placement::SPREAD);
     REQUIRE(s.ok());
     REQUIRE(map.Unmap((*a)->id, vaddr).ok());  // must not free b's pages on the new mem1
-    REQUIRE(map.free_pages() == 256);         // only the old mem0 pages came back
+    REQUIRE(map.free_pages() == 256);          // only the old mem0 pages came back
   }
   SECTION("a leaving process releases everything") {
     REQUIRE(map.Map((*a)->id, 100 * kPageBytes, proto::Placement::SPREAD).ok());
@@ -168,12 +168,13 @@ TEST_CASE("The Rack MMU moves memory between processes at the same addresses") {
     REQUIRE(map.regions().size() == 1);
     REQUIRE(map.MappedBytes(ida) == 256 * kPageBytes);
   }
-  SECTION("a dead process keeps its memory until it leaves; its window outlives it while it "
-          "holds others' regions") {
+  SECTION(
+      "a dead process keeps its memory until it leaves; its window outlives it while it "
+      "holds others' regions") {
     REQUIRE(map.Move(ida, idb, vaddr, 128 * kPageBytes).ok());
     map.MarkDead(ida, absl::Now());
     REQUIRE(map.process(ida)->dead);
-    REQUIRE(absl::IsNotFound(map.Move(idb, ida, vaddr, kPageBytes).status()));  // no live taker
+    REQUIRE(absl::IsNotFound(map.Move(idb, ida, vaddr, kPageBytes).status()));     // no live taker
     REQUIRE(map.Move(ida, idb, vaddr + 128 * kPageBytes, 128 * kPageBytes).ok());  // adopted
     REQUIRE(map.Leave(ida).empty());
     auto c = map.Join("c", 102, 3);

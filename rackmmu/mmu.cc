@@ -79,8 +79,8 @@ void RackMmu::HandleReply(ipc::Link& link, proto::Message::Reader message) {
 absl::Status RackMmu::HandleRegister(ipc::Link& link, uint64_t seq,
                                      proto::Register::Reader request) {
   const std::string name = request.getName();
-  absl::StatusOr<uint32_t> id = registry_.Register(
-      name, request.getKind(), link.peer().pid, request.getCapacityBytes(), link.id());
+  absl::StatusOr<uint32_t> id = registry_.Register(name, request.getKind(), link.peer().pid,
+                                                   request.getCapacityBytes(), link.id());
   if (!id.ok()) {
     LOG(WARNING) << "mmu: refused registration from " << link.label() << ": " << id.status();
     return link.ReplyError(seq, id.status());
@@ -103,8 +103,8 @@ absl::Status RackMmu::HandleRegister(ipc::Link& link, uint64_t seq,
 absl::Status RackMmu::HandleHealthChange(ipc::Link& link, uint64_t seq,
                                          proto::HealthChange::Reader change) {
   if (link.id() != monitor_link_) {
-    return link.ReplyError(seq, absl::PermissionDeniedError(
-                                    "mmu: only the rack monitor reports element health"));
+    return link.ReplyError(
+        seq, absl::PermissionDeniedError("mmu: only the rack monitor reports element health"));
   }
   const std::string name = change.getName();
   absl::Status status = registry_.SetHealth(name, change.getHealth());

@@ -38,8 +38,8 @@ std::set<Run> Normalize(std::vector<Run> runs) {
 
 std::string Describe(const std::string& element, const Run& run) {
   const auto& [process, vpage, pages, pool] = run;
-  return absl::StrCat(element, ": process ", process, " [0x", absl::Hex(vpage << kPageShift),
-                      ", +", pages, " pages) at pool page ", pool);
+  return absl::StrCat(element, ": process ", process, " [0x", absl::Hex(vpage << kPageShift), ", +",
+                      pages, " pages) at pool page ", pool);
 }
 
 struct Check {
@@ -73,14 +73,14 @@ absl::Status RackMmu::HandleCheck(ipc::Link& link, uint64_t seq) {
       const std::set<Run> have = Normalize(check->found[element]);
       for (const Run& run : want) {
         if (!have.contains(run)) {
-          check->differences.push_back(
-              absl::StrCat(Describe(element, run), ": in the Rack MMU's map, not in the page table"));
+          check->differences.push_back(absl::StrCat(
+              Describe(element, run), ": in the Rack MMU's map, not in the page table"));
         }
       }
       for (const Run& run : have) {
         if (!want.contains(run)) {
-          check->differences.push_back(
-              absl::StrCat(Describe(element, run), ": in the page table, not in the Rack MMU's map"));
+          check->differences.push_back(absl::StrCat(
+              Describe(element, run), ": in the page table, not in the Rack MMU's map"));
         }
       }
     }

@@ -27,14 +27,14 @@ absl::Status RackMmu::HandleJoin(ipc::Link& link, uint64_t seq, proto::Join::Rea
   }
   absl::StatusOr<uint64_t> start_time = ipc::ProcessStartTime(link.peer());
   if (!start_time.ok()) return link.ReplyError(seq, start_time.status());
-  absl::StatusOr<ProcessRecord*> p =
-      memory_.Join(request.getName(), link.peer().pid, *start_time);
+  absl::StatusOr<ProcessRecord*> p = memory_.Join(request.getName(), link.peer().pid, *start_time);
   if (!p.ok()) return link.ReplyError(seq, p.status());
   (*p)->element = request.getElement();
   process_by_link_[link.id()] = (*p)->id;
   link.set_label(absl::StrCat("process ", (*p)->id, " (", request.getName().cStr(), ", pid ",
                               link.peer().pid, ")"));
-  LOG(INFO) << "mmu: " << link.label() << " joined; window 0x" << std::hex << (*p)->window_base << std::dec;
+  LOG(INFO) << "mmu: " << link.label() << " joined; window 0x" << std::hex << (*p)->window_base
+            << std::dec;
   ipc::SmallMessage reply;
   auto joined = reply.Init(seq).initJoined();
   joined.setProcessId((*p)->id);
@@ -46,8 +46,8 @@ absl::Status RackMmu::HandleJoin(ipc::Link& link, uint64_t seq, proto::Join::Rea
 }
 
 absl::Status RackMmu::CallElement(const std::string& element,
-                                 const std::function<void(proto::Message::Builder)>& fill,
-                                 PendingCalls::Callback callback) {
+                                  const std::function<void(proto::Message::Builder)>& fill,
+                                  PendingCalls::Callback callback) {
   ipc::Link* link = ElementLink(element);
   if (link == nullptr) {
     return absl::UnavailableError(absl::StrCat("memory element ", element, " is gone"));
@@ -74,10 +74,10 @@ absl::Status RackMmu::HandleMap(ipc::Link& link, uint64_t seq, proto::MapRequest
   const ProcessRecord* p = memory_.process(process_id);
   const uint64_t vaddr = (*region)->vaddr;
   busy_[vaddr] = vaddr + (*region)->bytes;
-  auto batch = CallBatch::Make([this, link_id = link.id(), seq, process_id,
-                                vaddr](const absl::Status& result) {
-    FinishMap(link_id, seq, process_id, vaddr, result);
-  });
+  auto batch = CallBatch::Make(
+      [this, link_id = link.id(), seq, process_id, vaddr](const absl::Status& result) {
+        FinishMap(link_id, seq, process_id, vaddr, result);
+      });
   for (const ExtentRecord& e : (*region)->extents) {
     batch->Expect();
     absl::Status sent = CallElement(
@@ -141,16 +141,17 @@ absl::Status RackMmu::SendMapped(ipc::Link& link, uint64_t seq, const Region& r)
 absl::Status RackMmu::HandleTranslate(ipc::Link& link, uint64_t seq, uint64_t vpage) {
   const uint32_t process_id = ProcessOf(link);
   if (process_id == 0) {
-    return link.ReplyError(seq, absl::FailedPreconditionError("mmu: join the rack before Translate"));
+    return link.ReplyError(seq,
+                           absl::FailedPreconditionError("mmu: join the rack before Translate"));
   }
   absl::StatusOr<Region> region = memory_.Translate(process_id, vpage);
   if (!region.ok()) return link.ReplyError(seq, region.status());
   if (Busy(vpage << kPageShift, kPageBytes)) {
     // Its memory elements are not programmed yet (a Map that has not returned, a grant or
     // steal under way): the page is not usable yet.
-    return link.ReplyError(seq, absl::PermissionDeniedError(absl::StrCat(
-                                    "0x", absl::Hex(vpage << kPageShift),
-                                    " is being mapped, granted or stolen right now")));
+    return link.ReplyError(seq, absl::PermissionDeniedError(
+                                    absl::StrCat("0x", absl::Hex(vpage << kPageShift),
+                                                 " is being mapped, granted or stolen right now")));
   }
   return SendMapped(link, seq, *region);
 }
@@ -162,8 +163,8 @@ absl::Status RackMmu::HandleUnmap(ipc::Link& link, uint64_t seq,
     return link.ReplyError(seq, absl::FailedPreconditionError("mmu: join the rack before Unmap"));
   }
   if (Busy(request.getVaddr(), kPageBytes)) {
-    return link.ReplyError(seq, absl::FailedPreconditionError(
-                                    "mmu: that region is being mapped, granted or stolen"));
+    return link.ReplyError(
+        seq, absl::FailedPreconditionError("mmu: that region is being mapped, granted or stolen"));
   }
   absl::StatusOr<Region> region = memory_.Unmap(process_id, request.getVaddr());
   if (!region.ok()) return link.ReplyError(seq, region.status());
@@ -213,7 +214,8 @@ void RackMmu::ProcessLeft(uint64_t link_id) {
   process_by_link_.erase(it);
   // Maps in flight for it are undone when their acknowledgements arrive (FinishMap).
   const ProcessRecord* p = memory_.process(process_id);
-  const bool worth_keeping = p != nullptr && (memory_.MappedBytes(process_id) > 0 || !p->roots.empty());
+  const bool worth_keeping =
+      p != nullptr && (memory_.MappedBytes(process_id) > 0 || !p->roots.empty());
   if (!worth_keeping || options_.grace_period <= absl::ZeroDuration()) {
     ReleaseProcess(process_id);
     LOG(INFO) << "mmu: process " << process_id << " died; it held nothing to adopt";

@@ -96,8 +96,8 @@ absl::Status RackMmu::HandleGrant(ipc::Link& link, uint64_t seq,
   const uint32_t to = request.getTo();
   const uint64_t vaddr = request.getVaddr(), bytes = request.getBytes();
   absl::Status started = StartMove(
-      giver, to, vaddr, bytes, [this, link_id = link.id(), seq, giver, to, vaddr,
-                                bytes](const absl::Status& result) {
+      giver, to, vaddr, bytes,
+      [this, link_id = link.id(), seq, giver, to, vaddr, bytes](const absl::Status& result) {
         auto app = links_.find(link_id);
         if (result.ok()) {
           LOG(INFO) << "mmu: process " << giver << " granted [0x" << std::hex << vaddr << std::dec
@@ -108,8 +108,8 @@ absl::Status RackMmu::HandleGrant(ipc::Link& link, uint64_t seq,
         (void)(result.ok() ? app->second->ReplyOk(seq) : app->second->ReplyError(seq, result));
       });
   if (!started.ok()) {
-    return link.ReplyError(seq, absl::Status(started.code(),
-                                             absl::StrCat("mmu: grant refused: ", started.message())));
+    return link.ReplyError(
+        seq, absl::Status(started.code(), absl::StrCat("mmu: grant refused: ", started.message())));
   }
   return absl::OkStatus();
 }
@@ -124,24 +124,24 @@ absl::Status RackMmu::HandleSteal(ipc::Link& link, uint64_t seq,
   const uint64_t vaddr = request.getVaddr(), bytes = request.getBytes();
   const ProcessRecord* victim = memory_.process(from);
   if (victim == nullptr) {
-    return link.ReplyError(seq, absl::NotFoundError(absl::StrCat(
-                                    "mmu: steal refused: no process ", from, " in the rack")));
+    return link.ReplyError(seq, absl::NotFoundError(absl::StrCat("mmu: steal refused: no process ",
+                                                                 from, " in the rack")));
   }
   if (from == thief) {
-    return link.ReplyError(seq, absl::InvalidArgumentError(
-                                    "mmu: steal refused: a process cannot steal from itself"));
+    return link.ReplyError(
+        seq, absl::InvalidArgumentError("mmu: steal refused: a process cannot steal from itself"));
   }
   const ProcessRecord* self = memory_.process(thief);
   bool shared = false;
   for (const std::string& group : self->groups) shared |= victim->groups.contains(group);
   if (!shared) {
-    return link.ReplyError(seq, absl::PermissionDeniedError(absl::StrCat(
-                                    "mmu: steal refused: processes ", thief, " and ", from,
-                                    " share no trust group (JoinGroup)")));
+    return link.ReplyError(seq, absl::PermissionDeniedError(
+                                    absl::StrCat("mmu: steal refused: processes ", thief, " and ",
+                                                 from, " share no trust group (JoinGroup)")));
   }
   absl::Status started = StartMove(
-      from, thief, vaddr, bytes, [this, link_id = link.id(), seq, from, thief, vaddr,
-                                  bytes](const absl::Status& result) {
+      from, thief, vaddr, bytes,
+      [this, link_id = link.id(), seq, from, thief, vaddr, bytes](const absl::Status& result) {
         if (result.ok()) {
           LOG(INFO) << "mmu: process " << thief << " stole [0x" << std::hex << vaddr << std::dec
                     << ", +" << bytes << ") from process " << from;
@@ -162,14 +162,14 @@ absl::Status RackMmu::HandleSteal(ipc::Link& link, uint64_t seq,
         (void)SendMapped(*app->second, seq, range);
       });
   if (!started.ok()) {
-    return link.ReplyError(seq, absl::Status(started.code(),
-                                             absl::StrCat("mmu: steal refused: ", started.message())));
+    return link.ReplyError(
+        seq, absl::Status(started.code(), absl::StrCat("mmu: steal refused: ", started.message())));
   }
   return absl::OkStatus();
 }
 
-void RackMmu::SendEvent(uint32_t process_id, proto::EventKind kind, uint32_t other,
-                        uint64_t vaddr, uint64_t bytes) {
+void RackMmu::SendEvent(uint32_t process_id, proto::EventKind kind, uint32_t other, uint64_t vaddr,
+                        uint64_t bytes) {
   auto it = event_links_.find(process_id);
   if (it == event_links_.end()) return;  // dead, or never subscribed
   auto link = links_.find(it->second);
@@ -219,22 +219,21 @@ absl::Status RackMmu::HandleJoinGroup(ipc::Link& link, uint64_t seq,
                                       proto::JoinGroup::Reader request) {
   const uint32_t process_id = ProcessOf(link);
   if (process_id == 0) {
-    return link.ReplyError(seq, absl::FailedPreconditionError("mmu: join the rack before JoinGroup"));
+    return link.ReplyError(seq,
+                           absl::FailedPreconditionError("mmu: join the rack before JoinGroup"));
   }
   const std::string name = request.getName();
   if (absl::Status s = CheckName("group", name); !s.ok()) return link.ReplyError(seq, s);
   ProcessRecord* p = memory_.process(process_id);
   if (p->groups.size() >= kMaxGroups && !p->groups.contains(name)) {
-    return link.ReplyError(seq, absl::ResourceExhaustedError(
-                                    absl::StrCat("mmu: a process joins at most ", kMaxGroups,
-                                                 " groups")));
+    return link.ReplyError(seq, absl::ResourceExhaustedError(absl::StrCat(
+                                    "mmu: a process joins at most ", kMaxGroups, " groups")));
   }
   p->groups.insert(name);
   return link.ReplyOk(seq);
 }
 
-absl::Status RackMmu::HandlePublish(ipc::Link& link, uint64_t seq,
-                                    proto::Publish::Reader request) {
+absl::Status RackMmu::HandlePublish(ipc::Link& link, uint64_t seq, proto::Publish::Reader request) {
   const uint32_t process_id = ProcessOf(link);
   if (process_id == 0) {
     return link.ReplyError(seq, absl::FailedPreconditionError("mmu: join the rack before Publish"));
@@ -244,9 +243,9 @@ absl::Status RackMmu::HandlePublish(ipc::Link& link, uint64_t seq,
   const uint64_t vaddr = request.getVaddr();
   absl::StatusOr<Region> at = memory_.Translate(process_id, vaddr >> kPageShift);
   if (!at.ok()) {
-    return link.ReplyError(seq, absl::InvalidArgumentError(absl::StrCat(
-                                    "mmu: a root must point into memory the process owns: ",
-                                    at.status().message())));
+    return link.ReplyError(
+        seq, absl::InvalidArgumentError(absl::StrCat(
+                 "mmu: a root must point into memory the process owns: ", at.status().message())));
   }
   ProcessRecord* p = memory_.process(process_id);
   if (p->roots.size() >= kMaxRoots && !p->roots.contains(name)) {

@@ -19,17 +19,16 @@ bool ValidName(const std::string& name) {
 
 }  // namespace
 
-absl::StatusOr<uint32_t> ElementRegistry::Register(const std::string& name,
-                                                   proto::ElementKind kind, pid_t pid,
-                                                   uint64_t capacity_bytes, uint64_t link_id) {
+absl::StatusOr<uint32_t> ElementRegistry::Register(const std::string& name, proto::ElementKind kind,
+                                                   pid_t pid, uint64_t capacity_bytes,
+                                                   uint64_t link_id) {
   if (!ValidName(name)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "element name '", name, "' must be 1-", kMaxNameBytes, " letters, digits, '-' or '_'"));
+    return absl::InvalidArgumentError(absl::StrCat("element name '", name, "' must be 1-",
+                                                   kMaxNameBytes, " letters, digits, '-' or '_'"));
   }
   if (kind == proto::ElementKind::CLIENT || kind == proto::ElementKind::RACKMMU) {
-    return absl::InvalidArgumentError(absl::StrCat("element ", name, ": kind ",
-                                                   static_cast<int>(kind),
-                                                   " cannot register as a rack element"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "element ", name, ": kind ", static_cast<int>(kind), " cannot register as a rack element"));
   }
   if (kind == proto::ElementKind::MEMORY && capacity_bytes == 0) {
     return absl::InvalidArgumentError(absl::StrCat("memory element ", name, " has no pool"));
@@ -37,12 +36,12 @@ absl::StatusOr<uint32_t> ElementRegistry::Register(const std::string& name,
   auto it = elements_.find(name);
   if (it != elements_.end() && it->second.link_id != 0 &&
       it->second.health != proto::Health::FAILED) {
-    return absl::AlreadyExistsError(absl::StrCat("element name ", name, " is taken by pid ",
-                                                 it->second.pid));
+    return absl::AlreadyExistsError(
+        absl::StrCat("element name ", name, " is taken by pid ", it->second.pid));
   }
   ElementRecord& record = elements_[name];
-  record = ElementRecord{next_id_++, name, kind, pid, capacity_bytes, proto::Health::HEALTHY,
-                         link_id};
+  record =
+      ElementRecord{next_id_++, name, kind, pid, capacity_bytes, proto::Health::HEALTHY, link_id};
   return record.id;
 }
 

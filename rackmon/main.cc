@@ -1,8 +1,7 @@
 // rackmon: the rack monitor daemon. One per rack; listens at <run_dir>/mon.sock after it has
 // registered with the Rack MMU at <run_dir>/mmu.sock.
-#include <gflags/gflags.h>
-
 #include <capnp/message.h>
+#include <gflags/gflags.h>
 
 #include "internal/daemon.h"
 #include "internal/logging.h"

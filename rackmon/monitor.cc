@@ -1,10 +1,9 @@
 #include "monitor.h"
 
+#include <capnp/message.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
-
-#include <capnp/message.h>
 
 #include "absl/strings/str_cat.h"
 #include "internal/logging.h"
@@ -22,11 +21,16 @@ uint64_t MonotonicNanos() {
 // Rows in `rackctl status` order: mmu, mon, compute elements, memory elements.
 int KindOrder(proto::ElementKind kind) {
   switch (kind) {
-    case proto::ElementKind::RACKMMU: return 0;
-    case proto::ElementKind::RACKMON: return 1;
-    case proto::ElementKind::COMPUTE: return 2;
-    case proto::ElementKind::MEMORY: return 3;
-    default: return 4;
+    case proto::ElementKind::RACKMMU:
+      return 0;
+    case proto::ElementKind::RACKMON:
+      return 1;
+    case proto::ElementKind::COMPUTE:
+      return 2;
+    case proto::ElementKind::MEMORY:
+      return 3;
+    default:
+      return 4;
   }
 }
 
@@ -114,8 +118,8 @@ absl::Status RackMonitor::HandleRegister(ipc::Link& link, uint64_t seq,
   const std::string name = request.getName();
   const proto::ElementKind kind = request.getKind();
   if (kind != proto::ElementKind::COMPUTE && kind != proto::ElementKind::MEMORY) {
-    return link.ReplyError(seq, absl::InvalidArgumentError(
-                                    "mon: only compute and memory elements register here"));
+    return link.ReplyError(
+        seq, absl::InvalidArgumentError("mon: only compute and memory elements register here"));
   }
   if (name.empty() || name == "mmu" || name == "mon" || name.size() > 32) {
     return link.ReplyError(seq, absl::InvalidArgumentError(
@@ -126,9 +130,9 @@ absl::Status RackMonitor::HandleRegister(ipc::Link& link, uint64_t seq,
   }
   auto it = elements_.find(name);
   if (it != elements_.end() && it->second.health != proto::Health::FAILED) {
-    return link.ReplyError(seq, absl::AlreadyExistsError(absl::StrCat(
-                                    "mon: element name ", name, " is taken by pid ",
-                                    it->second.pid)));
+    return link.ReplyError(
+        seq, absl::AlreadyExistsError(
+                 absl::StrCat("mon: element name ", name, " is taken by pid ", it->second.pid)));
   }
   Watched& w = elements_[name];
   w.name = name;
@@ -167,9 +171,8 @@ absl::Status RackMonitor::HandleStatus(ipc::Link& link, uint64_t seq) {
     row.setHealth(w.health);
     row.setCapacityBytes(w.capacity_bytes);
     row.setUsedBytes(w.used_bytes);
-    row.setLastHeartbeatAgeNanos(w.last_heard == absl::InfinitePast()
-                                     ? -1
-                                     : absl::ToInt64Nanoseconds(now - w.last_heard));
+    row.setLastHeartbeatAgeNanos(
+        w.last_heard == absl::InfinitePast() ? -1 : absl::ToInt64Nanoseconds(now - w.last_heard));
   };
   Watched self;
   self.name = "mon";

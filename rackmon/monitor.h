@@ -67,7 +67,7 @@ class RackMonitor : public ipc::Hub::Handler {
   ipc::Link* mmu_ = nullptr;
   ipc::EventLoop::WatchId timer_ = 0;
   uint64_t next_seq_ = 1;
-  std::map<std::string, Watched> elements_;        // by name; node-stable
+  std::map<std::string, Watched> elements_;             // by name; node-stable
   absl::flat_hash_map<uint64_t, std::string> by_link_;  // link id -> name
 };
 

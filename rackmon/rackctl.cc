@@ -6,8 +6,9 @@
 //   rackctl check               compares the Rack MMU's map with every memory element's page
 //                               table; exit status 0 when they agree
 // The rack is the run directory given by --rack, else $DISAGG_RACK.
+#include <capnp/compat/json.h>
+#include <capnp/message.h>
 #include <gflags/gflags.h>
-
 #include <limits.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -16,15 +17,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <optional>
-#include <vector>
-#include <cstdlib>
 #include <string>
-
-#include <capnp/compat/json.h>
-#include <capnp/message.h>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -149,14 +147,14 @@ void PrintStatus(proto::RackStatus::Reader status, const std::vector<ProcessRow>
   for (const ProcessRow& p : processes) {
     std::printf("%-8u %-16s %8d %-8s %12s %12s %12s  %s\n", p.id, p.name.c_str(), p.pid,
                 p.element.empty() ? "-" : p.element.c_str(), HumanBytes(p.mapped).c_str(),
-                HumanBytes(p.cached).c_str(), HumanBytes(p.quota).c_str(),
-                ProcessState(p).c_str());
+                HumanBytes(p.cached).c_str(), HumanBytes(p.quota).c_str(), ProcessState(p).c_str());
     if (p.dead) held += p.mapped;
   }
   if (held > 0) {
-    std::printf("\n%s held for adoption (steal) from dead processes, each for %.1f s after its "
-                "death\n",
-                HumanBytes(held).c_str(), grace_ns / 1e9);
+    std::printf(
+        "\n%s held for adoption (steal) from dead processes, each for %.1f s after its "
+        "death\n",
+        HumanBytes(held).c_str(), grace_ns / 1e9);
   }
 }
 
@@ -193,8 +191,8 @@ std::vector<ProcessRow> Processes(const std::string& rack, proto::RackStatus::Re
   absl::Status s = AskStatus(rack, "mmu", [&](proto::RackStatus::Reader status) {
     grace_ns = status.getGracePeriodNanos();
     for (auto p : status.getProcesses()) {
-      rows[p.getProcessId()] = {p.getProcessId(), p.getName(), p.getPid(),   p.getElement(),
-                                p.getMappedBytes(), 0,           0,           p.getDead(),
+      rows[p.getProcessId()] = {p.getProcessId(),     p.getName(), p.getPid(), p.getElement(),
+                                p.getMappedBytes(),   0,           0,          p.getDead(),
                                 p.getReleaseInNanos()};
     }
     return absl::OkStatus();
@@ -288,8 +286,8 @@ absl::StatusOr<pid_t> HealthyComputeElement(const std::string& rack, const std::
       absl::StrAppend(&compute, compute.empty() ? "" : ", ", e.getName().cStr());
       if (e.getName() == element) {
         if (e.getHealth() != proto::Health::HEALTHY) {
-          return absl::UnavailableError(absl::StrCat("compute element ", element, " is ",
-                                                     ipc::HealthName(e.getHealth())));
+          return absl::UnavailableError(
+              absl::StrCat("compute element ", element, " is ", ipc::HealthName(e.getHealth())));
         }
         procmon = static_cast<pid_t>(e.getPid());
       }
@@ -349,8 +347,8 @@ absl::StatusOr<Ending> WaitForProgram(ipc::Client& client, uint64_t seq,
         },
         absl::Milliseconds(50));
     if (absl::IsUnavailable(status)) {
-      return absl::UnavailableError(absl::StrCat("compute element ", element,
-                                                 " is gone; the program ended with it"));
+      return absl::UnavailableError(
+          absl::StrCat("compute element ", element, " is gone; the program ended with it"));
     }
     if (!status.ok() && !absl::IsDeadlineExceeded(status)) return status;
     if (const int sig = g_pending_signal; sig != 0 && !ending) {

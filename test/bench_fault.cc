@@ -8,9 +8,9 @@
 //                local memory
 // The last line is one JSON object with every figure.
 #include <fcntl.h>
-#include <sched.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -73,8 +73,8 @@ std::vector<double> RawUffdFaults(size_t pages, bool spin, bool same_cpu = false
     sched_setaffinity(0, sizeof(one), &one);
   }
   const size_t bytes = pages * kPage;
-  auto* region = static_cast<uint8_t*>(
-      mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+  auto* region = static_cast<uint8_t*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
   int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
   if (region == MAP_FAILED || uffd < 0) {
     std::perror("bench_fault: raw userfaultfd");
@@ -121,7 +121,8 @@ double ReadLines(const uint8_t* base, size_t bytes, int passes) {
   uint64_t sum = 0;
   const auto t0 = Clock::now();
   for (int p = 0; p < passes; ++p) {
-    for (size_t i = 0; i < bytes; i += 64) sum += *reinterpret_cast<const volatile uint64_t*>(base + i);
+    for (size_t i = 0; i < bytes; i += 64)
+      sum += *reinterpret_cast<const volatile uint64_t*>(base + i);
   }
   const double ns = Nanos(Clock::now() - t0);
   if (sum == 42) std::puts("");  // keep the loads
@@ -189,10 +190,13 @@ int main() {
   const double floor50 = Percentile(floor, 0.5), floor99 = Percentile(floor, 0.99);
   const double cold50 = Percentile(remote, 0.5), cold99 = Percentile(remote, 0.99);
   const double sleeping50 = Percentile(sleeping, 0.5);
-  std::printf("cold 4 KiB fault:   remote p50 %.2f us  p99 %.2f us | raw userfaultfd floor (spinning handler, best of 3) p50 %.2f us  p99 %.2f us | ratio p50 %.2fx\n",
-              cold50 / 1e3, cold99 / 1e3, floor50 / 1e3, floor99 / 1e3, cold50 / floor50);
-  std::printf("                    (raw userfaultfd with a handler sleeping in poll: p50 %.2f us)\n",
-              sleeping50 / 1e3);
+  std::printf(
+      "cold 4 KiB fault:   remote p50 %.2f us  p99 %.2f us | raw userfaultfd floor (spinning "
+      "handler, best of 3) p50 %.2f us  p99 %.2f us | ratio p50 %.2fx\n",
+      cold50 / 1e3, cold99 / 1e3, floor50 / 1e3, floor99 / 1e3, cold50 / floor50);
+  std::printf(
+      "                    (raw userfaultfd with a handler sleeping in poll: p50 %.2f us)\n",
+      sleeping50 / 1e3);
 
   // Cache hits: the same region, now cached, against a local array of the same size.
   const size_t hit_bytes = cold_pages * kPage;
@@ -217,18 +221,23 @@ int main() {
   const double scan = Scan(big->as<uint8_t>(), scan_bytes);
   const double copy = MemcpyGBps(std::min<size_t>(budget, 64 << 20));
   const disagg::CacheStats stats = (*rack)->cache_stats();
-  std::printf("sequential scan:    %.3f GB/s over %zu MiB (cache %zu MiB) | local memcpy %.2f GB/s | ratio %.4f\n",
-              scan, scan_bytes >> 20, budget >> 20, copy, scan / copy);
-  std::printf("sequential write:   %.3f GB/s (first touch of every page, dirty pages written back on eviction)\n",
-              fill);
-  std::printf("{\"bench\":\"fault\",\"pages\":%zu,\"cold_p50_ns\":%.0f,\"cold_p99_ns\":%.0f,"
-              "\"floor_p50_ns\":%.0f,\"floor_p99_ns\":%.0f,\"cold_vs_floor_p50\":%.3f,"
-              "\"sleeping_floor_p50_ns\":%.0f,"
-              "\"hit_ns_per_read\":%.3f,\"local_ns_per_read\":%.3f,\"hit_vs_local\":%.3f,"
-              "\"scan_gbps\":%.4f,\"memcpy_gbps\":%.3f,\"scan_vs_memcpy\":%.5f,\"write_gbps\":%.4f,"
-              "\"cache_budget_bytes\":%zu,\"peak_cached_bytes\":%llu}\n",
-              cold_pages, cold50, cold99, floor50, floor99, cold50 / floor50, sleeping50, hit50, local50,
-              hit50 / local50, scan, copy, scan / copy, fill, budget,
-              static_cast<unsigned long long>(stats.peak_cached_bytes));
+  std::printf(
+      "sequential scan:    %.3f GB/s over %zu MiB (cache %zu MiB) | local memcpy %.2f GB/s | ratio "
+      "%.4f\n",
+      scan, scan_bytes >> 20, budget >> 20, copy, scan / copy);
+  std::printf(
+      "sequential write:   %.3f GB/s (first touch of every page, dirty pages written back on "
+      "eviction)\n",
+      fill);
+  std::printf(
+      "{\"bench\":\"fault\",\"pages\":%zu,\"cold_p50_ns\":%.0f,\"cold_p99_ns\":%.0f,"
+      "\"floor_p50_ns\":%.0f,\"floor_p99_ns\":%.0f,\"cold_vs_floor_p50\":%.3f,"
+      "\"sleeping_floor_p50_ns\":%.0f,"
+      "\"hit_ns_per_read\":%.3f,\"local_ns_per_read\":%.3f,\"hit_vs_local\":%.3f,"
+      "\"scan_gbps\":%.4f,\"memcpy_gbps\":%.3f,\"scan_vs_memcpy\":%.5f,\"write_gbps\":%.4f,"
+      "\"cache_budget_bytes\":%zu,\"peak_cached_bytes\":%llu}\n",
+      cold_pages, cold50, cold99, floor50, floor99, cold50 / floor50, sleeping50, hit50, local50,
+      hit50 / local50, scan, copy, scan / copy, fill, budget,
+      static_cast<unsigned long long>(stats.peak_cached_bytes));
   return 0;
 }

@@ -185,8 +185,7 @@ int main(int argc, char** argv) {
 
   std::printf("bench_grant: steal a clean region of one extent from a peer, then grant it back\n");
   std::printf("%-6s %12s %12s %12s %12s %14s %14s %12s %12s\n", "size", "grant p50", "grant p99",
-              "steal p50", "steal p99", "memcpy", "loopback TCP", "memcpy/grant",
-              "memcpy/steal");
+              "steal p50", "steal p99", "memcpy", "loopback TCP", "memcpy/grant", "memcpy/steal");
   std::string json = "{";
   double grant_4k = 0, grant_1g = 0, steal_1g = 0, memcpy_1g = 0, tcp_1g = 0;
   for (size_t i = 0; i < std::size(kSizes); ++i) {
@@ -211,8 +210,8 @@ int main(int argc, char** argv) {
     const double tcp = TcpNanos(bytes, reps);
     const double g50 = Median(grants), s50 = Median(steals);
     std::printf("%-6s %9.1f us %9.1f us %9.1f us %9.1f us %11.1f us %11.1f us %11.1fx %11.1fx\n",
-                SizeName(bytes).c_str(), g50 / 1e3, P99(grants) / 1e3, s50 / 1e3,
-                P99(steals) / 1e3, copy / 1e3, tcp / 1e3, copy / g50, copy / s50);
+                SizeName(bytes).c_str(), g50 / 1e3, P99(grants) / 1e3, s50 / 1e3, P99(steals) / 1e3,
+                copy / 1e3, tcp / 1e3, copy / g50, copy / s50);
     std::fflush(stdout);
     absl::StrAppendFormat(&json,
                           "\"grant_p50_ns_%s\":%.0f,\"steal_p50_ns_%s\":%.0f,"
@@ -224,9 +223,10 @@ int main(int argc, char** argv) {
   }
   close(to_partner[1]);
   waitpid(partner, nullptr, 0);
-  std::printf("at 1 GiB: grant is %.0fx faster than memcpy and %.0fx faster than loopback TCP; "
-              "steal %.0fx faster than memcpy; grant at 1 GiB takes %.2fx its time at 4 KiB\n",
-              memcpy_1g / grant_1g, tcp_1g / grant_1g, memcpy_1g / steal_1g, grant_1g / grant_4k);
+  std::printf(
+      "at 1 GiB: grant is %.0fx faster than memcpy and %.0fx faster than loopback TCP; "
+      "steal %.0fx faster than memcpy; grant at 1 GiB takes %.2fx its time at 4 KiB\n",
+      memcpy_1g / grant_1g, tcp_1g / grant_1g, memcpy_1g / steal_1g, grant_1g / grant_4k);
   absl::StrAppendFormat(&json,
                         "\"grant_1g_vs_memcpy\":%.1f,\"grant_1g_vs_tcp\":%.1f,"
                         "\"grant_1g_over_4k\":%.3f,\"steal_1g_vs_memcpy\":%.1f}",

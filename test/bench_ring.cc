@@ -5,6 +5,9 @@
 //   - a Unix-socket round trip of the same payload,
 //   - Cap'n Proto's own two-party RPC over a Unix socket (what a user would pick instead).
 // Prints p50/p99 of each and the ratios; the last line is one JSON object with every figure.
+#include <capnp/message.h>
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -22,19 +25,15 @@
 #include <string>
 #include <vector>
 
-#include <capnp/message.h>
-#include <capnp/rpc-twoparty.h>
-#include <kj/async-io.h>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench_echo.capnp.h"
+#include "internal/logging.h"
 #include "ipc/client.h"
 #include "ipc/event_loop.h"
 #include "ipc/hub.h"
-#include "internal/logging.h"
 #include "ipc/wire.h"
 #include "proto/rack.capnp.h"
-#include "bench_echo.capnp.h"
 
 namespace disagg::bench {
 namespace {
@@ -101,8 +100,8 @@ void Reap(pid_t pid) {
 }
 
 Result RawPingPong(int iterations) {
-  auto* line = static_cast<std::atomic<uint64_t>*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE,
-                                                        MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  auto* line = static_cast<std::atomic<uint64_t>*>(
+      mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   line->store(0);
   const int total = iterations + iterations / 10;
   const pid_t pid = Fork([&] {
@@ -221,7 +220,7 @@ Result Channel(const std::string& name, absl::Duration spin, int iterations) {
   Result r = Measure(name, iterations / 10, iterations, [&] {
     absl::Status s = client->Call(builder, request, [](proto::Message::Reader reply) {
       return reply.getEcho().size() == kPayloadBytes ? absl::OkStatus()
-                                                      : absl::DataLossError("bad echo");
+                                                     : absl::DataLossError("bad echo");
     });
     if (!s.ok()) {
       std::fprintf(stderr, "bench: call failed: %s\n", s.ToString().c_str());
@@ -274,11 +273,13 @@ int Main(int argc, char** argv) {
   std::printf("  Unix socket / sleep mode           %6.2fx\n", unix_vs_sleep);
   std::string json = "{\"bench\":\"ring\",\"payload_bytes\":" + std::to_string(kPayloadBytes);
   for (const Result* r : {&raw, &spin, &sleep, &unix_socket, &rpc}) {
-    std::string key = r == &raw ? "raw_pingpong" : r == &spin ? "channel_spin"
-                    : r == &sleep ? "channel_sleep" : r == &unix_socket ? "unix_socket"
-                    : "capnp_rpc";
-    json += absl::StrFormat(",\"%s_p50_ns\":%.0f,\"%s_p99_ns\":%.0f", key, r->p50_ns, key,
-                            r->p99_ns);
+    std::string key = r == &raw           ? "raw_pingpong"
+                      : r == &spin        ? "channel_spin"
+                      : r == &sleep       ? "channel_sleep"
+                      : r == &unix_socket ? "unix_socket"
+                                          : "capnp_rpc";
+    json +=
+        absl::StrFormat(",\"%s_p50_ns\":%.0f,\"%s_p99_ns\":%.0f", key, r->p50_ns, key, r->p99_ns);
   }
   json += absl::StrFormat(
       ",\"spin_over_raw\":%.3f,\"unix_over_spin\":%.3f,\"rpc_over_spin\":%.3f,"

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -11,8 +12,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "disagg/disagg.h"
 #include "rack_harness.h"
@@ -26,7 +25,8 @@ std::string RunOn(const TestRack& rack, const std::string& element, const std::s
   return Bin("rackctl") + " --rack " + rack.dir() + " run --on " + element + " -- " + program;
 }
 
-TEST_CASE("rackctl run starts hello on a compute element, which maps, writes, flushes, reads back") {
+TEST_CASE(
+    "rackctl run starts hello on a compute element, which maps, writes, flushes, reads back") {
   TestRack rack;
   REQUIRE(rack.Up("--compute 2 --memory 1 --pool-size 16M --cache-budget 1M") == 0);
   std::string out;
@@ -78,8 +78,8 @@ bool GoneWithin10s(pid_t pid) {
 pid_t StartSleeper(const TestRack& rack, pid_t& program, bool deaf = false) {
   const pid_t procmon = rack.Pid("cpu0");
   const std::string rackctl = Bin("rackctl");
-  std::vector<const char*> argv = {"rackctl", "--rack", rack.dir().c_str(), "run", "--on", "cpu0",
-                                   "--"};
+  std::vector<const char*> argv = {"rackctl", "--rack", rack.dir().c_str(), "run", "--on",
+                                   "cpu0",    "--"};
   if (deaf) {
     argv.insert(argv.end(), {"/bin/sh", "-c", "trap '' TERM; exec sleep 30"});
   } else {

@@ -5,12 +5,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <functional>
 #include <string>
 #include <thread>
-
-#include <catch2/catch.hpp>
 
 #include "ipc/client.h"
 #include "ipc/wire.h"
@@ -75,8 +74,8 @@ TEST_CASE("Grant moves memory to another process at the same address, dirty page
   REQUIRE(a.Ask("fill " + Range(addr, 4 * kMiB) + " 7") == "ok");
   REQUIRE(a.Ask("grant " + Range(addr, 4 * kMiB) + " " + std::to_string(b.id())) == "ok");
 
-  const std::string event = "granted:" + std::to_string(a.id()) + ":" + HexAddr(addr) + ":" +
-                            std::to_string(4 * kMiB);
+  const std::string event =
+      "granted:" + std::to_string(a.id()) + ":" + HexAddr(addr) + ":" + std::to_string(4 * kMiB);
   REQUIRE(WaitForEvent(b, event));
   REQUIRE(b.Ask("verify " + Range(addr, 4 * kMiB) + " 7") == "ok");
   REQUIRE(a.Ask("touch " + HexAddr(addr)) == "fault revoked (granted away or stolen)");
@@ -329,14 +328,17 @@ TEST_CASE("Grant and steal requests out of protocol are refused, and the daemons
   SECTION("before joining") {
     CHECK(absl::IsFailedPrecondition(Call(*client, [](auto m) { m.initGrant().setBytes(4096); })));
     CHECK(absl::IsFailedPrecondition(Call(*client, [](auto m) { m.initSteal().setFrom(1); })));
-    CHECK(absl::IsFailedPrecondition(Call(*client, [](auto m) { m.initJoinGroup().setName("g"); })));
+    CHECK(
+        absl::IsFailedPrecondition(Call(*client, [](auto m) { m.initJoinGroup().setName("g"); })));
     CHECK(absl::IsFailedPrecondition(Call(*client, [](auto m) { m.initPublish().setName("r"); })));
     CHECK(absl::IsFailedPrecondition(Call(*client, [](auto m) { m.setLeave(); })));
   }
   SECTION("impossible ranges, names and parties") {
     REQUIRE(Call(*client, [](auto m) { m.initJoin().setName("hostile"); }).ok());
     uint64_t vaddr = 0;
-    REQUIRE(Call(*client, [](auto m) { m.initMap().setBytes(64 * kKiB); }, &vaddr).ok());
+    REQUIRE(Call(
+                *client, [](auto m) { m.initMap().setBytes(64 * kKiB); }, &vaddr)
+                .ok());
     auto grant = [&](uint64_t at, uint64_t bytes, uint32_t to) {
       return Call(*client, [&](auto m) {
         auto g = m.initGrant();

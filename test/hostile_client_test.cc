@@ -1,15 +1,14 @@
 // Clients that break the protocol are cut off with a logged reason; the daemon serves on.
+#include <capnp/message.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cstring>
 #include <fstream>
 #include <sstream>
-
-#include <capnp/message.h>
-#include <catch2/catch.hpp>
 
 #include "ipc/client.h"
 #include "ipc/socket.h"
@@ -119,8 +118,8 @@ TEST_CASE("A daemon cuts off a client that corrupts its ring and keeps serving t
       }
       SECTION("a one-segment message whose root pointer leaves the message") {
         const uint32_t header[2] = {16, 16 ^ ipc::kFrameTag};
-        const uint64_t words[2] = {uint64_t{1} << 32,                     // 1 segment of 1 word
-                                   (uint64_t{2} << 32) | (100u << 2)};    // struct 100 words on
+        const uint64_t words[2] = {uint64_t{1} << 32,                   // 1 segment of 1 word
+                                   (uint64_t{2} << 32) | (100u << 2)};  // struct 100 words on
         std::memcpy(ring.data, header, sizeof(header));
         std::memcpy(ring.data + 8, words, sizeof(words));
         ring.control->head.store(24);
@@ -190,7 +189,8 @@ TEST_CASE("An unknown request is answered with an error, and the client stays co
 
 absl::Status CallIgnoringReply(ipc::Client& client, ipc::SmallMessage& message,
                                proto::Message::Builder root) {
-  return client.Call(message.builder(), root, [](proto::Message::Reader) { return absl::OkStatus(); });
+  return client.Call(message.builder(), root,
+                     [](proto::Message::Reader) { return absl::OkStatus(); });
 }
 
 TEST_CASE("Remote-memory requests out of protocol are refused, and the daemons serve on") {

@@ -7,11 +7,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cstring>
 #include <thread>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "disagg/disagg.h"
 #include "rack_harness.h"
@@ -62,7 +61,8 @@ TEST_CASE("Data written and flushed is read back correctly after it was evicted"
   REQUIRE(stats.peak_cached_bytes <= kBudget);
 }
 
-TEST_CASE("A region larger than the cache works end to end and the cache never exceeds its budget") {
+TEST_CASE(
+    "A region larger than the cache works end to end and the cache never exceeds its budget") {
   JoinedRack r;
   const uint64_t bytes = 16 * kBudget;
   absl::StatusOr<Region> region = r.app->Map(bytes);
@@ -158,9 +158,10 @@ TEST_CASE("Writes, flushes and evictions racing in four threads lose no byte") {
         words[word] = shadow[word] = state;
         if (i % 2500 == 2499) {
           const uint64_t page = word * 8 / kPage;
-          if (!r.app->Flush(words + page * kPage / 8, 16 * kPage > (pages - page) * kPage
-                                                          ? (pages - page) * kPage
-                                                          : 16 * kPage)
+          if (!r.app
+                   ->Flush(words + page * kPage / 8, 16 * kPage > (pages - page) * kPage
+                                                         ? (pages - page) * kPage
+                                                         : 16 * kPage)
                    .ok()) {
             ++flush_errors;
           }

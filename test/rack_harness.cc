@@ -2,7 +2,6 @@
 
 #include <capnp/compat/json.h>
 #include <capnp/message.h>
-
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -85,9 +84,11 @@ TestRack::TestRack(std::string bin_dir) : bin_dir_(std::move(bin_dir)) {
 // What the sanitizers said in the daemons' standard error (<dir>/<element>.out), if anything.
 std::string SanitizerReports(const std::string& dir) {
   std::string out;
-  RunCommand("grep -l -E 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|WARNING: "
-             "ThreadSanitizer' '" + dir + "'/*.out 2>/dev/null | xargs -r tail -n 60",
-             &out);
+  RunCommand(
+      "grep -l -E 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|WARNING: "
+      "ThreadSanitizer' '" +
+          dir + "'/*.out 2>/dev/null | xargs -r tail -n 60",
+      &out);
   return out;
 }
 
@@ -110,13 +111,14 @@ TestRack::~TestRack() {
 
 int TestRack::Up(const std::string& args, std::string* output) {
   std::string out;
-  const int rc = RunCommand("DISAGG_BIN=" + bin_dir_ + " " + DISAGG_SOURCE_DIR +
-                                "/scripts/rack up --dir " + dir_ + " " + args + " " +
-                                DISAGG_TEST_RACK_ARGS,
-                            &out);
+  const int rc =
+      RunCommand("DISAGG_BIN=" + bin_dir_ + " " + DISAGG_SOURCE_DIR + "/scripts/rack up --dir " +
+                     dir_ + " " + args + " " + DISAGG_TEST_RACK_ARGS,
+                 &out);
   // A rack that should have come up and did not: its own account (with the daemons' last log
   // lines) is what explains the failure.
-  if (rc != 0 && output == nullptr) std::fprintf(stderr, "scripts/rack up failed:\n%s", out.c_str());
+  if (rc != 0 && output == nullptr)
+    std::fprintf(stderr, "scripts/rack up failed:\n%s", out.c_str());
   if (output != nullptr) *output = std::move(out);
   return rc;
 }
@@ -150,8 +152,8 @@ std::map<std::string, ElementRow> TestRack::Status() {
   std::map<std::string, ElementRow> rows;
   DecodeStatus(bin_dir_, dir_, [&](rackctl::StatusJson::Reader status) {
     for (auto e : status.getElements()) {
-      rows[e.getName()] = ElementRow{e.getKind(), e.getPid(), e.getState(), e.getCapacityBytes(),
-                                     e.getUsedBytes()};
+      rows[e.getName()] =
+          ElementRow{e.getKind(), e.getPid(), e.getState(), e.getCapacityBytes(), e.getUsedBytes()};
     }
   });
   return rows;

@@ -7,14 +7,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <sstream>
 #include <thread>
-
-#include <catch2/catch.hpp>
 
 #include "rack_harness.h"
 
@@ -74,7 +73,8 @@ TEST_CASE("A rack of 2 compute and 2 memory elements comes up, sees failures and
     REQUIRE(::kill(rack.Pid("mem0"), SIGKILL) == 0);
     REQUIRE(rack.WaitForState("mem0", "failed"));
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-        std::chrono::steady_clock::now() - start).count();
+                        std::chrono::steady_clock::now() - start)
+                        .count();
     WARN("mem0 seen failed " << ms << " ms after SIGKILL");
     rows = rack.Status();
     for (const char* name : {"mmu", "mon", "cpu0", "cpu1", "mem1"}) {

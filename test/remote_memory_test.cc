@@ -1,16 +1,15 @@
 // Remote memory at the message level, on a private rack of real daemons: the Rack MMU places
 // and programs, the memory elements serve exactly what they were programmed with.
+#include <capnp/message.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <cstring>
 #include <map>
 #include <thread>
 #include <vector>
-
-#include <capnp/message.h>
-#include <catch2/catch.hpp>
 
 #include "ipc/client.h"
 #include "ipc/wire.h"
@@ -52,7 +51,7 @@ absl::StatusOr<App> JoinRack(TestRack& rack) {
 }
 
 absl::StatusOr<std::pair<uint64_t, std::vector<ExtentInfo>>> Map(App& app, uint64_t bytes,
-                                                                  proto::Placement placement) {
+                                                                 proto::Placement placement) {
   ipc::SmallMessage m;
   auto root = m.Init();
   root.initMap().setBytes(bytes);

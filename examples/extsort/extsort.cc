@@ -113,15 +113,17 @@ int main(int argc, char** argv) {
   }
   const double verify_s = Seconds(t0);
   const disagg::CacheStats stats = (*rack)->cache_stats();
-  std::printf("extsort: %llu keys (%llu MiB) in %zu runs through a %llu KiB cache (peak %llu KiB)\n",
-              static_cast<unsigned long long>(n), static_cast<unsigned long long>(bytes >> 20),
-              runs.size(), static_cast<unsigned long long>(quota >> 10),
-              static_cast<unsigned long long>(stats.peak_cached_bytes >> 10));
-  std::printf("extsort: generate %.2fs, sort runs %.2fs, merge %.2fs, verify %.2fs; "
-              "%llu pages fetched, %llu evicted, %llu written back\n",
-              generate_s, runs_s, merge_s, verify_s, static_cast<unsigned long long>(stats.faults),
-              static_cast<unsigned long long>(stats.evictions),
-              static_cast<unsigned long long>(stats.writebacks));
+  std::printf(
+      "extsort: %llu keys (%llu MiB) in %zu runs through a %llu KiB cache (peak %llu KiB)\n",
+      static_cast<unsigned long long>(n), static_cast<unsigned long long>(bytes >> 20), runs.size(),
+      static_cast<unsigned long long>(quota >> 10),
+      static_cast<unsigned long long>(stats.peak_cached_bytes >> 10));
+  std::printf(
+      "extsort: generate %.2fs, sort runs %.2fs, merge %.2fs, verify %.2fs; "
+      "%llu pages fetched, %llu evicted, %llu written back\n",
+      generate_s, runs_s, merge_s, verify_s, static_cast<unsigned long long>(stats.faults),
+      static_cast<unsigned long long>(stats.evictions),
+      static_cast<unsigned long long>(stats.writebacks));
   if (disorder != 0 || !(sorted == generated)) {
     return Fail("VERIFICATION FAILED: " + std::to_string(disorder) + " keys out of order; count " +
                 std::to_string(sorted.count) + " of " + std::to_string(generated.count) +

@@ -13,11 +13,20 @@ absl::StatusOr<uint64_t> ParseSize(const std::string& text) {
   int shift = 0;
   if (!s.empty()) {
     switch (absl::ascii_toupper(s.back())) {
-      case 'K': shift = 10; break;
-      case 'M': shift = 20; break;
-      case 'G': shift = 30; break;
-      case 'T': shift = 40; break;
-      default: break;
+      case 'K':
+        shift = 10;
+        break;
+      case 'M':
+        shift = 20;
+        break;
+      case 'G':
+        shift = 30;
+        break;
+      case 'T':
+        shift = 40;
+        break;
+      default:
+        break;
     }
     if (shift != 0) s.remove_suffix(1);
   }

@@ -23,9 +23,9 @@ inline absl::Status ErrnoStatus(absl::string_view what, int error = errno) {
 #define DISAGG_CONCAT_(a, b) DISAGG_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function if `expr` (an absl::Status) is not OK.
-#define RETURN_IF_ERROR(expr)                      \
-  do {                                             \
-    ::absl::Status disagg_status_ = (expr);        \
+#define RETURN_IF_ERROR(expr)                        \
+  do {                                               \
+    ::absl::Status disagg_status_ = (expr);          \
     if (!disagg_status_.ok()) return disagg_status_; \
   } while (0)
 

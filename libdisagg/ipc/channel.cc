@@ -92,10 +92,8 @@ Channel::Channel(ShmRegion shm, bool creator, size_t ring_bytes, Fd memfd, Fd do
       memfd_(std::move(memfd)),
       doorbell_in_(std::move(doorbell_in)),
       doorbell_out_(std::move(doorbell_out)),
-      out_(ControlAt(shm_, creator ? 0 : 1), DataAt(shm_, ring_bytes, creator ? 0 : 1),
-           ring_bytes),
-      in_(ControlAt(shm_, creator ? 1 : 0), DataAt(shm_, ring_bytes, creator ? 1 : 0),
-          ring_bytes),
+      out_(ControlAt(shm_, creator ? 0 : 1), DataAt(shm_, ring_bytes, creator ? 0 : 1), ring_bytes),
+      in_(ControlAt(shm_, creator ? 1 : 0), DataAt(shm_, ring_bytes, creator ? 1 : 0), ring_bytes),
       scratch_(new capnp::word[kMaxSegments / 2 + 1]) {}
 
 absl::StatusOr<Channel> Channel::Create(size_t ring_bytes) {
@@ -123,9 +121,8 @@ absl::StatusOr<Channel> Channel::Attach(ChannelFds fds) {
   const int seals = ::fcntl(fds.memfd.get(), F_GET_SEALS);
   if (seals < 0) return ErrnoStatus("channel memfd: F_GET_SEALS");
   if ((seals & kRequiredSeals) != kRequiredSeals) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("channel memfd is not sealed against resizing (seals 0x", absl::Hex(seals),
-                     ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "channel memfd is not sealed against resizing (seals 0x", absl::Hex(seals), ")"));
   }
   struct stat st;
   if (::fstat(fds.memfd.get(), &st) != 0) return ErrnoStatus("fstat channel memfd");
@@ -215,7 +212,8 @@ absl::Status Channel::WaitReadable(absl::Time deadline, absl::Duration spin, int
     if (in_.PrepareToSleep()) return absl::OkStatus();
     struct pollfd fds[2] = {{doorbell_in_.get(), POLLIN, 0}, {hangup_fd, POLLRDHUP, 0}};
     const int64_t ms = absl::ToInt64Milliseconds(deadline - now) + 1;
-    const int rc = ::poll(fds, hangup_fd >= 0 ? 2 : 1, static_cast<int>(std::min<int64_t>(ms, 1000)));
+    const int rc =
+        ::poll(fds, hangup_fd >= 0 ? 2 : 1, static_cast<int>(std::min<int64_t>(ms, 1000)));
     in_.Awake();
     if (rc < 0 && errno != EINTR) return ErrnoStatus("poll channel");
     if (fds[0].revents & POLLIN) DrainDoorbell();

@@ -15,12 +15,12 @@
 #ifndef DISAGG_IPC_CHANNEL_H_
 #define DISAGG_IPC_CHANNEL_H_
 
+#include <capnp/message.h>
+
 #include <array>
 #include <cstdint>
 #include <memory>
 #include <vector>
-
-#include <capnp/message.h>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"

@@ -1,12 +1,12 @@
 #include "ipc/channel.h"
 
+#include <capnp/message.h>
 #include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <capnp/message.h>
 #include <catch2/catch.hpp>
 
 #include "ipc/wire.h"
@@ -109,8 +109,8 @@ TEST_CASE("Waiting on a channel times out and sees the peer hang up") {
   auto channel = Channel::Create(kMinRingBytes);
   REQUIRE(channel.ok());
   SECTION("deadline") {
-    auto status = channel->WaitReadable(absl::Now() + absl::Milliseconds(20),
-                                        absl::Microseconds(10), -1);
+    auto status =
+        channel->WaitReadable(absl::Now() + absl::Milliseconds(20), absl::Microseconds(10), -1);
     REQUIRE(absl::IsDeadlineExceeded(status));
   }
   SECTION("hang-up") {
@@ -118,8 +118,8 @@ TEST_CASE("Waiting on a channel times out and sees the peer hang up") {
     REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) == 0);
     Fd mine(sv[0]);
     ::close(sv[1]);
-    auto status = channel->WaitReadable(absl::Now() + absl::Seconds(10), absl::ZeroDuration(),
-                                        mine.get());
+    auto status =
+        channel->WaitReadable(absl::Now() + absl::Seconds(10), absl::ZeroDuration(), mine.get());
     REQUIRE(absl::IsUnavailable(status));
   }
 }

@@ -5,10 +5,10 @@
 #ifndef DISAGG_IPC_CLIENT_H_
 #define DISAGG_IPC_CLIENT_H_
 
+#include <capnp/message.h>
+
 #include <string>
 #include <vector>
-
-#include <capnp/message.h>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"

@@ -151,8 +151,7 @@ void EventLoop::Unwatch(WatchId id) {
       break;
     }
     case Kind::kPoller:
-      poller_ids_.erase(std::remove(poller_ids_.begin(), poller_ids_.end(), id),
-                        poller_ids_.end());
+      poller_ids_.erase(std::remove(poller_ids_.begin(), poller_ids_.end(), id), poller_ids_.end());
       pollers_.erase(std::remove(pollers_.begin(), pollers_.end(), it->second.get()),
                      pollers_.end());
       break;

@@ -10,8 +10,8 @@
 
 #include <liburing.h>
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <functional>
 #include <memory>
 
@@ -99,7 +99,7 @@ class EventLoop {
   bool ring_ready_ = false;
   bool stopped_ = false;
   absl::Duration burst_spin_ = absl::ZeroDuration();  // see KeepSpinning
-  bool housekeeping_ = false;                          // see Housekeeping
+  bool housekeeping_ = false;                         // see Housekeeping
   WatchId next_id_ = 1;
   absl::flat_hash_map<WatchId, std::unique_ptr<Entry>> entries_;
   std::vector<WatchId> poller_ids_;

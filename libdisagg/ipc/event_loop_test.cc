@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
-
 #include <chrono>
 #include <thread>
 
@@ -61,8 +60,14 @@ TEST_CASE("The event loop sleeps between pollers' work instead of spinning") {
   auto loop = EventLoop::Create(TestOptions());
   REQUIRE(loop.ok());
   int polls = 0, sleeps = 0, wakes = 0;
-  (*loop)->AddPoller({[&] { ++polls; return false; },
-                      [&] { ++sleeps; return false; },
+  (*loop)->AddPoller({[&] {
+                        ++polls;
+                        return false;
+                      },
+                      [&] {
+                        ++sleeps;
+                        return false;
+                      },
                       [&] { ++wakes; }});
   int ticks = 0;
   (*loop)->AddTimer(absl::Milliseconds(2), [&] {
@@ -83,7 +88,12 @@ TEST_CASE("Housekeeping alone starts no spin: a loop woken by heartbeats sleeps 
   Fd beat(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   REQUIRE(beat.valid());
   int sleeps = 0, beats = 0;
-  (*loop)->AddPoller({[] { return false; }, [&] { ++sleeps; return false; }, [] {}});
+  (*loop)->AddPoller({[] { return false; },
+                      [&] {
+                        ++sleeps;
+                        return false;
+                      },
+                      [] {}});
   (*loop)->WatchFd(beat.get(), POLLIN, [&](int) {
     uint64_t v;
     (void)!::read(beat.get(), &v, sizeof(v));

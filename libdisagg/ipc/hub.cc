@@ -48,16 +48,15 @@ absl::Status Link::ReplyEcho(proto::Message::Reader request) {
 }
 
 absl::Status Link::ReplyUnserved(const std::string& who, proto::Message::Reader request) {
-  return ReplyError(request.getSeq(),
-                    absl::UnimplementedError(absl::StrCat(
-                        who, ": message kind ", static_cast<int>(request.which()),
-                        " is not served here")));
+  return ReplyError(request.getSeq(), absl::UnimplementedError(absl::StrCat(
+                                          who, ": message kind ", static_cast<int>(request.which()),
+                                          " is not served here")));
 }
 
 Hub::Hub(EventLoop& loop, Handler& handler, std::string name)
     : loop_(loop), handler_(handler), name_(std::move(name)) {
-  poller_ = loop_.AddPoller({[this] { return Poll(); }, [this] { return PrepareToSleep(); },
-                             [this] { Awake(); }});
+  poller_ = loop_.AddPoller(
+      {[this] { return Poll(); }, [this] { return PrepareToSleep(); }, [this] { Awake(); }});
 }
 
 Hub::~Hub() {

@@ -10,13 +10,13 @@
 #ifndef DISAGG_IPC_HUB_H_
 #define DISAGG_IPC_HUB_H_
 
+#include <capnp/message.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <capnp/message.h>
 
 #include "absl/status/statusor.h"
 #include "ipc/event_loop.h"
@@ -109,7 +109,7 @@ class Hub {
   // Closed links stay here until the next Poll. std::map: insertion keeps iterators valid.
   std::map<uint64_t, std::unique_ptr<Link>> links_;
   bool closed_pending_ = false;
-  std::vector<uint64_t> words_;                      // receive buffer, reused
+  std::vector<uint64_t> words_;  // receive buffer, reused
 };
 
 }  // namespace disagg::ipc

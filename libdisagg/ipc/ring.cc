@@ -42,8 +42,8 @@ absl::Status RingWriter::Write(absl::Span<const absl::Span<const uint8_t>> parts
   size_t len = 0;
   for (const auto& p : parts) len += p.size();
   if (len == 0 || len % 8 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("ring frame of ", len,
-                                                   " bytes: must be a nonzero multiple of 8"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ring frame of ", len, " bytes: must be a nonzero multiple of 8"));
   }
   if (len > MaxPayload()) {
     return absl::InvalidArgumentError(
@@ -126,8 +126,7 @@ absl::StatusOr<bool> RingReader::Read(std::vector<uint64_t>& out) {
                                             MaxPayloadFor(capacity_), ")"));
   }
   out.resize(len / 8);
-  CopyOut(data_, capacity_, tail_ + kFrameHeaderBytes, reinterpret_cast<uint8_t*>(out.data()),
-          len);
+  CopyOut(data_, capacity_, tail_ + kFrameHeaderBytes, reinterpret_cast<uint8_t*>(out.data()), len);
   tail_ += kFrameHeaderBytes + len;
   control_->tail.store(tail_, std::memory_order_release);
   return true;

@@ -79,8 +79,8 @@ class RingWriter {
   RingControl* control_;
   uint8_t* data_;
   size_t capacity_;
-  uint64_t head_;         // private copy; the shared one is only ever stored to
-  uint64_t tail_cache_;   // last tail read from the consumer; reloaded only when space looks short
+  uint64_t head_;        // private copy; the shared one is only ever stored to
+  uint64_t tail_cache_;  // last tail read from the consumer; reloaded only when space looks short
 };
 
 // Consumer side of a ring.

@@ -2,12 +2,11 @@
 
 #include <sys/mman.h>
 
+#include <catch2/catch.hpp>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 namespace disagg::ipc {
 namespace {
@@ -15,8 +14,11 @@ namespace {
 // A ring in ordinary memory; the test plays the hostile peer by writing the control block.
 struct TestRing {
   explicit TestRing(size_t capacity)
-      : control(new RingControl{}), data(new uint8_t[capacity]()), capacity(capacity),
-        writer(control.get(), data.get(), capacity), reader(control.get(), data.get(), capacity) {}
+      : control(new RingControl{}),
+        data(new uint8_t[capacity]()),
+        capacity(capacity),
+        writer(control.get(), data.get(), capacity),
+        reader(control.get(), data.get(), capacity) {}
   std::unique_ptr<RingControl> control;
   std::unique_ptr<uint8_t[]> data;
   size_t capacity;

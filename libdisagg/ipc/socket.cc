@@ -32,9 +32,8 @@ absl::StatusOr<sockaddr_un> UnixAddress(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("socket path '", path, "' is empty or longer than ",
-                     sizeof(addr.sun_path) - 1, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "socket path '", path, "' is empty or longer than ", sizeof(addr.sun_path) - 1, " bytes"));
   }
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   return addr;
@@ -170,7 +169,8 @@ absl::StatusOr<Fd> ListenUnix(const std::string& path) {
     // A socket file exists: refuse if someone still listens there, else replace it.
     Fd probe(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
     if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-      return absl::FailedPreconditionError(absl::StrCat(path, " is already served by a live daemon"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(path, " is already served by a live daemon"));
     }
     ::unlink(path.c_str());
     if (::bind(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {

@@ -13,8 +13,7 @@ constexpr uint32_t kInlineComposite = 7;
 // Bits per element of list element sizes 0..6 (VOID, BIT, BYTE, TWO, FOUR, EIGHT, POINTER).
 constexpr uint64_t kElementBits[7] = {0, 1, 8, 16, 32, 64, 64};
 
-enum class Problem { kNone, kOutOfBounds, kFar, kCapability, kTooDeep, kTooBig, kBadTag,
-                     kOverrun };
+enum class Problem { kNone, kOutOfBounds, kFar, kCapability, kTooDeep, kTooBig, kBadTag, kOverrun };
 
 // One walk over one segment. Recursion depth is bounded by the nesting limit, and the number of
 // pointers visited by the traversal budget (every pointer visited was charged as part of the
@@ -127,15 +126,22 @@ bool Walker::CompositeList(uint64_t at, uint64_t target, uint64_t words, int nes
 
 const char* Describe(Problem p) {
   switch (p) {
-    case Problem::kNone: return "no problem";
-    case Problem::kOutOfBounds: return "points outside the message";
-    case Problem::kFar: return "is a far pointer (a rack message is one segment)";
+    case Problem::kNone:
+      return "no problem";
+    case Problem::kOutOfBounds:
+      return "points outside the message";
+    case Problem::kFar:
+      return "is a far pointer (a rack message is one segment)";
     case Problem::kCapability:
       return "is a capability or reserved pointer (rack messages carry none)";
-    case Problem::kTooDeep: return "is nested deeper than the limit";
-    case Problem::kTooBig: return "reaches more words than the traversal limit allows";
-    case Problem::kBadTag: return "is a composite list whose tag is not a struct tag";
-    case Problem::kOverrun: return "is a composite list whose elements overrun it";
+    case Problem::kTooDeep:
+      return "is nested deeper than the limit";
+    case Problem::kTooBig:
+      return "reaches more words than the traversal limit allows";
+    case Problem::kBadTag:
+      return "is a composite list whose tag is not a struct tag";
+    case Problem::kOverrun:
+      return "is a composite list whose elements overrun it";
   }
   return "is invalid";
 }

@@ -1,12 +1,11 @@
 #include "ipc/validate.h"
 
-#include <sys/mman.h>
-
 #include <capnp/message.h>
 #include <capnp/pretty-print.h>
 #include <capnp/serialize.h>
-#include <catch2/catch.hpp>
+#include <sys/mman.h>
 
+#include <catch2/catch.hpp>
 #include <random>
 #include <string>
 #include <vector>
@@ -125,7 +124,7 @@ TEST_CASE("Validation refuses each kind of malformed pointer") {
   }
   SECTION("composite list whose elements overrun it") {
     s[0] = (uint64_t{(2u << 3) | 7} << 32) | 1;  // 2 words at word 1
-    s[1] = (uint64_t{1} << 32) | (3u << 2);       // tag: 3 elements of 1 word
+    s[1] = (uint64_t{1} << 32) | (3u << 2);      // tag: 3 elements of 1 word
     expect = "overrun";
   }
   SECTION("composite list with a list tag") {
@@ -165,10 +164,18 @@ TEST_CASE("Whatever validation accepts, Cap'n Proto's checked reader reads the s
     for (int e = 0; e < edits; ++e) {
       uint64_t& word = s[rng() % s.size()];
       switch (rng() % 4) {
-        case 0: word ^= uint64_t{1} << (rng() % 64); break;           // one bit
-        case 1: word ^= uint64_t{0xff} << (8 * (rng() % 8)); break;   // one byte
-        case 2: word = rng(); break;                                  // anything
-        default: word += (rng() % 2 ? 4 : -4); break;                 // offset by a word
+        case 0:
+          word ^= uint64_t{1} << (rng() % 64);
+          break;  // one bit
+        case 1:
+          word ^= uint64_t{0xff} << (8 * (rng() % 8));
+          break;  // one byte
+        case 2:
+          word = rng();
+          break;  // anything
+        default:
+          word += (rng() % 2 ? 4 : -4);
+          break;  // offset by a word
       }
     }
     if (!ValidateSegment(s, kNestingLimit, kBudget).ok()) {
@@ -206,16 +213,14 @@ TEST_CASE("Validation of random words never reads outside the segment") {
   size_t accepted = 0;
   for (int round = 0; round < 100000; ++round) {
     const size_t words = 1 + rng() % 16;
-    uint64_t* begin = round % 2 == 0
-                          ? reinterpret_cast<uint64_t*>(page)
-                          : reinterpret_cast<uint64_t*>(page + kPage) - words;
+    uint64_t* begin = round % 2 == 0 ? reinterpret_cast<uint64_t*>(page)
+                                     : reinterpret_cast<uint64_t*>(page + kPage) - words;
     for (size_t i = 0; i < words; ++i) {
       // Mostly small struct and list pointers, so that many point somewhere plausible.
       const uint64_t kind = rng() % 2;
       const int32_t offset = static_cast<int32_t>(rng() % 33) - 16;
       const uint64_t upper = rng() % 4 == 0 ? rng() >> 32 : rng() % 64 | (rng() % 4) << 16;
-      begin[i] = rng() % 8 == 0 ? rng()
-                                : upper << 32 | static_cast<uint32_t>(offset) << 2 | kind;
+      begin[i] = rng() % 8 == 0 ? rng() : upper << 32 | static_cast<uint32_t>(offset) << 2 | kind;
     }
     if (ValidateSegment(absl::MakeConstSpan(begin, words), kNestingLimit, kBudget).ok()) {
       ++accepted;

@@ -120,20 +120,28 @@ absl::Status ErrorToStatus(proto::Error::Reader error) {
 
 const char* HealthName(proto::Health health) {
   switch (health) {
-    case proto::Health::HEALTHY: return "healthy";
-    case proto::Health::SUSPECT: return "suspect";
-    case proto::Health::FAILED: return "failed";
+    case proto::Health::HEALTHY:
+      return "healthy";
+    case proto::Health::SUSPECT:
+      return "suspect";
+    case proto::Health::FAILED:
+      return "failed";
   }
   return "unknown";
 }
 
 const char* KindName(proto::ElementKind kind) {
   switch (kind) {
-    case proto::ElementKind::RACKMMU: return "rackmmu";
-    case proto::ElementKind::RACKMON: return "rackmon";
-    case proto::ElementKind::COMPUTE: return "compute";
-    case proto::ElementKind::MEMORY: return "memory";
-    case proto::ElementKind::CLIENT: return "client";
+    case proto::ElementKind::RACKMMU:
+      return "rackmmu";
+    case proto::ElementKind::RACKMON:
+      return "rackmon";
+    case proto::ElementKind::COMPUTE:
+      return "compute";
+    case proto::ElementKind::MEMORY:
+      return "memory";
+    case proto::ElementKind::CLIENT:
+      return "client";
   }
   return "unknown";
 }

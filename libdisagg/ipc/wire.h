@@ -4,10 +4,10 @@
 #ifndef DISAGG_IPC_WIRE_H_
 #define DISAGG_IPC_WIRE_H_
 
+#include <capnp/message.h>
+
 #include <cstdint>
 #include <vector>
-
-#include <capnp/message.h>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
@@ -60,7 +60,7 @@ class SmallMessage : public capnp::MessageBuilder {
   static constexpr size_t kSpillWords = 1024;
   capnp::word* scratch_ = nullptr;  // the pool block lent to this message, if any
   int scratch_block_ = -1;
-  void* pool_ = nullptr;            // the lending thread's pool
+  void* pool_ = nullptr;  // the lending thread's pool
   bool first_segment_ = true;
   std::vector<kj::Array<capnp::word>> spilled_;
 };

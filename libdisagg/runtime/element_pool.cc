@@ -48,7 +48,8 @@ absl::StatusOr<std::unique_ptr<ipc::Client>> ElementPool::Borrow(const std::stri
   if (!PlainName(element)) {
     return absl::InvalidArgumentError(absl::StrCat("bad memory element name '", element, "'"));
   }
-  absl::StatusOr<ipc::Client> client = ipc::Client::Connect(SocketPath(run_dir_, element), timeout_);
+  absl::StatusOr<ipc::Client> client =
+      ipc::Client::Connect(SocketPath(run_dir_, element), timeout_);
   if (!client.ok()) return Unreachable(element, client.status());
   return std::make_unique<ipc::Client>(std::move(*client));
 }

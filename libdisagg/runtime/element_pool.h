@@ -15,8 +15,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
-#include "internal/mutex.h"
 #include "absl/types/span.h"
+#include "internal/mutex.h"
 #include "ipc/client.h"
 
 namespace disagg::runtime {

@@ -12,8 +12,8 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
-#include "internal/mutex.h"
 #include "disagg/disagg.h"
+#include "internal/mutex.h"
 
 namespace disagg::runtime {
 

@@ -13,8 +13,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
-#include "internal/mutex.h"
 #include "absl/time/time.h"
+#include "internal/mutex.h"
 #include "ipc/client.h"
 #include "runtime/translations.h"
 

@@ -48,7 +48,8 @@ std::optional<uint64_t> PageCache::NextVictim() {
     auto [vpage, generation] = fifo_.front();
     fifo_.pop_front();
     PageEntry* entry = Find(vpage);
-    if (entry == nullptr || entry->state != PageState::kPresent || entry->generation != generation) {
+    if (entry == nullptr || entry->state != PageState::kPresent ||
+        entry->generation != generation) {
       continue;  // stale: the page left or came back since
     }
     if (entry->pins > 0) {

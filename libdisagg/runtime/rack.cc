@@ -10,11 +10,11 @@
 
 #include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
-#include "runtime/log.h"
 #include "internal/status_macros.h"
 #include "ipc/socket.h"
 #include "ipc/wire.h"
 #include "runtime/fault_signal.h"
+#include "runtime/log.h"
 #include "runtime/rack_impl.h"
 
 namespace disagg {
@@ -127,10 +127,10 @@ absl::Status RackImpl::ReserveRange() {
                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
   if (at == MAP_FAILED || reinterpret_cast<uintptr_t>(at) != range_base_) {
     if (at != MAP_FAILED) munmap(at, range_bytes_);
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot reserve the rack range [0x", absl::Hex(range_base_), ", 0x",
-        absl::Hex(range_base_ + range_bytes_), "): ", std::strerror(errno),
-        " (has this process joined already, or mapped something there?)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot reserve the rack range [0x", absl::Hex(range_base_), ", 0x",
+                     absl::Hex(range_base_ + range_bytes_), "): ", std::strerror(errno),
+                     " (has this process joined already, or mapped something there?)"));
   }
   reserved_ = true;
   // A forked child must not see the range as plain zero-filled memory; core dumps skip it.
@@ -191,10 +191,9 @@ RackImpl::~RackImpl() {
 }
 
 absl::StatusOr<Region> RackImpl::Map(size_t bytes, MapOptions options) {
-  ASSIGN_OR_RETURN(MappedRange mapped,
-                   mmu_.Map(bytes, options.placement == Placement::kFill
-                                       ? proto::Placement::FILL
-                                       : proto::Placement::SPREAD));
+  ASSIGN_OR_RETURN(MappedRange mapped, mmu_.Map(bytes, options.placement == Placement::kFill
+                                                           ? proto::Placement::FILL
+                                                           : proto::Placement::SPREAD));
   const uint64_t vaddr = mapped.vaddr;
   if (vaddr < window_base_ || mapped.info.bytes > window_base_ + window_bytes_ - vaddr ||
       mapped.info.bytes < bytes) {
@@ -229,12 +228,14 @@ absl::Status RackImpl::Flush(const void* addr, size_t len) {
     absl::Status owned = translations_.CheckOwned(start, len);
     if (owned.ok()) break;
     uint64_t missing = start;
-    while (translations_.CheckOwned(missing, 1).ok()) missing = (missing & ~(kPageBytes - 1)) + kPageBytes;
+    while (translations_.CheckOwned(missing, 1).ok())
+      missing = (missing & ~(kPageBytes - 1)) + kPageBytes;
     mu_.Unlock();
     absl::StatusOr<MappedRange> found = mmu_.Translate(missing >> kPageShift);
     mu_.Lock();
     if (!found.ok() || learnt >= 64) return owned;
-    VLOG(1) << "disagg: learnt of 0x" << std::hex << found->vaddr << std::dec << " from the Rack MMU";
+    VLOG(1) << "disagg: learnt of 0x" << std::hex << found->vaddr << std::dec
+            << " from the Rack MMU";
     translations_.AddExtent(found->vaddr, found->info.bytes, found->info.extents[0]);
   }
   return WriteBackRange(first, last);
@@ -270,8 +271,8 @@ absl::Status RackImpl::WriteBackRange(uint64_t first, uint64_t last) {
   }
   // Pages evicted before this call may still be on their way back: wait for them.
   while (cache_.BusyIn(first, last)) changed_.Wait(&mu_);
-  for (auto it = cache_.pages().lower_bound(first);
-       it != cache_.pages().end() && it->first < last; ++it) {
+  for (auto it = cache_.pages().lower_bound(first); it != cache_.pages().end() && it->first < last;
+       ++it) {
     if (it->second.state == PageState::kPoisoned) {
       return absl::DataLossError(absl::StrCat("0x", absl::Hex(it->first << kPageShift),
                                               " was lost: its write-back failed"));
@@ -313,7 +314,8 @@ void RackImpl::WriteBack(std::vector<std::pair<std::string, PageWrite>>& writes,
   for (size_t i = 0; i < writes.size();) {
     size_t j = i;
     std::vector<PageWrite> group;
-    while (j < writes.size() && writes[j].first == writes[i].first) group.push_back(writes[j++].second);
+    while (j < writes.size() && writes[j].first == writes[i].first)
+      group.push_back(writes[j++].second);
     const absl::Status status = elements_.WritePages(writes[i].first, group);
     for (size_t k = i; k < j; ++k) results[k] = status;
     i = j;
@@ -362,7 +364,8 @@ void RackImpl::ControlLoop() {
   };
   while (true) {
     drain(channel, "compute element", &RackImpl::HandleControl);
-    if (event_link_ && !drain(event_link_->channel, "Rack MMU events", &RackImpl::HandleRackEvent)) {
+    if (event_link_ &&
+        !drain(event_link_->channel, "Rack MMU events", &RackImpl::HandleRackEvent)) {
       event_link_.reset();
     }
     uint64_t cached;

@@ -12,10 +12,10 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/log.h"
 #include "internal/status_macros.h"
 #include "ipc/wire.h"
 #include "runtime/fault_signal.h"
+#include "runtime/log.h"
 #include "runtime/rack_impl.h"
 
 namespace disagg::runtime {
@@ -180,8 +180,8 @@ void RackImpl::FetchAndInstall(std::vector<Fetch>& fetches) {
     if (remote.ok()) {
       f.element = std::move(*remote);
     } else {
-      VLOG(1) << "disagg: refused 0x" << std::hex << (f.pages[0] << kPageShift) << std::dec
-              << ": " << remote.status();
+      VLOG(1) << "disagg: refused 0x" << std::hex << (f.pages[0] << kPageShift) << std::dec << ": "
+              << remote.status();
       f.refusal = CauseOfTranslation(remote.status());
     }
   }
@@ -212,8 +212,8 @@ void RackImpl::ReadInto(std::vector<Fetch>& fetches, std::vector<uint8_t>& stagi
         vpages[k] = fetches[pages[start + k].first].pages[pages[start + k].second];
       }
       std::vector<bool> delivered(count, false);
-      const absl::Status transport = elements_.ReadPages(
-          element, vpages, [&](size_t k, absl::StatusOr<const uint8_t*> data) {
+      const absl::Status transport =
+          elements_.ReadPages(element, vpages, [&](size_t k, absl::StatusOr<const uint8_t*> data) {
             Fetch& f = fetches[pages[start + k].first];
             const size_t page = pages[start + k].second;
             f.results[page] = data.status();
@@ -224,7 +224,8 @@ void RackImpl::ReadInto(std::vector<Fetch>& fetches, std::vector<uint8_t>& stagi
             return absl::OkStatus();
           });
       for (size_t k = 0; k < count && !transport.ok(); ++k) {
-        if (!delivered[k]) fetches[pages[start + k].first].results[pages[start + k].second] = transport;
+        if (!delivered[k])
+          fetches[pages[start + k].first].results[pages[start + k].second] = transport;
       }
     }
   }
@@ -261,7 +262,7 @@ void RackImpl::Complete(std::vector<Fetch>& fetches) {
       } else if (i == 0) {
         if (!f.refusal) {
           RLOG(WARNING) << "disagg: page 0x" << std::hex << (f.pages[0] << kPageShift) << std::dec
-                       << ": " << f.results[0];
+                        << ": " << f.results[0];
         }
         cache_.AbortFetch(f.pages[0], /*poisoned=*/true);
         Refuse(f.pages[0], f.refusal ? *f.refusal : CauseOfRead(f.results[0]));
@@ -352,7 +353,7 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
   // here are their last contents; then every victim leaves the address space.
   // Runs of adjacent victims are dropped, and runs of adjacent dirty ones write-protected,
   // with one call each: each costs a TLB shootdown. (Clean pages are write-protected already.)
-  std::vector<std::pair<uint64_t, uint64_t>> runs;        // (first page, pages)
+  std::vector<std::pair<uint64_t, uint64_t>> runs;  // (first page, pages)
   std::vector<std::pair<uint64_t, uint64_t>> dirty_runs;
   for (size_t i = 0; i < victims.size(); ++i) {
     auto extend = [&](std::vector<std::pair<uint64_t, uint64_t>>& r) {
@@ -401,7 +402,7 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
     cache_.Remove(vpage);
     if (!results[i].ok()) {
       RLOG(ERROR) << "disagg: write-back of 0x" << std::hex << (vpage << kPageShift) << std::dec
-                 << " failed; the page is lost: " << results[i];
+                  << " failed; the page is lost: " << results[i];
       cache_.MarkPoisoned(vpage);
       Refuse(vpage, FaultCause::kLost);
     }

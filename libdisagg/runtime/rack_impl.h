@@ -8,9 +8,9 @@
 // threads read the userfaultfd and serve faults (fetch, install, write-protect, evict); one
 // control thread holds the connection to the compute element (cache quota, usage reports,
 // the element's death) and the event link from the Rack MMU (granted, revoked); the
-// EventQueue's thread runs the OnEvent handler. All cache state lives under mu_. Page data moves with mu_ released, except the
-// 4 KiB copies taken of pages that are being evicted or flushed, which are taken under mu_
-// so that no other thread can drop the page meanwhile.
+// EventQueue's thread runs the OnEvent handler. All cache state lives under mu_. Page data moves
+// with mu_ released, except the 4 KiB copies taken of pages that are being evicted or flushed,
+// which are taken under mu_ so that no other thread can drop the page meanwhile.
 //
 // Lifetime: one per process at a time (the rack range is a fixed reservation); the
 // destructor stops the threads before anything they use goes away.
@@ -21,16 +21,16 @@
 
 #include <array>
 #include <atomic>
-#include <optional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "internal/mutex.h"
 #include "disagg/disagg.h"
+#include "internal/mutex.h"
 #include "ipc/client.h"
 #include "runtime/element_pool.h"
 #include "runtime/events.h"
@@ -84,11 +84,11 @@ class RackImpl final : public Rack {
   // A fetch in the making: the faulting page, then the pages read ahead with it.
   struct Fetch {
     bool write = false;
-    std::string element;            // empty: the Rack MMU is asked
-    std::vector<uint64_t> pages;    // consecutive
+    std::string element;          // empty: the Rack MMU is asked
+    std::vector<uint64_t> pages;  // consecutive
     std::optional<FaultCause> refusal;
     std::vector<absl::Status> results;
-    size_t first_slot = 0;          // in the staging buffer
+    size_t first_slot = 0;  // in the staging buffer
   };
   enum class Admission { kDone, kFetch, kDefer };
   // Serves missing-page faults that arrived together: fetches pipelined per memory element.
@@ -180,7 +180,7 @@ class RackImpl final : public Rack {
   std::array<ReadaheadStream, 16> streams_ ABSL_GUARDED_BY(mu_);
   uint64_t stream_clock_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status attach_status_ ABSL_GUARDED_BY(mu_);  // the compute element's refusal
-  Mutex reader_mu_;     // which fault thread reads the userfaultfd
+  Mutex reader_mu_;                                  // which fault thread reads the userfaultfd
   CondVar reader_free_;
   bool reader_busy_ ABSL_GUARDED_BY(reader_mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(reader_mu_) = false;
@@ -188,8 +188,8 @@ class RackImpl final : public Rack {
   std::atomic<uint64_t> evictions_{0};
   std::atomic<uint64_t> writebacks_{0};
 
-  ipc::Fd stop_;  // eventfd: the threads return when it is readable
-  std::unique_ptr<ipc::Connection> compute_;  // used only by the control thread
+  ipc::Fd stop_;                                 // eventfd: the threads return when it is readable
+  std::unique_ptr<ipc::Connection> compute_;     // used only by the control thread
   std::unique_ptr<ipc::Connection> event_link_;  // from the Rack MMU; the control thread's
   std::vector<std::thread> threads_;
 };

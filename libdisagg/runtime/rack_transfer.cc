@@ -1,10 +1,10 @@
 // RackImpl's grant and steal, trust groups, named roots, and the events of the Rack MMU
 // (memory granted to this process, memory stolen from it).
 #include "absl/strings/str_cat.h"
-#include "runtime/log.h"
 #include "internal/status_macros.h"
 #include "ipc/wire.h"
 #include "runtime/fault_signal.h"
+#include "runtime/log.h"
 #include "runtime/rack_impl.h"
 
 namespace disagg::runtime {

@@ -42,8 +42,9 @@ ipc::Fd OpenRaw(int flags) {
 absl::StatusOr<Userfaultfd> Userfaultfd::Open() {
   ipc::Fd fd = OpenRaw(O_CLOEXEC | O_NONBLOCK);
   if (!fd.valid()) {
-    return ErrnoStatus("userfaultfd is not available (neither the syscall nor "
-                       "/dev/userfaultfd; see vm.unprivileged_userfaultfd)");
+    return ErrnoStatus(
+        "userfaultfd is not available (neither the syscall nor "
+        "/dev/userfaultfd; see vm.unprivileged_userfaultfd)");
   }
   uffdio_api api{};
   api.api = UFFD_API;
@@ -77,7 +78,8 @@ absl::Status Userfaultfd::Register(uintptr_t base, uint64_t bytes) {
   if ((reg.ioctls & needed) != needed) {
     return absl::FailedPreconditionError(absl::StrCat(
         "userfaultfd does not offer copy, write-protect, poison and wake on the rack range "
-        "(ioctl mask 0x", absl::Hex(reg.ioctls), ")"));
+        "(ioctl mask 0x",
+        absl::Hex(reg.ioctls), ")"));
   }
   return absl::OkStatus();
 }

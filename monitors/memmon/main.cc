@@ -8,12 +8,12 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "memory_element.h"
 #include "internal/daemon.h"
 #include "internal/logging.h"
+#include "internal/size_flag.h"
 #include "internal/status_macros.h"
 #include "ipc/fd.h"
-#include "internal/size_flag.h"
+#include "memory_element.h"
 
 DEFINE_string(run_dir, "", "the rack's run directory (sockets, logs); required");
 DEFINE_string(name, "", "this element's rack-wide name, e.g. mem0; required");

@@ -10,10 +10,11 @@ namespace disagg::memmon {
 
 MemoryElement::MemoryElement(ipc::EventLoop& loop, ElementOptions options, PageStore store,
                              MemoryOptions memory_options)
-    : Element(loop, [&] {
-        options.used_bytes = [this] { return store_.used_bytes(); };
-        return std::move(options);
-      }()),
+    : Element(loop,
+              [&] {
+                options.used_bytes = [this] { return store_.used_bytes(); };
+                return std::move(options);
+              }()),
       store_(std::move(store)),
       memory_options_(memory_options) {}
 
@@ -47,8 +48,9 @@ absl::Status MemoryElement::Refuse(ipc::Link& link, uint64_t seq, const absl::St
 absl::Status MemoryElement::HandleProgram(ipc::Link& link, uint64_t seq,
                                           proto::ProgramPages::Reader program) {
   if (!IsRackMmu(link)) {
-    return Refuse(link, seq, absl::PermissionDeniedError(absl::StrCat(
-                                 options().name, ": only the Rack MMU programs the page table")));
+    return Refuse(link, seq,
+                  absl::PermissionDeniedError(
+                      absl::StrCat(options().name, ": only the Rack MMU programs the page table")));
   }
   absl::Status status =
       store_.Program(program.getProcessId(), program.getPid(), program.getStartTime(),
@@ -60,8 +62,9 @@ absl::Status MemoryElement::HandleProgram(ipc::Link& link, uint64_t seq,
 absl::Status MemoryElement::HandleRevoke(ipc::Link& link, uint64_t seq,
                                          proto::RevokePages::Reader revoke) {
   if (!IsRackMmu(link)) {
-    return Refuse(link, seq, absl::PermissionDeniedError(absl::StrCat(
-                                 options().name, ": only the Rack MMU revokes pages")));
+    return Refuse(link, seq,
+                  absl::PermissionDeniedError(
+                      absl::StrCat(options().name, ": only the Rack MMU revokes pages")));
   }
   store_.Revoke(revoke.getProcessId(), revoke.getVpage(), revoke.getPages());
   return seq == 0 ? absl::OkStatus() : link.ReplyOk(seq);
@@ -70,22 +73,24 @@ absl::Status MemoryElement::HandleRevoke(ipc::Link& link, uint64_t seq,
 absl::Status MemoryElement::HandleMove(ipc::Link& link, uint64_t seq,
                                        proto::MovePages::Reader move) {
   if (!IsRackMmu(link)) {
-    return Refuse(link, seq, absl::PermissionDeniedError(absl::StrCat(
-                                 options().name, ": only the Rack MMU moves pages")));
+    return Refuse(link, seq,
+                  absl::PermissionDeniedError(
+                      absl::StrCat(options().name, ": only the Rack MMU moves pages")));
   }
   absl::Status status = store_.Move(move.getFromProcess(), move.getToProcess(), move.getToPid(),
                                     move.getToStartTime(), move.getVpage(), move.getPages());
   if (!status.ok()) return Refuse(link, seq, status);
   VLOG(1) << options().name << ": moved [0x" << std::hex << (move.getVpage() << 12) << std::dec
-          << ", +" << move.getPages() << " pages) from process " << move.getFromProcess()
-          << " to " << move.getToProcess();
+          << ", +" << move.getPages() << " pages) from process " << move.getFromProcess() << " to "
+          << move.getToProcess();
   return link.ReplyOk(seq);
 }
 
 absl::Status MemoryElement::HandlePageTable(ipc::Link& link, uint64_t seq) {
   if (!IsRackMmu(link)) {
-    return Refuse(link, seq, absl::PermissionDeniedError(absl::StrCat(
-                                 options().name, ": only the Rack MMU reads the page table")));
+    return Refuse(link, seq,
+                  absl::PermissionDeniedError(
+                      absl::StrCat(options().name, ": only the Rack MMU reads the page table")));
   }
   const std::vector<PageStore::Binding> bindings = store_.Dump();
   capnp::MallocMessageBuilder builder;
@@ -116,8 +121,8 @@ absl::StatusOr<uint32_t> MemoryElement::ProcessOn(ipc::Link& link) {
   }
   const uint32_t id = store_.ProcessFor(link.peer().pid, it->second);
   if (id == 0) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        options().name, ": pid ", link.peer().pid, " holds no memory on this element"));
+    return absl::PermissionDeniedError(absl::StrCat(options().name, ": pid ", link.peer().pid,
+                                                    " holds no memory on this element"));
   }
   return id;
 }
@@ -141,9 +146,10 @@ absl::Status MemoryElement::HandleWrite(ipc::Link& link, uint64_t seq,
   absl::StatusOr<uint32_t> process = ProcessOn(link);
   if (!process.ok()) return Refuse(link, seq, process.status());
   if (page.getData().size() != kPageBytes) {
-    return Refuse(link, seq, absl::InvalidArgumentError(absl::StrCat(
-                                 options().name, ": a page write-back carries ",
-                                 page.getData().size(), " bytes, not ", kPageBytes)));
+    return Refuse(link, seq,
+                  absl::InvalidArgumentError(
+                      absl::StrCat(options().name, ": a page write-back carries ",
+                                   page.getData().size(), " bytes, not ", kPageBytes)));
   }
   absl::StatusOr<uint8_t*> target = store_.Write(*process, page.getVpage());
   if (!target.ok()) return Refuse(link, seq, target.status());

@@ -23,19 +23,20 @@ absl::StatusOr<PageStore> PageStore::Create(const std::string& name, uint64_t po
   return PageStore(name, std::move(fd), std::move(pool));
 }
 
-absl::Status PageStore::Program(uint32_t process_id, pid_t pid, uint64_t start_time,
-                                uint64_t vpage, uint64_t pages, uint64_t pool_page) {
+absl::Status PageStore::Program(uint32_t process_id, pid_t pid, uint64_t start_time, uint64_t vpage,
+                                uint64_t pages, uint64_t pool_page) {
   const uint64_t pool_pages = pool_.size() / kPageBytes;
   if (pages == 0 || pool_page >= pool_pages || pool_pages - pool_page < pages ||
       vpage + pages < vpage) {
-    return absl::InvalidArgumentError(absl::StrCat(name_, ": pool pages [", pool_page, ", +",
-                                                   pages, ") are outside a pool of ", pool_pages));
+    return absl::InvalidArgumentError(absl::StrCat(name_, ": pool pages [", pool_page, ", +", pages,
+                                                   ") are outside a pool of ", pool_pages));
   }
   RETURN_IF_ERROR(Bind(process_id, pid, start_time));
   Process& p = processes_[process_id];
   auto next = p.ranges.lower_bound(vpage);
   if ((next != p.ranges.end() && next->first < vpage + pages) ||
-      (next != p.ranges.begin() && std::prev(next)->first + std::prev(next)->second.pages > vpage)) {
+      (next != p.ranges.begin() &&
+       std::prev(next)->first + std::prev(next)->second.pages > vpage)) {
     return absl::InvalidArgumentError(absl::StrCat(name_, ": pages of process ", process_id,
                                                    " at 0x", absl::Hex(vpage << 12),
                                                    " are mapped already"));
@@ -72,8 +73,8 @@ absl::Status PageStore::Move(uint32_t from, uint32_t to, pid_t pid, uint64_t sta
   const uint64_t end = vpage + pages;
   auto src = processes_.find(from);
   if (pages == 0 || end < vpage || src == processes_.end()) {
-    return absl::InvalidArgumentError(absl::StrCat(name_, ": process ", from,
-                                                   " holds nothing at 0x", absl::Hex(vpage << 12)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name_, ": process ", from, " holds nothing at 0x", absl::Hex(vpage << 12)));
   }
   // The whole range must be bound to `from`, without gaps, and free for `to`.
   auto& ranges = src->second.ranges;
@@ -82,8 +83,8 @@ absl::Status PageStore::Move(uint32_t from, uint32_t to, pid_t pid, uint64_t sta
   if (it != ranges.begin()) --it;
   for (; at < end; ++it) {
     if (it == ranges.end() || it->first > at || it->first + it->second.pages <= at) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name_, ": page 0x", absl::Hex(at << 12), " is not bound to process ", from));
+      return absl::InvalidArgumentError(
+          absl::StrCat(name_, ": page 0x", absl::Hex(at << 12), " is not bound to process ", from));
     }
     at = it->first + it->second.pages;
   }
@@ -96,7 +97,8 @@ absl::Status PageStore::Move(uint32_t from, uint32_t to, pid_t pid, uint64_t sta
     auto& theirs = dst->second.ranges;
     auto next = theirs.lower_bound(vpage);
     if ((next != theirs.end() && next->first < end) ||
-        (next != theirs.begin() && std::prev(next)->first + std::prev(next)->second.pages > vpage)) {
+        (next != theirs.begin() &&
+         std::prev(next)->first + std::prev(next)->second.pages > vpage)) {
       return absl::InvalidArgumentError(absl::StrCat(name_, ": process ", to, " has pages at 0x",
                                                      absl::Hex(vpage << 12), " already"));
     }

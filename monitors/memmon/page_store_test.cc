@@ -1,8 +1,7 @@
 #include "page_store.h"
 
-#include <cstring>
-
 #include <catch2/catch.hpp>
+#include <cstring>
 
 namespace disagg::memmon {
 namespace {

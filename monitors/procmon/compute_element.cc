@@ -1,9 +1,8 @@
 #include "compute_element.h"
 
+#include <capnp/message.h>
 #include <limits.h>
 #include <stdlib.h>
-
-#include <capnp/message.h>
 
 #include <algorithm>
 
@@ -26,10 +25,11 @@ std::vector<std::string> ProgramEnvironment(const ElementOptions& options) {
 }  // namespace
 
 ComputeElement::ComputeElement(ipc::EventLoop& loop, ElementOptions options)
-    : Element(loop, [&] {
-        options.used_bytes = [this] { return CachedBytes(); };
-        return std::move(options);
-      }()),
+    : Element(loop,
+              [&] {
+                options.used_bytes = [this] { return CachedBytes(); };
+                return std::move(options);
+              }()),
       budget_pages_(this->options().capacity_bytes / kPageBytes),
       launcher_(loop, this->options().name, ProgramEnvironment(this->options())) {}
 
@@ -61,8 +61,8 @@ absl::Status ComputeElement::HandleAttach(ipc::Link& link, uint64_t seq,
                                           proto::Attach::Reader attach) {
   const std::string& me = options().name;
   if (processes_.count(link.id()) != 0) {
-    return link.ReplyError(seq, absl::FailedPreconditionError(
-                                    absl::StrCat(me, ": this process is attached already")));
+    return link.ReplyError(
+        seq, absl::FailedPreconditionError(absl::StrCat(me, ": this process is attached already")));
   }
   if (budget_pages_ / (processes_.size() + 1) < kMinSharePages) {
     const absl::Status refusal = absl::ResourceExhaustedError(absl::StrCat(

@@ -1,5 +1,6 @@
 #include "launcher.h"
 
+#include <capnp/message.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -7,8 +8,6 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <capnp/message.h>
 
 #include <cerrno>
 #include <cstring>
@@ -89,8 +88,7 @@ Launcher::~Launcher() {
   }
 }
 
-absl::StatusOr<Launcher::Request> Launcher::Parse(ipc::Link& link,
-                                                  proto::Launch::Reader request) {
+absl::StatusOr<Launcher::Request> Launcher::Parse(ipc::Link& link, proto::Launch::Reader request) {
   Request out;
   ASSIGN_OR_RETURN(out.argv, Strings(request.getArgv(), "argv"));
   if (out.argv.empty() || out.argv[0].empty()) {
@@ -130,8 +128,7 @@ absl::StatusOr<Launcher::Request> Launcher::Parse(ipc::Link& link,
   return out;
 }
 
-absl::Status Launcher::HandleLaunch(ipc::Link& link, uint64_t seq,
-                                    proto::Launch::Reader request) {
+absl::Status Launcher::HandleLaunch(ipc::Link& link, uint64_t seq, proto::Launch::Reader request) {
   auto refuse = [&](const absl::Status& why) {
     LOG(WARNING) << element_ << ": refused to launch for " << link.label() << ": " << why;
     return link.ReplyError(seq, why);
@@ -219,11 +216,10 @@ absl::StatusOr<pid_t> Launcher::Spawn(const Request& request) {
   ::close(report[0]);
   if (n == sizeof(failure)) {
     ::waitpid(pid, nullptr, 0);
-    return absl::NotFoundError(failure.stage == 0
-                                   ? absl::StrCat("cannot enter ", cwd, ": ",
-                                                  std::strerror(failure.error))
-                                   : absl::StrCat("cannot run ", request.argv[0], ": ",
-                                                  std::strerror(failure.error)));
+    return absl::NotFoundError(
+        failure.stage == 0
+            ? absl::StrCat("cannot enter ", cwd, ": ", std::strerror(failure.error))
+            : absl::StrCat("cannot run ", request.argv[0], ": ", std::strerror(failure.error)));
   }
   return pid;
 }
@@ -275,8 +271,8 @@ absl::Status Launcher::HandleSignal(ipc::Link& link, uint64_t seq,
     return link.ReplyError(seq, absl::InvalidArgumentError(absl::StrCat("no signal ", sig)));
   }
   if (PidfdSignal(programs_[it->second].pidfd.get(), sig) != 0) {
-    return link.ReplyError(seq, absl::InternalError(absl::StrCat(
-                                    "pidfd_send_signal: ", std::strerror(errno))));
+    return link.ReplyError(
+        seq, absl::InternalError(absl::StrCat("pidfd_send_signal: ", std::strerror(errno))));
   }
   return link.ReplyOk(seq);
 }

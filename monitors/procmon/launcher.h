@@ -57,8 +57,8 @@ class Launcher {
     ipc::Fd pidfd;
     ipc::EventLoop::WatchId watch = 0;
     ipc::EventLoop::WatchId kill_timer = 0;  // set once its launcher hung up
-    ipc::Link* launcher = nullptr;  // null once the launching connection closed
-    uint64_t seq = 0;               // the launch request's, for the exited message
+    ipc::Link* launcher = nullptr;           // null once the launching connection closed
+    uint64_t seq = 0;                        // the launch request's, for the exited message
   };
 
   // A launch request, checked, with the caller's fds taken and the environment completed.

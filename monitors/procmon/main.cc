@@ -36,9 +36,9 @@ absl::Status Run(const Options& options) {
   element_options.kind = proto::ElementKind::COMPUTE;
   element_options.capacity_bytes = options.cache_budget;
   ComputeElement element(*loop, element_options);
-  return RunElement(*loop, element,
-                    absl::StrCat("compute element with a cache budget of ",
-                                 options.cache_budget, " bytes"));
+  return RunElement(
+      *loop, element,
+      absl::StrCat("compute element with a cache budget of ", options.cache_budget, " bytes"));
 }
 
 }  // namespace

@@ -1,9 +1,9 @@
 // A user's application against an installed libdisagg: joins the rack it is run on, maps
 // remote memory, writes, flushes, unmaps, and says what it saw.
+#include <disagg/disagg.h>
+
 #include <cstdio>
 #include <cstring>
-
-#include <disagg/disagg.h>
 
 int main() {
   auto rack = disagg::Rack::Join();

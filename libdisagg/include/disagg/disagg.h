@@ -92,7 +92,7 @@ enum class FaultCause {
 const char* FaultCauseName(FaultCause cause);
 
 struct MemoryFault {
-  void* address;     // the exact address of the access
+  void* address;  // the exact address of the access
   FaultCause cause;
 };
 
