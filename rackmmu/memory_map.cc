@@ -64,6 +64,7 @@ absl::StatusOr<ProcessRecord*> MemoryMap::Join(const std::string& name, pid_t pi
   }
   ProcessRecord& p = processes_[id];
   p.id = id;
+  p.incarnation = next_incarnation_++;
   p.name = name;
   p.pid = pid;
   p.start_time = start_time;
@@ -148,6 +149,7 @@ absl::StatusOr<const Region*> MemoryMap::Map(uint32_t process_id, uint64_t bytes
   region.vaddr = vaddr;
   region.bytes = pages << kPageShift;
   region.owner = process_id;
+  region.origin = vaddr;
   region.extents = Place(vaddr >> kPageShift, pages, placement);
   return &region;
 }
@@ -214,7 +216,7 @@ absl::StatusOr<Region> MemoryMap::Translate(uint32_t process_id, uint64_t vpage)
       }
       for (const ExtentRecord& e : region.extents) {
         if (vpage >= e.vpage && vpage < e.vpage + e.pages) {
-          return Region{region.vaddr, region.bytes, region.owner, {e}};
+          return Region{region.vaddr, region.bytes, region.owner, {e}, region.origin};
         }
       }
     }
@@ -228,7 +230,7 @@ void MemoryMap::SplitAt(uint64_t vaddr) {
   --r;
   Region& left = r->second;
   if (vaddr <= left.vaddr || vaddr >= left.vaddr + left.bytes) return;
-  Region right{vaddr, left.vaddr + left.bytes - vaddr, left.owner, {}};
+  Region right{vaddr, left.vaddr + left.bytes - vaddr, left.owner, {}, left.origin};
   const uint64_t cut = vaddr >> kPageShift;
   std::vector<ExtentRecord> kept;
   for (ExtentRecord& e : left.extents) {
@@ -293,6 +295,55 @@ absl::StatusOr<std::vector<ExtentRecord>> MemoryMap::Move(uint32_t from, uint32_
     moved.insert(moved.end(), it->second.extents.begin(), it->second.extents.end());
   }
   return moved;
+}
+
+void MemoryMap::JoinAt(uint64_t vaddr) {
+  auto right = regions_.find(vaddr);
+  if (right == regions_.end() || right == regions_.begin()) return;
+  auto left = std::prev(right);
+  Region& l = left->second;
+  const Region& r = right->second;
+  if (l.vaddr + l.bytes != r.vaddr || l.owner != r.owner || l.origin != r.origin) return;
+  l.bytes += r.bytes;
+  for (const ExtentRecord& e : r.extents) {
+    ExtentRecord& last = l.extents.back();
+    if (last.element == e.element && last.pool_generation == e.pool_generation &&
+        last.vpage + last.pages == e.vpage && last.pool_page + last.pages == e.pool_page) {
+      last.pages += e.pages;  // an extent the split had cut in two
+    } else {
+      l.extents.push_back(e);
+    }
+  }
+  regions_.erase(right);
+}
+
+bool MemoryMap::UndoMove(uint32_t from, uint32_t to, uint64_t vaddr, uint64_t bytes) {
+  const uint64_t end = vaddr + bytes;
+  uint64_t at = vaddr;
+  for (auto it = regions_.find(vaddr); at < end; ++it) {
+    if (it == regions_.end() || it->first != at || it->second.owner != to) return false;
+    at += it->second.bytes;
+  }
+  if (at != end) return false;
+  for (auto it = regions_.find(vaddr); it != regions_.end() && it->first < end; ++it) {
+    it->second.owner = from;
+  }
+  if (process(from) == nullptr) {
+    // The giver is gone for good (it left): what it held is released with the rest of it.
+    for (auto it = regions_.find(vaddr); it != regions_.end() && it->first < end;) {
+      Region region = std::move(it->second);
+      it = regions_.erase(it);
+      Release(region);
+    }
+    return true;
+  }
+  JoinAt(end);
+  std::vector<uint64_t> starts;
+  for (auto it = regions_.find(vaddr); it != regions_.end() && it->first < end; ++it) {
+    starts.push_back(it->first);
+  }
+  for (auto s = starts.rbegin(); s != starts.rend(); ++s) JoinAt(*s);
+  return true;
 }
 
 void MemoryMap::MarkDead(uint32_t process_id, absl::Time release_at) {

@@ -63,10 +63,12 @@ struct Region {
   uint64_t bytes = 0;
   uint32_t owner = 0;
   std::vector<ExtentRecord> extents;  // sorted by vpage, covering the region
+  uint64_t origin = 0;  // the vaddr of the Map it came from (pieces split off keep it)
 };
 
 struct ProcessRecord {
   uint32_t id = 0;
+  uint64_t incarnation = 0;  // unique for the map's life: ids are recycled, this is not
   std::string name;
   std::string element;  // the compute element it runs on, as it said when joining
   pid_t pid = 0;
@@ -114,6 +116,10 @@ class MemoryMap {
   // process. Nothing changes on error.
   absl::StatusOr<std::vector<ExtentRecord>> Move(uint32_t from, uint32_t to, uint64_t vaddr,
                                                  uint64_t bytes);
+  // Undoes a Move of [vaddr, +bytes) from `from` to `to` whose rebinding failed: `from` owns
+  // it again even if it died meanwhile, and the pieces the move split off are joined again.
+  // false if `to` does not own all of it any more (it left: its memory is released).
+  bool UndoMove(uint32_t from, uint32_t to, uint64_t vaddr, uint64_t bytes);
 
   // The process died: it keeps its regions, groups and roots until `release_at`.
   void MarkDead(uint32_t process_id, absl::Time release_at);
@@ -146,6 +152,9 @@ class MemoryMap {
   void Release(const Region& region);
   // Makes a region start at `vaddr` if one spans it (splitting its extents).
   void SplitAt(uint64_t vaddr);
+  // Joins the region starting at `vaddr` with the one before it if both came from the same
+  // Map and have the same owner.
+  void JoinAt(uint64_t vaddr);
   // Recycles window `id` if neither a process nor a region holds it.
   void MaybeRecycle(uint32_t id);
 
@@ -156,6 +165,7 @@ class MemoryMap {
   std::map<uint64_t, Region> regions_;    // rack-wide, by start address
   std::set<uint32_t> free_ids_;
   uint32_t next_process_id_ = 1;
+  uint64_t next_incarnation_ = 1;
   uint64_t next_generation_ = 1;
   size_t spread_cursor_ = 0;
 };

@@ -158,6 +158,26 @@ TEST_CASE("The Rack MMU moves memory between processes at the same addresses") {
       REQUIRE(map.MappedBytes(ida) == 256 * kPageBytes);
     }
   }
+  SECTION("an undone move gives the range back and joins the pieces it split off") {
+    const uint64_t mid = vaddr + 32 * kPageBytes;
+    REQUIRE(map.Move(ida, idb, mid, 64 * kPageBytes).ok());
+    REQUIRE(map.regions().size() == 3);
+    REQUIRE(map.UndoMove(ida, idb, mid, 64 * kPageBytes));
+    REQUIRE(map.regions().size() == 1);
+    RequireCovers(map.regions().begin()->second);
+    REQUIRE(map.MappedBytes(ida) == 256 * kPageBytes);
+    REQUIRE(map.Unmap(ida, vaddr).ok());  // one region again, as the giver knows it
+    REQUIRE(map.free_pages() == 512);
+  }
+  SECTION("a move is undone for a dead giver too; not once the taker lost the range") {
+    REQUIRE(map.Move(ida, idb, vaddr, 256 * kPageBytes).ok());
+    map.MarkDead(ida, absl::Now());
+    REQUIRE(map.UndoMove(ida, idb, vaddr, 256 * kPageBytes));
+    REQUIRE(map.MappedBytes(ida) == 256 * kPageBytes);
+    REQUIRE(map.Move(ida, idb, vaddr, 256 * kPageBytes).ok());
+    REQUIRE(map.Unmap(idb, vaddr).ok());
+    REQUIRE_FALSE(map.UndoMove(ida, idb, vaddr, 256 * kPageBytes));
+  }
   SECTION("bad moves change nothing") {
     REQUIRE(absl::IsNotFound(map.Move(ida, 999, vaddr, kPageBytes).status()));
     REQUIRE(absl::IsInvalidArgument(map.Move(ida, ida, vaddr, kPageBytes).status()));

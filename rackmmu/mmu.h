@@ -49,8 +49,8 @@ class RackMmu : public ipc::Hub::Handler {
   absl::Status HandleLeave(ipc::Link& link, uint64_t seq);
   // Sends `region` as a Mapped reply to `seq`.
   absl::Status SendMapped(ipc::Link& link, uint64_t seq, const Region& region);
-  void FinishMap(uint64_t link_id, uint64_t seq, uint32_t process_id, uint64_t vaddr,
-                 const absl::Status& result);
+  void FinishMap(uint64_t link_id, uint64_t seq, uint32_t process_id, uint64_t incarnation,
+                 uint64_t vaddr, uint64_t token, const absl::Status& result);
   // Tells the memory elements to free `extents` of `process_id` (acknowledged; a failure is
   // logged: the element is gone or its table disagrees, which `rackctl check` shows).
   void Release(uint32_t process_id, const std::vector<ExtentRecord>& extents);
@@ -77,12 +77,15 @@ class RackMmu : public ipc::Hub::Handler {
   // runs once every element acknowledged (or the move was undone after a refusal).
   absl::Status StartMove(uint32_t from, uint32_t to, uint64_t vaddr, uint64_t bytes,
                          std::function<void(const absl::Status&)> done);
-  // Sends a rebinding of `extents` from `from` to `to` to their elements, counted in `batch`.
+  // Sends a rebinding of `extents` from `from` to `to` to their elements, counted in `batch`;
+  // `moved`, if given, gets which of them each element acknowledged.
   void Rebind(uint32_t from, uint32_t to, const std::vector<ExtentRecord>& extents,
-              const std::shared_ptr<CallBatch>& batch);
+              const std::shared_ptr<CallBatch>& batch,
+              const std::shared_ptr<std::vector<bool>>& moved);
   bool Busy(uint64_t vaddr, uint64_t bytes) const;
-  void SendEvent(uint32_t process_id, proto::EventKind kind, uint32_t other, uint64_t vaddr,
-                 uint64_t bytes);
+  // Tells `process_id` (if it is still the incarnation `incarnation`) of a move.
+  void SendEvent(uint32_t process_id, uint64_t incarnation, proto::EventKind kind, uint32_t other,
+                 uint64_t vaddr, uint64_t bytes);
   absl::Status HandleJoinGroup(ipc::Link& link, uint64_t seq, proto::JoinGroup::Reader request);
   absl::Status HandlePublish(ipc::Link& link, uint64_t seq, proto::Publish::Reader request);
   absl::Status HandleLookup(ipc::Link& link, uint64_t seq, proto::Lookup::Reader request);
@@ -107,9 +110,15 @@ class RackMmu : public ipc::Hub::Handler {
   absl::flat_hash_map<uint64_t, ipc::Link*> links_;          // open links by id
   absl::flat_hash_map<uint64_t, uint32_t> process_by_link_;  // application links
   absl::flat_hash_map<uint32_t, uint64_t> event_links_;      // process id -> its event link
-  // Ranges being mapped, granted or stolen: [vaddr, end) by vaddr. Nothing else touches them
-  // until the memory elements acknowledged.
-  std::map<uint64_t, uint64_t> busy_;
+  // Ranges being mapped, granted or stolen, by vaddr: nothing else touches them until the
+  // memory elements acknowledged. The token tells an operation's own entry from a later one
+  // at the same address.
+  struct BusyRange {
+    uint64_t end;
+    uint64_t token;
+  };
+  std::map<uint64_t, BusyRange> busy_;
+  uint64_t next_busy_token_ = 1;
 };
 
 }  // namespace disagg::rackmmu

@@ -73,10 +73,12 @@ absl::Status RackMmu::HandleMap(ipc::Link& link, uint64_t seq, proto::MapRequest
   if (!region.ok()) return link.ReplyError(seq, region.status());
   const ProcessRecord* p = memory_.process(process_id);
   const uint64_t vaddr = (*region)->vaddr;
-  busy_[vaddr] = vaddr + (*region)->bytes;
-  auto batch = CallBatch::Make(
-      [this, link_id = link.id(), seq, process_id, vaddr](const absl::Status& result) {
-        FinishMap(link_id, seq, process_id, vaddr, result);
+  const uint64_t token = next_busy_token_++;
+  busy_[vaddr] = {vaddr + (*region)->bytes, token};
+  auto batch =
+      CallBatch::Make([this, link_id = link.id(), seq, process_id, incarnation = p->incarnation,
+                       vaddr, token](const absl::Status& result) {
+        FinishMap(link_id, seq, process_id, incarnation, vaddr, token, result);
       });
   for (const ExtentRecord& e : (*region)->extents) {
     batch->Expect();
@@ -102,13 +104,20 @@ absl::Status RackMmu::HandleMap(ipc::Link& link, uint64_t seq, proto::MapRequest
 
 void RackMmu::ElementGone(const std::string& name) { memory_.SetUsable(name, false); }
 
-void RackMmu::FinishMap(uint64_t link_id, uint64_t seq, uint32_t process_id, uint64_t vaddr,
-                        const absl::Status& result) {
-  busy_.erase(vaddr);
+void RackMmu::FinishMap(uint64_t link_id, uint64_t seq, uint32_t process_id, uint64_t incarnation,
+                        uint64_t vaddr, uint64_t token, const absl::Status& result) {
+  if (auto busy = busy_.find(vaddr); busy != busy_.end() && busy->second.token == token) {
+    busy_.erase(busy);
+  }
   auto app = links_.find(link_id);
   auto region = memory_.regions().find(vaddr);
-  // The process left meanwhile: its memory is already released (or held for adoption).
-  if (region == memory_.regions().end() || region->second.owner != process_id) return;
+  const ProcessRecord* p = memory_.process(process_id);
+  // The process left meanwhile (its memory is released, or held for adoption), perhaps with
+  // its id given to another process since.
+  if (region == memory_.regions().end() || region->second.owner != process_id || p == nullptr ||
+      p->incarnation != incarnation) {
+    return;
+  }
   if (!result.ok() || app == links_.end() || ProcessOf(*app->second) != process_id) {
     absl::StatusOr<Region> removed = memory_.Unmap(process_id, vaddr);
     if (removed.ok()) Release(process_id, removed->extents);
@@ -149,9 +158,9 @@ absl::Status RackMmu::HandleTranslate(ipc::Link& link, uint64_t seq, uint64_t vp
   if (Busy(vpage << kPageShift, kPageBytes)) {
     // Its memory elements are not programmed yet (a Map that has not returned, a grant or
     // steal under way): the page is not usable yet.
-    return link.ReplyError(seq, absl::PermissionDeniedError(
-                                    absl::StrCat("0x", absl::Hex(vpage << kPageShift),
-                                                 " is being mapped, granted or stolen right now")));
+    return link.ReplyError(
+        seq, absl::AbortedError(absl::StrCat("0x", absl::Hex(vpage << kPageShift),
+                                             " is being mapped, granted or stolen right now")));
   }
   return SendMapped(link, seq, *region);
 }
@@ -174,6 +183,7 @@ absl::Status RackMmu::HandleUnmap(ipc::Link& link, uint64_t seq,
 
 void RackMmu::Release(uint32_t process_id, const std::vector<ExtentRecord>& extents) {
   for (const ExtentRecord& e : extents) {
+    if (!memory_.Current(e)) continue;  // an earlier incarnation of the element: gone with it
     absl::Status sent = CallElement(
         e.element,
         [&](proto::Message::Builder m) {

@@ -30,16 +30,21 @@ bool RackMmu::Busy(uint64_t vaddr, uint64_t bytes) const {
   --it;
   // Busy ranges never overlap each other: the one starting last at or before the range's end
   // is the only candidate.
-  return it->second > vaddr;
+  return it->second.end > vaddr;
 }
 
 void RackMmu::Rebind(uint32_t from, uint32_t to, const std::vector<ExtentRecord>& extents,
-                     const std::shared_ptr<CallBatch>& batch) {
+                     const std::shared_ptr<CallBatch>& batch,
+                     const std::shared_ptr<std::vector<bool>>& moved) {
   const ProcessRecord* taker = memory_.process(to);
   CHECK(taker != nullptr);
   const pid_t pid = taker->pid;
   const uint64_t start_time = taker->start_time;
-  for (const ExtentRecord& e : extents) {
+  if (moved) moved->assign(extents.size(), false);
+  for (size_t i = 0; i < extents.size(); ++i) {
+    const ExtentRecord& e = extents[i];
+    // Pages of an earlier incarnation of the element died with it: nothing to rebind.
+    if (!memory_.Current(e)) continue;
     batch->Expect();
     absl::Status sent = CallElement(
         e.element,
@@ -52,7 +57,8 @@ void RackMmu::Rebind(uint32_t from, uint32_t to, const std::vector<ExtentRecord>
           move.setVpage(e.vpage);
           move.setPages(e.pages);
         },
-        [batch](const absl::StatusOr<proto::Message::Reader>& reply) {
+        [batch, moved, i](const absl::StatusOr<proto::Message::Reader>& reply) {
+          if (moved && reply.ok()) (*moved)[i] = true;
           // An element that went away holds nothing of the range any more: not a refusal.
           batch->Answer(absl::IsUnavailable(reply.status()) ? absl::OkStatus() : reply.status());
         });
@@ -62,27 +68,48 @@ void RackMmu::Rebind(uint32_t from, uint32_t to, const std::vector<ExtentRecord>
 
 absl::Status RackMmu::StartMove(uint32_t from, uint32_t to, uint64_t vaddr, uint64_t bytes,
                                 std::function<void(const absl::Status&)> done) {
-  if (bytes != 0 && Busy(vaddr, bytes)) {
+  if (bytes != 0 && vaddr + bytes > vaddr && Busy(vaddr, bytes)) {
     return absl::AbortedError(absl::StrCat("[0x", absl::Hex(vaddr), ", +", bytes,
                                            ") is being mapped, granted or stolen right now"));
   }
   absl::StatusOr<std::vector<ExtentRecord>> moved = memory_.Move(from, to, vaddr, bytes);
   if (!moved.ok()) return moved.status();
-  busy_[vaddr] = vaddr + bytes;
-  auto batch = CallBatch::Make([this, from, to, vaddr, bytes, extents = *moved,
+  const uint64_t token = next_busy_token_++;
+  busy_[vaddr] = {vaddr + bytes, token};
+  auto rebound = std::make_shared<std::vector<bool>>();
+  auto batch = CallBatch::Make([this, from, to, vaddr, bytes, token, extents = *moved, rebound,
                                 done = std::move(done)](const absl::Status& result) {
-    if (!result.ok()) {
-      // An element refused (its table disagrees with the map): undo the move everywhere.
-      LOG(ERROR) << "mmu: moving [0x" << std::hex << vaddr << std::dec << ", +" << bytes
-                 << ") from process " << from << " to " << to << " failed: " << result
-                 << "; undoing it";
-      absl::StatusOr<std::vector<ExtentRecord>> back = memory_.Move(to, from, vaddr, bytes);
-      if (back.ok()) Rebind(to, from, extents, CallBatch::Make([](const absl::Status&) {}));
+    auto finish = [this, vaddr, token, done](const absl::Status& status) {
+      auto it = busy_.find(vaddr);
+      if (it != busy_.end() && it->second.token == token) busy_.erase(it);
+      done(status);
+    };
+    if (result.ok()) {
+      finish(result);
+      return;
     }
-    busy_.erase(vaddr);
-    done(result);
+    // An element refused (its table disagrees with the map): undo the move everywhere, and
+    // answer once the elements acknowledged the undoing.
+    LOG(ERROR) << "mmu: moving [0x" << std::hex << vaddr << std::dec << ", +" << bytes
+               << ") from process " << from << " to " << to << " failed: " << result
+               << "; undoing it";
+    std::vector<ExtentRecord> back, stale;  // rebound to `to`, still bound to `from`
+    for (size_t i = 0; i < extents.size(); ++i) {
+      ((*rebound)[i] ? back : stale).push_back(extents[i]);
+    }
+    auto undone = CallBatch::Make([finish, result](const absl::Status&) { finish(result); });
+    const bool giver_known = memory_.process(from) != nullptr;
+    if (memory_.UndoMove(from, to, vaddr, bytes) && giver_known) {
+      Rebind(to, from, back, undone, nullptr);
+    } else {
+      // The giver (or the taker) left meanwhile and the map released the range: so do the
+      // elements, whoever they bind it to now.
+      Release(to, back);
+      Release(from, stale);
+    }
+    undone->Seal();
   });
-  Rebind(from, to, *moved, batch);
+  Rebind(from, to, *moved, batch, rebound);
   batch->Seal();
   return absl::OkStatus();
 }
@@ -95,14 +122,17 @@ absl::Status RackMmu::HandleGrant(ipc::Link& link, uint64_t seq,
   }
   const uint32_t to = request.getTo();
   const uint64_t vaddr = request.getVaddr(), bytes = request.getBytes();
+  const ProcessRecord* taker = memory_.process(to);
+  const uint64_t incarnation = taker != nullptr ? taker->incarnation : 0;
   absl::Status started = StartMove(
       giver, to, vaddr, bytes,
-      [this, link_id = link.id(), seq, giver, to, vaddr, bytes](const absl::Status& result) {
+      [this, link_id = link.id(), seq, giver, to, incarnation, vaddr,
+       bytes](const absl::Status& result) {
         auto app = links_.find(link_id);
         if (result.ok()) {
           LOG(INFO) << "mmu: process " << giver << " granted [0x" << std::hex << vaddr << std::dec
                     << ", +" << bytes << ") to process " << to;
-          SendEvent(to, proto::EventKind::GRANTED, giver, vaddr, bytes);
+          SendEvent(to, incarnation, proto::EventKind::GRANTED, giver, vaddr, bytes);
         }
         if (app == links_.end()) return;
         (void)(result.ok() ? app->second->ReplyOk(seq) : app->second->ReplyError(seq, result));
@@ -139,28 +169,30 @@ absl::Status RackMmu::HandleSteal(ipc::Link& link, uint64_t seq,
                                     absl::StrCat("mmu: steal refused: processes ", thief, " and ",
                                                  from, " share no trust group (JoinGroup)")));
   }
-  absl::Status started = StartMove(
-      from, thief, vaddr, bytes,
-      [this, link_id = link.id(), seq, from, thief, vaddr, bytes](const absl::Status& result) {
-        if (result.ok()) {
-          LOG(INFO) << "mmu: process " << thief << " stole [0x" << std::hex << vaddr << std::dec
-                    << ", +" << bytes << ") from process " << from;
-          SendEvent(from, proto::EventKind::REVOKED, thief, vaddr, bytes);
-        }
-        auto app = links_.find(link_id);
-        if (app == links_.end()) return;
-        if (!result.ok()) {
-          (void)app->second->ReplyError(seq, result);
-          return;
-        }
-        Region range{vaddr, bytes, thief, {}};
-        for (auto it = memory_.regions().find(vaddr);
-             it != memory_.regions().end() && it->first < vaddr + bytes; ++it) {
-          range.extents.insert(range.extents.end(), it->second.extents.begin(),
-                               it->second.extents.end());
-        }
-        (void)SendMapped(*app->second, seq, range);
-      });
+  const uint64_t incarnation = victim->incarnation;
+  absl::Status started =
+      StartMove(from, thief, vaddr, bytes,
+                [this, link_id = link.id(), seq, from, thief, incarnation, vaddr,
+                 bytes](const absl::Status& result) {
+                  if (result.ok()) {
+                    LOG(INFO) << "mmu: process " << thief << " stole [0x" << std::hex << vaddr
+                              << std::dec << ", +" << bytes << ") from process " << from;
+                    SendEvent(from, incarnation, proto::EventKind::REVOKED, thief, vaddr, bytes);
+                  }
+                  auto app = links_.find(link_id);
+                  if (app == links_.end()) return;
+                  if (!result.ok()) {
+                    (void)app->second->ReplyError(seq, result);
+                    return;
+                  }
+                  Region range{vaddr, bytes, thief, {}};
+                  for (auto it = memory_.regions().find(vaddr);
+                       it != memory_.regions().end() && it->first < vaddr + bytes; ++it) {
+                    range.extents.insert(range.extents.end(), it->second.extents.begin(),
+                                         it->second.extents.end());
+                  }
+                  (void)SendMapped(*app->second, seq, range);
+                });
   if (!started.ok()) {
     return link.ReplyError(
         seq, absl::Status(started.code(), absl::StrCat("mmu: steal refused: ", started.message())));
@@ -168,8 +200,10 @@ absl::Status RackMmu::HandleSteal(ipc::Link& link, uint64_t seq,
   return absl::OkStatus();
 }
 
-void RackMmu::SendEvent(uint32_t process_id, proto::EventKind kind, uint32_t other, uint64_t vaddr,
-                        uint64_t bytes) {
+void RackMmu::SendEvent(uint32_t process_id, uint64_t incarnation, proto::EventKind kind,
+                        uint32_t other, uint64_t vaddr, uint64_t bytes) {
+  const ProcessRecord* p = memory_.process(process_id);
+  if (p == nullptr || p->incarnation != incarnation) return;  // gone; the id may be another's
   auto it = event_links_.find(process_id);
   if (it == event_links_.end()) return;  // dead, or never subscribed
   auto link = links_.find(it->second);

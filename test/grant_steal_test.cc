@@ -127,6 +127,25 @@ TEST_CASE("Grant of part of a region splits it, and the receiver can grant it ba
   }
 }
 
+TEST_CASE("Memory granted away piece by piece and back at once is usable at once") {
+  TestRack rack;
+  REQUIRE(rack.Up(kRackArgs) == 0);
+  Peer a(rack.dir(), "cpu0"), b(rack.dir(), "cpu1");
+  REQUIRE_PEER(a);
+  REQUIRE_PEER(b);
+  const uint64_t addr = Addr(a.Ask("map " + std::to_string(64 * kKiB)));
+  REQUIRE(a.Ask("fill " + Range(addr, 64 * kKiB) + " 5") == "ok");
+  for (int i = 0; i < 4; ++i) {  // four grants: four ranges a knows it gave away
+    REQUIRE(a.Ask("grant " + Range(addr + i * 4096, 4096) + " " + std::to_string(b.id())) == "ok");
+  }
+  REQUIRE(b.Ask("grant " + Range(addr, 4 * 4096) + " " + std::to_string(a.id())) == "ok");
+  // At once, without waiting for the event: each page is a's again.
+  for (int i = 0; i < 4; ++i) REQUIRE(a.Ask("touch " + HexAddr(addr + i * 4096)) == "ok");
+  REQUIRE(a.Ask("verify " + Range(addr, 64 * kKiB) + " 5") == "ok");
+  REQUIRE(b.Ask("touch " + HexAddr(addr)) == "fault revoked (granted away or stolen)");
+  RequireConsistent(rack);
+}
+
 TEST_CASE("Steal takes memory from a live, paused or dead peer of the same trust group") {
   TestRack rack;
   REQUIRE(rack.Up(kRackArgs) == 0);

@@ -4,13 +4,15 @@ namespace disagg::runtime {
 
 EventQueue::EventQueue() : thread_([this] { Deliver(); }) {}
 
-EventQueue::~EventQueue() {
+EventQueue::~EventQueue() { Stop(); }
+
+void EventQueue::Stop() {
   {
     MutexLock lock(&mu_);
     stopping_ = true;
     changed_.SignalAll();
   }
-  thread_.join();
+  if (thread_.joinable()) thread_.join();
 }
 
 void EventQueue::SetHandler(EventHandler handler) {
@@ -20,7 +22,7 @@ void EventQueue::SetHandler(EventHandler handler) {
 
 void EventQueue::Push(const Event& event) {
   MutexLock lock(&mu_);
-  if (!handler_) {
+  if (!handler_ || stopping_) {
     ++dropped_;
     return;
   }

@@ -1,7 +1,7 @@
 // EventQueue: delivers rack events (disagg::Event) to the application's OnEvent handler on a
 // thread of its own, in the order they were pushed, so that a handler may call back into the
 // Rack (Map, Flush, Grant, ...) without holding up the threads that receive events or serve
-// faults. Events pushed while no handler is set are dropped (counted).
+// faults. Events pushed while no handler is set, or after Stop, are dropped (counted).
 //
 // Thread-safety: all methods are thread-safe. The destructor stops the thread after the
 // events already queued were delivered; it must not run on the delivery thread.
@@ -24,6 +24,9 @@ class EventQueue {
   EventQueue(const EventQueue&) = delete;
   EventQueue& operator=(const EventQueue&) = delete;
 
+  // Delivers what is queued, then stops the thread; later events are dropped. Idempotent.
+  // Must not be called on the delivery thread.
+  void Stop();
   // Replaces the handler (an empty function: none). Takes effect for the next event.
   void SetHandler(EventHandler handler);
   void Push(const Event& event);

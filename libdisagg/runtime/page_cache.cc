@@ -112,4 +112,11 @@ bool PageCache::BusyIn(uint64_t first, uint64_t last) const {
   return false;
 }
 
+bool PageCache::PinnedIn(uint64_t first, uint64_t last) const {
+  for (auto it = pages_.lower_bound(first); it != pages_.end() && it->first < last; ++it) {
+    if (it->second.pins > 0) return true;
+  }
+  return false;
+}
+
 }  // namespace disagg::runtime

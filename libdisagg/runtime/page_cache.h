@@ -67,6 +67,8 @@ class PageCache {
   void MarkPoisoned(uint64_t vpage);
   // True if a page in [first, last) is being fetched or written back.
   bool BusyIn(uint64_t first, uint64_t last) const;
+  // True if a page in [first, last) is pinned (a Flush is writing its copy back).
+  bool PinnedIn(uint64_t first, uint64_t last) const;
 
  private:
   void Leave(PageEntry& entry);  // undoes the entry's contribution to the counters

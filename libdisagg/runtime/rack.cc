@@ -174,6 +174,9 @@ absl::Status RackImpl::AttachCompute(ipc::Connection compute) {
 }
 
 RackImpl::~RackImpl() {
+  // The event handler may use the Rack (and touch its memory): it finishes while everything
+  // it may need still runs.
+  events_.Stop();
   if (stop_.valid()) {
     const uint64_t one = 1;
     ssize_t ignored = write(stop_.get(), &one, sizeof(one));

@@ -151,11 +151,6 @@ RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait, F
       changed_.Wait(&mu_);  // being granted: served once the outcome is known
       continue;
     }
-    if (translations_.Revoked(vpage)) {
-      cache_.MarkPoisoned(vpage);
-      Refuse(vpage, FaultCause::kRevoked);
-      return Admission::kDone;
-    }
     if (cache_.HasRoom()) break;
     if (EvictBatch(kEvictBatch) > 0) continue;
     // Everything is in flight, or the quota is 0.
@@ -165,7 +160,10 @@ RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait, F
   cache_.BeginFetch(vpage);
   fetch.write = write;
   fetch.pages = {vpage};
-  if (const ExtentInfo* extent = translations_.Find(vpage)) {
+  // A page given away or taken from here: the Rack MMU is asked (it may have come back, its
+  // event not yet arrived); if it is not ours, the touch faults as revoked.
+  fetch.revoked = translations_.Revoked(vpage);
+  if (const ExtentInfo* extent = translations_.Find(vpage); extent != nullptr && !fetch.revoked) {
     fetch.element = extent->element;
     PlanReadahead(vpage, extent->vpage + extent->pages, fetch.pages);
   }
@@ -182,7 +180,7 @@ void RackImpl::FetchAndInstall(std::vector<Fetch>& fetches) {
     } else {
       VLOG(1) << "disagg: refused 0x" << std::hex << (f.pages[0] << kPageShift) << std::dec << ": "
               << remote.status();
-      f.refusal = CauseOfTranslation(remote.status());
+      f.refusal = f.revoked ? FaultCause::kRevoked : CauseOfTranslation(remote.status());
     }
   }
   thread_local std::vector<uint8_t> staging;
@@ -294,13 +292,14 @@ void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<ui
   stream->last = vpage;
   stream->used = ++stream_clock_;
   uint64_t wanted = 0;
+  // Not into a range being granted, or given away: those pages are not to be read here.
   for (uint64_t p = vpage + 1; wanted < stream->window && p < extent_end; ++p, ++wanted) {
-    if (cache_.Find(p) != nullptr) break;
+    if (cache_.Find(p) != nullptr || InTransfer(p) || translations_.Revoked(p)) break;
   }
   // Making room may write dirty pages back (mu_ is released meanwhile): look again after.
   if (cache_.free_pages() < wanted) EvictBatch(wanted - cache_.free_pages());
   for (uint64_t p = vpage + 1; p <= vpage + wanted && cache_.HasRoom(); ++p) {
-    if (cache_.Find(p) != nullptr) break;
+    if (cache_.Find(p) != nullptr || InTransfer(p) || translations_.Revoked(p)) break;
     cache_.BeginFetch(p);
     batch.push_back(p);
   }
@@ -334,7 +333,14 @@ void RackImpl::Refuse(uint64_t vpage, FaultCause cause) {
 }
 
 absl::StatusOr<std::string> RackImpl::Translate(uint64_t vpage) {
-  ASSIGN_OR_RETURN(MappedRange found, mmu_.Translate(vpage));
+  // A page being mapped, granted or stolen right now is answered once that is done.
+  absl::StatusOr<MappedRange> answer = mmu_.Translate(vpage);
+  const absl::Time deadline = absl::Now() + options_.timeout;
+  while (absl::IsAborted(answer.status()) && absl::Now() < deadline) {
+    absl::SleepFor(absl::Microseconds(100));
+    answer = mmu_.Translate(vpage);
+  }
+  ASSIGN_OR_RETURN(MappedRange found, std::move(answer));
   std::string element = found.info.extents[0].element;
   MutexLock lock(&mu_);
   translations_.AddExtent(found.vaddr, found.info.bytes, std::move(found.info.extents[0]));

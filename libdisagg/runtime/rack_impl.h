@@ -87,6 +87,7 @@ class RackImpl final : public Rack {
     std::string element;          // empty: the Rack MMU is asked
     std::vector<uint64_t> pages;  // consecutive
     std::optional<FaultCause> refusal;
+    bool revoked = false;  // the page was given away or taken: refused as revoked
     std::vector<absl::Status> results;
     size_t first_slot = 0;  // in the staging buffer
   };

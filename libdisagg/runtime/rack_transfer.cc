@@ -29,7 +29,9 @@ bool RackImpl::InTransfer(uint64_t vpage) const {
 
 absl::Status RackImpl::DropRange(uint64_t first, uint64_t last, bool write_back) {
   if (write_back) RETURN_IF_ERROR(WriteBackRange(first, last));
-  while (cache_.BusyIn(first, last)) changed_.Wait(&mu_);
+  // Also wait for pages another thread's Flush is writing back: the range must not change
+  // hands before their copies reached the memory elements.
+  while (cache_.BusyIn(first, last) || cache_.PinnedIn(first, last)) changed_.Wait(&mu_);
   // Only pages the cache knows of are in the address space (installed or poisoned): they go
   // in runs, one call each, so the cost follows what is cached, not the range's size. The
   // next touch faults and finds what the range is now.
@@ -100,8 +102,12 @@ absl::Status RackImpl::Grant(void* addr, size_t len, uint32_t to) {
   }
   absl::Status granted = mmu_.Grant(vaddr, len, to);
   MutexLock lock(&mu_);
+  if (granted.ok()) {
+    // Nothing may have come in meanwhile, but whatever did leaves with the range.
+    (void)DropRange(first, last, /*write_back=*/false);
+    translations_.MarkRevoked(vaddr, len);
+  }
   transfers_.erase(vaddr);
-  if (granted.ok()) translations_.MarkRevoked(vaddr, len);
   changed_.SignalAll();
   return granted;
 }
@@ -137,8 +143,8 @@ absl::Status RackImpl::HandleRackEvent(proto::Message::Reader message) {
   }
   auto event = message.getRackEvent();
   const uint64_t vaddr = event.getVaddr(), bytes = event.getBytes();
-  if (vaddr % kPageBytes != 0 || bytes % kPageBytes != 0 || vaddr < range_base_ ||
-      bytes > range_base_ + range_bytes_ - vaddr) {
+  if (vaddr % kPageBytes != 0 || bytes % kPageBytes != 0 || bytes == 0 || vaddr < range_base_ ||
+      vaddr - range_base_ >= range_bytes_ || bytes > range_bytes_ - (vaddr - range_base_)) {
     return absl::InvalidArgumentError("an event names a range outside the rack range");
   }
   Event out{EventKind::kGranted, event.getProcess(), reinterpret_cast<void*>(vaddr), bytes};

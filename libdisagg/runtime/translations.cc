@@ -44,7 +44,7 @@ void Translations::CarveFrom(std::map<uint64_t, RegionInfo>& ranges, uint64_t va
     };
     if (start < vaddr) keep(start, vaddr);
     if (end < stop) keep(end, stop);
-    it = ranges.lower_bound(end);
+    it = ranges.lower_bound(std::min(stop, end));  // ranges after this one may overlap too
   }
 }
 

@@ -137,7 +137,8 @@ void PageStore::Revoke(uint32_t process_id, uint64_t vpage, uint64_t pages) {
   auto pit = processes_.find(process_id);
   if (pit == processes_.end()) return;
   auto& ranges = pit->second.ranges;
-  const uint64_t end = vpage + pages;
+  // A range that wraps around ends at the top of the page space.
+  const uint64_t end = vpage + pages < vpage ? ~uint64_t{0} : vpage + pages;
   auto it = ranges.upper_bound(vpage);
   if (it != ranges.begin()) --it;
   while (it != ranges.end() && it->first < end) {
