@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
@@ -32,7 +33,11 @@ TEST_CASE(
   std::string out;
   REQUIRE(RunCommand(RunOn(rack, "cpu1", Bin("hello")), &out) == 0);
   INFO(out);
-  REQUIRE(out.find("hello from process 1, at rack address 0x") != std::string::npos);
+  // The whole line: the greeting, where it lives, and that Flush wrote its page back (a Flush
+  // that did nothing would say 0 written back).
+  REQUIRE(out.find("hello from process 1, at rack address 0x") == 0);
+  REQUIRE(out.find(" (1 MiB region; 1 page(s) fetched, 1 written back)\n") != std::string::npos);
+  REQUIRE(std::count(out.begin(), out.end(), '\n') == 1);
   SECTION("an unknown element or program is a clear error") {
     REQUIRE(RunCommand(RunOn(rack, "cpu7", Bin("hello")), &out) != 0);
     REQUIRE(out.find("no compute element 'cpu7' (it has: cpu0, cpu1)") != std::string::npos);

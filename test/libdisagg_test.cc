@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -362,7 +363,21 @@ TEST_CASE("When the Rack MMU dies, Map fails clearly and mapped memory stays usa
 }
 
 TEST_CASE("Join explains what is missing") {
+  ::unsetenv("DISAGG_RACK");
+  ::unsetenv("DISAGG_ELEMENT");
   JoinOptions options;
+  auto nothing = Rack::Join(options);
+  REQUIRE(absl::IsInvalidArgument(nothing.status()));
+  REQUIRE(std::string(nothing.status().message()).find("no rack to join") != std::string::npos);
+  options.rack_dir = "/nonexistent/rack";
+  REQUIRE(absl::IsInvalidArgument(Rack::Join(options).status()));  // no element named
+  for (int threads : {0, -1, 65}) {
+    options.element = "cpu0";
+    options.fault_threads = threads;
+    INFO("fault_threads " << threads);
+    REQUIRE(absl::IsInvalidArgument(Rack::Join(options).status()));
+  }
+  options.fault_threads = 1;
   options.rack_dir = "/nonexistent/rack";
   options.element = "cpu0";
   auto no_rack = Rack::Join(options);
@@ -380,6 +395,15 @@ TEST_CASE("Join explains what is missing") {
   REQUIRE(joined.ok());
   auto twice = Rack::Join(options);
   REQUIRE(twice.status().code() == absl::StatusCode::kFailedPrecondition);
+  // Sizes through the library: rounded up to pages; nothing, or more than a window, refused.
+  auto one = (*joined)->Map(1);
+  REQUIRE(one.ok());
+  REQUIRE(one->size() == 4096);
+  auto odd = (*joined)->Map(4097);
+  REQUIRE(odd.ok());
+  REQUIRE(odd->size() == 8192);
+  REQUIRE(absl::IsInvalidArgument((*joined)->Map(0).status()));
+  REQUIRE(absl::IsInvalidArgument((*joined)->Map((*joined)->window_bytes() + 1).status()));
 }
 
 }  // namespace
