@@ -459,5 +459,56 @@ TEST_CASE("An application that did not set up logging sees one clear message for
   REQUIRE(err.find('\n') == err.size() - 1);  // one line: nothing of glog's own
 }
 
+TEST_CASE("Memory a process unmapped or left behind reads as zeros for the next owner") {
+  TestRack rack;
+  // One element whose whole pool each region takes: the next owner gets the same pool pages.
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 1M --cache-budget 1M --missed-beats 400") ==
+          0);
+  Peer next(rack.dir(), "cpu0");
+  REQUIRE_PEER(next);
+  for (const std::string how : {"unmap", "leave"}) {
+    DYNAMIC_SECTION(how) {
+      Peer first(rack.dir(), "cpu0");
+      REQUIRE_PEER(first);
+      const uint64_t addr = Addr(first.Ask("map " + std::to_string(kMiB)));
+      REQUIRE(addr != 0);
+      REQUIRE(first.Ask("fill " + Range(addr, kMiB) + " 9") == "ok");
+      REQUIRE(first.Ask("flush " + Range(addr, kMiB)) == "ok");
+      if (how == "unmap") {
+        REQUIRE(first.Ask("unmap " + HexAddr(addr)) == "ok");
+      } else {
+        REQUIRE(WIFEXITED(first.End("quit")));  // ~Rack leaves the rack: memory freed now
+      }
+      uint64_t mine = 0;  // the pool is free again at once, for the next owner
+      for (int i = 0; i < 500 && mine == 0; ++i) {
+        mine = Addr(next.Ask("map " + std::to_string(kMiB)));
+        if (mine == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      REQUIRE(mine != 0);
+      REQUIRE(next.Ask("zeros " + Range(mine, kMiB)) == "ok");
+      REQUIRE(next.Ask("unmap " + HexAddr(mine)) == "ok");
+    }
+  }
+  RequireConsistent(rack);
+}
+
+TEST_CASE("A fault handler that returns: the fault's message, then SIGBUS") {
+  TestRack rack;
+  REQUIRE(rack.Up(kRackArgs) == 0);
+  const std::string err_file = rack.dir() + "/peer.err";
+  Peer peer(rack.dir(), "cpu0", err_file);
+  REQUIRE_PEER(peer);
+  const uint64_t addr = Addr(peer.Ask("map " + std::to_string(kMiB)));
+  REQUIRE(peer.Ask("unmap " + HexAddr(addr)) == "ok");
+  REQUIRE(peer.Ask("returning-handler") == "ok");
+  const int status = peer.End("touch " + HexAddr(addr));
+  REQUIRE(WIFSIGNALED(status));
+  REQUIRE(WTERMSIG(status) == SIGBUS);
+  std::string err;
+  RunCommand("cat " + err_file, &err);
+  INFO(err);
+  REQUIRE(err.find("disagg: memory fault at " + HexAddr(addr) + ": not mapped") == 0);
+}
+
 }  // namespace
 }  // namespace disagg::testing

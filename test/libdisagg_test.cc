@@ -1,8 +1,10 @@
 // libdisagg end to end: an application process (this test) joins a private rack of real
 // daemons, maps remote memory and uses it with plain loads and stores through a small cache.
+#include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -404,6 +406,37 @@ TEST_CASE("Join explains what is missing") {
   REQUIRE(odd->size() == 8192);
   REQUIRE(absl::IsInvalidArgument((*joined)->Map(0).status()));
   REQUIRE(absl::IsInvalidArgument((*joined)->Map((*joined)->window_bytes() + 1).status()));
+}
+
+TEST_CASE("A fork()ed child does not inherit the rack range") {
+  JoinedRack r;
+  absl::StatusOr<Region> region = r.app->Map(64 * kPage);
+  REQUIRE(region.ok());
+  region->as<uint64_t>()[0] = 42;
+  const pid_t child = fork();
+  if (child == 0) {
+    // Not mapped in the child at all (not even as zero-filled memory): mincore says so.
+    unsigned char resident = 0;
+    const bool unmapped = ::mincore(region->data(), kPage, &resident) != 0 && errno == ENOMEM;
+    _exit(unmapped ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  REQUIRE(region->as<uint64_t>()[0] == 42);  // the parent's memory is untouched
+}
+
+TEST_CASE("Unmap drops cached pages without writing them back") {
+  JoinedRack r;
+  absl::StatusOr<Region> region = r.app->Map(16 * kPage);
+  REQUIRE(region.ok());
+  uint64_t* words = region->as<uint64_t>();
+  for (uint64_t i = 0; i < 16 * kPage / 8; ++i) words[i] = i;  // dirty in the cache
+  const uint64_t before = r.app->cache_stats().writebacks;
+  REQUIRE(r.app->Unmap(region->data()).ok());
+  REQUIRE(r.app->cache_stats().writebacks == before);
+  REQUIRE(r.app->cache_stats().cached_bytes == 0);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 //   unmap ADDR                  -> ok | the error
 //   fill ADDR BYTES SEED        -> ok: writes a pattern of 64-bit words
 //   verify ADDR BYTES SEED      -> ok | bad N (words that differ)
+//   zeros ADDR BYTES            -> ok | nonzero N (words that are not zero)
 //   flush ADDR BYTES            -> ok | the error
 //   grant ADDR BYTES TO         -> ok | the error
 //   steal FROM ADDR BYTES       -> ok | the error
@@ -14,6 +15,8 @@
 //   lookup OWNER NAME           -> the address (hex) | the error
 //   touch ADDR                  -> ok | fault CAUSE (a read of one word, faults caught)
 //   stats                       -> faults N writebacks N evictions N cached BYTES
+//   returning-handler           -> ok: a fault handler that returns (the process then ends by
+//                                  SIGBUS after the fault's message, as without one)
 //   nohandler                   -> ok: the default fault handling from now on (a refused touch
 //                                  prints the fault and ends the process by SIGBUS)
 //   events                      -> the events received so far: kind:process:addr:bytes ...
@@ -104,6 +107,11 @@ int main() {
       uint64_t bad = 0;
       for (uint64_t i = 0; i < bytes / 8; ++i) bad += words[i] != Pattern(i, seed);
       out = bad == 0 ? "ok" : "bad " + std::to_string(bad);
+    } else if (cmd == "zeros" && in >> std::hex >> addr >> std::dec >> bytes) {
+      auto* words = static_cast<const uint64_t*>(ptr());
+      uint64_t nonzero = 0;
+      for (uint64_t i = 0; i < bytes / 8; ++i) nonzero += words[i] != 0;
+      out = nonzero == 0 ? "ok" : "nonzero " + std::to_string(nonzero);
     } else if (cmd == "flush" && in >> std::hex >> addr >> std::dec >> bytes) {
       out = Say(rack.Flush(ptr(), bytes));
     } else if (cmd == "grant" && in >> std::hex >> addr >> std::dec >> bytes >> who) {
@@ -134,6 +142,9 @@ int main() {
       std::lock_guard<std::mutex> lock(mu);
       for (const std::string& e : events) out += (out.empty() ? "" : " ") + e;
       if (out.empty()) out = "none";
+    } else if (cmd == "returning-handler") {
+      rack.OnMemoryFault([](const disagg::MemoryFault&) {});
+      out = "ok";
     } else if (cmd == "nohandler") {
       rack.OnMemoryFault(nullptr);
       out = "ok";
