@@ -342,6 +342,51 @@ TEST_CASE("A failed memory element: its pages fault with kElementFailed and Flus
   REQUIRE(std::string(flushed.message()).find("mem0") != std::string::npos);
 }
 
+TEST_CASE("A dirty page whose write-back fails faults with kLost, never as zeros or old data") {
+  JoinedRack r(1, "--memory 1");
+  auto region = r.app->Map(2 * kBudget);
+  REQUIRE(region.ok());
+  uint8_t* base = region->as<uint8_t>();
+  for (uint64_t p = 0; p < kBudget / kPage; ++p) base[p * kPage] = 1;  // the cache, all dirty
+  r.app->OnMemoryFault(CatchFault);
+  REQUIRE(kill(r.rack.Pid("mem0"), SIGKILL) == 0);
+  REQUIRE(r.rack.WaitForState("mem0", "failed"));
+  // A new page needs room: the oldest pages are evicted, their write-backs fail.
+  REQUIRE(Faults(base + kBudget));
+  REQUIRE(g_fault.cause == FaultCause::kElementFailed);
+  REQUIRE(Faults(base));
+  REQUIRE(g_fault.address == base);
+  REQUIRE(g_fault.cause == FaultCause::kLost);
+  REQUIRE(absl::IsDataLoss(r.app->Flush(base, kPage)));
+}
+
+TEST_CASE("JoinOptions::timeout bounds the wait for a memory element that stopped answering") {
+  TestRack rack;
+  // The monitor would take 20 s to fail the element: only the timeout can end the wait.
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 256K "
+                  "--missed-beats 4000") == 0);
+  JoinOptions options;
+  options.rack_dir = rack.dir();
+  options.element = "cpu0";
+  options.timeout = absl::Milliseconds(300);
+  auto app = Rack::Join(options);
+  REQUIRE(app.ok());
+  auto region = (*app)->Map(16 * kPage);
+  REQUIRE(region.ok());
+  (*app)->OnMemoryFault(CatchFault);
+  const pid_t mem0 = rack.Pid("mem0");
+  REQUIRE(kill(mem0, SIGSTOP) == 0);
+  const auto start = std::chrono::steady_clock::now();
+  const bool faulted = Faults(region->as<uint8_t>() + 5 * kPage);
+  const auto waited = std::chrono::steady_clock::now() - start;
+  REQUIRE(kill(mem0, SIGCONT) == 0);
+  REQUIRE(faulted);
+  REQUIRE(g_fault.cause == FaultCause::kElementFailed);
+  // 300 ms asked; the default would be 5 s. Generous, for a loaded machine.
+  REQUIRE(waited < std::chrono::seconds(3));
+  app->reset();
+}
+
 TEST_CASE("When the Rack MMU dies, Map fails clearly and mapped memory stays usable") {
   JoinedRack r;
   auto region = r.app->Map(2 * kBudget);
