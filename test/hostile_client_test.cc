@@ -57,15 +57,22 @@ void RequireNoneFailed(TestRack& rack, size_t elements) {
   }
 }
 
+void RequireServingOn(ipc::Client& client);
+
 void RequireServing(const std::string& socket) {
   auto client = ipc::Client::Connect(socket);
   REQUIRE(client.ok());
+  RequireServingOn(*client);
+}
+
+// `client` (connected before some attack, say) is still answered.
+void RequireServingOn(ipc::Client& client) {
   capnp::MallocMessageBuilder builder;
   auto request = builder.initRoot<proto::Message>();
   const uint8_t payload[] = {1, 2, 3, 4, 5};
   request.setEcho(kj::arrayPtr(payload, sizeof(payload)));
   bool echoed = false;
-  absl::Status status = client->Call(builder, request, [&](proto::Message::Reader reply) {
+  absl::Status status = client.Call(builder, request, [&](proto::Message::Reader reply) {
     echoed = reply.isEcho() && reply.getEcho().size() == sizeof(payload) &&
              std::memcmp(reply.getEcho().begin(), payload, sizeof(payload)) == 0;
     return absl::OkStatus();
@@ -87,6 +94,8 @@ TEST_CASE("A daemon cuts off a client that corrupts its ring and keeps serving t
   for (const char* daemon : {"mmu", "mon", "mem0", "cpu0"}) {
     DYNAMIC_SECTION(daemon) {
       const std::string socket = rack.Socket(daemon);
+      auto before = ipc::Client::Connect(socket);  // a peer served before the attack...
+      REQUIRE(before.ok());
       auto conn = ipc::DialUnix(socket);
       REQUIRE(conn.ok());
       RawRing ring = OutgoingRing(*conn);
@@ -148,6 +157,7 @@ TEST_CASE("A daemon cuts off a client that corrupts its ring and keeps serving t
       REQUIRE(CutOff(*conn));
       const std::string log = ReadFile(rack.dir() + "/" + daemon + ".log");
       REQUIRE_THAT(log, Catch::Contains("cutting off") && Catch::Contains(expected_reason));
+      RequireServingOn(*before);  // ...is served after it, on the same connection
       RequireServing(socket);
     }
   }
@@ -185,6 +195,14 @@ TEST_CASE("An unknown request is answered with an error, and the client stays co
     REQUIRE(absl::IsPermissionDenied(status));
   }
   RequireServing(rack.Socket("mmu"));
+  // The refusals left the rack as it was: mem0 is still healthy, and still the element the
+  // Rack MMU talks to as mem0 (its check asks mem0 for its page table over that connection).
+  REQUIRE(rack.Status()["mem0"].state == "healthy");
+  REQUIRE(rack.Status()["mem0"].pid == rack.Pid("mem0"));
+  std::string out;
+  REQUIRE(RunCommand(std::string(DISAGG_BIN_DIR) + "/rackctl --rack " + rack.dir() + " check",
+                     &out) == 0);
+  REQUIRE_THAT(out, Catch::Contains("on 1 memory elements compared"));
 }
 
 absl::Status CallIgnoringReply(ipc::Client& client, ipc::SmallMessage& message,

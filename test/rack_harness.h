@@ -45,7 +45,8 @@ class TestRack {
   TestRack(const TestRack&) = delete;
   TestRack& operator=(const TestRack&) = delete;
 
-  // scripts/rack up --dir <dir> <args>; returns the exit status.
+  // scripts/rack up --dir <dir> <args>; returns the exit status. Unless `args` name
+  // --missed-beats, the rack tolerates 2 s of missed heartbeats (not the default 200 ms).
   int Up(const std::string& args = "--compute 2 --memory 2 --pool-size 64M",
          std::string* output = nullptr);
   int Down(std::string* output = nullptr);

@@ -48,7 +48,9 @@ bool AllGone(const std::vector<pid_t>& pids) {
 TEST_CASE("A rack of 2 compute and 2 memory elements comes up, sees failures and goes down") {
   TestRack rack;
   std::string out;
-  REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 16M", &out) == 0);
+  // Detection is the point: the default limit of missed heartbeats (40, 200 ms).
+  REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 16M --missed-beats 40",
+                  &out) == 0);
   INFO(out);
 
   auto rows = rack.Status();
