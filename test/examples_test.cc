@@ -140,9 +140,26 @@ TEST_CASE("rackctl run makes the program a child of its compute element that end
     pid_t program = 0;
     const pid_t rackctl = StartSleeper(rack, program, /*deaf=*/true);
     REQUIRE(program > 0);
+    // The shell ignores SIGTERM once it ran its trap; it has when it became sleep (which keeps
+    // the ignored signal across exec). Before that, SIGTERM alone would end it.
+    bool deaf = false;
+    for (int i = 0; i < 500 && !deaf; ++i) {
+      std::ifstream comm("/proc/" + std::to_string(program) + "/comm");
+      std::string name;
+      std::getline(comm, name);
+      deaf = name == "sleep";
+      if (!deaf) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    REQUIRE(deaf);
+    const auto start = std::chrono::steady_clock::now();
     REQUIRE(::kill(rackctl, SIGKILL) == 0);
     REQUIRE(::waitpid(rackctl, nullptr, 0) == rackctl);
     REQUIRE(GoneWithin10s(program));
+    // SIGKILL came after the element's grace of 3 s, not at once; it says so in its log.
+    REQUIRE(std::chrono::steady_clock::now() - start >= std::chrono::seconds(2));
+    std::string log;
+    RunCommand("cat " + rack.dir() + "/cpu0.log", &log);
+    REQUIRE_THAT(log, Catch::Contains("pid " + std::to_string(program) + " outlived SIGTERM"));
   }
   SECTION("the compute element dies: the program dies with it, and rackctl says so") {
     pid_t program = 0;
