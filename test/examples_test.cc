@@ -117,16 +117,46 @@ TEST_CASE("rackctl run makes the program a child of its compute element that end
     REQUIRE(RunCommand("echo through stdin | " + RunOn(rack, "cpu0", "cat"), &out) == 0);
     REQUIRE(out == "through stdin\n");
   }
+  SECTION("its working directory and standard error are rackctl's") {
+    const std::string err = rack.dir() + "/program.err";
+    REQUIRE(RunCommand("{ cd /usr/share && " +
+                           RunOn(rack, "cpu0", "/bin/sh -c 'pwd; echo to-stderr >&2'") + " 2>" +
+                           err + "; }",
+                       &out) == 0);
+    REQUIRE(out == "/usr/share\n");
+    std::string written;
+    RunCommand("cat " + err, &written);
+    REQUIRE(written == "to-stderr\n");
+  }
   SECTION("a signal to rackctl reaches the program, and rackctl ends by the same signal") {
-    pid_t program = 0;
-    const pid_t rackctl = StartSleeper(rack, program);
-    REQUIRE(program > 0);
-    REQUIRE(::kill(rackctl, SIGTERM) == 0);
-    int status = 0;
-    REQUIRE(::waitpid(rackctl, &status, 0) == rackctl);
-    REQUIRE(WIFSIGNALED(status));
-    REQUIRE(WTERMSIG(status) == SIGTERM);
-    REQUIRE_FALSE(ProcessAlive(program));
+    for (int sig : {SIGTERM, SIGINT}) {  // SIGINT: Ctrl-C
+      INFO("signal " << sig);
+      pid_t program = 0;
+      const pid_t rackctl = StartSleeper(rack, program);
+      REQUIRE(program > 0);
+      REQUIRE(::kill(rackctl, sig) == 0);
+      int status = 0;
+      REQUIRE(::waitpid(rackctl, &status, 0) == rackctl);
+      REQUIRE(WIFSIGNALED(status));
+      REQUIRE(WTERMSIG(status) == sig);
+      REQUIRE(GoneWithin10s(program));
+    }
+  }
+  SECTION("rackctl run refuses an element that is suspect or failed") {
+    const pid_t cpu0 = rack.Pid("cpu0");
+    REQUIRE(::kill(cpu0, SIGSTOP) == 0);  // it misses heartbeats: suspect for 2 s, then failed
+    // Suspect after two missed heartbeats (10 ms); rackctl asks the monitor only (a stopped
+    // element would not answer), and `timeout` ends it should it launch after all.
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const int suspect = RunCommand("timeout 10 " + RunOn(rack, "cpu0", "/bin/true"), &out);
+    ::kill(cpu0, SIGCONT);
+    REQUIRE(suspect != 0);
+    REQUIRE_THAT(out, Catch::Contains("compute element cpu0 is suspect"));
+    REQUIRE(rack.WaitForState("cpu0", "healthy"));
+    REQUIRE(::kill(cpu0, SIGKILL) == 0);
+    REQUIRE(rack.WaitForState("cpu0", "failed"));
+    REQUIRE(RunCommand(RunOn(rack, "cpu0", "/bin/true"), &out) != 0);
+    REQUIRE_THAT(out, Catch::Contains("compute element cpu0 is failed"));
   }
   SECTION("rackctl killed outright: the element ends the program") {
     pid_t program = 0;

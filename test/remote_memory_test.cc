@@ -190,6 +190,21 @@ TEST_CASE("Mapped memory lives on the memory elements and only its owner can tou
     }();
     REQUIRE_THAT(log, Catch::Contains("holds no memory on this element"));
   }
+  SECTION("a write-back of the wrong size is refused and the page keeps its data") {
+    ipc::Client& element = Element(*app, rack, first.element);
+    for (size_t size : {size_t{0}, size_t{100}, size_t{kPage - 1}, size_t{kPage + 8}}) {
+      INFO("size " << size);
+      capnp::MallocMessageBuilder b;
+      auto root = b.initRoot<proto::Message>();
+      auto page = root.initPageData();
+      page.setVpage(first.vpage);
+      std::memset(page.initData(size).begin(), 0xAA, size);
+      REQUIRE(absl::IsInvalidArgument(element.Call(b, root, Ignore)));
+    }
+    auto page = ReadPage(element, first.vpage);  // served on, on the same connection
+    REQUIRE(page.ok());
+    REQUIRE((*page)[100] == uint8_t(first.vpage * 7));
+  }
   SECTION("mapping more than the rack holds fails cleanly and allocates nothing") {
     auto too_big = Map(*app, 40 << 20, proto::Placement::SPREAD);
     REQUIRE(absl::IsResourceExhausted(too_big.status()));
