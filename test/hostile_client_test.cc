@@ -9,6 +9,8 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
+#include <vector>
 
 #include "ipc/client.h"
 #include "ipc/socket.h"
@@ -158,6 +160,49 @@ TEST_CASE("A daemon cuts off a client that corrupts its ring and keeps serving t
       const std::string log = ReadFile(rack.dir() + "/" + daemon + ".log");
       REQUIRE_THAT(log, Catch::Contains("cutting off") && Catch::Contains(expected_reason));
       RequireServingOn(*before);  // ...is served after it, on the same connection
+      RequireServing(socket);
+    }
+  }
+  RequireNoneFailed(rack, 4);
+}
+
+TEST_CASE("A client that corrupts the daemon's ring to it, or floods its doorbell, is handled") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M") == 0);
+  for (const char* daemon : {"mmu", "mon", "mem0", "cpu0"}) {
+    DYNAMIC_SECTION(daemon) {
+      const std::string socket = rack.Socket(daemon);
+      auto before = ipc::Client::Connect(socket);
+      REQUIRE(before.ok());
+      auto hostile = ipc::Client::Connect(socket);
+      REQUIRE(hostile.ok());
+      SECTION("an impossible consumer tail on the daemon-to-client ring: cut off") {
+        // The client consumes the daemon's ring: it owns that ring's tail, and lies about it.
+        auto& ch = hostile->connection().channel;
+        uint8_t* base = ch.shared_memory().data();
+        auto* incoming = reinterpret_cast<RingControl*>(
+            base + ipc::kChannelHeaderBytes + (1 - ch.outgoing_ring_index()) * sizeof(RingControl));
+        incoming->tail.store(uint64_t{1} << 40);
+        // The daemon reads the shared tail when its own copy says its ring is full: echoes the
+        // client never reads fill it.
+        std::vector<uint8_t> payload(1024, 9);
+        for (int i = 0; i < 400; ++i) {
+          capnp::MallocMessageBuilder builder;
+          auto request = builder.initRoot<proto::Message>();
+          request.setEcho(kj::arrayPtr(payload.data(), payload.size()));
+          absl::StatusOr<uint64_t> sent = hostile->Send(builder, request);
+          if (!sent.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        REQUIRE(CutOff(hostile->connection()));
+        const std::string log = ReadFile(rack.dir() + "/" + daemon + ".log");
+        REQUIRE_THAT(log, Catch::Contains("impossible ring tail"));
+      }
+      SECTION("a flood of doorbells with nothing behind them: served on") {
+        // Each ring wakes the daemon to find nothing new; it must neither spin nor cut off.
+        for (int i = 0; i < 100000; ++i) hostile->connection().channel.RingDoorbell();
+        RequireServingOn(*hostile);
+      }
+      RequireServingOn(*before);
       RequireServing(socket);
     }
   }
