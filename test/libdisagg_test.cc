@@ -351,6 +351,10 @@ TEST_CASE("A dirty page whose write-back fails faults with kLost, never as zeros
   r.app->OnMemoryFault(CatchFault);
   REQUIRE(kill(r.rack.Pid("mem0"), SIGKILL) == 0);
   REQUIRE(r.rack.WaitForState("mem0", "failed"));
+  // A Flush that fails leaves its pages dirty: page 0 is still to be written back (had the
+  // Flush marked it clean, its eviction below would drop it and a touch fault as
+  // kElementFailed, not kLost).
+  REQUIRE(absl::IsUnavailable(r.app->Flush(base, kPage)));
   // A new page needs room: the oldest pages are evicted, their write-backs fail.
   REQUIRE(Faults(base + kBudget));
   REQUIRE(g_fault.cause == FaultCause::kElementFailed);
