@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 
@@ -61,12 +62,24 @@ std::string Status(const TestRack& rack) {
   INFO((p).error());    \
   REQUIRE((p).ok())
 
-TEST_CASE("Grant moves memory to another process at the same address, dirty pages included") {
+// A private rack (kRackArgs unless told) and an application process on each of its two
+// compute elements.
+struct PeerRack {
   TestRack rack;
-  REQUIRE(rack.Up(kRackArgs) == 0);
-  Peer a(rack.dir(), "cpu0"), b(rack.dir(), "cpu1");
-  REQUIRE_PEER(a);
-  REQUIRE_PEER(b);
+  std::unique_ptr<Peer> first, second;
+  explicit PeerRack(const std::string& args = kRackArgs) {
+    REQUIRE(rack.Up(args) == 0);
+    first = std::make_unique<Peer>(rack.dir(), "cpu0");
+    second = std::make_unique<Peer>(rack.dir(), "cpu1");
+    REQUIRE_PEER(*first);
+    REQUIRE_PEER(*second);
+  }
+};
+
+TEST_CASE("Grant moves memory to another process at the same address, dirty pages included") {
+  PeerRack peers;
+  TestRack& rack = peers.rack;
+  Peer &a = *peers.first, &b = *peers.second;
   // 4 MiB through a 1 MiB cache: some pages were evicted and written back, the last ones are
   // dirty in a's cache, none was flushed.
   const uint64_t addr = Addr(a.Ask("map " + std::to_string(4 * kMiB)));
@@ -88,11 +101,9 @@ TEST_CASE("Grant moves memory to another process at the same address, dirty page
 }
 
 TEST_CASE("Grant of part of a region splits it, and the receiver can grant it back") {
-  TestRack rack;
-  REQUIRE(rack.Up(kRackArgs) == 0);
-  Peer a(rack.dir(), "cpu0"), b(rack.dir(), "cpu1");
-  REQUIRE_PEER(a);
-  REQUIRE_PEER(b);
+  PeerRack peers;
+  TestRack& rack = peers.rack;
+  Peer &a = *peers.first, &b = *peers.second;
   const uint64_t q = 256 * kKiB;
   const uint64_t addr = Addr(a.Ask("map " + std::to_string(4 * q)));
   REQUIRE(addr != 0);
@@ -128,11 +139,9 @@ TEST_CASE("Grant of part of a region splits it, and the receiver can grant it ba
 }
 
 TEST_CASE("Memory granted away piece by piece and back at once is usable at once") {
-  TestRack rack;
-  REQUIRE(rack.Up(kRackArgs) == 0);
-  Peer a(rack.dir(), "cpu0"), b(rack.dir(), "cpu1");
-  REQUIRE_PEER(a);
-  REQUIRE_PEER(b);
+  PeerRack peers;
+  TestRack& rack = peers.rack;
+  Peer &a = *peers.first, &b = *peers.second;
   const uint64_t addr = Addr(a.Ask("map " + std::to_string(64 * kKiB)));
   REQUIRE(a.Ask("fill " + Range(addr, 64 * kKiB) + " 5") == "ok");
   for (int i = 0; i < 4; ++i) {  // four grants: four ranges a knows it gave away
@@ -147,11 +156,9 @@ TEST_CASE("Memory granted away piece by piece and back at once is usable at once
 }
 
 TEST_CASE("Steal takes memory from a live, paused or dead peer of the same trust group") {
-  TestRack rack;
-  REQUIRE(rack.Up(kRackArgs) == 0);
-  Peer victim(rack.dir(), "cpu0"), thief(rack.dir(), "cpu1");
-  REQUIRE_PEER(victim);
-  REQUIRE_PEER(thief);
+  PeerRack peers;
+  TestRack& rack = peers.rack;
+  Peer &victim = *peers.first, &thief = *peers.second;
   REQUIRE(victim.Ask("group workers") == "ok");
   REQUIRE(thief.Ask("group workers") == "ok");
   const uint64_t addr = Addr(victim.Ask("map " + std::to_string(kMiB)));
@@ -196,11 +203,9 @@ TEST_CASE("Steal takes memory from a live, paused or dead peer of the same trust
 }
 
 TEST_CASE("A dead process's memory and roots are freed when its grace period ends") {
-  TestRack rack;
-  REQUIRE(rack.Up(std::string(kRackArgs) + " --grace-ms 300") == 0);
-  Peer victim(rack.dir(), "cpu0"), thief(rack.dir(), "cpu1");
-  REQUIRE_PEER(victim);
-  REQUIRE_PEER(thief);
+  PeerRack peers(std::string(kRackArgs) + " --grace-ms 300");
+  TestRack& rack = peers.rack;
+  Peer &victim = *peers.first, &thief = *peers.second;
   REQUIRE(victim.Ask("group g") == "ok");
   REQUIRE(thief.Ask("group g") == "ok");
   const uint64_t addr = Addr(victim.Ask("map " + std::to_string(kMiB)));
@@ -219,11 +224,9 @@ TEST_CASE("A dead process's memory and roots are freed when its grace period end
 }
 
 TEST_CASE("Steal outside a shared trust group is refused and changes nothing") {
-  TestRack rack;
-  REQUIRE(rack.Up(kRackArgs) == 0);
-  Peer victim(rack.dir(), "cpu0"), thief(rack.dir(), "cpu1");
-  REQUIRE_PEER(victim);
-  REQUIRE_PEER(thief);
+  PeerRack peers;
+  TestRack& rack = peers.rack;
+  Peer &victim = *peers.first, &thief = *peers.second;
   REQUIRE(victim.Ask("group one") == "ok");
   REQUIRE(thief.Ask("group two") == "ok");
   const uint64_t addr = Addr(victim.Ask("map " + std::to_string(kMiB)));
@@ -237,11 +240,9 @@ TEST_CASE("Steal outside a shared trust group is refused and changes nothing") {
 }
 
 TEST_CASE("Bad grants and steals are refused with the reason and change nothing") {
-  TestRack rack;
-  REQUIRE(rack.Up(kRackArgs) == 0);
-  Peer a(rack.dir(), "cpu0"), b(rack.dir(), "cpu1");
-  REQUIRE_PEER(a);
-  REQUIRE_PEER(b);
+  PeerRack peers;
+  TestRack& rack = peers.rack;
+  Peer &a = *peers.first, &b = *peers.second;
   const uint64_t addr = Addr(a.Ask("map " + std::to_string(kMiB)));
   const uint64_t theirs = Addr(b.Ask("map " + std::to_string(kMiB)));
   REQUIRE(a.Ask("fill " + Range(addr, kMiB) + " 3") == "ok");
