@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "ipc/socket.h"
 #include "ipc/wire.h"
 #include "rack_harness.h"
+#include "rack_peer_driver.h"
 
 namespace disagg::testing {
 namespace {
@@ -374,6 +376,68 @@ TEST_CASE("Launch requests out of protocol are refused with a reason, and procmo
   REQUIRE_THAT(std::string(status.message()), Catch::Contains(reason));
   RequireServing(rack.Socket("cpu0"));
   REQUIRE(rack.WaitForState("cpu0", "healthy"));
+}
+
+TEST_CASE("A process that ignores or lies about shrinking keeps its quota, and no one gets more") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 1M") == 0);
+  auto greedy = ipc::Client::Connect(rack.Socket("cpu0"));
+  REQUIRE(greedy.ok());
+  ipc::SmallMessage attach;
+  auto a = attach.Init();
+  a.initAttach().setProcessId(500);
+  uint64_t quota = 0;
+  REQUIRE(greedy
+              ->Call(attach.builder(), a,
+                     [&](proto::Message::Reader reply) {
+                       quota = reply.getCacheQuota().getBytes();
+                       return absl::OkStatus();
+                     })
+              .ok());
+  REQUIRE(quota == 1 << 20);  // alone: the whole budget
+  // A real process arrives: the greedy one is asked to shrink to half and does not answer, so
+  // the newcomer gets nothing and its Join gives up, saying why.
+  {
+    Peer refused(rack.dir(), "cpu0");
+    REQUIRE_FALSE(refused.ok());
+    REQUIRE_THAT(refused.error(), Catch::Contains("did not shrink in time"));
+  }
+  // The request it ignored: a quota of half the budget, under a seq to answer.
+  uint64_t shrink_seq = 0;
+  std::vector<uint64_t> words;
+  auto& channel = greedy->connection().channel;
+  while (shrink_seq == 0) {
+    REQUIRE(channel.WaitReadable(absl::Now() + absl::Seconds(5), absl::ZeroDuration(), -1).ok());
+    absl::StatusOr<bool> got = channel.Receive(words);
+    REQUIRE(got.ok());
+    if (!*got) continue;
+    REQUIRE(ipc::DecodeMessage(words, [&](proto::Message::Reader m) {
+              if (m.isCacheQuota() && m.getSeq() != 0) {
+                REQUIRE(m.getCacheQuota().getBytes() == 512 << 10);
+                shrink_seq = m.getSeq();
+              }
+              return absl::OkStatus();
+            }).ok());
+  }
+  auto report = [&](uint64_t cached) {
+    ipc::SmallMessage usage;
+    usage.Init(shrink_seq).initCacheUsage().setCachedBytes(cached);
+    REQUIRE(channel.Send(usage.builder()).ok());
+  };
+  report(1 << 20);  // a lie: "shrunk", yet over the new quota: it stays counted at the old one
+  std::unique_ptr<Peer> waiting;
+  std::thread joiner([&] { waiting = std::make_unique<Peer>(rack.dir(), "cpu0"); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  report(0);  // honest at last: the newcomer gets the other half
+  joiner.join();
+  INFO(waiting->error());
+  REQUIRE(waiting->ok());
+  const std::vector<ProcessRow> processes = rack.Processes();
+  uint64_t leased = 0;
+  for (const ProcessRow& p : processes) leased += p.cache_quota_bytes;
+  REQUIRE(leased <= 1 << 20);
+  const std::string log = ReadFile(rack.dir() + "/cpu0.log");
+  REQUIRE_THAT(log, Catch::Contains("over its quota"));
 }
 
 }  // namespace

@@ -219,7 +219,7 @@ TEST_CASE("rackctl explains what is wrong instead of failing silently") {
   REQUIRE_THAT(out, Catch::Contains("unknown command"));
 }
 
-TEST_CASE("rackctl --help shows rackctl's own commands and flags; --helpfull every flag") {
+TEST_CASE("rackctl --help shows rackctl's own commands and flags, --helpfull every flag") {
   const std::string rackctl = std::string(DISAGG_BIN_DIR) + "/rackctl";
   for (const std::string args : {"--help", "-h", "help", "status --help", "run --on cpu0 --help"}) {
     DYNAMIC_SECTION(args) {
