@@ -38,8 +38,9 @@ struct ProcessRow {
 class TestRack {
  public:
   // Makes a fresh run directory and starts the reaper; the rack is not started yet. Its daemons
-  // are the ones in `bin_dir` (the build's by default).
-  explicit TestRack(std::string bin_dir = DISAGG_BIN_DIR);
+  // are the ones in `bin_dir` (by default the build's; the TSan build's tests use the release
+  // build's).
+  explicit TestRack(std::string bin_dir = DISAGG_DAEMON_BIN_DIR);
   // Stops the rack (by its recorded pids) and removes the run directory.
   ~TestRack();
   TestRack(const TestRack&) = delete;
