@@ -34,6 +34,16 @@ absl::Status Element::RegisterWith(ipc::Link& link) {
   return link.Send(builder);
 }
 
+absl::Status Element::SendToMonitor(capnp::MessageBuilder& message) {
+  if (mon_ == nullptr) return absl::UnavailableError("the rack monitor is gone");
+  return mon_->Send(message);
+}
+
+absl::Status Element::SendToMmu(capnp::MessageBuilder& message) {
+  if (mmu_ == nullptr) return absl::UnavailableError("the Rack MMU is gone");
+  return mmu_->Send(message);
+}
+
 void Element::Fail(absl::Status why) {
   if (status_.ok()) status_ = std::move(why);
   loop_.Stop();

@@ -46,6 +46,10 @@ class Element : public ipc::Hub::Handler {
   // `link` is gone (called for every link, before the element's own bookkeeping).
   virtual void LinkClosed(ipc::Link& link) {}
   bool IsRackMmu(const ipc::Link& link) const { return &link == mmu_; }
+  // Sends `message` to the rack monitor; UNAVAILABLE once it is gone.
+  absl::Status SendToMonitor(capnp::MessageBuilder& message);
+  // Sends `message` to the Rack MMU; UNAVAILABLE once it is gone.
+  absl::Status SendToMmu(capnp::MessageBuilder& message);
   ipc::EventLoop& loop() { return loop_; }
   const ElementOptions& options() const { return options_; }
 

@@ -16,11 +16,22 @@ RackMmu::RackMmu(ipc::EventLoop& loop, MmuOptions options)
 
 absl::Status RackMmu::OnMessage(ipc::Link& link, proto::Message::Reader message) {
   const uint64_t seq = message.getSeq();
+  if (auto fenced = fenced_links_.find(link.id()); fenced != fenced_links_.end()) {
+    // A process declared failed that still runs: told so, whatever it asks.
+    if (message.isPing() || message.isOk() || message.isError()) return absl::OkStatus();
+    return link.ReplyError(
+        seq, absl::FailedPreconditionError(absl::StrCat(
+                 "mmu: this process was declared failed and is fenced: ", fenced->second)));
+  }
   switch (message.which()) {
     case proto::Message::REGISTER:
       return HandleRegister(link, seq, message.getRegister());
     case proto::Message::HEALTH_CHANGE:
       return HandleHealthChange(link, seq, message.getHealthChange());
+    case proto::Message::PROCESS_FAILED:
+      return HandleProcessFailed(link, seq, message.getProcessFailed());
+    case proto::Message::RELAY:
+      return HandleRelay(link, seq, message.getRelay());
     case proto::Message::JOIN:
       return HandleJoin(link, seq, message.getJoin());
     case proto::Message::MAP:
@@ -89,6 +100,7 @@ absl::Status RackMmu::HandleRegister(ipc::Link& link, uint64_t seq,
   if (request.getKind() == proto::ElementKind::RACKMON) monitor_link_ = link.id();
   if (request.getKind() == proto::ElementKind::MEMORY) {
     memory_.AddElement(name, request.getCapacityBytes());
+    failed_memory_.erase(name);
   }
   LOG(INFO) << "mmu: registered " << name << " (" << ipc::KindName(request.getKind()) << ", pid "
             << link.peer().pid << ", capacity " << request.getCapacityBytes() << " bytes) as #"
@@ -112,6 +124,11 @@ absl::Status RackMmu::HandleHealthChange(ipc::Link& link, uint64_t seq,
   if (status.ok()) {
     LOG(INFO) << "mmu: " << name << " is " << ipc::HealthName(change.getHealth()) << ": "
               << change.getReason().cStr();
+    if (change.getHealth() == proto::Health::FAILED) {
+      const proto::ElementKind kind = registry_.elements().at(name).kind;
+      if (kind == proto::ElementKind::COMPUTE) ComputeFailed(name, change.getReason());
+      if (kind == proto::ElementKind::MEMORY) MemoryFailed(name, change.getReason());
+    }
   }
   return status.ok() ? link.ReplyOk(seq) : link.ReplyError(seq, status);
 }
@@ -156,6 +173,7 @@ absl::Status RackMmu::HandleStatus(ipc::Link& link, uint64_t seq) {
 
 void RackMmu::OnClose(ipc::Link& link, const absl::Status& why) {
   links_.erase(link.id());
+  fenced_links_.erase(link.id());
   if (link.id() == monitor_link_) monitor_link_ = 0;
   for (auto it = event_links_.begin(); it != event_links_.end(); ++it) {
     if (it->second == link.id()) {

@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
@@ -60,7 +61,8 @@ class RackMmu : public ipc::Hub::Handler {
   // Frees the memory of dead processes whose grace period ended.
   void ReleaseExpired();
   void ReleaseProcess(uint32_t process_id);
-  // A memory element went away: it takes no new regions and acknowledges nothing more.
+  // An element went away: a memory element takes no new regions and its regions' owners are
+  // told; a compute element's processes fail with it.
   void ElementGone(const std::string& name);
   ipc::Link* ElementLink(const std::string& name);
   uint32_t ProcessOf(const ipc::Link& link) const;
@@ -85,11 +87,32 @@ class RackMmu : public ipc::Hub::Handler {
   bool Busy(uint64_t vaddr, uint64_t bytes) const;
   // Tells `process_id` (if it is still the incarnation `incarnation`) of a move.
   void SendEvent(uint32_t process_id, uint64_t incarnation, proto::EventKind kind, uint32_t other,
-                 uint64_t vaddr, uint64_t bytes);
+                 uint64_t vaddr, uint64_t bytes, const std::string& element = "",
+                 const std::string& reason = "");
   absl::Status HandleJoinGroup(ipc::Link& link, uint64_t seq, proto::JoinGroup::Reader request);
   absl::Status HandlePublish(ipc::Link& link, uint64_t seq, proto::Publish::Reader request);
   absl::Status HandleLookup(ipc::Link& link, uint64_t seq, proto::Lookup::Reader request);
   absl::Status HandleSubscribe(ipc::Link& link, uint64_t seq, proto::Subscribe::Reader request);
+
+  // Failures (mmu_failures.cc).
+  absl::Status HandleProcessFailed(ipc::Link& link, uint64_t seq,
+                                   proto::ProcessFailed::Reader failed);
+  // Process `process_id` failed (it died, or the rack monitor declared it failed, or its
+  // compute element failed): fenced at every memory element, its connections refused from
+  // then on, told (if it still runs) that it was fenced, its groups told, and its memory held
+  // for adoption for the grace period (or freed if it held nothing worth adopting).
+  void DeclareFailed(uint32_t process_id, const std::string& reason);
+  // Tells every memory element to refuse the process for good (acknowledged, logged).
+  void Fence(uint32_t process_id, pid_t pid, uint64_t start_time, const std::string& reason);
+  // Sends an event about `p` to every live process that shares a trust group with it.
+  void TellGroups(const ProcessRecord& p, proto::EventKind kind, uint64_t vaddr, uint64_t bytes,
+                  const std::string& element, const std::string& reason);
+  absl::Status HandleRelay(ipc::Link& link, uint64_t seq, proto::Relay::Reader relay);
+  // Sends an event about `p` to its compute element (which tells its emergency contacts).
+  void TellComputeElement(const ProcessRecord& p, proto::EventKind kind, uint64_t vaddr,
+                          uint64_t bytes, const std::string& element, const std::string& reason);
+  void ComputeFailed(const std::string& name, const std::string& reason);
+  void MemoryFailed(const std::string& name, const std::string& reason);
 
   // The consistency check (mmu_check.cc).
   absl::Status HandleCheck(ipc::Link& link, uint64_t seq);
@@ -110,6 +133,9 @@ class RackMmu : public ipc::Hub::Handler {
   absl::flat_hash_map<uint64_t, ipc::Link*> links_;          // open links by id
   absl::flat_hash_map<uint64_t, uint32_t> process_by_link_;  // application links
   absl::flat_hash_map<uint32_t, uint64_t> event_links_;      // process id -> its event link
+  // Links of processes declared failed while their connection stayed open: refused, why.
+  absl::flat_hash_map<uint64_t, std::string> fenced_links_;
+  std::set<std::string> failed_memory_;  // memory elements whose failure was reported
   // Ranges being mapped, granted or stolen, by vaddr: nothing else touches them until the
   // memory elements acknowledged. The token tells an operation's own entry from a later one
   // at the same address.

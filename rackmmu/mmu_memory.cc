@@ -102,7 +102,14 @@ absl::Status RackMmu::HandleMap(ipc::Link& link, uint64_t seq, proto::MapRequest
   return absl::OkStatus();
 }
 
-void RackMmu::ElementGone(const std::string& name) { memory_.SetUsable(name, false); }
+void RackMmu::ElementGone(const std::string& name) {
+  memory_.SetUsable(name, false);
+  auto it = registry_.elements().find(name);
+  if (it == registry_.elements().end()) return;
+  // Its hang-up is as sure a sign as the rack monitor's word, and comes first.
+  if (it->second.kind == proto::ElementKind::MEMORY) MemoryFailed(name, "it hung up");
+  if (it->second.kind == proto::ElementKind::COMPUTE) ComputeFailed(name, "it hung up");
+}
 
 void RackMmu::FinishMap(uint64_t link_id, uint64_t seq, uint32_t process_id, uint64_t incarnation,
                         uint64_t vaddr, uint64_t token, const absl::Status& result) {
@@ -220,21 +227,8 @@ void RackMmu::ReleaseProcess(uint32_t process_id) {
 void RackMmu::ProcessLeft(uint64_t link_id) {
   auto it = process_by_link_.find(link_id);
   if (it == process_by_link_.end()) return;
-  const uint32_t process_id = it->second;
-  process_by_link_.erase(it);
   // Maps in flight for it are undone when their acknowledgements arrive (FinishMap).
-  const ProcessRecord* p = memory_.process(process_id);
-  const bool worth_keeping =
-      p != nullptr && (memory_.MappedBytes(process_id) > 0 || !p->roots.empty());
-  if (!worth_keeping || options_.grace_period <= absl::ZeroDuration()) {
-    ReleaseProcess(process_id);
-    LOG(INFO) << "mmu: process " << process_id << " died; it held nothing to adopt";
-    return;
-  }
-  memory_.MarkDead(process_id, absl::Now() + options_.grace_period);
-  event_links_.erase(process_id);
-  LOG(INFO) << "mmu: process " << process_id << " died; its " << memory_.MappedBytes(process_id)
-            << " bytes are held for adoption for " << absl::FormatDuration(options_.grace_period);
+  DeclareFailed(it->second, "it died (its connection to the Rack MMU closed)");
 }
 
 void RackMmu::ReleaseExpired() {

@@ -201,7 +201,8 @@ absl::Status RackMmu::HandleSteal(ipc::Link& link, uint64_t seq,
 }
 
 void RackMmu::SendEvent(uint32_t process_id, uint64_t incarnation, proto::EventKind kind,
-                        uint32_t other, uint64_t vaddr, uint64_t bytes) {
+                        uint32_t other, uint64_t vaddr, uint64_t bytes, const std::string& element,
+                        const std::string& reason) {
   const ProcessRecord* p = memory_.process(process_id);
   if (p == nullptr || p->incarnation != incarnation) return;  // gone; the id may be another's
   auto it = event_links_.find(process_id);
@@ -214,6 +215,8 @@ void RackMmu::SendEvent(uint32_t process_id, uint64_t incarnation, proto::EventK
   event.setProcess(other);
   event.setVaddr(vaddr);
   event.setBytes(bytes);
+  event.setElement(element);
+  event.setReason(reason);
   if (kind == proto::EventKind::GRANTED) {
     std::vector<const ExtentRecord*> extents;
     for (auto r = memory_.regions().find(vaddr);
@@ -229,7 +232,7 @@ void RackMmu::SendEvent(uint32_t process_id, uint64_t incarnation, proto::EventK
     }
   }
   if (absl::Status s = link->second->Send(builder); !s.ok()) {
-    LOG(WARNING) << "mmu: cannot tell process " << process_id << " of a move: " << s;
+    LOG(WARNING) << "mmu: cannot tell process " << process_id << " of an event: " << s;
   }
 }
 

@@ -3,6 +3,7 @@
 #include <capnp/message.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
@@ -43,6 +44,8 @@ RackMonitor::~RackMonitor() {
   if (timer_ != 0) loop_.Unwatch(timer_);
   for (auto& [name, w] : elements_) {
     if (w.pidfd_watch != 0) loop_.Unwatch(w.pidfd_watch);
+    if (w.resume_timer != 0) loop_.Unwatch(w.resume_timer);
+    // w.paused resumes what it paused: a rack monitor never leaves a blade frozen.
   }
 }
 
@@ -99,6 +102,12 @@ absl::Status RackMonitor::OnMessage(ipc::Link& link, proto::Message::Reader mess
       return HandleRegister(link, seq, message.getRegister());
     case proto::Message::STATUS_REQUEST:
       return HandleStatus(link, seq);
+    case proto::Message::PROCESS_UP:
+      return HandleProcessUp(link, message.getProcessUp());
+    case proto::Message::PROCESS_DOWN:
+      return HandleProcessDown(link, message.getProcessDown());
+    case proto::Message::INJECT:
+      return HandleInject(link, seq, message.getInject());
     case proto::Message::ECHO:
       return link.ReplyEcho(message);
     case proto::Message::OK:
@@ -226,6 +235,12 @@ void RackMonitor::SetHealth(Watched& w, proto::Health health, const std::string&
       hub_->Close(*link, absl::UnavailableError(absl::StrCat("fenced: ", reason)));
     }
     if (w.kind == proto::ElementKind::RACKMMU) mmu_ = nullptr;
+    if (w.kind == proto::ElementKind::COMPUTE) {
+      // The Rack MMU fails and fences its processes when it hears of this.
+      for (auto it = processes_.begin(); it != processes_.end();) {
+        it = it->second.element == w.name ? processes_.erase(it) : std::next(it);
+      }
+    }
   } else {
     LOG(INFO) << "mon: " << w.name << " is " << ipc::HealthName(health) << ": " << reason;
   }
@@ -239,6 +254,54 @@ void RackMonitor::SetHealth(Watched& w, proto::Health health, const std::string&
     change.setReason(reason);
     (void)mmu_->Send(builder);
   }
+}
+
+absl::Status RackMonitor::HandleProcessUp(ipc::Link& link, proto::ProcessUp::Reader up) {
+  Watched* w = ByLink(link);
+  if (w == nullptr || w->kind != proto::ElementKind::COMPUTE) {
+    LOG(WARNING) << "mon: " << link.label() << " reported a process but is no compute element";
+    return absl::OkStatus();  // reports carry seq 0: nothing to answer
+  }
+  Process p;
+  p.id = up.getProcessId();
+  p.name = up.getName();
+  p.pid = up.getPid();
+  p.element = w->name;
+  p.pidfd = ipc::Fd(static_cast<int>(::syscall(SYS_pidfd_open, p.pid, 0)));
+  processes_[p.id] = std::move(p);
+  return absl::OkStatus();
+}
+
+absl::Status RackMonitor::HandleProcessDown(ipc::Link& link, proto::ProcessDown::Reader down) {
+  Watched* w = ByLink(link);
+  auto it = processes_.find(down.getProcessId());
+  if (w == nullptr || it == processes_.end() || it->second.element != w->name) {
+    LOG(WARNING) << "mon: " << link.label() << " reported process " << down.getProcessId()
+                 << " gone, which it does not host";
+    return absl::OkStatus();
+  }
+  if (down.getClean()) {
+    processes_.erase(it);
+    return absl::OkStatus();
+  }
+  Process p = std::move(it->second);
+  processes_.erase(it);
+  ProcessFailed(p, down.getReason());
+  return absl::OkStatus();
+}
+
+void RackMonitor::ProcessFailed(const Process& p, const std::string& reason) {
+  LOG(WARNING) << "mon: process " << p.id << " (" << p.name << ", pid " << p.pid << ") on "
+               << p.element << " failed: " << reason;
+  if (mmu_ == nullptr) return;
+  capnp::MallocMessageBuilder builder;
+  auto message = builder.initRoot<proto::Message>();
+  message.setSeq(next_seq_++);
+  auto failed = message.initProcessFailed();
+  failed.setProcessId(p.id);
+  failed.setPid(p.pid);
+  failed.setReason(reason);
+  (void)mmu_->Send(builder);
 }
 
 void RackMonitor::OnClose(ipc::Link& link, const absl::Status& why) {

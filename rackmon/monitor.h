@@ -4,17 +4,23 @@
 // element failed when it dies, hangs up, or misses `missed_beats` heartbeats in a row (it is
 // "suspect" from the second missed beat). A failed element is fenced: its connection is cut,
 // so a paused element that wakes up finds itself out of the rack. Health changes go to the
-// Rack MMU. It also answers `rackctl status`.
+// Rack MMU. Compute elements report their processes (processUp/processDown): a process that
+// died or stopped answering its compute element is declared failed to the Rack MMU, which
+// fences it. It also answers `rackctl status` and serves fault injection (`rackctl fail`,
+// `kill`, `pause`, `resume`; monitor_inject.cc).
 //
 // Single-threaded, on the rack monitor's loop. The loop and hub passed in must outlive it.
 #ifndef DISAGG_RACKMON_MONITOR_H_
 #define DISAGG_RACKMON_MONITOR_H_
 
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
+#include "freezer.h"
 #include "ipc/event_loop.h"
 #include "ipc/hub.h"
 
@@ -52,6 +58,16 @@ class RackMonitor : public ipc::Hub::Handler {
     ipc::Link* link = nullptr;  // nullptr once the connection is gone
     ipc::Fd pidfd;
     ipc::EventLoop::WatchId pidfd_watch = 0;
+    std::optional<Freezer> paused;             // paused by fault injection
+    ipc::EventLoop::WatchId resume_timer = 0;  // pause --for: when it resumes
+  };
+  // An application process, as its compute element reported it.
+  struct Process {
+    uint32_t id = 0;
+    std::string name;
+    pid_t pid = 0;
+    std::string element;
+    ipc::Fd pidfd;  // opened when reported: a kill never reaches a reused pid
   };
 
   absl::Status HandleRegister(ipc::Link& link, uint64_t seq, proto::Register::Reader request);
@@ -59,6 +75,19 @@ class RackMonitor : public ipc::Hub::Handler {
   void Watch(Watched& w, ipc::Link& link);
   void Tick();
   void SetHealth(Watched& w, proto::Health health, const std::string& reason);
+  absl::Status HandleProcessUp(ipc::Link& link, proto::ProcessUp::Reader up);
+  absl::Status HandleProcessDown(ipc::Link& link, proto::ProcessDown::Reader down);
+  // Tells the Rack MMU that `p` failed and forgets it.
+  void ProcessFailed(const Process& p, const std::string& reason);
+
+  // Fault injection (monitor_inject.cc).
+  absl::Status HandleInject(ipc::Link& link, uint64_t seq, proto::Inject::Reader inject);
+  absl::Status Fail(const std::string& target);
+  absl::Status Kill(const std::string& target);
+  absl::Status Pause(const std::string& target, absl::Duration for_how_long);
+  absl::Status Resume(const std::string& target);
+  // The element named `target`: NOT_FOUND naming the elements there are.
+  absl::StatusOr<Watched*> Element(const std::string& target);
   Watched* ByLink(const ipc::Link& link);
 
   ipc::EventLoop& loop_;
@@ -69,6 +98,7 @@ class RackMonitor : public ipc::Hub::Handler {
   uint64_t next_seq_ = 1;
   std::map<std::string, Watched> elements_;             // by name; node-stable
   absl::flat_hash_map<uint64_t, std::string> by_link_;  // link id -> name
+  std::map<uint32_t, Process> processes_;               // by rack process id
 };
 
 }  // namespace disagg::rackmon

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -50,7 +51,15 @@ constexpr char kUsage[] =
     "                    DISAGG_RACK and DISAGG_ELEMENT are set for it); wait for it and\n"
     "                    end as it ends; signals to rackctl are passed on to it\n"
     "  check             compare the Rack MMU's memory map with every memory element's page\n"
-    "                    table: exit status 0 when they agree, else the differences and 1\n";
+    "                    table: exit status 0 when they agree, else the differences and 1\n"
+    "fault injection (through the rack monitor):\n"
+    "  fail ELEMENT      crash compute or memory element ELEMENT (SIGKILL of its daemon)\n"
+    "  kill PROCESS      SIGKILL the application process PROCESS (rack id or name)\n"
+    "  pause ELEMENT [--for MS]\n"
+    "                    freeze ELEMENT (a compute element with its processes, as a stopped\n"
+    "                    blade), for MS milliseconds or until resumed; the monitor declares\n"
+    "                    it failed once it misses enough heartbeats\n"
+    "  resume ELEMENT    thaw a paused element\n";
 
 std::string HumanBytes(uint64_t n) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -231,6 +240,27 @@ absl::Status Status(const std::string& rack) {
 
 // Asks the Rack MMU to compare its map with the memory elements' page tables; prints the
 // outcome. FAILED_PRECONDITION when they differ.
+// Asks the rack monitor to inject a fault.
+absl::Status Inject(const std::string& rack, proto::FaultAction action, const std::string& target,
+                    int64_t for_ms) {
+  const absl::Duration timeout = absl::Milliseconds(FLAGS_timeout_ms);
+  ASSIGN_OR_RETURN(ipc::Client client, ipc::Client::Connect(SocketPath(rack, "mon"), timeout));
+  ipc::SmallMessage request;
+  auto root = request.Init();
+  auto inject = root.initInject();
+  inject.setAction(action);
+  inject.setTarget(target);
+  inject.setForNanos(for_ms * 1000000);
+  RETURN_IF_ERROR(client.Call(
+      request.builder(), root,
+      [&](proto::Message::Reader reply) {
+        if (!reply.isOk()) return absl::InternalError("the rack monitor sent no answer");
+        return absl::OkStatus();
+      },
+      timeout));
+  return absl::OkStatus();
+}
+
 absl::Status Check(const std::string& rack) {
   const absl::Duration timeout = absl::Milliseconds(FLAGS_timeout_ms);
   ASSIGN_OR_RETURN(ipc::Client client, ipc::Client::Connect(SocketPath(rack, "mmu"), timeout));
@@ -426,6 +456,29 @@ int Main(int argc, char** argv) {
       break;
     }
   }
+  // pause's --for MS (not a flag of gflags' own: `for` cannot name one).
+  std::optional<std::string> for_ms;
+  for (int i = 1; i < argc;) {
+    std::string a = argv[i];
+    int take = 0;
+    if (a == "--for" || a == "-for") {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "rackctl: --for needs a number of milliseconds\n");
+        return 2;
+      }
+      for_ms = argv[i + 1];
+      take = 2;
+    } else if (a.rfind("--for=", 0) == 0) {
+      for_ms = a.substr(6);
+      take = 1;
+    }
+    if (take == 0) {
+      ++i;
+      continue;
+    }
+    for (int j = i; j + take <= argc; ++j) argv[j] = argv[j + take];
+    argc -= take;
+  }
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   std::string rack = FLAGS_rack;
   if (rack.empty() && std::getenv("DISAGG_RACK") != nullptr) rack = std::getenv("DISAGG_RACK");
@@ -443,6 +496,22 @@ int Main(int argc, char** argv) {
     status = Status(rack);
   } else if (command == "check" && argc == 2) {
     status = Check(rack);
+  } else if (for_ms && command != "pause") {
+    std::fprintf(stderr, "rackctl: --for goes only with pause\n%s", kUsage);
+    return 2;
+  } else if ((command == "fail" || command == "kill" || command == "resume") && argc == 3) {
+    const proto::FaultAction action = command == "fail"   ? proto::FaultAction::FAIL
+                                      : command == "kill" ? proto::FaultAction::KILL
+                                                          : proto::FaultAction::RESUME;
+    status = Inject(rack, action, argv[2], 0);
+  } else if (command == "pause" && argc == 3) {
+    int64_t ms = 0;
+    if (for_ms && (!absl::SimpleAtoi(*for_ms, &ms) || ms <= 0 || ms > 86400000)) {
+      std::fprintf(stderr, "rackctl: --for %s: not a number of milliseconds (1 to 86400000)\n",
+                   for_ms->c_str());
+      return 2;
+    }
+    status = Inject(rack, proto::FaultAction::PAUSE, argv[2], ms);
   } else if (command == "run" && argc == 2) {
     if (FLAGS_on.empty() || program == nullptr || program[0] == nullptr) {
       std::fprintf(stderr, "rackctl: run needs --on ELEMENT and -- PROGRAM\n%s", kUsage);

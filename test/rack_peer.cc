@@ -13,19 +13,26 @@
 //   group NAME                  -> ok | the error
 //   publish NAME ADDR           -> ok | the error
 //   lookup OWNER NAME           -> the address (hex) | the error
-//   touch ADDR                  -> ok | fault CAUSE (a read of one word, faults caught)
+//   touch ADDR                  -> ok | fault CAUSE [at ELEMENT] (a read of one word, faults
+//                                  caught)
+//   churn ADDR BYTES            -> ok: a thread writes and verifies the range (a word per
+//                                  4 KiB page), pass after pass, until a touch is refused
+//   churned                     -> passes N running | passes N fault CAUSE | passes N bad
+//   contacts [ID...]            -> ok | the error: sets the emergency contacts
 //   stats                       -> faults N writebacks N evictions N cached BYTES
 //   returning-handler           -> ok: a fault handler that returns (the process then ends by
 //                                  SIGBUS after the fault's message, as without one)
 //   nohandler                   -> ok: the default fault handling from now on (a refused touch
 //                                  prints the fault and ends the process by SIGBUS)
-//   events                      -> the events received so far: kind:process:addr:bytes ...
+//   events                      -> the events received so far: kind:process:addr:bytes[:element]
+//                                  (kinds: granted revoked memory-failed peer-failed fenced)
 //   crash                       -> (no answer) ends without leaving the rack
 //   quit                        -> (no answer) leaves the rack and exits 0
 // Errors are printed as "error CODE message" on one line.
 #include <setjmp.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -34,6 +41,7 @@
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "disagg/disagg.h"
@@ -42,9 +50,35 @@ namespace {
 
 sigjmp_buf g_touch;
 volatile disagg::FaultCause g_cause;
+char g_element[sizeof(disagg::MemoryFault::element)];
+// The churn thread's own landing point (a fault there ends the churn, not the process).
+sigjmp_buf g_churn;
+volatile disagg::FaultCause g_churn_cause;
+thread_local bool g_churn_thread = false;
 void OnFault(const disagg::MemoryFault& fault) {
+  if (g_churn_thread) {
+    g_churn_cause = fault.cause;
+    siglongjmp(g_churn, 1);
+  }
   g_cause = fault.cause;
+  std::memcpy(g_element, fault.element, sizeof(g_element));
   siglongjmp(g_touch, 1);
+}
+
+const char* KindName(disagg::EventKind kind) {
+  switch (kind) {
+    case disagg::EventKind::kGranted:
+      return "granted";
+    case disagg::EventKind::kRevoked:
+      return "revoked";
+    case disagg::EventKind::kMemoryFailed:
+      return "memory-failed";
+    case disagg::EventKind::kPeerFailed:
+      return "peer-failed";
+    case disagg::EventKind::kFenced:
+      return "fenced";
+  }
+  return "unknown";
 }
 
 uint64_t Pattern(uint64_t word, uint64_t seed) { return (word + 1) * 0x9E3779B97F4A7C15ull ^ seed; }
@@ -73,11 +107,14 @@ int main() {
   rack.OnMemoryFault(OnFault);
   std::mutex mu;
   std::vector<std::string> events;
+  std::atomic<uint64_t> churn_passes{0};
+  std::atomic<int> churn_end{0};  // 0 running, -1 bad data, else the fault's cause + 1
   rack.OnEvent([&](const disagg::Event& e) {
     std::lock_guard<std::mutex> lock(mu);
-    events.push_back(std::string(e.kind == disagg::EventKind::kGranted ? "granted" : "revoked") +
-                     ":" + std::to_string(e.process) + ":" +
-                     Hex(reinterpret_cast<uintptr_t>(e.address)) + ":" + std::to_string(e.size));
+    std::string line = std::string(KindName(e.kind)) + ":" + std::to_string(e.process) + ":" +
+                       Hex(reinterpret_cast<uintptr_t>(e.address)) + ":" + std::to_string(e.size);
+    if (!e.element.empty()) line += ":" + e.element;
+    events.push_back(line);
   });
   std::printf("ready %u\n", rack.self());
   std::fflush(stdout);
@@ -132,7 +169,43 @@ int main() {
         out = "ok";
       } else {
         out = std::string("fault ") + disagg::FaultCauseName(g_cause);
+        if (g_element[0] != '\0') out += std::string(" at ") + g_element;
       }
+    } else if (cmd == "churn" && in >> std::hex >> addr >> std::dec >> bytes) {
+      // Writes and verifies [addr, +bytes) pass after pass, in the background, until a touch
+      // is refused: `churned` tells how far it got.
+      std::thread([&rack, addr, bytes, &churn_passes, &churn_end] {
+        (void)rack;
+        auto* words = reinterpret_cast<volatile uint64_t*>(addr);
+        if (sigsetjmp(g_churn, 1) != 0) {
+          churn_end.store(static_cast<int>(g_churn_cause) + 1);
+          return;
+        }
+        g_churn_thread = true;
+        for (uint64_t pass = 1;; ++pass) {
+          for (uint64_t i = 0; i < bytes / 8; i += 512) words[i] = Pattern(i, pass);
+          for (uint64_t i = 0; i < bytes / 8; i += 512) {
+            if (words[i] != Pattern(i, pass)) {
+              churn_end.store(-1);
+              return;
+            }
+          }
+          churn_passes.store(pass);
+        }
+      }).detach();
+      out = "ok";
+    } else if (cmd == "churned") {
+      const int end = churn_end.load();
+      out = "passes " + std::to_string(churn_passes.load()) +
+            (end == 0  ? " running"
+             : end < 0 ? " bad"
+                       : std::string(" fault ") +
+                             disagg::FaultCauseName(static_cast<disagg::FaultCause>(end - 1)));
+    } else if (cmd == "contacts") {
+      std::vector<uint32_t> contacts;
+      uint32_t c;
+      while (in >> c) contacts.push_back(c);
+      out = Say(rack.SetEmergencyContacts(contacts));
     } else if (cmd == "stats") {
       const disagg::CacheStats st = rack.cache_stats();
       out = "faults " + std::to_string(st.faults) + " writebacks " + std::to_string(st.writebacks) +

@@ -69,6 +69,9 @@ struct ProcessStatus {
   dead @7 :Bool;                # it died: its memory is held for adoption (steal) until
   releaseInNanos @8 :Int64;     # ... this much later, then freed
   groups @9 :List(Text);        # trust groups it joined
+  fenced @10 :Bool;             # declared failed while it may still run: cut off from memory
+  writebacks @11 :UInt64;       # memory element: write-backs it accepted from the process
+  refused @12 :UInt64;          # memory element: its requests refused (fenced, not mapped)
 }
 
 struct RackStatus {
@@ -213,6 +216,11 @@ struct Root {
 enum EventKind {
   granted @0;   # `process` granted [vaddr, +bytes) to this process; extents say where it lives
   revoked @1;   # `process` stole [vaddr, +bytes) from this process
+  memoryFailed @2;  # memory element `element` failed; `process`'s [vaddr, +bytes) on it is lost
+                    # (`process` is this process, a group member, or one that named it a contact)
+  peerFailed @3;    # process `process` (a member of a group of this process) failed: `reason`
+  fenced @4;        # this process was declared failed (`reason`): it can no longer change rack
+                    # memory, and its memory is held for adoption
 }
 
 struct RackEvent {
@@ -221,6 +229,69 @@ struct RackEvent {
   vaddr @2 :UInt64;
   bytes @3 :UInt64;
   extents @4 :List(Extent);
+  element @5 :Text;             # memoryFailed: the memory element; peerFailed: the compute element
+  reason @6 :Text;
+}
+
+# Rack MMU -> memory element: process `processId` (as the kernel identifies it: pid and start
+# time) was declared failed. From now on the element refuses all its reads and write-backs
+# (FAILED_PRECONDITION, "fenced"), whatever it may still send; its pages stay bound, for
+# whoever adopts them. Answered ok once in force.
+struct Fence {
+  processId @0 :UInt32;
+  pid @1 :Int32;
+  startTime @2 :UInt64;
+  reason @3 :Text;
+}
+
+# Compute element -> rack monitor: a process attached here (processUp), or is gone or declared
+# failed (processDown). The monitor forwards failures to the Rack MMU (processFailed), which
+# fences the process and tells its groups.
+struct ProcessUp {
+  processId @0 :UInt32;
+  name @1 :Text;
+  pid @2 :Int32;
+}
+
+struct ProcessDown {
+  processId @0 :UInt32;
+  reason @1 :Text;
+  clean @2 :Bool;               # it left the rack on its own: not a failure
+}
+
+# rack monitor -> Rack MMU: declare process `processId` failed (on element `element`).
+struct ProcessFailed {
+  processId @0 :UInt32;
+  pid @1 :Int32;                # checked: the id may have been given to another process since
+  reason @2 :Text;
+}
+
+# Application -> its compute element: the processes to tell when this process fails or its
+# memory does (replaces the earlier list). Kept by the compute element, so that it survives the
+# failure of the memory the process used, and the death of the process itself.
+struct EmergencyContacts {
+  contacts @0 :List(UInt32);    # rack process ids, at most 64
+}
+
+# Compute element -> Rack MMU: deliver `event` (about process `event.process`, one of this
+# element's) to the processes `to`, on their event links. Only memoryFailed and peerFailed.
+struct Relay {
+  to @0 :List(UInt32);
+  event @1 :RackEvent;
+}
+
+# rackctl -> rack monitor: fault injection.
+enum FaultAction {
+  fail @0;                      # crash an element (SIGKILL of its daemon)
+  kill @1;                      # SIGKILL an application process (by rack id or name)
+  pause @2;                     # freeze an element (a compute element with its processes)
+  resume @3;                    # thaw a paused element
+}
+
+struct Inject {
+  action @0 :FaultAction;
+  target @1 :Text;              # element name, or process id or name for kill
+  forNanos @2 :Int64;           # pause: resume by itself after this long (0: stay paused)
 }
 
 # Application -> Rack MMU, on a second connection: make this the event link of process
@@ -342,5 +413,12 @@ struct Message {
     leave @39 :Void;              # application -> Rack MMU: release everything now (clean exit)
     checkRequest @40 :Void;
     checkResult @41 :CheckResult;
+    fence @42 :Fence;
+    processUp @43 :ProcessUp;
+    processDown @44 :ProcessDown;
+    processFailed @45 :ProcessFailed;
+    inject @46 :Inject;
+    emergencyContacts @47 :EmergencyContacts;
+    relay @48 :Relay;
   }
 }

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <string>
 
 namespace disagg::runtime {
 namespace {
@@ -16,8 +17,34 @@ constexpr size_t kSlots = 4096;
 struct Slot {
   std::atomic<uint64_t> vpage{0};  // 0: empty (page 0 is never in the rack range)
   std::atomic<int> cause{0};
+  std::atomic<int> element{-1};  // index into g_names, -1: none
 };
 Slot g_slots[kSlots];
+
+// Names of memory elements that faults were refused for, each written once before its index
+// is published (g_names_used), so the signal handler reads them without a lock.
+constexpr int kMaxNames = 256;
+char g_names[kMaxNames][sizeof(MemoryFault::element)];
+std::atomic<int> g_names_used{0};
+std::atomic_flag g_names_lock = ATOMIC_FLAG_INIT;  // taken by writers only, never in the handler
+
+int NameIndex(const std::string& name) {
+  if (name.empty() || name.size() >= sizeof(MemoryFault::element)) return -1;
+  while (g_names_lock.test_and_set(std::memory_order_acquire)) {
+  }
+  int used = g_names_used.load(std::memory_order_relaxed);
+  int found = -1;
+  for (int i = 0; i < used && found < 0; ++i) {
+    if (name == g_names[i]) found = i;
+  }
+  if (found < 0 && used < kMaxNames) {
+    std::memcpy(g_names[used], name.c_str(), name.size() + 1);
+    found = used;
+    g_names_used.store(used + 1, std::memory_order_release);
+  }
+  g_names_lock.clear(std::memory_order_release);
+  return found;
+}
 
 std::atomic<uintptr_t> g_base{0};
 std::atomic<uint64_t> g_bytes{0};
@@ -27,12 +54,18 @@ std::atomic<bool> g_installed{false};
 
 size_t SlotOf(uint64_t vpage) { return (vpage * 0x9E3779B97F4A7C15ull) >> 52; }
 
-FaultCause LookUp(uint64_t vpage) {
+MemoryFault LookUp(void* address) {
+  MemoryFault fault{address, FaultCause::kRefused, {}};
+  const uint64_t vpage = reinterpret_cast<uintptr_t>(address) >> 12;
   const Slot& slot = g_slots[SlotOf(vpage)];
   if (slot.vpage.load(std::memory_order_acquire) == vpage) {
-    return static_cast<FaultCause>(slot.cause.load(std::memory_order_relaxed));
+    fault.cause = static_cast<FaultCause>(slot.cause.load(std::memory_order_relaxed));
+    const int element = slot.element.load(std::memory_order_relaxed);
+    if (element >= 0 && element < g_names_used.load(std::memory_order_acquire)) {
+      std::memcpy(fault.element, g_names[element], sizeof(fault.element));
+    }
   }
-  return FaultCause::kRefused;
+  return fault;
 }
 
 // Async-signal-safe output.
@@ -75,12 +108,17 @@ void OnSigbus(int sig, siginfo_t* info, void* context) {
     }
     return DieBySigbus();
   }
-  const MemoryFault fault{info->si_addr, LookUp(addr >> 12)};
+  const MemoryFault fault = LookUp(info->si_addr);
   if (MemoryFaultHandler handler = g_handler.load(std::memory_order_acquire)) handler(fault);
   Put("disagg: memory fault at ");
   PutHex(addr);
   Put(": ");
   Put(FaultCauseName(fault.cause));
+  if (fault.element[0] != '\0') {
+    Put(" (");
+    Put(fault.element);
+    Put(")");
+  }
   Put(" (the rack refused this access; no OnMemoryFault handler took it)\n");
   DieBySigbus();
 }
@@ -113,10 +151,11 @@ void SetMemoryFaultHandler(MemoryFaultHandler handler) {
   g_handler.store(handler, std::memory_order_release);
 }
 
-void RecordPoison(uint64_t vpage, FaultCause cause) {
+void RecordPoison(uint64_t vpage, FaultCause cause, const std::string& element) {
   Slot& slot = g_slots[SlotOf(vpage)];
   slot.vpage.store(0, std::memory_order_relaxed);
   slot.cause.store(static_cast<int>(cause), std::memory_order_relaxed);
+  slot.element.store(NameIndex(element), std::memory_order_relaxed);
   slot.vpage.store(vpage, std::memory_order_release);
 }
 
@@ -144,6 +183,8 @@ const char* FaultCauseName(FaultCause cause) {
       return "data lost (a write-back failed)";
     case FaultCause::kRevoked:
       return "revoked (granted away or stolen)";
+    case FaultCause::kFenced:
+      return "fenced (this process was declared failed)";
   }
   return "refused";
 }

@@ -10,6 +10,7 @@
 #define DISAGG_RUNTIME_FAULT_SIGNAL_H_
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "disagg/disagg.h"
@@ -24,8 +25,9 @@ void RemoveFaultSignal();
 
 void SetMemoryFaultHandler(MemoryFaultHandler handler);
 
-// Remembers that page `vpage` is poisoned because of `cause` / forgets it.
-void RecordPoison(uint64_t vpage, FaultCause cause);
+// Remembers that page `vpage` is poisoned because of `cause`, at memory element `element`
+// ("" if none) / forgets it.
+void RecordPoison(uint64_t vpage, FaultCause cause, const std::string& element);
 void ForgetPoison(uint64_t vpage);
 
 }  // namespace disagg::runtime

@@ -189,6 +189,11 @@ RackImpl::~RackImpl() {
       VLOG(1) << "disagg: leaving the rack: " << left;
     }
   }
+  if (compute_) {  // the control thread is gone: its connection is free to use
+    ipc::SmallMessage leave;
+    leave.Init(0).setLeave();
+    (void)SendCompute(leave.builder());  // its hang-up is then no failure
+  }
   if (signal_installed_) RemoveFaultSignal();
   if (reserved_) munmap(reinterpret_cast<void*>(range_base_), range_bytes_);
 }
@@ -225,6 +230,10 @@ absl::Status RackImpl::Flush(const void* addr, size_t len) {
   const uint64_t first = start >> kPageShift;
   const uint64_t last = (start + len + kPageBytes - 1) >> kPageShift;
   MutexLock lock(&mu_);
+  if (fenced_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("disagg: this process was declared failed and fenced: ", *fenced_));
+  }
   // Memory granted to this process may be used before its event arrived: ask the Rack MMU
   // about what is not known here.
   for (int learnt = 0;; ++learnt) {
@@ -240,6 +249,16 @@ absl::Status RackImpl::Flush(const void* addr, size_t len) {
     VLOG(1) << "disagg: learnt of 0x" << std::hex << found->vaddr << std::dec
             << " from the Rack MMU";
     translations_.AddExtent(found->vaddr, found->info.bytes, found->info.extents[0]);
+  }
+  // What lived on a failed memory element cannot be made durable: its pages are gone.
+  for (const std::string& element : failed_elements_) {
+    for (const ExtentInfo& e : translations_.ExtentsOn(element)) {
+      if (e.vpage < last && first < e.vpage + e.pages) {
+        return absl::UnavailableError(absl::StrCat(
+            "disagg: memory element ", element, " failed; [0x", absl::Hex(e.vpage << kPageShift),
+            ", +", e.pages << kPageShift, ") on it is lost"));
+      }
+    }
   }
   return WriteBackRange(first, last);
 }
@@ -328,6 +347,30 @@ void RackImpl::WriteBack(std::vector<std::pair<std::string, PageWrite>>& writes,
 void RackImpl::OnMemoryFault(MemoryFaultHandler handler) { SetMemoryFaultHandler(handler); }
 
 void RackImpl::OnEvent(EventHandler handler) { events_.SetHandler(std::move(handler)); }
+
+absl::Status RackImpl::SetEmergencyContacts(const std::vector<uint32_t>& contacts) {
+  constexpr size_t kMaxContacts = 64;
+  if (contacts.size() > kMaxContacts) {
+    return absl::InvalidArgumentError(absl::StrCat("disagg: at most ", kMaxContacts,
+                                                   " emergency contacts, not ", contacts.size()));
+  }
+  for (uint32_t c : contacts) {
+    if (c == 0 || c == id_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "disagg: emergency contact ", c, c == 0 ? " is no process" : " is this process"));
+    }
+  }
+  capnp::MallocMessageBuilder builder;
+  auto list =
+      builder.initRoot<proto::Message>().initEmergencyContacts().initContacts(contacts.size());
+  for (size_t i = 0; i < contacts.size(); ++i) list.set(i, contacts[i]);
+  absl::Status sent = SendCompute(builder);
+  if (!sent.ok()) {
+    return absl::UnavailableError(absl::StrCat("disagg: compute element ", options_.element,
+                                               " cannot be told: ", sent.message()));
+  }
+  return absl::OkStatus();
+}
 
 CacheStats RackImpl::cache_stats() const {
   CacheStats stats;
@@ -427,6 +470,11 @@ absl::Status RackImpl::HandleControl(proto::Message::Reader message) {
       }
       return message.getSeq() != 0 ? ReportUsage(message.getSeq()) : absl::OkStatus();
     }
+    case proto::Message::PING: {
+      ipc::SmallMessage pong;
+      pong.Init(message.getSeq()).initPong().setSentNanos(message.getPing().getSentNanos());
+      return SendCompute(pong.builder());
+    }
     case proto::Message::ERROR: {
       MutexLock lock(&mu_);
       attach_status_ = ipc::ErrorToStatus(message.getError());
@@ -447,7 +495,12 @@ absl::Status RackImpl::ReportUsage(uint64_t seq) {
   }
   ipc::SmallMessage report;
   report.Init(seq).initCacheUsage().setCachedBytes(cached);
-  return compute_->channel.Send(report.builder());
+  return SendCompute(report.builder());
+}
+
+absl::Status RackImpl::SendCompute(capnp::MessageBuilder& message) {
+  MutexLock lock(&compute_send_mu_);
+  return compute_->channel.Send(message);
 }
 
 }  // namespace runtime

@@ -43,6 +43,8 @@ FaultCause CauseOfRead(const absl::Status& status) {
     case absl::StatusCode::kUnavailable:
     case absl::StatusCode::kDeadlineExceeded:
       return FaultCause::kElementFailed;
+    case absl::StatusCode::kFailedPrecondition:  // the memory element fenced this process
+      return FaultCause::kFenced;
     default:
       return FaultCause::kRefused;
   }
@@ -163,8 +165,16 @@ RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait, F
   // A page given away or taken from here: the Rack MMU is asked (it may have come back, its
   // event not yet arrived); if it is not ours, the touch faults as revoked.
   fetch.revoked = translations_.Revoked(vpage);
+  if (fenced_) {
+    fetch.refusal = FaultCause::kFenced;
+    return Admission::kFetch;
+  }
   if (const ExtentInfo* extent = translations_.Find(vpage); extent != nullptr && !fetch.revoked) {
     fetch.element = extent->element;
+    if (failed_elements_.contains(extent->element)) {
+      fetch.refusal = FaultCause::kElementFailed;
+      return Admission::kFetch;
+    }
     PlanReadahead(vpage, extent->vpage + extent->pages, fetch.pages);
   }
   return Admission::kFetch;
@@ -173,7 +183,7 @@ RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait, F
 void RackImpl::FetchAndInstall(std::vector<Fetch>& fetches) {
   // Pages the local translations do not cover: ask the Rack MMU.
   for (Fetch& f : fetches) {
-    if (!f.element.empty()) continue;
+    if (!f.element.empty() || f.refusal) continue;
     absl::StatusOr<std::string> remote = Translate(f.pages[0]);
     if (remote.ok()) {
       f.element = std::move(*remote);
@@ -263,7 +273,7 @@ void RackImpl::Complete(std::vector<Fetch>& fetches) {
                         << ": " << f.results[0];
         }
         cache_.AbortFetch(f.pages[0], /*poisoned=*/true);
-        Refuse(f.pages[0], f.refusal ? *f.refusal : CauseOfRead(f.results[0]));
+        Refuse(f.pages[0], f.refusal ? *f.refusal : CauseOfRead(f.results[0]), f.element);
       } else {
         // A page read ahead that did not arrive: forgotten; an access waiting on it retries.
         cache_.AbortFetch(f.pages[i], /*poisoned=*/false);
@@ -326,8 +336,8 @@ void RackImpl::HandleWriteProtect(uint64_t vpage) {
   (void)uffd_.Wake(addr);
 }
 
-void RackImpl::Refuse(uint64_t vpage, FaultCause cause) {
-  RecordPoison(vpage, cause);
+void RackImpl::Refuse(uint64_t vpage, FaultCause cause, const std::string& element) {
+  RecordPoison(vpage, cause, element);
   absl::Status status = uffd_.Poison(vpage << kPageShift);
   if (!status.ok()) RLOG(ERROR) << "disagg: " << status;
 }
@@ -410,7 +420,9 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
       RLOG(ERROR) << "disagg: write-back of 0x" << std::hex << (vpage << kPageShift) << std::dec
                   << " failed; the page is lost: " << results[i];
       cache_.MarkPoisoned(vpage);
-      Refuse(vpage, FaultCause::kLost);
+      Refuse(vpage,
+             absl::IsFailedPrecondition(results[i]) ? FaultCause::kFenced : FaultCause::kLost,
+             writes[i].first);
     }
   }
   writebacks_ += writes.size();

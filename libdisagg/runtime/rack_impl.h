@@ -24,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -57,6 +58,7 @@ class RackImpl final : public Rack {
   absl::Status JoinGroup(const std::string& name) override;
   absl::Status Publish(const std::string& name, const void* addr) override;
   absl::StatusOr<void*> Lookup(uint32_t owner, const std::string& name) override;
+  absl::Status SetEmergencyContacts(const std::vector<uint32_t>& contacts) override;
   void OnEvent(EventHandler handler) override;
   void OnMemoryFault(MemoryFaultHandler handler) override;
   CacheStats cache_stats() const override;
@@ -112,7 +114,10 @@ class RackImpl final : public Rack {
   // marks them as being fetched.
   void PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<uint64_t>& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Refuse(uint64_t vpage, FaultCause cause) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Poisons `vpage`: its accesses raise the memory-fault callback with `cause` (and the
+  // memory element `element`, if one is to blame).
+  void Refuse(uint64_t vpage, FaultCause cause, const std::string& element = "")
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts up to `pages` of the longest-present pages, writing the dirty ones back (mu_ is
   // released meanwhile). Returns how many left; 0 if no page is present to evict.
   uint64_t EvictBatch(uint64_t pages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -123,6 +128,8 @@ class RackImpl final : public Rack {
   void ControlLoop();
   absl::Status HandleControl(proto::Message::Reader message);
   absl::Status ReportUsage(uint64_t seq);
+  // Sends on the compute element's connection (from any thread).
+  absl::Status SendCompute(capnp::MessageBuilder& message);
 
   // Grant and steal (rack_transfer.cc).
   // Drops every cached page of [first, last) from the address space and the cache; with
@@ -136,6 +143,12 @@ class RackImpl final : public Rack {
   void Adopt(uint64_t vaddr, RegionInfo info) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A message on the event link from the Rack MMU.
   absl::Status HandleRackEvent(proto::Message::Reader message);
+  // Failures (rack_failures.cc): memory element `element` failed: its pages here are dropped
+  // (without write-back) and their touches refused as kElementFailed from now on.
+  void ElementFailed(const std::string& element) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // This process was declared failed: every cached page is dropped without write-back and
+  // every later touch of rack memory is refused as kFenced.
+  void Fenced(const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Flush's step under mu_: write-protects, copies (into `buffer`) and pins the dirty pages
   // of [cursor, last), up to a batch; returns where the next batch starts.
@@ -180,8 +193,10 @@ class RackImpl final : public Rack {
   };
   std::array<ReadaheadStream, 16> streams_ ABSL_GUARDED_BY(mu_);
   uint64_t stream_clock_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Status attach_status_ ABSL_GUARDED_BY(mu_);  // the compute element's refusal
-  Mutex reader_mu_;                                  // which fault thread reads the userfaultfd
+  absl::Status attach_status_ ABSL_GUARDED_BY(mu_);             // the compute element's refusal
+  std::set<std::string> failed_elements_ ABSL_GUARDED_BY(mu_);  // memory elements known failed
+  std::optional<std::string> fenced_ ABSL_GUARDED_BY(mu_);      // why this process was fenced
+  Mutex reader_mu_;  // which fault thread reads the userfaultfd
   CondVar reader_free_;
   bool reader_busy_ ABSL_GUARDED_BY(reader_mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(reader_mu_) = false;
@@ -190,7 +205,8 @@ class RackImpl final : public Rack {
   std::atomic<uint64_t> writebacks_{0};
 
   ipc::Fd stop_;                                 // eventfd: the threads return when it is readable
-  std::unique_ptr<ipc::Connection> compute_;     // used only by the control thread
+  Mutex compute_send_mu_;                        // one sender at a time on compute_
+  std::unique_ptr<ipc::Connection> compute_;     // received from by the control thread only
   std::unique_ptr<ipc::Connection> event_link_;  // from the Rack MMU; the control thread's
   std::vector<std::thread> threads_;
 };

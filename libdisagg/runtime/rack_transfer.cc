@@ -142,25 +142,52 @@ absl::Status RackImpl::HandleRackEvent(proto::Message::Reader message) {
         "unexpected message ", static_cast<int>(message.which()), " on the event link"));
   }
   auto event = message.getRackEvent();
+  const proto::EventKind kind = event.getKind();
   const uint64_t vaddr = event.getVaddr(), bytes = event.getBytes();
-  if (vaddr % kPageBytes != 0 || bytes % kPageBytes != 0 || bytes == 0 || vaddr < range_base_ ||
-      vaddr - range_base_ >= range_bytes_ || bytes > range_bytes_ - (vaddr - range_base_)) {
+  const bool ranged = kind == proto::EventKind::GRANTED || kind == proto::EventKind::REVOKED ||
+                      kind == proto::EventKind::MEMORY_FAILED;
+  if (ranged &&
+      (vaddr % kPageBytes != 0 || bytes % kPageBytes != 0 || bytes == 0 || vaddr < range_base_ ||
+       vaddr - range_base_ >= range_bytes_ || bytes > range_bytes_ - (vaddr - range_base_))) {
     return absl::InvalidArgumentError("an event names a range outside the rack range");
   }
-  Event out{EventKind::kGranted, event.getProcess(), reinterpret_cast<void*>(vaddr), bytes};
+  Event out{EventKind::kGranted, event.getProcess(), reinterpret_cast<void*>(vaddr), bytes,
+            event.getElement(),  event.getReason()};
   MutexLock lock(&mu_);
-  if (event.getKind() == proto::EventKind::GRANTED) {
-    RegionInfo info{bytes, {}};
-    for (auto e : event.getExtents()) {
-      info.extents.push_back({e.getVpage(), e.getPages(), e.getElement()});
+  switch (kind) {
+    case proto::EventKind::GRANTED: {
+      RegionInfo info{bytes, {}};
+      for (auto e : event.getExtents()) {
+        info.extents.push_back({e.getVpage(), e.getPages(), e.getElement()});
+      }
+      Adopt(vaddr, std::move(info));
+      break;
     }
-    Adopt(vaddr, std::move(info));
-  } else {
-    out.kind = EventKind::kRevoked;
-    // The memory elements refuse this process there already: what was not written back is
-    // lost, and later touches fault as revoked.
-    (void)DropRange(vaddr >> kPageShift, (vaddr + bytes) >> kPageShift, /*write_back=*/false);
-    translations_.MarkRevoked(vaddr, bytes);
+    case proto::EventKind::REVOKED:
+      out.kind = EventKind::kRevoked;
+      // The memory elements refuse this process there already: what was not written back is
+      // lost, and later touches fault as revoked.
+      (void)DropRange(vaddr >> kPageShift, (vaddr + bytes) >> kPageShift, /*write_back=*/false);
+      translations_.MarkRevoked(vaddr, bytes);
+      break;
+    case proto::EventKind::MEMORY_FAILED:
+      out.kind = EventKind::kMemoryFailed;
+      if (out.process == id_) ElementFailed(out.element);
+      break;
+    case proto::EventKind::PEER_FAILED:
+      out.kind = EventKind::kPeerFailed;
+      out.address = nullptr;
+      out.size = 0;
+      break;
+    case proto::EventKind::FENCED:
+      out.kind = EventKind::kFenced;
+      out.address = nullptr;
+      out.size = 0;
+      Fenced(out.reason);
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("an event of unknown kind ", static_cast<int>(kind)));
   }
   events_.Push(out);
   return absl::OkStatus();

@@ -89,6 +89,16 @@ const ExtentInfo* Translations::Find(uint64_t vpage) const {
   return &*std::prev(e);
 }
 
+std::vector<ExtentInfo> Translations::ExtentsOn(const std::string& element) const {
+  std::vector<ExtentInfo> on;
+  for (const auto& [vaddr, info] : ranges_) {
+    for (const ExtentInfo& e : info.extents) {
+      if (e.element == element) on.push_back(e);
+    }
+  }
+  return on;
+}
+
 absl::Status Translations::CheckOwned(uintptr_t addr, size_t len) const {
   uintptr_t at = addr;
   const uintptr_t end = addr + len;

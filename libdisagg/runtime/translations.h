@@ -44,6 +44,8 @@ class Translations {
 
   // The extent holding `vpage`, or nullptr if none is known.
   const ExtentInfo* Find(uint64_t vpage) const;
+  // The known extents on memory element `element`, anywhere in the ranges this process owns.
+  std::vector<ExtentInfo> ExtentsOn(const std::string& element) const;
   // OK if [addr, addr + len) lies in ranges this process owns; INVALID_ARGUMENT naming the
   // first address that does not.
   absl::Status CheckOwned(uintptr_t addr, size_t len) const;

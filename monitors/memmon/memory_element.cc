@@ -1,5 +1,8 @@
 #include "memory_element.h"
 
+#include <signal.h>
+
+#include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -7,6 +10,10 @@
 #include "ipc/wire.h"
 
 namespace disagg::memmon {
+namespace {
+// Fenced identities kept before those of ended processes are pruned.
+constexpr size_t kMaxFenced = 1024;
+}  // namespace
 
 MemoryElement::MemoryElement(ipc::EventLoop& loop, ElementOptions options, PageStore store,
                              MemoryOptions memory_options)
@@ -29,6 +36,10 @@ absl::Status MemoryElement::HandleOther(ipc::Link& link, proto::Message::Reader 
       return HandleMove(link, seq, message.getMovePages());
     case proto::Message::PAGE_TABLE_REQUEST:
       return HandlePageTable(link, seq);
+    case proto::Message::FENCE:
+      return HandleFence(link, seq, message.getFence());
+    case proto::Message::STATUS_REQUEST:
+      return HandleStatus(link, seq);
     case proto::Message::READ_PAGE:
       loop().KeepSpinning(memory_options_.burst_spin);  // page traffic comes in bursts
       return HandleRead(link, seq, message.getReadPage().getVpage());
@@ -41,7 +52,11 @@ absl::Status MemoryElement::HandleOther(ipc::Link& link, proto::Message::Reader 
 }
 
 absl::Status MemoryElement::Refuse(ipc::Link& link, uint64_t seq, const absl::Status& why) {
-  LOG(WARNING) << options().name << ": refused " << link.label() << ": " << why.message();
+  // A fenced process is told on every request, logged only at its first and then every
+  // 10,000th: it may keep trying for a long time.
+  if (!absl::IsFailedPrecondition(why) || quiet_refusals_++ % 10000 == 0) {
+    LOG(WARNING) << options().name << ": refused " << link.label() << ": " << why.message();
+  }
   return link.ReplyError(seq, why);
 }
 
@@ -51,6 +66,9 @@ absl::Status MemoryElement::HandleProgram(ipc::Link& link, uint64_t seq,
     return Refuse(link, seq,
                   absl::PermissionDeniedError(
                       absl::StrCat(options().name, ": only the Rack MMU programs the page table")));
+  }
+  if (store_.ProcessFor(program.getPid(), program.getStartTime()) != program.getProcessId()) {
+    counters_.erase(program.getProcessId());  // a new process under a recycled id
   }
   absl::Status status =
       store_.Program(program.getProcessId(), program.getPid(), program.getStartTime(),
@@ -112,12 +130,65 @@ absl::Status MemoryElement::HandlePageTable(ipc::Link& link, uint64_t seq) {
   return sent;
 }
 
+absl::Status MemoryElement::HandleFence(ipc::Link& link, uint64_t seq, proto::Fence::Reader fence) {
+  if (!IsRackMmu(link)) {
+    return Refuse(link, seq,
+                  absl::PermissionDeniedError(
+                      absl::StrCat(options().name, ": only the Rack MMU fences processes")));
+  }
+  auto [it, added] = fenced_.try_emplace({fence.getPid(), fence.getStartTime()},
+                                         Fenced{fence.getProcessId(), fence.getReason()});
+  if (added && fenced_.size() > kMaxFenced) {
+    // Fenced processes that have ended can never ask again: forget them.
+    for (auto f = fenced_.begin(); f != fenced_.end();) {
+      f = ::kill(f->first.first, 0) != 0 && errno == ESRCH ? fenced_.erase(f) : std::next(f);
+    }
+  }
+  if (added) {
+    LOG(INFO) << options().name << ": fenced process " << fence.getProcessId() << " (pid "
+              << fence.getPid() << "): " << fence.getReason().cStr();
+  }
+  return link.ReplyOk(seq);
+}
+
+absl::Status MemoryElement::HandleStatus(ipc::Link& link, uint64_t seq) {
+  std::map<uint32_t, uint64_t> bound;  // process id -> bound pages
+  for (const PageStore::Binding& b : store_.Dump()) bound[b.process_id] += b.pages;
+  for (const auto& [id, c] : counters_) bound.try_emplace(id, 0);
+  capnp::MallocMessageBuilder builder;
+  auto reply = builder.initRoot<proto::Message>();
+  reply.setSeq(seq);
+  auto status = reply.initStatus();
+  auto rows = status.initProcesses(bound.size());
+  size_t i = 0;
+  for (const auto& [id, pages] : bound) {
+    auto row = rows[i++];
+    row.setProcessId(id);
+    row.setElement(options().name);
+    row.setMappedBytes(pages * kPageBytes);
+    auto c = counters_.find(id);
+    if (c != counters_.end()) {
+      row.setWritebacks(c->second.writebacks);
+      row.setRefused(c->second.refused);
+    }
+    for (const auto& [who, f] : fenced_) {
+      if (f.process_id == id) row.setFenced(true);
+    }
+  }
+  return link.Send(builder);
+}
+
 absl::StatusOr<uint32_t> MemoryElement::ProcessOn(ipc::Link& link) {
   auto it = identities_.find(link.id());
   if (it == identities_.end()) {
     absl::StatusOr<uint64_t> start_time = ipc::ProcessStartTime(link.peer());
     if (!start_time.ok()) return start_time.status();
     it = identities_.emplace(link.id(), *start_time).first;
+  }
+  if (auto f = fenced_.find({link.peer().pid, it->second}); f != fenced_.end()) {
+    ++counters_[f->second.process_id].refused;
+    return absl::FailedPreconditionError(absl::StrCat(
+        options().name, ": process ", f->second.process_id, " is fenced: ", f->second.reason));
   }
   const uint32_t id = store_.ProcessFor(link.peer().pid, it->second);
   if (id == 0) {
@@ -152,8 +223,12 @@ absl::Status MemoryElement::HandleWrite(ipc::Link& link, uint64_t seq,
                                    page.getData().size(), " bytes, not ", kPageBytes)));
   }
   absl::StatusOr<uint8_t*> target = store_.Write(*process, page.getVpage());
-  if (!target.ok()) return Refuse(link, seq, target.status());
+  if (!target.ok()) {
+    ++counters_[*process].refused;
+    return Refuse(link, seq, target.status());
+  }
   std::memcpy(*target, page.getData().begin(), kPageBytes);
+  ++counters_[*process].writebacks;
   return link.ReplyOk(seq);
 }
 

@@ -6,6 +6,10 @@
 #ifndef DISAGG_MONITORS_MEMMON_MEMORY_ELEMENT_H_
 #define DISAGG_MONITORS_MEMMON_MEMORY_ELEMENT_H_
 
+#include <map>
+#include <string>
+#include <utility>
+
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
 #include "element.h"
@@ -33,16 +37,32 @@ class MemoryElement : public Element {
   absl::Status HandleRevoke(ipc::Link& link, uint64_t seq, proto::RevokePages::Reader revoke);
   absl::Status HandleMove(ipc::Link& link, uint64_t seq, proto::MovePages::Reader move);
   absl::Status HandlePageTable(ipc::Link& link, uint64_t seq);
+  absl::Status HandleFence(ipc::Link& link, uint64_t seq, proto::Fence::Reader fence);
+  // The processes bound here, with what they wrote back and what was refused to them.
+  absl::Status HandleStatus(ipc::Link& link, uint64_t seq);
   absl::Status HandleRead(ipc::Link& link, uint64_t seq, uint64_t vpage);
   absl::Status HandleWrite(ipc::Link& link, uint64_t seq, proto::PageData::Reader page);
   // The rack process on `link`, as the kernel identifies it. PERMISSION_DENIED if the
-  // Rack MMU has not bound it here.
+  // Rack MMU has not bound it here; FAILED_PRECONDITION if it was fenced.
   absl::StatusOr<uint32_t> ProcessOn(ipc::Link& link);
   absl::Status Refuse(ipc::Link& link, uint64_t seq, const absl::Status& why);
 
   PageStore store_;
   const MemoryOptions memory_options_;
   absl::flat_hash_map<uint64_t, uint64_t> identities_;  // link id -> peer start time
+  struct Counters {
+    uint64_t writebacks = 0;
+    uint64_t refused = 0;
+  };
+  absl::flat_hash_map<uint32_t, Counters> counters_;  // by rack process id
+  // Processes declared failed, as the kernel identifies them ((pid, start time) is never
+  // reused): refused for good, whatever their rack id is given to later.
+  struct Fenced {
+    uint32_t process_id;
+    std::string reason;
+  };
+  std::map<std::pair<pid_t, uint64_t>, Fenced> fenced_;
+  uint64_t quiet_refusals_ = 0;  // refusals of fenced processes (logged now and then)
 };
 
 }  // namespace disagg::memmon

@@ -24,14 +24,100 @@ std::vector<std::string> ProgramEnvironment(const ElementOptions& options) {
 
 }  // namespace
 
-ComputeElement::ComputeElement(ipc::EventLoop& loop, ElementOptions options)
+ComputeElement::ComputeElement(ipc::EventLoop& loop, ElementOptions options, WatchOptions watch)
     : Element(loop,
               [&] {
                 options.used_bytes = [this] { return CachedBytes(); };
                 return std::move(options);
               }()),
+      watch_(watch),
       budget_pages_(this->options().capacity_bytes / kPageBytes),
-      launcher_(loop, this->options().name, ProgramEnvironment(this->options())) {}
+      launcher_(loop, this->options().name, ProgramEnvironment(this->options())) {
+  timer_ = loop.AddTimer(watch_.period, [this] { Tick(); });
+}
+
+ComputeElement::~ComputeElement() {
+  if (timer_ != 0) loop().Unwatch(timer_);
+}
+
+void ComputeElement::Tick() {
+  ipc::SmallMessage ping;
+  ping.Init(0).initPing();
+  for (auto& [id, p] : processes_) {
+    if (!p.attached || p.failed || p.left) continue;
+    if (p.ping_outstanding) {
+      if (++p.missed < watch_.missed_beats) continue;
+      p.failed = true;
+      const std::string reason =
+          absl::StrCat("it missed ", p.missed, " heartbeats of ",
+                       absl::FormatDuration(watch_.period), " on ", options().name);
+      LOG(WARNING) << options().name << ": " << p.link->label() << " failed: " << reason;
+      ReportDown(p, reason, /*clean=*/false);
+      continue;
+    }
+    p.ping_outstanding = true;
+    (void)p.link->Send(ping.builder());  // a full ring cuts the link: LinkClosed reports it
+  }
+}
+
+absl::Status ComputeElement::HandleContacts(ipc::Link& link,
+                                            proto::EmergencyContacts::Reader contacts) {
+  constexpr size_t kMaxContacts = 64;
+  auto it = processes_.find(link.id());
+  if (it == processes_.end()) {
+    return absl::FailedPreconditionError("emergency contacts before attaching");
+  }
+  if (contacts.getContacts().size() > kMaxContacts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("more than ", kMaxContacts, " emergency contacts"));
+  }
+  it->second.contacts.clear();
+  for (uint32_t c : contacts.getContacts()) it->second.contacts.push_back(c);
+  LOG(INFO) << options().name << ": " << link.label() << " has " << it->second.contacts.size()
+            << " emergency contacts";
+  return absl::OkStatus();
+}
+
+absl::Status ComputeElement::HandleMmuEvent(proto::RackEvent::Reader event) {
+  for (const auto& [id, p] : processes_) {
+    if (p.process_id == event.getProcess()) TellContacts(p, event);
+  }
+  return absl::OkStatus();
+}
+
+void ComputeElement::TellContacts(const Process& p, proto::RackEvent::Reader event) {
+  if (p.contacts.empty()) return;
+  capnp::MallocMessageBuilder builder;
+  auto relay = builder.initRoot<proto::Message>().initRelay();
+  auto to = relay.initTo(p.contacts.size());
+  for (size_t i = 0; i < p.contacts.size(); ++i) to.set(i, p.contacts[i]);
+  relay.setEvent(event);
+  if (absl::Status s = SendToMmu(builder); !s.ok()) {
+    LOG(WARNING) << options().name << ": cannot tell the emergency contacts of " << p.link->label()
+                 << ": " << s;
+  }
+}
+
+void ComputeElement::ReportDown(const Process& p, const std::string& reason, bool clean) {
+  if (!clean) {
+    capnp::MallocMessageBuilder builder;
+    auto event = builder.initRoot<proto::RackEvent>();
+    event.setKind(proto::EventKind::PEER_FAILED);
+    event.setProcess(p.process_id);
+    event.setElement(options().name);
+    event.setReason(reason);
+    TellContacts(p, event.asReader());
+  }
+  capnp::MallocMessageBuilder builder;
+  auto down = builder.initRoot<proto::Message>().initProcessDown();
+  down.setProcessId(p.process_id);
+  down.setReason(reason);
+  down.setClean(clean);
+  if (absl::Status s = SendToMonitor(builder); !s.ok()) {
+    LOG(WARNING) << options().name << ": cannot tell the rack monitor that " << p.link->label()
+                 << " is gone: " << s;
+  }
+}
 
 uint64_t ComputeElement::CachedBytes() const {
   uint64_t total = 0;
@@ -46,6 +132,26 @@ absl::Status ComputeElement::HandleOther(ipc::Link& link, proto::Message::Reader
       return HandleAttach(link, seq, message.getAttach());
     case proto::Message::CACHE_USAGE:
       return HandleUsage(link, seq, message.getCacheUsage());
+    case proto::Message::PONG: {
+      auto it = processes_.find(link.id());
+      if (it != processes_.end() && !it->second.failed) {
+        it->second.ping_outstanding = false;
+        it->second.missed = 0;
+      }
+      return absl::OkStatus();
+    }
+    case proto::Message::EMERGENCY_CONTACTS:
+      return HandleContacts(link, message.getEmergencyContacts());
+    case proto::Message::RACK_EVENT:
+      if (!IsRackMmu(link)) {
+        return absl::PermissionDeniedError("only the Rack MMU tells of rack events");
+      }
+      return HandleMmuEvent(message.getRackEvent());
+    case proto::Message::LEAVE: {
+      auto it = processes_.find(link.id());
+      if (it != processes_.end()) it->second.left = true;
+      return absl::OkStatus();
+    }
     case proto::Message::STATUS_REQUEST:
       return HandleStatus(link, seq);
     case proto::Message::LAUNCH:
@@ -79,6 +185,16 @@ absl::Status ComputeElement::HandleAttach(ipc::Link& link, uint64_t seq,
   p.pid = link.peer().pid;
   link.set_label(absl::StrCat("process ", p.process_id, " (", p.name, ", pid ", p.pid, ")"));
   LOG(INFO) << me << ": " << link.label() << " attached";
+  {
+    capnp::MallocMessageBuilder builder;
+    auto up = builder.initRoot<proto::Message>().initProcessUp();
+    up.setProcessId(p.process_id);
+    up.setName(p.name);
+    up.setPid(p.pid);
+    if (absl::Status s = SendToMonitor(builder); !s.ok()) {
+      LOG(WARNING) << me << ": cannot tell the rack monitor of " << link.label() << ": " << s;
+    }
+  }
   // Its first quota (the answer) is what is free now; it grows as the others shrink.
   Rebalance();
   p.attached = true;
@@ -145,6 +261,13 @@ void ComputeElement::LinkClosed(ipc::Link& link) {
   auto it = processes_.find(link.id());
   if (it == processes_.end()) return;
   LOG(INFO) << options().name << ": " << link.label() << " left";
+  const Process& p = it->second;
+  if (p.attached && !p.failed) {
+    ReportDown(p,
+               p.left ? "it left the rack"
+                      : absl::StrCat("it died (its connection to ", options().name, " closed)"),
+               /*clean=*/p.left);
+  }
   processes_.erase(it);
   Rebalance();
 }

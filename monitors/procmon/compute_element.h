@@ -16,7 +16,9 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
+#include "absl/time/time.h"
 #include "element.h"
 #include "launcher.h"
 
@@ -25,9 +27,17 @@ namespace disagg::procmon {
 // The smallest share worth running with: a process is refused when its share would be less.
 inline constexpr uint64_t kMinSharePages = 16;
 
+// How a compute element watches its processes: it heartbeats each over its connection every
+// `period` and declares it failed (to the rack monitor) after `missed_beats` in a row.
+struct WatchOptions {
+  absl::Duration period = absl::Milliseconds(5);
+  int missed_beats = 40;
+};
+
 class ComputeElement : public Element {
  public:
-  ComputeElement(ipc::EventLoop& loop, ElementOptions options);
+  ComputeElement(ipc::EventLoop& loop, ElementOptions options, WatchOptions watch = {});
+  ~ComputeElement() override;
 
  protected:
   absl::Status HandleOther(ipc::Link& link, proto::Message::Reader message) override;
@@ -44,6 +54,11 @@ class ComputeElement : public Element {
     uint64_t shrink_seq = 0;     // ...by the request with this seq (0: none pending)
     uint64_t cached_bytes = 0;   // as it last reported
     bool attached = false;       // its Attach was answered (with its first quota)
+    bool left = false;           // it said it leaves the rack: its hang-up is no failure
+    bool failed = false;         // declared failed (missed heartbeats): no longer watched
+    bool ping_outstanding = false;
+    int missed = 0;
+    std::vector<uint32_t> contacts;  // its emergency contacts (SetEmergencyContacts)
   };
 
   absl::Status HandleAttach(ipc::Link& link, uint64_t seq, proto::Attach::Reader attach);
@@ -52,8 +67,21 @@ class ComputeElement : public Element {
   // Moves quotas toward the fair share (see the class comment).
   void Rebalance();
   void SendQuota(Process& p, uint64_t pages, uint64_t seq);
+  // Heartbeats the processes; declares those that stopped answering failed.
+  void Tick();
+  // Tells the rack monitor that `p` is gone or failed (and, if it failed, its emergency
+  // contacts).
+  void ReportDown(const Process& p, const std::string& reason, bool clean);
+  absl::Status HandleContacts(ipc::Link& link, proto::EmergencyContacts::Reader contacts);
+  // The Rack MMU tells of an event about one of this element's processes: passed on to its
+  // emergency contacts.
+  absl::Status HandleMmuEvent(proto::RackEvent::Reader event);
+  // Asks the Rack MMU to deliver `event` to `p`'s emergency contacts.
+  void TellContacts(const Process& p, proto::RackEvent::Reader event);
   uint64_t CachedBytes() const;
 
+  const WatchOptions watch_;
+  ipc::EventLoop::WatchId timer_ = 0;
   const uint64_t budget_pages_;
   std::map<uint64_t, Process> processes_;  // by link id, in order of attaching
   uint64_t next_seq_ = 1;

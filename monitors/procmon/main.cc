@@ -14,6 +14,8 @@ DEFINE_string(run_dir, "", "the rack's run directory (sockets, logs); required")
 DEFINE_string(name, "", "this element's rack-wide name, e.g. cpu0; required");
 DEFINE_string(cache_budget, "256M",
               "local memory (page cache) shared by the processes on this element");
+DEFINE_int32(heartbeat_ms, 5, "heartbeat period of the processes on this element, in milliseconds");
+DEFINE_int32(missed_beats, 40, "missed heartbeats in a row after which a process has failed");
 DEFINE_int32(spin_us, 20, "microseconds to poll the rings after the last message before sleeping");
 
 namespace disagg::procmon {
@@ -24,6 +26,7 @@ struct Options {
   std::string name;
   uint64_t cache_budget;
   absl::Duration spin;
+  WatchOptions watch;
 };
 
 absl::Status Run(const Options& options) {
@@ -35,7 +38,7 @@ absl::Status Run(const Options& options) {
   element_options.name = options.name;
   element_options.kind = proto::ElementKind::COMPUTE;
   element_options.capacity_bytes = options.cache_budget;
-  ComputeElement element(*loop, element_options);
+  ComputeElement element(*loop, element_options, options.watch);
   return RunElement(
       *loop, element,
       absl::StrCat("compute element with a cache budget of ", options.cache_budget, " bytes"));
@@ -57,8 +60,13 @@ int main(int argc, char** argv) {
             budget.ok() ? "must be at least 64K" : std::string(budget.status().message()).c_str());
     return 2;
   }
-  disagg::procmon::Options options{FLAGS_run_dir, FLAGS_name, *budget,
-                                   absl::Microseconds(FLAGS_spin_us)};
+  if (FLAGS_heartbeat_ms < 1 || FLAGS_missed_beats < 2) {
+    fprintf(stderr, "procmon: --heartbeat_ms must be >= 1 and --missed_beats >= 2\n");
+    return 2;
+  }
+  disagg::procmon::Options options{
+      FLAGS_run_dir, FLAGS_name, *budget, absl::Microseconds(FLAGS_spin_us),
+      disagg::procmon::WatchOptions{absl::Milliseconds(FLAGS_heartbeat_ms), FLAGS_missed_beats}};
   return disagg::RunDaemon(argv[0], FLAGS_run_dir, FLAGS_name,
                            [&] { return disagg::procmon::Run(options); });
 }

@@ -27,6 +27,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -86,6 +87,7 @@ enum class FaultCause {
   kElementFailed,  // the memory element holding the page failed or cannot be reached
   kLost,           // a dirty page could not be written back: its latest data is lost
   kRevoked,        // this process granted the memory away, or another process stole it
+  kFenced,         // this process was declared failed: the rack refuses it for good
 };
 
 // A short, static description of `cause` ("not mapped", ...).
@@ -94,6 +96,9 @@ const char* FaultCauseName(FaultCause cause);
 struct MemoryFault {
   void* address;  // the exact address of the access
   FaultCause cause;
+  // kElementFailed, kRefused, kLost: the memory element that held the page (NUL-terminated;
+  // empty if unknown).
+  char element[33];
 };
 
 // Called on the faulting thread, inside the SIGBUS handler: only async-signal-safe calls
@@ -105,13 +110,26 @@ using MemoryFaultHandler = void (*)(const MemoryFault& fault);
 enum class EventKind {
   kGranted,  // `process` granted [address, +size) to this process: it may use it at once
   kRevoked,  // `process` stole [address, +size) from this process: touches fault (kRevoked)
+  // Memory element `element` failed, and with it the region [address, +size) of `process`:
+  // this process's own (its touches there fault with kElementFailed), or that of a member of
+  // a group of this process, or of a process that named this one an emergency contact.
+  kMemoryFailed,
+  // Process `process`, a member of a group of this process, failed (`reason`); it ran on
+  // compute element `element`. Its memory is held for adoption (Steal) for the grace period.
+  kPeerFailed,
+  // This process was declared failed (`reason`): it was paused or cut off too long, or its
+  // compute element failed. The rack refuses it for good: its memory is held for whoever
+  // adopts it, touches of rack memory fault with kFenced, and calls fail. Leave and exit.
+  kFenced,
 };
 
 struct Event {
   EventKind kind;
-  uint32_t process;  // the giver (kGranted) or the taker (kRevoked)
-  void* address;
+  uint32_t process;  // the giver (kGranted), the taker (kRevoked), the one that failed
+  void* address;     // kGranted, kRevoked, kMemoryFailed: the range
   size_t size;
+  std::string element;  // kMemoryFailed: the memory element; kPeerFailed: the compute element
+  std::string reason;   // kMemoryFailed, kPeerFailed, kFenced: why, as the rack saw it
 };
 
 // Called on a libdisagg thread of its own, one event at a time, in the order they happened.
@@ -163,7 +181,8 @@ class Rack {
   // Writes back every page of [addr, addr + len) written since it was last written back, and
   // returns once the memory elements hold the data. INVALID_ARGUMENT if the range is not
   // inside this process's mapped regions; UNAVAILABLE if a memory element fails (the pages
-  // stay dirty; the call names the element).
+  // stay dirty; the call names the element); FAILED_PRECONDITION once this process was
+  // fenced (kFenced event).
   virtual absl::Status Flush(const void* addr, size_t len) = 0;
 
   // Grants [addr, addr + len) to process `to`, without copying: the pages written since
@@ -201,6 +220,13 @@ class Rack {
   // The root `name` of process `owner` (live, or dead within the grace period).
   // NOT_FOUND if there is no such process or root.
   virtual absl::StatusOr<void*> Lookup(uint32_t owner, const std::string& name) = 0;
+
+  // Names the processes to tell (a kPeerFailed event) when this process fails, and (a
+  // kMemoryFailed event) when memory it owns fails. The list, at most 64 rack process ids,
+  // replaces the earlier one; it is kept by this process's compute element, so the notice
+  // goes out even when this process or its memory is gone. INVALID_ARGUMENT for this
+  // process's own id, 0, or too many; UNAVAILABLE if the compute element is gone.
+  virtual absl::Status SetEmergencyContacts(const std::vector<uint32_t>& contacts) = 0;
 
   // Sets the handler for rack events (nullptr: none; events then go unreported).
   virtual void OnEvent(EventHandler handler) = 0;

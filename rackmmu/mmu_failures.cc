@@ -1,0 +1,203 @@
+// Failures at the Rack MMU: a process declared failed is fenced at every memory element and
+// its memory held for adoption; a failed compute element fails its processes; a failed
+// memory element's regions are reported to their owners and to the owners' groups. The rack
+// monitor detects; this computes who is affected, since it owns the maps.
+#include <capnp/message.h>
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "internal/logging.h"
+#include "ipc/wire.h"
+#include "mmu.h"
+
+namespace disagg::rackmmu {
+
+absl::Status RackMmu::HandleProcessFailed(ipc::Link& link, uint64_t seq,
+                                          proto::ProcessFailed::Reader failed) {
+  if (link.id() != monitor_link_) {
+    return link.ReplyError(
+        seq, absl::PermissionDeniedError("mmu: only the rack monitor declares processes failed"));
+  }
+  const ProcessRecord* p = memory_.process(failed.getProcessId());
+  // Gone already, or the id belongs to another process by now: nothing to do.
+  if (p != nullptr && !p->dead && p->pid == failed.getPid()) {
+    DeclareFailed(p->id, failed.getReason());
+  }
+  return seq == 0 ? absl::OkStatus() : link.ReplyOk(seq);
+}
+
+void RackMmu::DeclareFailed(uint32_t process_id, const std::string& reason) {
+  ProcessRecord* p = memory_.process(process_id);
+  if (p == nullptr || p->dead) return;
+  const pid_t pid = p->pid;
+  const uint64_t start_time = p->start_time;
+  // First the fence, so that nothing the process still sends lands after this moment.
+  Fence(process_id, pid, start_time, reason);
+  // Its connection is kept, but serves it no more.
+  for (auto it = process_by_link_.begin(); it != process_by_link_.end();) {
+    if (it->second == process_id) {
+      fenced_links_[it->first] = reason;
+      process_by_link_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+  SendEvent(process_id, p->incarnation, proto::EventKind::FENCED, process_id, 0, 0, "", reason);
+  TellGroups(*p, proto::EventKind::PEER_FAILED, 0, 0, p->element, reason);
+  const bool worth_keeping = memory_.MappedBytes(process_id) > 0 || !p->roots.empty();
+  if (!worth_keeping || options_.grace_period <= absl::ZeroDuration()) {
+    ReleaseProcess(process_id);
+    LOG(INFO) << "mmu: process " << process_id << " (pid " << pid << ") failed: " << reason
+              << "; it held nothing to adopt";
+    return;
+  }
+  memory_.MarkDead(process_id, absl::Now() + options_.grace_period);
+  event_links_.erase(process_id);
+  LOG(INFO) << "mmu: process " << process_id << " (pid " << pid << ") failed: " << reason
+            << "; its " << memory_.MappedBytes(process_id) << " bytes are held for adoption for "
+            << absl::FormatDuration(options_.grace_period);
+}
+
+void RackMmu::Fence(uint32_t process_id, pid_t pid, uint64_t start_time,
+                    const std::string& reason) {
+  const absl::Time started = absl::Now();
+  auto batch = CallBatch::Make([process_id, started](const absl::Status& result) {
+    if (result.ok()) {
+      VLOG(1) << "mmu: process " << process_id << " fenced in "
+              << absl::FormatDuration(absl::Now() - started);
+    } else {
+      // An element that cannot be reached serves nobody; one that refused is logged.
+      LOG(WARNING) << "mmu: fencing process " << process_id << ": " << result;
+    }
+  });
+  for (const auto& [name, record] : registry_.elements()) {
+    if (record.kind != proto::ElementKind::MEMORY || record.link_id == 0) continue;
+    batch->Expect();
+    absl::Status sent = CallElement(
+        name,
+        [&](proto::Message::Builder m) {
+          auto fence = m.initFence();
+          fence.setProcessId(process_id);
+          fence.setPid(pid);
+          fence.setStartTime(start_time);
+          fence.setReason(reason);
+        },
+        [batch](const absl::StatusOr<proto::Message::Reader>& reply) {
+          batch->Answer(reply.status());
+        });
+    if (!sent.ok()) batch->Answer(sent);
+  }
+  batch->Seal();
+}
+
+void RackMmu::TellGroups(const ProcessRecord& p, proto::EventKind kind, uint64_t vaddr,
+                         uint64_t bytes, const std::string& element, const std::string& reason) {
+  if (p.groups.empty()) return;
+  for (const auto& [id, q] : memory_.processes()) {
+    if (id == p.id || q.dead) continue;
+    const bool shares = std::any_of(q.groups.begin(), q.groups.end(),
+                                    [&](const std::string& g) { return p.groups.contains(g); });
+    if (shares) SendEvent(id, q.incarnation, kind, p.id, vaddr, bytes, element, reason);
+  }
+}
+
+absl::Status RackMmu::HandleRelay(ipc::Link& link, uint64_t seq, proto::Relay::Reader relay) {
+  constexpr size_t kMaxContacts = 64;
+  std::string element;
+  for (const auto& [name, record] : registry_.elements()) {
+    if (record.link_id == link.id() && record.kind == proto::ElementKind::COMPUTE) element = name;
+  }
+  auto event = relay.getEvent();
+  const ProcessRecord* about = memory_.process(event.getProcess());
+  absl::Status refused;
+  if (element.empty()) {
+    refused = absl::PermissionDeniedError("mmu: only compute elements relay notices");
+  } else if (about == nullptr || about->element != element) {
+    refused = absl::PermissionDeniedError(absl::StrCat(
+        "mmu: process ", event.getProcess(), " does not run on ", element));
+  } else if (event.getKind() != proto::EventKind::MEMORY_FAILED &&
+             event.getKind() != proto::EventKind::PEER_FAILED) {
+    refused = absl::InvalidArgumentError("mmu: only failures are relayed");
+  } else if (relay.getTo().size() > kMaxContacts) {
+    refused = absl::InvalidArgumentError("mmu: too many emergency contacts");
+  }
+  if (!refused.ok()) {
+    LOG(WARNING) << "mmu: refused a relay from " << link.label() << ": " << refused.message();
+    return seq == 0 ? absl::OkStatus() : link.ReplyError(seq, refused);
+  }
+  for (uint32_t to : relay.getTo()) {
+    const ProcessRecord* q = memory_.process(to);
+    if (q == nullptr || q->dead || to == about->id) continue;
+    SendEvent(to, q->incarnation, event.getKind(), about->id, event.getVaddr(), event.getBytes(),
+              event.getElement(), event.getReason());
+  }
+  return seq == 0 ? absl::OkStatus() : link.ReplyOk(seq);
+}
+
+void RackMmu::TellComputeElement(const ProcessRecord& p, proto::EventKind kind, uint64_t vaddr,
+                                 uint64_t bytes, const std::string& element,
+                                 const std::string& reason) {
+  ipc::Link* link = ElementLink(p.element);
+  if (link == nullptr) return;
+  capnp::MallocMessageBuilder builder;
+  auto event = builder.initRoot<proto::Message>().initRackEvent();
+  event.setKind(kind);
+  event.setProcess(p.id);
+  event.setVaddr(vaddr);
+  event.setBytes(bytes);
+  event.setElement(element);
+  event.setReason(reason);
+  if (absl::Status s = link->Send(builder); !s.ok()) {
+    LOG(WARNING) << "mmu: cannot tell " << p.element << " of process " << p.id << ": " << s;
+  }
+}
+
+void RackMmu::ComputeFailed(const std::string& name, const std::string& reason) {
+  std::vector<uint32_t> on_it;
+  for (const auto& [id, p] : memory_.processes()) {
+    if (!p.dead && p.element == name) on_it.push_back(id);
+  }
+  for (uint32_t id : on_it) {
+    DeclareFailed(id, absl::StrCat("its compute element ", name, " failed: ", reason));
+  }
+  if (!on_it.empty()) {
+    LOG(INFO) << "mmu: " << name << " failed with " << on_it.size() << " processes; all fenced";
+  }
+}
+
+void RackMmu::MemoryFailed(const std::string& name, const std::string& reason) {
+  if (!failed_memory_.insert(name).second) return;  // told already
+  // Every region with pages on the element, once per region.
+  struct Hit {
+    uint32_t owner;
+    uint64_t vaddr;
+    uint64_t bytes;
+  };
+  std::vector<Hit> hits;
+  for (const auto& [vaddr, region] : memory_.regions()) {
+    for (const ExtentRecord& e : region.extents) {
+      if (e.element == name && memory_.Current(e)) {
+        hits.push_back({region.owner, region.vaddr, region.bytes});
+        break;
+      }
+    }
+  }
+  std::set<uint32_t> owners;
+  for (const Hit& h : hits) {
+    const ProcessRecord* p = memory_.process(h.owner);
+    if (p == nullptr) continue;
+    owners.insert(h.owner);
+    SendEvent(h.owner, p->incarnation, proto::EventKind::MEMORY_FAILED, h.owner, h.vaddr, h.bytes,
+              name, reason);
+    TellGroups(*p, proto::EventKind::MEMORY_FAILED, h.vaddr, h.bytes, name, reason);
+    // Its compute element tells its emergency contacts.
+    if (!p->dead) {
+      TellComputeElement(*p, proto::EventKind::MEMORY_FAILED, h.vaddr, h.bytes, name, reason);
+    }
+  }
+  LOG(INFO) << "mmu: memory element " << name << " failed: " << hits.size() << " regions of "
+            << owners.size() << " processes are lost";
+}
+
+}  // namespace disagg::rackmmu

@@ -1,0 +1,398 @@
+// Failures end to end, on private racks of real daemons: a failed memory element reaches the
+// handler of a process that touches its memory and the events of the processes that do not;
+// a paused compute element or process is declared failed and fenced (nothing it writes back
+// lands after that, and it learns so when it resumes); a failed process's group is told;
+// fault injection refuses what it cannot do.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "ipc/client.h"
+#include "ipc/wire.h"
+#include "rack_harness.h"
+#include "rack_peer_driver.h"
+
+namespace disagg::testing {
+namespace {
+
+constexpr uint64_t kMiB = 1024 * 1024;
+
+uint64_t Addr(const std::string& hex) { return std::stoull(hex, nullptr, 16); }
+
+std::string Range(uint64_t addr, uint64_t bytes) {
+  return HexAddr(addr) + " " + std::to_string(bytes);
+}
+
+std::string Rackctl(const TestRack& rack, const std::string& args, int* rc = nullptr) {
+  std::string out;
+  const int status =
+      RunCommand(std::string(DISAGG_BIN_DIR) + "/rackctl --rack " + rack.dir() + " " + args, &out);
+  if (rc != nullptr) *rc = status;
+  return out;
+}
+
+// Polls `peer`'s events until one contains `wanted` (10 s at the most).
+bool WaitForEvent(Peer& peer, const std::string& wanted) {
+  for (int i = 0; i < 1000; ++i) {
+    if (peer.Ask("events").find(wanted) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+// What memory element `element` says of each process it holds memory for.
+struct MemoryRow {
+  uint64_t bound_bytes = 0;
+  uint64_t writebacks = 0;
+  uint64_t refused = 0;
+  bool fenced = false;
+};
+
+std::map<uint32_t, MemoryRow> MemoryStatus(const TestRack& rack, const std::string& element) {
+  std::map<uint32_t, MemoryRow> rows;
+  absl::StatusOr<ipc::Client> client =
+      ipc::Client::Connect(rack.Socket(element), absl::Seconds(5));
+  if (!client.ok()) return rows;
+  ipc::SmallMessage request;
+  auto root = request.Init();
+  root.setStatusRequest();
+  (void)client->Call(
+      request.builder(), root,
+      [&](proto::Message::Reader reply) {
+        for (auto p : reply.getStatus().getProcesses()) {
+          rows[p.getProcessId()] = {p.getMappedBytes(), p.getWritebacks(), p.getRefused(),
+                                    p.getFenced()};
+        }
+        return absl::OkStatus();
+      },
+      absl::Seconds(5));
+  return rows;
+}
+
+// Polls until every memory element in `elements` fenced process `id` (10 s at the most).
+bool WaitForFence(const TestRack& rack, uint32_t id, std::initializer_list<const char*> elements) {
+  for (int i = 0; i < 1000; ++i) {
+    bool all = true;
+    for (const char* e : elements) all = all && MemoryStatus(rack, e)[id].fenced;
+    if (all) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+uint64_t Writebacks(const TestRack& rack, uint32_t id) {
+  return MemoryStatus(rack, "mem0")[id].writebacks + MemoryStatus(rack, "mem1")[id].writebacks;
+}
+
+bool ProcessDead(TestRack& rack, uint32_t id) {
+  for (const ProcessRow& p : rack.Processes()) {
+    if (p.id == id) return p.dead;
+  }
+  return false;
+}
+
+bool WaitForDead(TestRack& rack, uint32_t id) {
+  for (int i = 0; i < 1000; ++i) {
+    if (ProcessDead(rack, id)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+// Reaps `pid` (a child of this test) within 10 s; its wait status, or -1.
+int Reap(pid_t pid) {
+  for (int i = 0; i < 1000; ++i) {
+    int status = 0;
+    if (::waitpid(pid, &status, WNOHANG) == pid) return status;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("A failed memory element reaches the handler of a process touching it, the events of "
+          "every process with memory there, and their groups; other memory is untouched") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 1M") == 0);
+  Peer toucher(rack.dir(), "cpu0");
+  Peer holder(rack.dir(), "cpu1");
+  Peer member(rack.dir(), "cpu1");   // holds no memory; in the group of both
+  Peer contact(rack.dir(), "cpu0");  // in no group: the toucher's emergency contact
+  REQUIRE(toucher.ok());
+  REQUIRE(holder.ok());
+  REQUIRE(member.ok());
+  REQUIRE(contact.ok());
+  for (Peer* p : {&toucher, &holder, &member}) REQUIRE(p->Ask("group team") == "ok");
+  REQUIRE(toucher.Ask("contacts " + std::to_string(contact.id())) == "ok");
+  // Spread regions: each has pages on both memory elements.
+  const uint64_t bytes = 8 * kMiB;
+  const uint64_t a = Addr(toucher.Ask("map " + std::to_string(bytes)));
+  const uint64_t b = Addr(holder.Ask("map " + std::to_string(bytes)));
+  REQUIRE(toucher.Ask("fill " + Range(a, bytes) + " 7") == "ok");
+  REQUIRE(toucher.Ask("flush " + Range(a, bytes)) == "ok");
+  REQUIRE(holder.Ask("fill " + Range(b, bytes) + " 8") == "ok");
+  REQUIRE(holder.Ask("flush " + Range(b, bytes)) == "ok");
+
+  int rc = 0;
+  const std::string said = Rackctl(rack, "fail mem0", &rc);
+  INFO(said);
+  REQUIRE(rc == 0);
+  REQUIRE(rack.WaitForState("mem0", "failed"));
+
+  // Every process with memory there is told at once, without touching it...
+  const std::string a_lost = "memory-failed:" + std::to_string(toucher.id()) + ":" + HexAddr(a) +
+                             ":" + std::to_string(bytes) + ":mem0";
+  const std::string b_lost = "memory-failed:" + std::to_string(holder.id()) + ":" + HexAddr(b) +
+                             ":" + std::to_string(bytes) + ":mem0";
+  REQUIRE(WaitForEvent(toucher, a_lost));
+  REQUIRE(WaitForEvent(holder, b_lost));
+  // ...and so is their group, of both.
+  REQUIRE(WaitForEvent(member, a_lost));
+  REQUIRE(WaitForEvent(member, b_lost));
+  REQUIRE(WaitForEvent(holder, a_lost));
+  // The emergency contact hears of the toucher's memory only.
+  REQUIRE(WaitForEvent(contact, a_lost));
+  REQUIRE(contact.Ask("events").find(b_lost) == std::string::npos);
+
+  // The toucher's handler gets the exact page, the element and the cause, for pages on mem0;
+  // pages on mem1 keep their data. Which pages are where follows from the spread placement:
+  // find one of each by touching.
+  int on_mem0 = 0, on_mem1 = 0;
+  for (uint64_t off = 0; off < bytes; off += 64 * 4096) {
+    const std::string touched = toucher.Ask("touch " + HexAddr(a + off));
+    if (touched == "ok") {
+      ++on_mem1;
+    } else {
+      INFO(touched);
+      REQUIRE(touched == "fault memory element failed at mem0");
+      ++on_mem0;
+    }
+  }
+  REQUIRE(on_mem0 > 0);
+  REQUIRE(on_mem1 > 0);
+  // The holder never touched its memory on mem0: its data on mem1 is intact, and mem0's is
+  // refused when it does.
+  const std::string verified = holder.Ask("verify " + Range(b, bytes) + " 8");
+  REQUIRE(verified.rfind("fault", 0) != 0);  // verify does not catch faults: it must not fault
+}
+
+TEST_CASE("A compute element whose procmon stops is declared failed and its processes fenced: "
+          "nothing they write back lands after that, while they run on") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 128M --cache-budget 1M "
+                  "--heartbeat-ms 5 --missed-beats 40") == 0);
+  Peer writer(rack.dir(), "cpu0");
+  Peer bystander(rack.dir(), "cpu1");
+  REQUIRE(writer.ok());
+  REQUIRE(bystander.ok());
+  REQUIRE(writer.Ask("group team") == "ok");
+  REQUIRE(bystander.Ask("group team") == "ok");
+  const uint64_t bytes = 16 * kMiB;  // 16 times the cache: every pass writes back
+  const uint64_t a = Addr(writer.Ask("map " + std::to_string(bytes)));
+  REQUIRE(writer.Ask("churn " + Range(a, bytes)) == "ok");
+  for (int i = 0; i < 1000 && Writebacks(rack, writer.id()) < 1000; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(Writebacks(rack, writer.id()) >= 1000);
+
+  // The blade's OS stops; the process on it runs on, faulting and writing back.
+  const pid_t procmon = rack.Pid("cpu0");
+  REQUIRE(::kill(procmon, SIGSTOP) == 0);
+  REQUIRE(rack.WaitForState("cpu0", "failed"));
+  REQUIRE(WaitForFence(rack, writer.id(), {"mem0", "mem1"}));
+  const uint64_t landed = Writebacks(rack, writer.id());
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  REQUIRE(Writebacks(rack, writer.id()) == landed);  // nothing landed after the fence
+  const std::string churned = writer.Ask("churned");
+  INFO(churned);
+  REQUIRE(churned.find("fault fenced") != std::string::npos);
+  REQUIRE(WaitForEvent(writer, "fenced:" + std::to_string(writer.id())));
+  REQUIRE(writer.Ask("flush " + Range(a, 4096)).rfind("error FAILED_PRECONDITION", 0) == 0);
+  REQUIRE(WaitForDead(rack, writer.id()));
+  // Its group hears which process failed and where it ran.
+  REQUIRE(WaitForEvent(bystander, "peer-failed:" + std::to_string(writer.id()) + ":0x0:0:cpu0"));
+  // Its memory, as last written back, is held for adoption: the bystander can take it.
+  REQUIRE(bystander.Ask("steal " + std::to_string(writer.id()) + " " + Range(a, bytes)) == "ok");
+
+  // The stopped procmon, resumed, finds itself cut off and ends; so does its process.
+  REQUIRE(::kill(procmon, SIGCONT) == 0);
+  for (int i = 0; i < 1000 && ProcessAlive(procmon); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE_FALSE(ProcessAlive(procmon));
+  REQUIRE(Reap(writer.pid()) != -1);
+  REQUIRE(bystander.Ask("touch " + HexAddr(a)) == "ok");
+}
+
+TEST_CASE("A paused process is declared failed by its compute element, fenced, and told when it "
+          "resumes; its group is told") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 1M "
+                  "--heartbeat-ms 5 --missed-beats 40") == 0);
+  Peer sleeper(rack.dir(), "cpu0");
+  Peer member(rack.dir(), "cpu1");
+  REQUIRE(sleeper.ok());
+  REQUIRE(member.ok());
+  REQUIRE(sleeper.Ask("group team") == "ok");
+  REQUIRE(member.Ask("group team") == "ok");
+  const uint64_t bytes = 512 * 1024;  // fits the cache: nothing is written back
+  const uint64_t a = Addr(sleeper.Ask("map " + std::to_string(bytes)));
+  REQUIRE(sleeper.Ask("fill " + Range(a, bytes) + " 3") == "ok");
+  const uint64_t before = Writebacks(rack, sleeper.id());
+  REQUIRE(before == 0);
+
+  REQUIRE(::kill(sleeper.pid(), SIGSTOP) == 0);
+  REQUIRE(WaitForDead(rack, sleeper.id()));
+  REQUIRE(WaitForFence(rack, sleeper.id(), {"mem0", "mem1"}));
+  REQUIRE(WaitForEvent(member, "peer-failed:" + std::to_string(sleeper.id())));
+  REQUIRE(rack.Status()["cpu0"].state == "healthy");  // only the process failed
+
+  REQUIRE(::kill(sleeper.pid(), SIGCONT) == 0);
+  REQUIRE(WaitForEvent(sleeper, "fenced:" + std::to_string(sleeper.id())));
+  // Its dirty pages were dropped, not written back; its touches and calls are refused.
+  REQUIRE(sleeper.Ask("touch " + HexAddr(a)) == "fault fenced (this process was declared failed)");
+  REQUIRE(sleeper.Ask("flush " + Range(a, bytes)).rfind("error FAILED_PRECONDITION", 0) == 0);
+  REQUIRE(sleeper.Ask("map 4096").rfind("error FAILED_PRECONDITION", 0) == 0);
+  REQUIRE(Writebacks(rack, sleeper.id()) == before);
+  // The member adopts what was last written back: zeros, since nothing was.
+  REQUIRE(member.Ask("steal " + std::to_string(sleeper.id()) + " " + Range(a, bytes)) == "ok");
+  REQUIRE(member.Ask("zeros " + Range(a, bytes)) == "ok");
+}
+
+TEST_CASE("rackctl kill, fail, pause and resume reach the named element or process; a failed "
+          "process's group is told") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 1M "
+                  "--heartbeat-ms 5 --missed-beats 40") == 0);
+  Peer victim(rack.dir(), "cpu0");
+  Peer member(rack.dir(), "cpu1");
+  Peer contact(rack.dir(), "cpu1");  // in no group: the victim's emergency contact
+  REQUIRE(victim.ok());
+  REQUIRE(member.ok());
+  REQUIRE(contact.ok());
+  REQUIRE(victim.Ask("group team") == "ok");
+  REQUIRE(member.Ask("group team") == "ok");
+  REQUIRE(victim.Ask("contacts " + std::to_string(contact.id())) == "ok");
+  REQUIRE(victim.Ask("map 8388608").rfind("0x", 0) == 0);  // on both memory elements
+  int rc = 0;
+
+  SECTION("kill") {
+    Rackctl(rack, "kill " + std::to_string(victim.id()), &rc);
+    REQUIRE(rc == 0);
+    const int status = Reap(victim.pid());
+    REQUIRE(WIFSIGNALED(status));
+    REQUIRE(WTERMSIG(status) == SIGKILL);
+    REQUIRE(WaitForEvent(member, "peer-failed:" + std::to_string(victim.id())));
+    // Its compute element tells its emergency contact, naming itself.
+    REQUIRE(WaitForEvent(contact, "peer-failed:" + std::to_string(victim.id()) + ":0x0:0:cpu0"));
+    REQUIRE(WaitForDead(rack, victim.id()));
+  }
+  SECTION("pause and resume a compute element") {
+    const pid_t procmon = rack.Pid("cpu0");
+    Rackctl(rack, "pause cpu0", &rc);
+    REQUIRE(rc == 0);
+    // The blade stops with its processes: the process is fenced with it.
+    REQUIRE(rack.WaitForState("cpu0", "failed"));
+    REQUIRE(WaitForEvent(member, "peer-failed:" + std::to_string(victim.id())));
+    // Frozen with its blade: in the monitor's freezer cgroup (this machine has the v1 freezer),
+    // else stopped.
+    std::string where, state;
+    RunCommand("grep freezer /proc/" + std::to_string(victim.pid()) + "/cgroup", &where);
+    RunCommand("grep State: /proc/" + std::to_string(victim.pid()) + "/status", &state);
+    INFO(where << state);
+    REQUIRE((where.find("freezer:/disagg-") != std::string::npos ||
+             state.find("stopped") != std::string::npos));
+    Rackctl(rack, "resume cpu0", &rc);
+    REQUIRE(rc == 0);
+    for (int i = 0; i < 1000 && ProcessAlive(procmon); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    REQUIRE_FALSE(ProcessAlive(procmon));  // fenced: it leaves the rack
+    REQUIRE(Reap(victim.pid()) != -1);
+  }
+  SECTION("pause --for resumes by itself") {
+    const auto paused_at = std::chrono::steady_clock::now();
+    Rackctl(rack, "pause mem1 --for 100", &rc);
+    REQUIRE(rc == 0);
+    const std::string again = Rackctl(rack, "pause mem1", &rc);
+    REQUIRE(rc == 1);
+    REQUIRE(again.find("mem1 is paused already") != std::string::npos);
+    // A request to the paused element is answered once it resumed by itself.
+    REQUIRE(MemoryStatus(rack, "mem1").count(victim.id()) == 1);
+    REQUIRE(std::chrono::steady_clock::now() - paused_at >= std::chrono::milliseconds(100));
+    Rackctl(rack, "resume mem1", &rc);
+    REQUIRE(rc == 1);  // not paused any more
+    REQUIRE(rack.Status()["mem1"].state == "healthy");  // 100 ms is under the 200 ms limit
+  }
+  SECTION("fail a compute element") {
+    Rackctl(rack, "fail cpu0", &rc);
+    REQUIRE(rc == 0);
+    REQUIRE(rack.WaitForState("cpu0", "failed"));
+    REQUIRE(Reap(victim.pid()) != -1);  // its processes end with it
+    REQUIRE(WaitForEvent(member, "peer-failed:" + std::to_string(victim.id())));
+    const std::string again = Rackctl(rack, "fail cpu0", &rc);
+    REQUIRE(rc == 1);
+    REQUIRE(again.find("cpu0 has failed already") != std::string::npos);
+  }
+}
+
+TEST_CASE("Bad emergency contacts are refused by the library") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 64M") == 0);
+  Peer p(rack.dir(), "cpu0");
+  REQUIRE(p.ok());
+  REQUIRE(p.Ask("contacts " + std::to_string(p.id())).rfind("error INVALID_ARGUMENT", 0) == 0);
+  REQUIRE(p.Ask("contacts 0").rfind("error INVALID_ARGUMENT", 0) == 0);
+  std::string many = "contacts";
+  for (int i = 0; i < 65; ++i) {
+    many += ' ';
+    many += std::to_string(100 + i);
+  }
+  REQUIRE(p.Ask(many).rfind("error INVALID_ARGUMENT", 0) == 0);
+  REQUIRE(p.Ask("contacts") == "ok");  // none
+  REQUIRE(p.Ask("id") == std::to_string(p.id()));
+}
+
+TEST_CASE("Bad fault-injection requests get a clear error and change nothing") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 64M") == 0);
+  struct Case {
+    const char* args;
+    int rc;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"fail nosuch", 1, "no compute or memory element 'nosuch' in the rack (there are: cpu0, mem0)"},
+      {"fail mmu", 1, "no compute or memory element 'mmu'"},
+      {"pause nosuch", 1, "no compute or memory element 'nosuch'"},
+      {"resume cpu0", 1, "cpu0 is not paused"},
+      {"kill 999", 1, "no running process '999'"},
+      {"kill nobody", 1, "no running process 'nobody'"},
+      {"pause cpu0 --for abc", 2, "--for abc: not a number of milliseconds"},
+      {"pause cpu0 --for -5", 2, "not a number of milliseconds"},
+      {"fail cpu0 --for 10", 2, "--for goes only with pause"},
+      {"fail", 2, "unknown command or arguments"},
+      {"pause cpu0 mem0", 2, "unknown command or arguments"},
+  };
+  for (const Case& c : cases) {
+    int rc = 0;
+    const std::string out = Rackctl(rack, c.args, &rc);
+    INFO(c.args << " -> " << out);
+    REQUIRE(rc == c.rc);
+    REQUIRE(out.find(c.says) != std::string::npos);
+  }
+  for (const auto& [name, row] : rack.Status()) {
+    INFO(name);
+    REQUIRE(row.state == "healthy");
+  }
+}
+
+}  // namespace disagg::testing
