@@ -114,8 +114,8 @@ absl::Status RackMmu::HandleRelay(ipc::Link& link, uint64_t seq, proto::Relay::R
   if (element.empty()) {
     refused = absl::PermissionDeniedError("mmu: only compute elements relay notices");
   } else if (about == nullptr || about->element != element) {
-    refused = absl::PermissionDeniedError(absl::StrCat(
-        "mmu: process ", event.getProcess(), " does not run on ", element));
+    refused = absl::PermissionDeniedError(
+        absl::StrCat("mmu: process ", event.getProcess(), " does not run on ", element));
   } else if (event.getKind() != proto::EventKind::MEMORY_FAILED &&
              event.getKind() != proto::EventKind::PEER_FAILED) {
     refused = absl::InvalidArgumentError("mmu: only failures are relayed");

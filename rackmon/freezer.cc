@@ -72,7 +72,8 @@ absl::StatusOr<Freezer> Freezer::Pause(const std::string& name, const std::vecto
     const std::string dir = absl::StrCat(kFreezerRoot, "/disagg-", name, "-", ::getpid());
     if (::mkdir(dir.c_str(), 0755) == 0 || errno == EEXIST) {
       bool moved = true;
-      for (pid_t pid : f.pids_) moved = WriteFile(dir + "/cgroup.procs", absl::StrCat(pid)) && moved;
+      for (pid_t pid : f.pids_)
+        moved = WriteFile(dir + "/cgroup.procs", absl::StrCat(pid)) && moved;
       if (moved && WriteFile(dir + "/freezer.state", "FROZEN")) {
         // FREEZING until every task stopped; a task in an uninterruptible sleep may delay it.
         const absl::Time deadline = absl::Now() + absl::Seconds(2);
@@ -85,7 +86,8 @@ absl::StatusOr<Freezer> Freezer::Pause(const std::string& name, const std::vecto
       }
       LOG(WARNING) << "mon: the cgroup freezer at " << dir << " did not take; using SIGSTOP";
       WriteFile(dir + "/freezer.state", "THAWED");
-      for (pid_t pid : f.pids_) WriteFile(absl::StrCat(kFreezerRoot, "/cgroup.procs"), absl::StrCat(pid));
+      for (pid_t pid : f.pids_)
+        WriteFile(absl::StrCat(kFreezerRoot, "/cgroup.procs"), absl::StrCat(pid));
       ::rmdir(dir.c_str());
     }
   }
@@ -100,7 +102,8 @@ void Freezer::Resume() {
   if (!cgroup_.empty()) {
     WriteFile(cgroup_ + "/freezer.state", "THAWED");
     // Back to the root cgroup, so that the cgroup can go.
-    for (pid_t pid : pids_) WriteFile(absl::StrCat(kFreezerRoot, "/cgroup.procs"), absl::StrCat(pid));
+    for (pid_t pid : pids_)
+      WriteFile(absl::StrCat(kFreezerRoot, "/cgroup.procs"), absl::StrCat(pid));
     std::istringstream left(ReadFile(cgroup_ + "/cgroup.procs"));
     pid_t pid;
     while (left >> pid) WriteFile(absl::StrCat(kFreezerRoot, "/cgroup.procs"), absl::StrCat(pid));

@@ -66,6 +66,7 @@ int main(int argc, char** argv) {
   options.run_dir = FLAGS_run_dir;
   options.spin = absl::Microseconds(FLAGS_spin_us);
   options.monitor.rack_name = FLAGS_rack_name;
+  options.monitor.run_dir = FLAGS_run_dir;
   options.monitor.period = absl::Milliseconds(FLAGS_heartbeat_ms);
   options.monitor.missed_beats = FLAGS_missed_beats;
   return disagg::RunDaemon(argv[0], FLAGS_run_dir, "mon",

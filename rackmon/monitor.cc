@@ -108,12 +108,22 @@ absl::Status RackMonitor::OnMessage(ipc::Link& link, proto::Message::Reader mess
       return HandleProcessDown(link, message.getProcessDown());
     case proto::Message::INJECT:
       return HandleInject(link, seq, message.getInject());
+    case proto::Message::ADD_FAILURE_HANDLER:
+      return HandleAddHandler(link, seq, message.getAddFailureHandler());
+    case proto::Message::LAUNCHED:
+    case proto::Message::EXITED:
+      HandleLaunchReply(link, message);
+      return absl::OkStatus();
     case proto::Message::ECHO:
       return link.ReplyEcho(message);
     case proto::Message::OK:
     case proto::Message::REGISTERED:
       return absl::OkStatus();  // the Rack MMU acknowledging our own messages
     case proto::Message::ERROR:
+      if (launches_.contains(link.id())) {
+        HandleLaunchReply(link, message);
+        return absl::OkStatus();
+      }
       LOG(WARNING) << "mon: " << link.label() << " refused request " << seq << ": "
                    << ipc::ErrorToStatus(message.getError());
       return absl::OkStatus();
@@ -236,9 +246,19 @@ void RackMonitor::SetHealth(Watched& w, proto::Health health, const std::string&
     }
     if (w.kind == proto::ElementKind::RACKMMU) mmu_ = nullptr;
     if (w.kind == proto::ElementKind::COMPUTE) {
-      // The Rack MMU fails and fences its processes when it hears of this.
+      // The Rack MMU fails and fences its processes when it hears of this; their handlers
+      // run here.
+      std::vector<Process> gone;
       for (auto it = processes_.begin(); it != processes_.end();) {
-        it = it->second.element == w.name ? processes_.erase(it) : std::next(it);
+        if (it->second.element == w.name) {
+          gone.push_back(std::move(it->second));
+          it = processes_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      for (const Process& p : gone) {
+        RunHandler(p, absl::StrCat("its compute element ", w.name, " failed: ", reason));
       }
     }
   } else {
@@ -293,6 +313,7 @@ absl::Status RackMonitor::HandleProcessDown(ipc::Link& link, proto::ProcessDown:
 void RackMonitor::ProcessFailed(const Process& p, const std::string& reason) {
   LOG(WARNING) << "mon: process " << p.id << " (" << p.name << ", pid " << p.pid << ") on "
                << p.element << " failed: " << reason;
+  RunHandler(p, reason);
   if (mmu_ == nullptr) return;
   capnp::MallocMessageBuilder builder;
   auto message = builder.initRoot<proto::Message>();
@@ -305,6 +326,7 @@ void RackMonitor::ProcessFailed(const Process& p, const std::string& reason) {
 }
 
 void RackMonitor::OnClose(ipc::Link& link, const absl::Status& why) {
+  launches_.erase(link.id());
   Watched* w = ByLink(link);
   if (w == nullptr) return;  // a client such as rackctl
   by_link_.erase(link.id());

@@ -17,6 +17,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
@@ -27,6 +28,7 @@
 namespace disagg::rackmon {
 
 struct MonitorOptions {
+  std::string run_dir;  // where handlers' logs go, and the elements' sockets are
   std::string rack_name;
   absl::Duration period = absl::Milliseconds(5);
   int missed_beats = 10;
@@ -80,6 +82,14 @@ class RackMonitor : public ipc::Hub::Handler {
   // Tells the Rack MMU that `p` failed and forgets it.
   void ProcessFailed(const Process& p, const std::string& reason);
 
+  // Fast failure handlers (monitor_handlers.cc).
+  absl::Status HandleAddHandler(ipc::Link& link, uint64_t seq,
+                                proto::FailureHandler::Reader handler);
+  // Starts the handler registered for `p`'s name, if any.
+  void RunHandler(const Process& p, const std::string& reason);
+  // A message on a connection that launched a handler's program.
+  void HandleLaunchReply(ipc::Link& link, proto::Message::Reader message);
+
   // Fault injection (monitor_inject.cc).
   absl::Status HandleInject(ipc::Link& link, uint64_t seq, proto::Inject::Reader inject);
   absl::Status Fail(const std::string& target);
@@ -99,6 +109,22 @@ class RackMonitor : public ipc::Hub::Handler {
   std::map<std::string, Watched> elements_;             // by name; node-stable
   absl::flat_hash_map<uint64_t, std::string> by_link_;  // link id -> name
   std::map<uint32_t, Process> processes_;               // by rack process id
+  struct Handler {
+    std::string element;
+    std::vector<std::string> argv;
+    std::vector<std::string> env;
+    std::string cwd;
+    uint64_t runs = 0;
+  };
+  std::map<std::string, Handler> handlers_;  // by process name
+  // Programs started by handlers, by the connection that started them (which they live as
+  // long as: the compute element ends a program whose launcher hangs up).
+  struct Started {
+    std::string what;
+    ipc::Fd in;   // the program's stdin (/dev/null) and
+    ipc::Fd out;  // stdout and stderr (its log), until the compute element took copies
+  };
+  absl::flat_hash_map<uint64_t, Started> launches_;
 };
 
 }  // namespace disagg::rackmon

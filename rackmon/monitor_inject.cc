@@ -98,16 +98,16 @@ absl::Status RackMonitor::Kill(const std::string& target) {
     for (auto& [pid, p] : processes_) {
       if (p.name != target) continue;
       if (found != nullptr) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "mon: several processes are named '", target, "': name one by its rack id"));
+        return absl::InvalidArgumentError(absl::StrCat("mon: several processes are named '", target,
+                                                       "': name one by its rack id"));
       }
       found = &p;
     }
   }
   if (found == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat("mon: no running process '", target, "' in the rack (", processes_.size(),
-                     " run; `rackctl status` lists them)"));
+    return absl::NotFoundError(absl::StrCat("mon: no running process '", target, "' in the rack (",
+                                            processes_.size(),
+                                            " run; `rackctl status` lists them)"));
   }
   RETURN_IF_ERROR(SignalPidfd(found->pidfd.get(), SIGKILL, absl::StrCat("process ", target)));
   LOG(WARNING) << "mon: fault injection: killed process " << found->id << " (" << found->name
@@ -136,8 +136,8 @@ absl::Status RackMonitor::Pause(const std::string& target, absl::Duration for_ho
   }
   absl::StatusOr<Freezer> frozen = Freezer::Pause(target, pids);
   if (!frozen.ok()) {
-    return absl::Status(frozen.status().code(),
-                        absl::StrCat("mon: cannot pause ", target, ": ", frozen.status().message()));
+    return absl::Status(frozen.status().code(), absl::StrCat("mon: cannot pause ", target, ": ",
+                                                             frozen.status().message()));
   }
   LOG(WARNING) << "mon: fault injection: paused " << target << " with " << frozen->processes()
                << " processes (" << frozen->how() << ")"

@@ -36,7 +36,7 @@
 
 DEFINE_string(rack, "", "the rack's run directory (default: $DISAGG_RACK)");
 DEFINE_bool(json, false, "status: print one JSON object instead of a table");
-DEFINE_string(on, "", "run: the compute element to run the program on, e.g. cpu0");
+DEFINE_string(on, "", "run, on-failure: the compute element to run the program on, e.g. cpu0");
 DEFINE_int32(timeout_ms, 3000, "how long to wait for the rack's daemons");
 
 namespace disagg::rackctl {
@@ -52,6 +52,13 @@ constexpr char kUsage[] =
     "                    end as it ends; signals to rackctl are passed on to it\n"
     "  check             compare the Rack MMU's memory map with every memory element's page\n"
     "                    table: exit status 0 when they agree, else the differences and 1\n"
+    "  on-failure NAME [--on ELEMENT] -- PROGRAM [ARGS...]\n"
+    "                    a fast failure handler: when a process named NAME fails, the rack\n"
+    "                    monitor starts PROGRAM on ELEMENT (or another healthy compute\n"
+    "                    element), with this environment and working directory plus\n"
+    "                    DISAGG_FAILED_PROCESS (the failed process's rack id, to Steal its\n"
+    "                    memory from), DISAGG_FAILED_NAME and DISAGG_FAILED_REASON; its output\n"
+    "                    goes to <rack>/on-failure-NAME.log. Without a PROGRAM: removes it\n"
     "fault injection (through the rack monitor):\n"
     "  fail ELEMENT      crash compute or memory element ELEMENT (SIGKILL of its daemon)\n"
     "  kill PROCESS      SIGKILL the application process PROCESS (rack id or name)\n"
@@ -355,6 +362,36 @@ absl::Status BuildLaunch(proto::Launch::Builder launch, const std::string& progr
   return absl::OkStatus();
 }
 
+// Registers (or, with no `argv`, removes) the failure handler for processes named `name`.
+absl::Status OnFailure(const std::string& rack, const std::string& name, const std::string& element,
+                       char** argv) {
+  const absl::Duration timeout = absl::Milliseconds(FLAGS_timeout_ms);
+  capnp::MallocMessageBuilder builder;
+  auto root = builder.initRoot<proto::Message>();
+  auto handler = root.initAddFailureHandler();
+  handler.setProcessName(name);
+  handler.setElement(element);
+  if (argv != nullptr && argv[0] != nullptr) {
+    ASSIGN_OR_RETURN(const std::string program, FindProgram(argv[0]));
+    RETURN_IF_ERROR(BuildLaunch(handler.initLaunch(), program, argv));
+  }
+  ASSIGN_OR_RETURN(ipc::Client client, ipc::Client::Connect(SocketPath(rack, "mon"), timeout));
+  RETURN_IF_ERROR(client.Call(
+      builder, root,
+      [&](proto::Message::Reader reply) {
+        if (!reply.isOk()) return absl::InternalError("the rack monitor sent no answer");
+        return absl::OkStatus();
+      },
+      timeout));
+  if (argv != nullptr && argv[0] != nullptr) {
+    std::printf("when a process named %s fails, %s starts on %s\n", name.c_str(), argv[0],
+                element.empty() ? "a healthy compute element" : element.c_str());
+  } else {
+    std::printf("removed the failure handler for %s\n", name.c_str());
+  }
+  return absl::OkStatus();
+}
+
 // How a launched program ended.
 struct Ending {
   int exit_code = 0;
@@ -512,6 +549,8 @@ int Main(int argc, char** argv) {
       return 2;
     }
     status = Inject(rack, proto::FaultAction::PAUSE, argv[2], ms);
+  } else if (command == "on-failure" && argc == 3) {
+    status = OnFailure(rack, argv[2], FLAGS_on, program);
   } else if (command == "run" && argc == 2) {
     if (FLAGS_on.empty() || program == nullptr || program[0] == nullptr) {
       std::fprintf(stderr, "rackctl: run needs --on ELEMENT and -- PROGRAM\n%s", kUsage);

@@ -9,6 +9,7 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -57,8 +58,7 @@ struct MemoryRow {
 
 std::map<uint32_t, MemoryRow> MemoryStatus(const TestRack& rack, const std::string& element) {
   std::map<uint32_t, MemoryRow> rows;
-  absl::StatusOr<ipc::Client> client =
-      ipc::Client::Connect(rack.Socket(element), absl::Seconds(5));
+  absl::StatusOr<ipc::Client> client = ipc::Client::Connect(rack.Socket(element), absl::Seconds(5));
   if (!client.ok()) return rows;
   ipc::SmallMessage request;
   auto root = request.Init();
@@ -118,8 +118,9 @@ int Reap(pid_t pid) {
 
 }  // namespace
 
-TEST_CASE("A failed memory element reaches the handler of a process touching it, the events of "
-          "every process with memory there, and their groups; other memory is untouched") {
+TEST_CASE(
+    "A failed memory element reaches the handler of a process touching it, the events of "
+    "every process with memory there, and their groups; other memory is untouched") {
   TestRack rack;
   REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 1M") == 0);
   Peer toucher(rack.dir(), "cpu0");
@@ -184,8 +185,9 @@ TEST_CASE("A failed memory element reaches the handler of a process touching it,
   REQUIRE(verified.rfind("fault", 0) != 0);  // verify does not catch faults: it must not fault
 }
 
-TEST_CASE("A compute element whose procmon stops is declared failed and its processes fenced: "
-          "nothing they write back lands after that, while they run on") {
+TEST_CASE(
+    "A compute element whose procmon stops is declared failed and its processes fenced: "
+    "nothing they write back lands after that, while they run on") {
   TestRack rack;
   REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 128M --cache-budget 1M "
                   "--heartbeat-ms 5 --missed-beats 40") == 0);
@@ -232,8 +234,9 @@ TEST_CASE("A compute element whose procmon stops is declared failed and its proc
   REQUIRE(bystander.Ask("touch " + HexAddr(a)) == "ok");
 }
 
-TEST_CASE("A paused process is declared failed by its compute element, fenced, and told when it "
-          "resumes; its group is told") {
+TEST_CASE(
+    "A paused process is declared failed by its compute element, fenced, and told when it "
+    "resumes; its group is told") {
   TestRack rack;
   REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 1M "
                   "--heartbeat-ms 5 --missed-beats 40") == 0);
@@ -267,8 +270,9 @@ TEST_CASE("A paused process is declared failed by its compute element, fenced, a
   REQUIRE(member.Ask("zeros " + Range(a, bytes)) == "ok");
 }
 
-TEST_CASE("rackctl kill, fail, pause and resume reach the named element or process; a failed "
-          "process's group is told") {
+TEST_CASE(
+    "rackctl kill, fail, pause and resume reach the named element or process; a failed "
+    "process's group is told") {
   TestRack rack;
   REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 1M "
                   "--heartbeat-ms 5 --missed-beats 40") == 0);
@@ -329,7 +333,7 @@ TEST_CASE("rackctl kill, fail, pause and resume reach the named element or proce
     REQUIRE(MemoryStatus(rack, "mem1").count(victim.id()) == 1);
     REQUIRE(std::chrono::steady_clock::now() - paused_at >= std::chrono::milliseconds(100));
     Rackctl(rack, "resume mem1", &rc);
-    REQUIRE(rc == 1);  // not paused any more
+    REQUIRE(rc == 1);                                   // not paused any more
     REQUIRE(rack.Status()["mem1"].state == "healthy");  // 100 ms is under the 200 ms limit
   }
   SECTION("fail a compute element") {
@@ -342,6 +346,76 @@ TEST_CASE("rackctl kill, fail, pause and resume reach the named element or proce
     REQUIRE(rc == 1);
     REQUIRE(again.find("cpu0 has failed already") != std::string::npos);
   }
+}
+
+// The whole text of `path` ("" if it cannot be read).
+std::string ReadAll(const std::string& path) {
+  std::string out;
+  RunCommand("cat " + path + " 2>/dev/null", &out);
+  return out;
+}
+
+// Polls `path` until it contains `wanted` (20 s at the most).
+bool WaitForText(const std::string& path, const std::string& wanted) {
+  for (int i = 0; i < 2000; ++i) {
+    if (ReadAll(path).find(wanted) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+TEST_CASE(
+    "A fast failure handler starts a successor on another compute element, which steals "
+    "the failed process's state and verifies every word of it") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 1M") == 0);
+  const std::string failover = std::string(DISAGG_BIN_DIR) + "/failover";
+  int rc = 0;
+  const std::string said =
+      Rackctl(rack, "on-failure failover --on cpu1 -- " + failover + " --every=100", &rc);
+  INFO(said);
+  REQUIRE(rc == 0);
+  const std::string first_out = rack.dir() + "/first.out";
+  const pid_t first = ::fork();
+  REQUIRE(first >= 0);
+  if (first == 0) {
+    const std::string run = std::string(DISAGG_BIN_DIR) + "/rackctl --rack " + rack.dir() +
+                            " run --on cpu0 -- " + failover + " --every=100 >" + first_out +
+                            " 2>&1";
+    ::execl("/bin/sh", "sh", "-c", run.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  REQUIRE(WaitForText(first_out, "failover: step 300"));
+  Rackctl(rack, "kill failover", &rc);
+  REQUIRE(rc == 0);
+  const int status = Reap(first);
+  REQUIRE(status != -1);
+  const std::string log = rack.dir() + "/on-failure-failover.log";
+  REQUIRE(WaitForText(log, "state at step"));
+  const std::string adopted = ReadAll(log);
+  INFO(adopted);
+  REQUIRE(adopted.find("takes over from process 1") != std::string::npos);
+  REQUIRE(adopted.find("adopted process 1's state at step") != std::string::npos);
+  REQUIRE(adopted.find(": verified") != std::string::npos);
+  // It adopted what the first one last made durable (every step is flushed): no less than
+  // the last step the first one printed.
+  const size_t at = adopted.find("state at step ") + std::strlen("state at step ");
+  const uint64_t step = std::stoull(adopted.substr(at));
+  REQUIRE(step >= 300);
+  // And it carries on from there, on cpu1.
+  REQUIRE(WaitForText(log, "failover: step " + std::to_string((step / 100 + 2) * 100)));
+  bool on_cpu1 = false;
+  for (const ProcessRow& p : rack.Processes()) on_cpu1 = on_cpu1 || (p.id == 2 && !p.dead);
+  REQUIRE(on_cpu1);
+  // Removing the handler: the next failure starts nothing.
+  Rackctl(rack, "on-failure failover", &rc);
+  REQUIRE(rc == 0);
+  const std::string gone = Rackctl(rack, "on-failure failover", &rc);
+  REQUIRE(rc == 1);
+  REQUIRE(gone.find("no failure handler for 'failover'") != std::string::npos);
+  const std::string bad = Rackctl(rack, "on-failure x --on cpu9 -- /bin/true", &rc);
+  REQUIRE(rc == 1);
+  REQUIRE(bad.find("no compute element 'cpu9'") != std::string::npos);
 }
 
 TEST_CASE("Bad emergency contacts are refused by the library") {
@@ -370,7 +444,8 @@ TEST_CASE("Bad fault-injection requests get a clear error and change nothing") {
     const char* says;
   };
   const Case cases[] = {
-      {"fail nosuch", 1, "no compute or memory element 'nosuch' in the rack (there are: cpu0, mem0)"},
+      {"fail nosuch", 1,
+       "no compute or memory element 'nosuch' in the rack (there are: cpu0, mem0)"},
       {"fail mmu", 1, "no compute or memory element 'mmu'"},
       {"pause nosuch", 1, "no compute or memory element 'nosuch'"},
       {"resume cpu0", 1, "cpu0 is not paused"},

@@ -280,6 +280,20 @@ struct Relay {
   event @1 :RackEvent;
 }
 
+# rackctl -> rack monitor: a fast failure handler. When a process named `processName` fails,
+# the monitor starts `launch`'s program (argv, env, cwd; its stdio goes to a log in the run
+# directory) on compute element `element`, or on another healthy one if that one is not
+# healthy or ran the failed process (`element` empty: any healthy one but the failed
+# process's). The program finds DISAGG_FAILED_PROCESS (the failed process's rack id),
+# DISAGG_FAILED_NAME and DISAGG_FAILED_REASON in its environment, to adopt its memory
+# (Lookup, Steal). A handler registered again for the same name replaces the earlier one;
+# an empty argv removes it. Answered ok.
+struct FailureHandler {
+  processName @0 :Text;
+  element @1 :Text;
+  launch @2 :Launch;
+}
+
 # rackctl -> rack monitor: fault injection.
 enum FaultAction {
   fail @0;                      # crash an element (SIGKILL of its daemon)
@@ -420,5 +434,6 @@ struct Message {
     inject @46 :Inject;
     emergencyContacts @47 :EmergencyContacts;
     relay @48 :Relay;
+    addFailureHandler @49 :FailureHandler;
   }
 }
