@@ -38,8 +38,8 @@ absl::Status RackMonitor::HandleAddHandler(ipc::Link& link, uint64_t seq,
   if (!element.empty()) {
     auto it = elements_.find(element);
     if (it == elements_.end() || it->second.kind != proto::ElementKind::COMPUTE) {
-      return link.ReplyError(seq, absl::NotFoundError(absl::StrCat(
-                                      "mon: no compute element '", element, "' in the rack")));
+      return link.ReplyError(seq, absl::NotFoundError(absl::StrCat("mon: no compute element '",
+                                                                   element, "' in the rack")));
     }
   }
   if (launch.getArgv().size() > kMaxArgs || launch.getEnv().size() > kMaxArgs ||
@@ -52,8 +52,8 @@ absl::Status RackMonitor::HandleAddHandler(ipc::Link& link, uint64_t seq,
   for (auto a : launch.getArgv()) h.argv.push_back(a);
   for (auto e : launch.getEnv()) h.env.push_back(e);
   h.cwd = launch.getCwd();
-  LOG(INFO) << "mon: when a process named " << name << " fails, " << h.argv[0]
-            << " starts on " << (element.empty() ? "a healthy compute element" : element);
+  LOG(INFO) << "mon: when a process named " << name << " fails, " << h.argv[0] << " starts on "
+            << (element.empty() ? "a healthy compute element" : element);
   handlers_[name] = std::move(h);
   return link.ReplyOk(seq);
 }
@@ -82,8 +82,8 @@ void RackMonitor::RunHandler(const Process& p, const std::string& reason) {
     return;
   }
   Started started;
-  started.what = absl::StrCat("the failure handler of process ", p.id, " (", p.name, ") on ",
-                              where);
+  started.what =
+      absl::StrCat("the failure handler of process ", p.id, " (", p.name, ") on ", where);
   const std::string log = absl::StrCat(options_.run_dir, "/on-failure-", p.name, ".log");
   started.in = ipc::Fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   started.out = ipc::Fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
@@ -144,8 +144,8 @@ void RackMonitor::HandleLaunchReply(ipc::Link& link, proto::Message::Reader mess
               << (e.getSignal() != 0 ? absl::StrCat("signal ", e.getSignal())
                                      : absl::StrCat("exit ", e.getExitCode()));
   } else {
-    LOG(ERROR) << "mon: " << s.what << " could not start: "
-               << ipc::ErrorToStatus(message.getError());
+    LOG(ERROR) << "mon: " << s.what
+               << " could not start: " << ipc::ErrorToStatus(message.getError());
   }
   launches_.erase(it);
   hub_->Close(link, absl::UnavailableError("its program ended"));

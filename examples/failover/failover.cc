@@ -26,12 +26,13 @@
 namespace {
 
 constexpr uint64_t kMagic = 0x6661696c6f766572;  // "failover"
-constexpr size_t kValues = 509;                   // the page: 3 header words and the values
+constexpr size_t kValues = 509;                  // the page: 3 header words and the values
 
 struct State {
   uint64_t magic;
-  uint64_t step;  // steps made; values[i] holds the value of the last step s < step, s % kValues == i
-  uint64_t sum;   // of the values
+  uint64_t
+      step;  // steps made; values[i] holds the value of the last step s < step, s % kValues == i
+  uint64_t sum;  // of the values
   uint64_t values[kValues];
 };
 static_assert(sizeof(State) == 4096);

@@ -1,0 +1,409 @@
+// bench_notify: how fast a failure reaches the processes that care. On a private rack
+// (scripts/bench notify starts one: cpu0, cpu1, mem0, mem1), this process joins on cpu1 and
+// times, from `kill -9` to the event in its OnEvent handler:
+//   memory   a memory element (mem1) holding part of a region of this process: kMemoryFailed
+//   compute  a compute element (cpu0) running a process of this one's trust group: kPeerFailed
+//   process  an application process (on cpu0) of this one's trust group: kPeerFailed
+// After each kill the daemon is started again (its pid written where the rack keeps it, so
+// that `scripts/rack down` stops it). Baseline in the same run, on the same kills: a
+// conventional end-to-end detector, heartbeats over TCP with etcd's defaults (100 ms period,
+// 1000 ms timeout), from a sidecar process killed at the same instant as the victim. The last
+// line is one JSON object.
+//
+// Usage: bench_notify RACK_DIR BIN_DIR [KILLS]   (KILLS per kind, default 50)
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "disagg/disagg.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr char kGroup[] = "bench-notify";
+
+double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+double Percentile(std::vector<double> v, int p) {
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, v.size() * p / 100)];
+}
+
+[[noreturn]] void Die(const std::string& why) {
+  std::fprintf(stderr, "bench_notify: %s\n", why.c_str());
+  std::exit(1);
+}
+
+// ---- The end-to-end detector: TCP heartbeats every 100 ms, failure after 1000 ms of silence.
+
+constexpr auto kHeartbeat = std::chrono::milliseconds(100);
+constexpr auto kTimeout = std::chrono::milliseconds(1000);
+
+// A sidecar: connects to `port` and sends a byte every 100 ms until killed.
+pid_t StartSidecar(int port) {
+  const pid_t pid = ::fork();
+  if (pid != 0) return pid;
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) ::_exit(1);
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  while (true) {
+    const char beat = 'b';
+    if (::write(fd, &beat, 1) != 1) ::_exit(0);
+    std::this_thread::sleep_for(kHeartbeat);
+  }
+}
+
+class EndToEndDetector {
+ public:
+  EndToEndDetector() {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (::bind(listener_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        ::listen(listener_, 4) != 0 ||
+        ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      Die("cannot listen on loopback TCP");
+    }
+    port_ = ntohs(addr.sin_port);
+  }
+  int port() const { return port_; }
+
+  // Accepts the sidecar's connection and takes its heartbeats for a while: 300 ms plus a
+  // random part of a period, so that the kill that follows falls anywhere between two beats.
+  void Watch() {
+    conn_ = ::accept(listener_, nullptr, nullptr);
+    if (conn_ < 0) Die("the sidecar did not connect");
+    char beat;
+    if (::read(conn_, &beat, 1) != 1) Die("the sidecar sent no heartbeat");
+    last_ = Clock::now();
+    const auto until = last_ + std::chrono::milliseconds(300) +
+                       std::chrono::microseconds(std::rand() % 100000);
+    while (Clock::now() < until) {
+      pollfd p{conn_, POLLIN, 0};
+      const int wait = static_cast<int>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count() + 1);
+      if (::poll(&p, 1, wait) > 0 && ::read(conn_, &beat, 1) == 1) last_ = Clock::now();
+    }
+  }
+
+  // Started right after the kill: returns when the detector declares the sidecar failed (its
+  // last heartbeat is 1000 ms old; a closed connection is not taken as a failure, since a
+  // machine that fails sends no FIN), as a time.
+  Clock::time_point Detect() {
+    while (true) {
+      const auto deadline = last_ + kTimeout;
+      const auto now = Clock::now();
+      if (now >= deadline) break;
+      pollfd p{conn_, POLLIN, 0};
+      const int wait = static_cast<int>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count() + 1);
+      if (::poll(&p, 1, wait) > 0) {
+        char buf[64];
+        const ssize_t n = ::read(conn_, buf, sizeof(buf));
+        if (n > 0) {
+          last_ = Clock::now();  // a beat sent before the kill, arriving after it
+        } else {
+          std::this_thread::sleep_until(deadline);  // closed: only the timeout declares it
+        }
+      }
+    }
+    const auto at = Clock::now();
+    ::close(conn_);
+    conn_ = -1;
+    return at;
+  }
+
+ private:
+  int listener_ = -1;
+  int conn_ = -1;
+  int port_ = 0;
+  Clock::time_point last_;
+};
+
+// ---- Events.
+
+class EventWaiter {
+ public:
+  void On(const disagg::Event& e) {
+    std::lock_guard<std::mutex> lock(mu_);
+    seen_.push_back({e.kind, e.process, Clock::now()});
+    cv_.notify_all();
+  }
+  // The time of the first event of `kind` (about `process`, if nonzero) since Clear().
+  bool Wait(disagg::EventKind kind, uint32_t process, Clock::time_point* at) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] {
+      for (const Seen& s : seen_) {
+        if (s.kind == kind && (process == 0 || s.process == process)) {
+          *at = s.at;
+          return true;
+        }
+      }
+      return false;
+    });
+  }
+  void Clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    seen_.clear();
+  }
+
+ private:
+  struct Seen {
+    disagg::EventKind kind;
+    uint32_t process;
+    Clock::time_point at;
+  };
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Seen> seen_;
+};
+
+// ---- The rack's daemons and the victim process.
+
+std::string g_rack, g_bin;
+
+pid_t ReadPid(const std::string& element) {
+  std::ifstream in(g_rack + "/pids/" + element + ".pid");
+  pid_t pid = 0;
+  in >> pid;
+  return pid;
+}
+
+// Starts `binary` as element `element` again, as scripts/rack does, and records its pid.
+void Restart(const std::string& element, const std::string& binary,
+             const std::vector<std::string>& flags) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setsid();
+    const std::string out = g_rack + "/" + element + ".out";
+    const int fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    const int null = ::open("/dev/null", O_RDONLY);
+    ::dup2(null, 0);
+    std::vector<std::string> args{g_bin + "/" + binary, "--run_dir=" + g_rack};
+    args.insert(args.end(), flags.begin(), flags.end());
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  std::ofstream(g_rack + "/pids/" + element + ".pid") << pid << "\n";
+}
+
+// Polls `rackctl status --json` until `element` is healthy.
+void WaitHealthy(const std::string& element) {
+  for (int i = 0; i < 1000; ++i) {
+    const std::string cmd = g_bin + "/rackctl --rack " + g_rack + " status --json";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+    ::pclose(p);
+    const std::string row = "\"name\":\"" + element + "\"";
+    const size_t at = out.find(row);
+    if (at != std::string::npos) {
+      const size_t state = out.find("\"state\":\"", at);
+      if (state != std::string::npos && out.compare(state + 9, 7, "healthy") == 0) return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  Die(element + " did not come back");
+}
+
+// The victim: joins on cpu0 in the group, says its id on `fd`, then waits to be killed.
+int RunVictim(int fd, const char* rack_dir) {
+  disagg::JoinOptions options;
+  options.rack_dir = rack_dir;
+  options.name = "bench-victim";
+  options.element = "cpu0";
+  auto rack = disagg::Rack::Join(options);
+  if (!rack.ok() || !(*rack)->JoinGroup(kGroup).ok()) return 1;
+  auto region = (*rack)->Map(64 << 10);  // something to hold for adoption
+  if (!region.ok()) return 1;
+  const uint32_t id = (*rack)->self();
+  if (::write(fd, &id, sizeof(id)) != sizeof(id)) return 1;
+  while (true) ::pause();
+}
+
+struct Victim {
+  pid_t pid;
+  uint32_t id;
+};
+
+Victim StartVictim(const char* self) {
+  int fds[2];
+  if (::pipe(fds) != 0) Die("pipe");
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    const std::string fd = std::to_string(fds[1]);
+    ::execl(self, self, "--victim", fd.c_str(), g_rack.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  uint32_t id = 0;
+  if (::read(fds[0], &id, sizeof(id)) != sizeof(id)) Die("the victim did not join");
+  ::close(fds[0]);
+  return {pid, id};
+}
+
+void Reap(pid_t pid) {
+  int status;
+  (void)::waitpid(pid, &status, 0);  // ECHILD for a process this one did not start
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 4 && std::strcmp(argv[1], "--victim") == 0) {
+    return RunVictim(std::atoi(argv[2]), argv[3]);
+  }
+  if (argc < 3) Die("usage: bench_notify RACK_DIR BIN_DIR [KILLS]");
+  g_rack = argv[1];
+  g_bin = argv[2];
+  const int kills = argc > 3 ? std::atoi(argv[3]) : 50;
+  std::srand(static_cast<unsigned>(::getpid()));
+  ::signal(SIGPIPE, SIG_IGN);
+
+  disagg::JoinOptions options;
+  options.rack_dir = g_rack;
+  options.element = "cpu1";
+  options.name = "bench-observer";
+  auto joined = disagg::Rack::Join(options);
+  if (!joined.ok()) Die(std::string(joined.status().message()));
+  disagg::Rack& rack = **joined;
+  if (!rack.JoinGroup(kGroup).ok()) Die("cannot join the group");
+  EventWaiter events;
+  rack.OnEvent([&](const disagg::Event& e) { events.On(e); });
+  EndToEndDetector e2e;
+
+  struct Kind {
+    const char* name;
+    std::vector<double> notify_ms, e2e_ms;
+  };
+  Kind kinds[3] = {{"memory", {}, {}}, {"compute", {}, {}}, {"process", {}, {}}};
+
+  for (int round = 0; round < kills; ++round) {
+    // A memory element: this process's region has pages on mem1 (spread over both).
+    {
+      auto region = rack.Map(8 << 20);
+      if (!region.ok()) Die("map: " + std::string(region.status().message()));
+      const pid_t sidecar = StartSidecar(e2e.port());
+      e2e.Watch();
+      events.Clear();
+      const pid_t mem1 = ReadPid("mem1");
+      const auto t0 = Clock::now();
+      ::kill(mem1, SIGKILL);
+      ::kill(sidecar, SIGKILL);
+      Clock::time_point at;
+      if (!events.Wait(disagg::EventKind::kMemoryFailed, rack.self(), &at)) {
+        Die("no memory-failed event");
+      }
+      kinds[0].notify_ms.push_back(Ms(at - t0));
+      kinds[0].e2e_ms.push_back(Ms(e2e.Detect() - t0));
+      Reap(sidecar);
+      Reap(mem1);  // if it is this process's child (the first one is scripts/rack's)
+      (void)rack.Unmap(region->data());
+      Restart("mem1", "memmon", {"--name=mem1", "--pool_size=64M"});
+      WaitHealthy("mem1");
+    }
+    // A compute element running a process of the group.
+    {
+      const Victim victim = StartVictim(argv[0]);
+      const pid_t sidecar = StartSidecar(e2e.port());
+      e2e.Watch();
+      events.Clear();
+      const pid_t cpu0 = ReadPid("cpu0");
+      const auto t0 = Clock::now();
+      ::kill(cpu0, SIGKILL);
+      ::kill(sidecar, SIGKILL);
+      Clock::time_point at;
+      if (!events.Wait(disagg::EventKind::kPeerFailed, victim.id, &at)) {
+        Die("no peer-failed event for a compute element's process");
+      }
+      kinds[1].notify_ms.push_back(Ms(at - t0));
+      kinds[1].e2e_ms.push_back(Ms(e2e.Detect() - t0));
+      Reap(sidecar);
+      Reap(victim.pid);  // it ends with its compute element
+      Reap(cpu0);
+      Restart("cpu0", "procmon", {"--name=cpu0", "--cache_budget=64M"});
+      WaitHealthy("cpu0");
+    }
+    // An application process of the group.
+    {
+      const Victim victim = StartVictim(argv[0]);
+      const pid_t sidecar = StartSidecar(e2e.port());
+      e2e.Watch();
+      events.Clear();
+      const auto t0 = Clock::now();
+      ::kill(victim.pid, SIGKILL);
+      ::kill(sidecar, SIGKILL);
+      Clock::time_point at;
+      if (!events.Wait(disagg::EventKind::kPeerFailed, victim.id, &at)) {
+        Die("no peer-failed event for a process");
+      }
+      kinds[2].notify_ms.push_back(Ms(at - t0));
+      kinds[2].e2e_ms.push_back(Ms(e2e.Detect() - t0));
+      Reap(sidecar);
+      Reap(victim.pid);
+    }
+    if ((round + 1) % 10 == 0) std::fprintf(stderr, "bench_notify: %d rounds\n", round + 1);
+  }
+
+  double worst_p99 = 0, slowest_p50 = 0;
+  std::vector<double> all_e2e;
+  std::string json = "{\"bench\":\"notify\"";
+  std::printf("%-8s %12s %12s %14s %14s %10s\n", "kill", "notify p50", "notify p99", "e2e p50",
+              "e2e p99", "e2e/notify");
+  for (Kind& k : kinds) {
+    const double p50 = Percentile(k.notify_ms, 50), p99 = Percentile(k.notify_ms, 99);
+    const double e50 = Percentile(k.e2e_ms, 50), e99 = Percentile(k.e2e_ms, 99);
+    worst_p99 = std::max(worst_p99, p99);
+    slowest_p50 = std::max(slowest_p50, p50);
+    all_e2e.insert(all_e2e.end(), k.e2e_ms.begin(), k.e2e_ms.end());
+    std::printf("%-8s %9.3f ms %9.3f ms %11.1f ms %11.1f ms %9.0fx\n", k.name, p50, p99, e50, e99,
+                e50 / p50);
+    json += absl::StrFormat(
+        ",\"%s_notify_p50_ns\":%.0f,\"%s_notify_p99_ns\":%.0f,\"%s_e2e_p50_ns\":%.0f", k.name,
+        p50 * 1e6, k.name, p99 * 1e6, k.name, e50 * 1e6);
+  }
+  const double e2e_p50 = Percentile(all_e2e, 50);
+  std::printf("%d kills of each kind; end-to-end detector: TCP heartbeats every %lld ms, "
+              "timeout %lld ms\n",
+              kills, static_cast<long long>(kHeartbeat.count()),
+              static_cast<long long>(kTimeout.count()));
+  json += absl::StrFormat(",\"kills_per_kind\":%d,\"notify_p99_ns\":%.0f,\"e2e_p50_ns\":%.0f,"
+                          "\"e2e_over_notify\":%.1f}",
+                          kills, worst_p99 * 1e6, e2e_p50 * 1e6, e2e_p50 / slowest_p50);
+  std::printf("%s\n", json.c_str());
+  return 0;
+}
