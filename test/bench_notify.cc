@@ -102,8 +102,8 @@ class EndToEndDetector {
     char beat;
     if (::read(conn_, &beat, 1) != 1) Die("the sidecar sent no heartbeat");
     last_ = Clock::now();
-    const auto until = last_ + std::chrono::milliseconds(300) +
-                       std::chrono::microseconds(std::rand() % 100000);
+    const auto until =
+        last_ + std::chrono::milliseconds(300) + std::chrono::microseconds(std::rand() % 100000);
     while (Clock::now() < until) {
       pollfd p{conn_, POLLIN, 0};
       const int wait = static_cast<int>(
@@ -397,13 +397,14 @@ int main(int argc, char** argv) {
         p50 * 1e6, k.name, p99 * 1e6, k.name, e50 * 1e6);
   }
   const double e2e_p50 = Percentile(all_e2e, 50);
-  std::printf("%d kills of each kind; end-to-end detector: TCP heartbeats every %lld ms, "
-              "timeout %lld ms\n",
-              kills, static_cast<long long>(kHeartbeat.count()),
-              static_cast<long long>(kTimeout.count()));
-  json += absl::StrFormat(",\"kills_per_kind\":%d,\"notify_p99_ns\":%.0f,\"e2e_p50_ns\":%.0f,"
-                          "\"e2e_over_notify\":%.1f}",
-                          kills, worst_p99 * 1e6, e2e_p50 * 1e6, e2e_p50 / slowest_p50);
+  std::printf(
+      "%d kills of each kind; end-to-end detector: TCP heartbeats every %lld ms, "
+      "timeout %lld ms\n",
+      kills, static_cast<long long>(kHeartbeat.count()), static_cast<long long>(kTimeout.count()));
+  json += absl::StrFormat(
+      ",\"kills_per_kind\":%d,\"notify_p99_ns\":%.0f,\"e2e_p50_ns\":%.0f,"
+      "\"e2e_over_notify\":%.1f}",
+      kills, worst_p99 * 1e6, e2e_p50 * 1e6, e2e_p50 / slowest_p50);
   std::printf("%s\n", json.c_str());
   return 0;
 }
