@@ -136,6 +136,14 @@ class RackMmu : public ipc::Hub::Handler {
   // Links of processes declared failed while their connection stayed open: refused, why.
   absl::flat_hash_map<uint64_t, std::string> fenced_links_;
   std::set<std::string> failed_memory_;  // memory elements whose failure was reported
+  // Processes declared failed, kept a while after their records may be gone, so that their
+  // compute element's relay of the failure to their emergency contacts can be checked.
+  struct Failed {
+    pid_t pid;
+    std::string element;
+    absl::Time at;
+  };
+  absl::flat_hash_map<uint32_t, Failed> recently_failed_;
   // Ranges being mapped, granted or stolen, by vaddr: nothing else touches them until the
   // memory elements acknowledged. The token tells an operation's own entry from a later one
   // at the same address.

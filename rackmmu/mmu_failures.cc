@@ -43,8 +43,12 @@ void RackMmu::DeclareFailed(uint32_t process_id, const std::string& reason) {
       ++it;
     }
   }
-  SendEvent(process_id, p->incarnation, proto::EventKind::FENCED, process_id, 0, 0, "", reason);
-  TellGroups(*p, proto::EventKind::PEER_FAILED, 0, 0, p->element, reason);
+  recently_failed_[process_id] = {pid, p->element, absl::Now()};
+  const ProcessRecord copy = *p;  // sends below may close links, and change the map
+  SendEvent(process_id, copy.incarnation, proto::EventKind::FENCED, process_id, 0, 0, "", reason);
+  TellGroups(copy, proto::EventKind::PEER_FAILED, 0, 0, copy.element, reason);
+  p = memory_.process(process_id);
+  if (p == nullptr || p->dead || p->incarnation != copy.incarnation) return;
   const bool worth_keeping = memory_.MappedBytes(process_id) > 0 || !p->roots.empty();
   if (!worth_keeping || options_.grace_period <= absl::ZeroDuration()) {
     ReleaseProcess(process_id);
@@ -94,11 +98,17 @@ void RackMmu::Fence(uint32_t process_id, pid_t pid, uint64_t start_time,
 void RackMmu::TellGroups(const ProcessRecord& p, proto::EventKind kind, uint64_t vaddr,
                          uint64_t bytes, const std::string& element, const std::string& reason) {
   if (p.groups.empty()) return;
+  // Recipients first: a send that fails closes a link, which may change the map (and `p`).
+  std::vector<std::pair<uint32_t, uint64_t>> to;
   for (const auto& [id, q] : memory_.processes()) {
     if (id == p.id || q.dead) continue;
     const bool shares = std::any_of(q.groups.begin(), q.groups.end(),
                                     [&](const std::string& g) { return p.groups.contains(g); });
-    if (shares) SendEvent(id, q.incarnation, kind, p.id, vaddr, bytes, element, reason);
+    if (shares) to.emplace_back(id, q.incarnation);
+  }
+  const uint32_t about = p.id;
+  for (const auto& [id, incarnation] : to) {
+    SendEvent(id, incarnation, kind, about, vaddr, bytes, element, reason);
   }
 }
 
@@ -109,11 +119,25 @@ absl::Status RackMmu::HandleRelay(ipc::Link& link, uint64_t seq, proto::Relay::R
     if (record.link_id == link.id() && record.kind == proto::ElementKind::COMPUTE) element = name;
   }
   auto event = relay.getEvent();
+  // The process may be gone from the map already (it held nothing to adopt): its record of
+  // failure says where it ran.
   const ProcessRecord* about = memory_.process(event.getProcess());
+  std::string about_element;
+  pid_t about_pid = 0;
+  if (about != nullptr) {
+    about_element = about->element;
+    about_pid = about->pid;
+  }
+  if (about == nullptr || about_pid != relay.getPid()) {
+    if (auto f = recently_failed_.find(event.getProcess()); f != recently_failed_.end()) {
+      about_element = f->second.element;
+      about_pid = f->second.pid;
+    }
+  }
   absl::Status refused;
   if (element.empty()) {
     refused = absl::PermissionDeniedError("mmu: only compute elements relay notices");
-  } else if (about == nullptr || about->element != element) {
+  } else if (about_pid != relay.getPid() || about_element != element) {
     refused = absl::PermissionDeniedError(
         absl::StrCat("mmu: process ", event.getProcess(), " does not run on ", element));
   } else if (event.getKind() != proto::EventKind::MEMORY_FAILED &&
@@ -126,11 +150,16 @@ absl::Status RackMmu::HandleRelay(ipc::Link& link, uint64_t seq, proto::Relay::R
     LOG(WARNING) << "mmu: refused a relay from " << link.label() << ": " << refused.message();
     return seq == 0 ? absl::OkStatus() : link.ReplyError(seq, refused);
   }
-  for (uint32_t to : relay.getTo()) {
-    const ProcessRecord* q = memory_.process(to);
-    if (q == nullptr || q->dead || to == about->id) continue;
-    SendEvent(to, q->incarnation, event.getKind(), about->id, event.getVaddr(), event.getBytes(),
-              event.getElement(), event.getReason());
+  // Recipients first: a send that fails closes a link, which may change the map.
+  std::vector<std::pair<uint32_t, uint64_t>> to;
+  for (uint32_t id : relay.getTo()) {
+    const ProcessRecord* q = memory_.process(id);
+    if (q != nullptr && !q->dead && id != event.getProcess()) to.emplace_back(id, q->incarnation);
+  }
+  const std::string what = event.getElement(), why = event.getReason();
+  for (const auto& [id, incarnation] : to) {
+    SendEvent(id, incarnation, event.getKind(), event.getProcess(), event.getVaddr(),
+              event.getBytes(), what, why);
   }
   return seq == 0 ? absl::OkStatus() : link.ReplyOk(seq);
 }
@@ -188,12 +217,13 @@ void RackMmu::MemoryFailed(const std::string& name, const std::string& reason) {
     const ProcessRecord* p = memory_.process(h.owner);
     if (p == nullptr) continue;
     owners.insert(h.owner);
-    SendEvent(h.owner, p->incarnation, proto::EventKind::MEMORY_FAILED, h.owner, h.vaddr, h.bytes,
+    const ProcessRecord copy = *p;  // sends below may close links, and change the map
+    SendEvent(h.owner, copy.incarnation, proto::EventKind::MEMORY_FAILED, h.owner, h.vaddr, h.bytes,
               name, reason);
-    TellGroups(*p, proto::EventKind::MEMORY_FAILED, h.vaddr, h.bytes, name, reason);
+    TellGroups(copy, proto::EventKind::MEMORY_FAILED, h.vaddr, h.bytes, name, reason);
     // Its compute element tells its emergency contacts.
-    if (!p->dead) {
-      TellComputeElement(*p, proto::EventKind::MEMORY_FAILED, h.vaddr, h.bytes, name, reason);
+    if (!copy.dead) {
+      TellComputeElement(copy, proto::EventKind::MEMORY_FAILED, h.vaddr, h.bytes, name, reason);
     }
   }
   LOG(INFO) << "mmu: memory element " << name << " failed: " << hits.size() << " regions of "

@@ -234,6 +234,9 @@ void RackMmu::ProcessLeft(uint64_t link_id) {
 void RackMmu::ReleaseExpired() {
   loop_.Housekeeping();
   const absl::Time now = absl::Now();
+  // Long enough for any compute element's relay of a failure to have come in.
+  absl::erase_if(recently_failed_,
+                 [&](const auto& entry) { return now - entry.second.at > absl::Seconds(10); });
   std::vector<uint32_t> expired;
   for (const auto& [id, p] : memory_.processes()) {
     if (p.dead && p.release_at <= now) expired.push_back(id);

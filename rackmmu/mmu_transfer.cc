@@ -239,6 +239,11 @@ void RackMmu::SendEvent(uint32_t process_id, uint64_t incarnation, proto::EventK
 absl::Status RackMmu::HandleSubscribe(ipc::Link& link, uint64_t seq,
                                       proto::Subscribe::Reader request) {
   const uint32_t process_id = request.getProcessId();
+  if (ProcessOf(link) != 0) {
+    return link.ReplyError(seq, absl::FailedPreconditionError(
+                                    "mmu: the event link is a connection of its own, not the "
+                                    "one the process joined on"));
+  }
   const ProcessRecord* p = memory_.process(process_id);
   absl::StatusOr<uint64_t> start_time = ipc::ProcessStartTime(link.peer());
   // Only the process itself, as the kernel identifies it, may take its events.

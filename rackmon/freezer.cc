@@ -1,11 +1,13 @@
 #include "freezer.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -76,7 +78,7 @@ absl::StatusOr<Freezer> Freezer::Pause(const std::string& name, const std::vecto
         moved = WriteFile(dir + "/cgroup.procs", absl::StrCat(pid)) && moved;
       if (moved && WriteFile(dir + "/freezer.state", "FROZEN")) {
         // FREEZING until every task stopped; a task in an uninterruptible sleep may delay it.
-        const absl::Time deadline = absl::Now() + absl::Seconds(2);
+        const absl::Time deadline = absl::Now() + absl::Milliseconds(500);
         while (ReadFile(dir + "/freezer.state").rfind("FROZEN", 0) != 0 && absl::Now() < deadline) {
           absl::SleepFor(absl::Microseconds(200));
         }
@@ -101,9 +103,8 @@ void Freezer::Resume() {
   paused_ = false;
   if (!cgroup_.empty()) {
     WriteFile(cgroup_ + "/freezer.state", "THAWED");
-    // Back to the root cgroup, so that the cgroup can go.
-    for (pid_t pid : pids_)
-      WriteFile(absl::StrCat(kFreezerRoot, "/cgroup.procs"), absl::StrCat(pid));
+    // Back to the root cgroup, so that the cgroup can go: what is in it now (a pid that ended
+    // left it, so no other process is moved).
     std::istringstream left(ReadFile(cgroup_ + "/cgroup.procs"));
     pid_t pid;
     while (left >> pid) WriteFile(absl::StrCat(kFreezerRoot, "/cgroup.procs"), absl::StrCat(pid));
@@ -116,5 +117,25 @@ void Freezer::Resume() {
 }
 
 Freezer::~Freezer() { Resume(); }
+
+void Freezer::SweepStale() {
+  DIR* dir = ::opendir(kFreezerRoot);
+  if (dir == nullptr) return;
+  while (dirent* entry = ::readdir(dir)) {
+    const std::string name = entry->d_name;
+    if (name.rfind("disagg-", 0) != 0) continue;
+    const size_t dash = name.rfind('-');
+    const pid_t owner = static_cast<pid_t>(std::atoi(name.c_str() + dash + 1));
+    if (owner > 0 && (::kill(owner, 0) == 0 || errno != ESRCH)) continue;  // its monitor runs
+    const std::string path = absl::StrCat(kFreezerRoot, "/", name);
+    LOG(WARNING) << "mon: thawing " << path << ", left frozen by a rack monitor that died";
+    WriteFile(path + "/freezer.state", "THAWED");
+    std::istringstream left(ReadFile(path + "/cgroup.procs"));
+    pid_t pid;
+    while (left >> pid) WriteFile(absl::StrCat(kFreezerRoot, "/cgroup.procs"), absl::StrCat(pid));
+    ::rmdir(path.c_str());
+  }
+  ::closedir(dir);
+}
 
 }  // namespace disagg::rackmon

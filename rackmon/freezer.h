@@ -25,6 +25,9 @@ class Freezer {
   Freezer& operator=(Freezer&&) = default;
   ~Freezer();
 
+  // Thaws and removes the freezer cgroups of rack monitors that died with processes frozen.
+  static void SweepStale();
+
   // Resumes them. Idempotent.
   void Resume();
   // "cgroup freezer" or "SIGSTOP".

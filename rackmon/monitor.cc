@@ -50,6 +50,7 @@ RackMonitor::~RackMonitor() {
 }
 
 void RackMonitor::Start(ipc::Hub& hub, ipc::Link& mmu) {
+  Freezer::SweepStale();
   hub_ = &hub;
   mmu_ = &mmu;
   Watched& w = elements_["mmu"];
@@ -60,6 +61,10 @@ void RackMonitor::Start(ipc::Hub& hub, ipc::Link& mmu) {
 }
 
 void RackMonitor::Watch(Watched& w, ipc::Link& link) {
+  // A new incarnation of the element: whatever paused the old one is over.
+  if (w.resume_timer != 0) loop_.Unwatch(w.resume_timer);
+  w.resume_timer = 0;
+  w.paused.reset();
   w.pid = link.peer().pid;
   w.link = &link;
   w.health = proto::Health::HEALTHY;
@@ -295,9 +300,11 @@ absl::Status RackMonitor::HandleProcessUp(ipc::Link& link, proto::ProcessUp::Rea
 absl::Status RackMonitor::HandleProcessDown(ipc::Link& link, proto::ProcessDown::Reader down) {
   Watched* w = ByLink(link);
   auto it = processes_.find(down.getProcessId());
-  if (w == nullptr || it == processes_.end() || it->second.element != w->name) {
+  if (w == nullptr || it == processes_.end() || it->second.element != w->name ||
+      it->second.pid != down.getPid()) {
+    // Not its process, or an earlier holder of a recycled id.
     LOG(WARNING) << "mon: " << link.label() << " reported process " << down.getProcessId()
-                 << " gone, which it does not host";
+                 << " (pid " << down.getPid() << ") gone, which it does not host";
     return absl::OkStatus();
   }
   if (down.getClean()) {

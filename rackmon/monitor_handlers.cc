@@ -2,6 +2,7 @@
 // its name on a healthy compute element (as `rackctl run` would), so that a successor can
 // adopt the failed process's memory while the Rack MMU holds it.
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -24,9 +25,13 @@ absl::Status RackMonitor::HandleAddHandler(ipc::Link& link, uint64_t seq,
   const std::string name = handler.getProcessName();
   const std::string element = handler.getElement();
   auto launch = handler.getLaunch();
-  if (name.empty() || name.size() > 255) {
-    return link.ReplyError(seq, absl::InvalidArgumentError(
-                                    "mon: a failure handler needs a process name (1-255 bytes)"));
+  // The name becomes part of the log's file name.
+  if (name.empty() || name.size() > 255 || name[0] == '.' ||
+      name.find_first_of("/\\") != std::string::npos) {
+    return link.ReplyError(seq, absl::InvalidArgumentError(absl::StrCat(
+                                    "mon: a failure handler needs a process name of 1-255 bytes, "
+                                    "without '/' and not starting with '.', not '",
+                                    name, "'")));
   }
   if (launch.getArgv().size() == 0) {
     const bool had = handlers_.erase(name) > 0;
@@ -98,6 +103,9 @@ void RackMonitor::RunHandler(const Process& p, const std::string& reason) {
     return;
   }
   (*link)->set_label(started.what);
+  // The compute element copies the program's stdio out of this process (pidfd_getfd); where
+  // Yama restricts that to ancestors, this lets it.
+  (void)::prctl(PR_SET_PTRACER, static_cast<unsigned long>(elements_[where].pid), 0, 0, 0);
   capnp::MallocMessageBuilder builder;
   auto message = builder.initRoot<proto::Message>();
   message.setSeq(next_seq_++);

@@ -84,7 +84,9 @@ absl::Status RackMonitor::Fail(const std::string& target) {
   RETURN_IF_ERROR(SignalPidfd(w->pidfd.get(), SIGKILL, target));
   LOG(WARNING) << "mon: fault injection: killed " << target << " (pid " << w->pid << ")";
   // A paused element dies as soon as it is thawed; its death is seen as any other.
-  if (w->paused) w->paused->Resume();
+  if (w->resume_timer != 0) loop_.Unwatch(w->resume_timer);
+  w->resume_timer = 0;
+  w->paused.reset();  // resumes it
   return absl::OkStatus();
 }
 

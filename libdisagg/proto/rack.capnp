@@ -257,6 +257,7 @@ struct ProcessDown {
   processId @0 :UInt32;
   reason @1 :Text;
   clean @2 :Bool;               # it left the rack on its own: not a failure
+  pid @3 :Int32;                # checked: the id may have been given to another process since
 }
 
 # rack monitor -> Rack MMU: declare process `processId` failed (on element `element`).
@@ -278,6 +279,7 @@ struct EmergencyContacts {
 struct Relay {
   to @0 :List(UInt32);
   event @1 :RackEvent;
+  pid @2 :Int32;                # of `event.process`: checked, as ids are recycled
 }
 
 # rackctl -> rack monitor: a fast failure handler. When a process named `processName` fails,

@@ -59,8 +59,13 @@ MemoryFault LookUp(void* address) {
   const uint64_t vpage = reinterpret_cast<uintptr_t>(address) >> 12;
   const Slot& slot = g_slots[SlotOf(vpage)];
   if (slot.vpage.load(std::memory_order_acquire) == vpage) {
-    fault.cause = static_cast<FaultCause>(slot.cause.load(std::memory_order_relaxed));
-    const int element = slot.element.load(std::memory_order_relaxed);
+    fault.cause = static_cast<FaultCause>(slot.cause.load(std::memory_order_acquire));
+    const int element = slot.element.load(std::memory_order_acquire);
+    // Another page's poisoning may have taken the slot meanwhile: then this one is a miss.
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (slot.vpage.load(std::memory_order_relaxed) != vpage) {
+      return MemoryFault{address, FaultCause::kRefused, {}};
+    }
     if (element >= 0 && element < g_names_used.load(std::memory_order_acquire)) {
       std::memcpy(fault.element, g_names[element], sizeof(fault.element));
     }
@@ -153,9 +158,11 @@ void SetMemoryFaultHandler(MemoryFaultHandler handler) {
 
 void RecordPoison(uint64_t vpage, FaultCause cause, const std::string& element) {
   Slot& slot = g_slots[SlotOf(vpage)];
+  const int name = NameIndex(element);
   slot.vpage.store(0, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);  // readers see 0 before the new fields
   slot.cause.store(static_cast<int>(cause), std::memory_order_relaxed);
-  slot.element.store(NameIndex(element), std::memory_order_relaxed);
+  slot.element.store(name, std::memory_order_relaxed);
   slot.vpage.store(vpage, std::memory_order_release);
 }
 

@@ -176,6 +176,13 @@ absl::Status RackImpl::AttachCompute(ipc::Connection compute) {
 RackImpl::~RackImpl() {
   // The event handler may use the Rack (and touch its memory): it finishes while everything
   // it may need still runs.
+  // procmon hears first that this is a clean exit: from here on this process no longer
+  // answers its heartbeats.
+  if (compute_) {
+    ipc::SmallMessage leave;
+    leave.Init(0).setLeave();
+    (void)SendCompute(leave.builder());
+  }
   events_.Stop();
   if (stop_.valid()) {
     const uint64_t one = 1;
@@ -183,16 +190,12 @@ RackImpl::~RackImpl() {
     (void)ignored;
   }
   for (std::thread& t : threads_) t.join();
+  tasks_.Stop();  // after the control thread, which pushes to it
   // A clean exit frees this process's memory now; a death would hold it for adoption.
   if (id_ != 0) {
     if (absl::Status left = mmu_.Leave(); !left.ok()) {
       VLOG(1) << "disagg: leaving the rack: " << left;
     }
-  }
-  if (compute_) {  // the control thread is gone: its connection is free to use
-    ipc::SmallMessage leave;
-    leave.Init(0).setLeave();
-    (void)SendCompute(leave.builder());  // its hang-up is then no failure
   }
   if (signal_installed_) RemoveFaultSignal();
   if (reserved_) munmap(reinterpret_cast<void*>(range_base_), range_bytes_);
@@ -219,6 +222,7 @@ absl::Status RackImpl::Unmap(void* data) {
   MutexLock lock(&mu_);
   std::optional<uint64_t> bytes = translations_.Remove(vaddr);
   if (!bytes) return absl::OkStatus();  // it was known to the Rack MMU only
+  ForgetFailed(vaddr >> kPageShift, (vaddr + *bytes) >> kPageShift);
   RETURN_IF_ERROR(DropRange(vaddr >> kPageShift, (vaddr + *bytes) >> kPageShift,
                             /*write_back=*/false));
   return absl::OkStatus();
@@ -251,14 +255,16 @@ absl::Status RackImpl::Flush(const void* addr, size_t len) {
     translations_.AddExtent(found->vaddr, found->info.bytes, found->info.extents[0]);
   }
   // What lived on a failed memory element cannot be made durable: its pages are gone.
-  for (const std::string& element : failed_elements_) {
-    for (const ExtentInfo& e : translations_.ExtentsOn(element)) {
-      if (e.vpage < last && first < e.vpage + e.pages) {
-        return absl::UnavailableError(absl::StrCat(
-            "disagg: memory element ", element, " failed; [0x", absl::Hex(e.vpage << kPageShift),
-            ", +", e.pages << kPageShift, ") on it is lost"));
-      }
-    }
+  if (const FailedRange* f = FailedAt(first)) {
+    return absl::UnavailableError(absl::StrCat("disagg: memory element ", f->element,
+                                               " failed; the page at 0x",
+                                               absl::Hex(first << kPageShift), " is lost"));
+  }
+  if (auto it = failed_.lower_bound(first); it != failed_.end() && it->first < last) {
+    return absl::UnavailableError(absl::StrCat("disagg: memory element ", it->second.element,
+                                               " failed; [0x", absl::Hex(it->first << kPageShift),
+                                               ", +", (it->second.end - it->first) << kPageShift,
+                                               ") on it is lost"));
   }
   return WriteBackRange(first, last);
 }
@@ -460,15 +466,27 @@ absl::Status RackImpl::HandleControl(proto::Message::Reader message) {
   switch (message.which()) {
     case proto::Message::CACHE_QUOTA: {
       const uint64_t pages = message.getCacheQuota().getBytes() / kPageBytes;
+      bool fits;
       {
         MutexLock lock(&mu_);
-        cache_.set_quota_pages(pages);  // admissions obey the new quota at once...
+        cache_.set_quota_pages(pages);  // admissions obey the new quota at once
         quota_known_ = true;
-        ShrinkToQuota();
-        stats_quota_pages_ = pages;  // ...and it shows once the cache fits it
+        fits = cache_.present_pages() <= pages;
+        if (fits) stats_quota_pages_ = pages;
         changed_.SignalAll();
       }
-      return message.getSeq() != 0 ? ReportUsage(message.getSeq()) : absl::OkStatus();
+      if (fits) return message.getSeq() != 0 ? ReportUsage(message.getSeq()) : absl::OkStatus();
+      // Shrinking to it (write-backs) is left to the task queue.
+      tasks_.Push([this, pages, seq = message.getSeq()] {
+        {
+          MutexLock lock(&mu_);
+          ShrinkToQuota();
+          stats_quota_pages_ = pages;  // it shows once the cache fits it
+          changed_.SignalAll();
+        }
+        if (seq != 0) (void)ReportUsage(seq);
+      });
+      return absl::OkStatus();
     }
     case proto::Message::PING: {
       ipc::SmallMessage pong;

@@ -7,13 +7,29 @@
 namespace disagg::runtime {
 
 void RackImpl::ElementFailed(const std::string& element) {
-  if (!failed_elements_.insert(element).second) return;
   // Cached copies of its pages go (their data is gone from the rack): their next touches
   // fault, and are refused at once instead of waiting for an element that cannot answer.
+  uint64_t pages = 0;
   for (const ExtentInfo& e : translations_.ExtentsOn(element)) {
+    failed_[e.vpage] = FailedRange{e.vpage + e.pages, element};
+    pages += e.pages;
     (void)DropRange(e.vpage, e.vpage + e.pages, /*write_back=*/false);
   }
-  RLOG(WARNING) << "disagg: memory element " << element << " failed; its pages are lost";
+  RLOG(WARNING) << "disagg: memory element " << element << " failed; " << pages
+                << " pages of this process are lost";
+}
+
+const RackImpl::FailedRange* RackImpl::FailedAt(uint64_t vpage) const {
+  auto it = failed_.upper_bound(vpage);
+  if (it == failed_.begin()) return nullptr;
+  --it;
+  return vpage < it->second.end ? &it->second : nullptr;
+}
+
+void RackImpl::ForgetFailed(uint64_t first, uint64_t last) {
+  for (auto it = failed_.lower_bound(first); it != failed_.end() && it->first < last;) {
+    it = failed_.erase(it);
+  }
 }
 
 void RackImpl::Fenced(const std::string& reason) {

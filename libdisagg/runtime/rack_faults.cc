@@ -171,7 +171,7 @@ RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait, F
   }
   if (const ExtentInfo* extent = translations_.Find(vpage); extent != nullptr && !fetch.revoked) {
     fetch.element = extent->element;
-    if (failed_elements_.contains(extent->element)) {
+    if (FailedAt(vpage) != nullptr) {
       fetch.refusal = FaultCause::kElementFailed;
       return Admission::kFetch;
     }

@@ -24,7 +24,6 @@
 #include <map>
 #include <memory>
 #include <optional>
-#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -37,6 +36,7 @@
 #include "runtime/events.h"
 #include "runtime/mmu_stub.h"
 #include "runtime/page_cache.h"
+#include "runtime/task_queue.h"
 #include "runtime/translations.h"
 #include "runtime/userfaultfd.h"
 
@@ -141,8 +141,10 @@ class RackImpl final : public Rack {
   bool InTransfer(uint64_t vpage) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Makes [vaddr, +info.bytes) usable here: translations known, earlier refusals forgotten.
   void Adopt(uint64_t vaddr, RegionInfo info) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // A message on the event link from the Rack MMU.
+  // A message on the event link from the Rack MMU: checked on the control thread, applied on
+  // the task queue (ApplyRackEvent), then passed to the application's handler.
   absl::Status HandleRackEvent(proto::Message::Reader message);
+  void ApplyRackEvent(const Event& event, RegionInfo granted);
   // Failures (rack_failures.cc): memory element `element` failed: its pages here are dropped
   // (without write-back) and their touches refused as kElementFailed from now on.
   void ElementFailed(const std::string& element) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -177,6 +179,7 @@ class RackImpl final : public Rack {
   Userfaultfd uffd_;
   ElementPool elements_;
   EventQueue events_;
+  TaskQueue tasks_;  // what the control thread must not wait for
 
   mutable Mutex mu_;
   CondVar changed_;  // a fetch, write-back or quota change completed
@@ -193,9 +196,20 @@ class RackImpl final : public Rack {
   };
   std::array<ReadaheadStream, 16> streams_ ABSL_GUARDED_BY(mu_);
   uint64_t stream_clock_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Status attach_status_ ABSL_GUARDED_BY(mu_);             // the compute element's refusal
-  std::set<std::string> failed_elements_ ABSL_GUARDED_BY(mu_);  // memory elements known failed
-  std::optional<std::string> fenced_ ABSL_GUARDED_BY(mu_);      // why this process was fenced
+  absl::Status attach_status_ ABSL_GUARDED_BY(mu_);  // the compute element's refusal
+  // Pages of this process that were on a failed memory element: first vpage -> (end vpage,
+  // the element). Ranges, not element names: an element restarted under its old name holds
+  // new regions fine.
+  struct FailedRange {
+    uint64_t end;
+    std::string element;
+  };
+  std::map<uint64_t, FailedRange> failed_ ABSL_GUARDED_BY(mu_);
+  // The failed range holding `vpage`, or nullptr.
+  const FailedRange* FailedAt(uint64_t vpage) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets the failed ranges inside [first, last) (unmapped: the addresses may be reused).
+  void ForgetFailed(uint64_t first, uint64_t last) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<std::string> fenced_ ABSL_GUARDED_BY(mu_);  // why this process was fenced
   Mutex reader_mu_;  // which fault thread reads the userfaultfd
   CondVar reader_free_;
   bool reader_busy_ ABSL_GUARDED_BY(reader_mu_) = false;

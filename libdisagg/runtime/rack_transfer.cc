@@ -153,26 +153,18 @@ absl::Status RackImpl::HandleRackEvent(proto::Message::Reader message) {
   }
   Event out{EventKind::kGranted, event.getProcess(), reinterpret_cast<void*>(vaddr), bytes,
             event.getElement(),  event.getReason()};
-  MutexLock lock(&mu_);
+  RegionInfo granted{bytes, {}};
   switch (kind) {
-    case proto::EventKind::GRANTED: {
-      RegionInfo info{bytes, {}};
+    case proto::EventKind::GRANTED:
       for (auto e : event.getExtents()) {
-        info.extents.push_back({e.getVpage(), e.getPages(), e.getElement()});
+        granted.extents.push_back({e.getVpage(), e.getPages(), e.getElement()});
       }
-      Adopt(vaddr, std::move(info));
       break;
-    }
     case proto::EventKind::REVOKED:
       out.kind = EventKind::kRevoked;
-      // The memory elements refuse this process there already: what was not written back is
-      // lost, and later touches fault as revoked.
-      (void)DropRange(vaddr >> kPageShift, (vaddr + bytes) >> kPageShift, /*write_back=*/false);
-      translations_.MarkRevoked(vaddr, bytes);
       break;
     case proto::EventKind::MEMORY_FAILED:
       out.kind = EventKind::kMemoryFailed;
-      if (out.process == id_) ElementFailed(out.element);
       break;
     case proto::EventKind::PEER_FAILED:
       out.kind = EventKind::kPeerFailed;
@@ -183,14 +175,44 @@ absl::Status RackImpl::HandleRackEvent(proto::Message::Reader message) {
       out.kind = EventKind::kFenced;
       out.address = nullptr;
       out.size = 0;
-      Fenced(out.reason);
       break;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("an event of unknown kind ", static_cast<int>(kind)));
   }
-  events_.Push(out);
+  // Applying it may wait (for fetches in flight to land): not on the control thread.
+  tasks_.Push([this, out = std::move(out), granted = std::move(granted)]() mutable {
+    ApplyRackEvent(out, std::move(granted));
+  });
   return absl::OkStatus();
+}
+
+void RackImpl::ApplyRackEvent(const Event& event, RegionInfo granted) {
+  const uint64_t vaddr = reinterpret_cast<uintptr_t>(event.address);
+  {
+    MutexLock lock(&mu_);
+    switch (event.kind) {
+      case EventKind::kGranted:
+        Adopt(vaddr, std::move(granted));
+        break;
+      case EventKind::kRevoked:
+        // The memory elements refuse this process there already: what was not written back
+        // is lost, and later touches fault as revoked.
+        (void)DropRange(vaddr >> kPageShift, (vaddr + event.size) >> kPageShift,
+                        /*write_back=*/false);
+        translations_.MarkRevoked(vaddr, event.size);
+        break;
+      case EventKind::kMemoryFailed:
+        if (event.process == id_) ElementFailed(event.element);
+        break;
+      case EventKind::kFenced:
+        Fenced(event.reason);
+        break;
+      case EventKind::kPeerFailed:
+        break;
+    }
+  }
+  events_.Push(event);
 }
 
 }  // namespace disagg::runtime

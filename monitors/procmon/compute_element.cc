@@ -43,7 +43,13 @@ ComputeElement::~ComputeElement() {
 void ComputeElement::Tick() {
   ipc::SmallMessage ping;
   ping.Init(0).initPing();
-  for (auto& [id, p] : processes_) {
+  // A Send that fails closes the link at once, which erases its process: look each up anew.
+  std::vector<uint64_t> links;
+  for (const auto& [id, p] : processes_) links.push_back(id);
+  for (uint64_t link : links) {
+    auto it = processes_.find(link);
+    if (it == processes_.end()) continue;
+    Process& p = it->second;
     if (!p.attached || p.failed || p.left) continue;
     if (p.ping_outstanding) {
       if (++p.missed < watch_.missed_beats) continue;
@@ -92,6 +98,7 @@ void ComputeElement::TellContacts(const Process& p, proto::RackEvent::Reader eve
   auto to = relay.initTo(p.contacts.size());
   for (size_t i = 0; i < p.contacts.size(); ++i) to.set(i, p.contacts[i]);
   relay.setEvent(event);
+  relay.setPid(p.pid);
   if (absl::Status s = SendToMmu(builder); !s.ok()) {
     LOG(WARNING) << options().name << ": cannot tell the emergency contacts of " << p.link->label()
                  << ": " << s;
@@ -113,6 +120,7 @@ void ComputeElement::ReportDown(const Process& p, const std::string& reason, boo
   down.setProcessId(p.process_id);
   down.setReason(reason);
   down.setClean(clean);
+  down.setPid(p.pid);
   if (absl::Status s = SendToMonitor(builder); !s.ok()) {
     LOG(WARNING) << options().name << ": cannot tell the rack monitor that " << p.link->label()
                  << " is gone: " << s;
