@@ -394,8 +394,14 @@ TEST_CASE("Grant and steal requests out of protocol are refused, and the daemons
     }
     CHECK(absl::IsResourceExhausted(published));
     CHECK(roots == 1025);
-    CHECK(absl::IsPermissionDenied(
+    // The event link is a connection of its own...
+    CHECK(absl::IsFailedPrecondition(
         Call(*client, [&](auto m) { m.initSubscribe().setProcessId(other); })));
+    // ...and only the process itself may take its events.
+    auto second = ipc::Client::Connect(rack.Socket("mmu"));
+    REQUIRE(second.ok());
+    CHECK(absl::IsPermissionDenied(
+        Call(*second, [&](auto m) { m.initSubscribe().setProcessId(other); })));
   }
   SECTION("stray replies to the Rack MMU are logged and change nothing") {
     for (uint64_t seq = 0; seq < 64; ++seq) {
