@@ -4,9 +4,10 @@
 //   id                          -> its rack process id
 //   map BYTES                   -> the region's address (hex)
 //   unmap ADDR                  -> ok | the error
-//   fill ADDR BYTES SEED        -> ok: writes a pattern of 64-bit words
-//   verify ADDR BYTES SEED      -> ok | bad N (words that differ)
-//   zeros ADDR BYTES            -> ok | nonzero N (words that are not zero)
+//   fill ADDR BYTES SEED        -> ok: writes a pattern of 64-bit words (each word's value
+//                                  follows from its address and SEED)
+//   verify ADDR BYTES SEED      -> ok | bad N (words that differ) | fault CAUSE [at ELEMENT]
+//   zeros ADDR BYTES            -> ok | nonzero N (words that are not zero) | fault ...
 //   flush ADDR BYTES            -> ok | the error
 //   grant ADDR BYTES TO         -> ok | the error
 //   steal FROM ADDR BYTES       -> ok | the error
@@ -51,14 +52,14 @@ namespace {
 sigjmp_buf g_touch;
 volatile disagg::FaultCause g_cause;
 char g_element[sizeof(disagg::MemoryFault::element)];
-// The churn thread's own landing point (a fault there ends the churn, not the process).
-sigjmp_buf g_churn;
-volatile disagg::FaultCause g_churn_cause;
+// A fault in the churn thread ends the churn, not the process: the thread records the cause
+// and parks in the handler for good (pause is async-signal-safe; no longjmp across threads).
+std::atomic<int> g_churn_end{0};  // 0 running, -1 bad data, else the fault's cause + 1
 thread_local bool g_churn_thread = false;
 void OnFault(const disagg::MemoryFault& fault) {
   if (g_churn_thread) {
-    g_churn_cause = fault.cause;
-    siglongjmp(g_churn, 1);
+    g_churn_end.store(static_cast<int>(fault.cause) + 1);
+    while (true) pause();
   }
   g_cause = fault.cause;
   std::memcpy(g_element, fault.element, sizeof(g_element));
@@ -81,6 +82,14 @@ const char* KindName(disagg::EventKind kind) {
   return "unknown";
 }
 
+// What a caught fault says: "fault CAUSE[ at ELEMENT]".
+std::string FaultText() {
+  std::string out = std::string("fault ") + disagg::FaultCauseName(g_cause);
+  if (g_element[0] != '\0') out += std::string(" at ") + g_element;
+  return out;
+}
+
+// The word at rack address `word * 8`: the same at any address whatever range was filled.
 uint64_t Pattern(uint64_t word, uint64_t seed) { return (word + 1) * 0x9E3779B97F4A7C15ull ^ seed; }
 
 std::string Say(const absl::Status& s) {
@@ -108,7 +117,6 @@ int main() {
   std::mutex mu;
   std::vector<std::string> events;
   std::atomic<uint64_t> churn_passes{0};
-  std::atomic<int> churn_end{0};  // 0 running, -1 bad data, else the fault's cause + 1
   rack.OnEvent([&](const disagg::Event& e) {
     std::lock_guard<std::mutex> lock(mu);
     std::string line = std::string(KindName(e.kind)) + ":" + std::to_string(e.process) + ":" +
@@ -137,18 +145,30 @@ int main() {
       out = Say(rack.Unmap(ptr()));
     } else if (cmd == "fill" && in >> std::hex >> addr >> std::dec >> bytes >> seed) {
       auto* words = static_cast<uint64_t*>(ptr());
-      for (uint64_t i = 0; i < bytes / 8; ++i) words[i] = Pattern(i, seed);
-      out = "ok";
+      if (sigsetjmp(g_touch, 1) != 0) {
+        out = FaultText();
+      } else {
+        for (uint64_t i = 0; i < bytes / 8; ++i) words[i] = Pattern(addr / 8 + i, seed);
+        out = "ok";
+      }
     } else if (cmd == "verify" && in >> std::hex >> addr >> std::dec >> bytes >> seed) {
       auto* words = static_cast<const uint64_t*>(ptr());
-      uint64_t bad = 0;
-      for (uint64_t i = 0; i < bytes / 8; ++i) bad += words[i] != Pattern(i, seed);
-      out = bad == 0 ? "ok" : "bad " + std::to_string(bad);
+      if (sigsetjmp(g_touch, 1) != 0) {
+        out = FaultText();
+      } else {
+        uint64_t bad = 0;
+        for (uint64_t i = 0; i < bytes / 8; ++i) bad += words[i] != Pattern(addr / 8 + i, seed);
+        out = bad == 0 ? "ok" : "bad " + std::to_string(bad);
+      }
     } else if (cmd == "zeros" && in >> std::hex >> addr >> std::dec >> bytes) {
       auto* words = static_cast<const uint64_t*>(ptr());
-      uint64_t nonzero = 0;
-      for (uint64_t i = 0; i < bytes / 8; ++i) nonzero += words[i] != 0;
-      out = nonzero == 0 ? "ok" : "nonzero " + std::to_string(nonzero);
+      if (sigsetjmp(g_touch, 1) != 0) {
+        out = FaultText();
+      } else {
+        uint64_t nonzero = 0;
+        for (uint64_t i = 0; i < bytes / 8; ++i) nonzero += words[i] != 0;
+        out = nonzero == 0 ? "ok" : "nonzero " + std::to_string(nonzero);
+      }
     } else if (cmd == "flush" && in >> std::hex >> addr >> std::dec >> bytes) {
       out = Say(rack.Flush(ptr(), bytes));
     } else if (cmd == "grant" && in >> std::hex >> addr >> std::dec >> bytes >> who) {
@@ -168,25 +188,19 @@ int main() {
         (void)word;
         out = "ok";
       } else {
-        out = std::string("fault ") + disagg::FaultCauseName(g_cause);
-        if (g_element[0] != '\0') out += std::string(" at ") + g_element;
+        out = FaultText();
       }
     } else if (cmd == "churn" && in >> std::hex >> addr >> std::dec >> bytes) {
       // Writes and verifies [addr, +bytes) pass after pass, in the background, until a touch
       // is refused: `churned` tells how far it got.
-      std::thread([&rack, addr, bytes, &churn_passes, &churn_end] {
-        (void)rack;
+      std::thread([addr, bytes, &churn_passes] {
         auto* words = reinterpret_cast<volatile uint64_t*>(addr);
-        if (sigsetjmp(g_churn, 1) != 0) {
-          churn_end.store(static_cast<int>(g_churn_cause) + 1);
-          return;
-        }
         g_churn_thread = true;
         for (uint64_t pass = 1;; ++pass) {
           for (uint64_t i = 0; i < bytes / 8; i += 512) words[i] = Pattern(i, pass);
           for (uint64_t i = 0; i < bytes / 8; i += 512) {
             if (words[i] != Pattern(i, pass)) {
-              churn_end.store(-1);
+              g_churn_end.store(-1);
               return;
             }
           }
@@ -195,7 +209,7 @@ int main() {
       }).detach();
       out = "ok";
     } else if (cmd == "churned") {
-      const int end = churn_end.load();
+      const int end = g_churn_end.load();
       out = "passes " + std::to_string(churn_passes.load()) +
             (end == 0  ? " running"
              : end < 0 ? " bad"
@@ -224,12 +238,14 @@ int main() {
     } else if (cmd == "crash") {
       std::_Exit(3);
     } else if (cmd == "quit") {
-      return 0;
+      break;
     } else {
       out = "error INVALID_ARGUMENT cannot read: " + line;
     }
     std::printf("%s\n", out.c_str());
     std::fflush(stdout);
   }
+  // The Rack goes first: its event thread uses `events` and `mu` until then.
+  joined->reset();
   return 0;
 }
