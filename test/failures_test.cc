@@ -116,6 +116,15 @@ int Reap(pid_t pid) {
   return -1;
 }
 
+// Peers joined to the trust group "team".
+void JoinTeam(std::initializer_list<Peer*> peers) {
+  for (Peer* p : peers) {
+    INFO(p->error());
+    REQUIRE(p->ok());
+    REQUIRE(p->Ask("group team") == "ok");
+  }
+}
+
 }  // namespace
 
 TEST_CASE(
@@ -127,11 +136,8 @@ TEST_CASE(
   Peer holder(rack.dir(), "cpu1");
   Peer member(rack.dir(), "cpu1");   // holds no memory; in the group of both
   Peer contact(rack.dir(), "cpu0");  // in no group: the toucher's emergency contact
-  REQUIRE(toucher.ok());
-  REQUIRE(holder.ok());
-  REQUIRE(member.ok());
+  JoinTeam({&toucher, &holder, &member});
   REQUIRE(contact.ok());
-  for (Peer* p : {&toucher, &holder, &member}) REQUIRE(p->Ask("group team") == "ok");
   REQUIRE(toucher.Ask("contacts " + std::to_string(contact.id())) == "ok");
   // Spread regions: each has pages on both memory elements.
   const uint64_t bytes = 8 * kMiB;
@@ -204,10 +210,7 @@ TEST_CASE(
                   "--heartbeat-ms 5 --missed-beats 40") == 0);
   Peer writer(rack.dir(), "cpu0");
   Peer bystander(rack.dir(), "cpu1");
-  REQUIRE(writer.ok());
-  REQUIRE(bystander.ok());
-  REQUIRE(writer.Ask("group team") == "ok");
-  REQUIRE(bystander.Ask("group team") == "ok");
+  JoinTeam({&writer, &bystander});
   const uint64_t bytes = 16 * kMiB;  // 16 times the cache: every pass writes back
   const uint64_t a = Addr(writer.Ask("map " + std::to_string(bytes)));
   REQUIRE(writer.Ask("churn " + Range(a, bytes)) == "ok");
@@ -253,10 +256,7 @@ TEST_CASE(
                   "--heartbeat-ms 5 --missed-beats 40") == 0);
   Peer sleeper(rack.dir(), "cpu0");
   Peer member(rack.dir(), "cpu1");
-  REQUIRE(sleeper.ok());
-  REQUIRE(member.ok());
-  REQUIRE(sleeper.Ask("group team") == "ok");
-  REQUIRE(member.Ask("group team") == "ok");
+  JoinTeam({&sleeper, &member});
   const uint64_t bytes = 512 * 1024;  // fits the cache: nothing is written back
   const uint64_t a = Addr(sleeper.Ask("map " + std::to_string(bytes)));
   REQUIRE(sleeper.Ask("fill " + Range(a, bytes) + " 3") == "ok");
@@ -290,11 +290,8 @@ TEST_CASE(
   Peer victim(rack.dir(), "cpu0");
   Peer member(rack.dir(), "cpu1");
   Peer contact(rack.dir(), "cpu1");  // in no group: the victim's emergency contact
-  REQUIRE(victim.ok());
-  REQUIRE(member.ok());
+  JoinTeam({&victim, &member});
   REQUIRE(contact.ok());
-  REQUIRE(victim.Ask("group team") == "ok");
-  REQUIRE(member.Ask("group team") == "ok");
   REQUIRE(victim.Ask("contacts " + std::to_string(contact.id())) == "ok");
   REQUIRE(victim.Ask("map 8388608").rfind("0x", 0) == 0);  // on both memory elements
   int rc = 0;

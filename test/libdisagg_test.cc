@@ -353,17 +353,24 @@ TEST_CASE(
   REQUIRE(std::string(flushed.message()).find("mem0") != std::string::npos);
 }
 
-TEST_CASE("A dirty page whose write-back fails faults with kLost, never as zeros or old data") {
-  TestRack rack;
-  // The element stops answering; the monitor would take 20 s to fail it, so the rack never
-  // says it failed: only the write-backs' timeouts tell.
-  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 256K "
-                  "--missed-beats 4000") == 0);
+// Starts `rack` (one compute element with a 256 KiB cache, one memory element that the monitor
+// would fail only after 20 s of silence) and joins it, waiting at most 300 ms for an element:
+// when the element stops answering, only the application's timeouts tell.
+absl::StatusOr<std::unique_ptr<Rack>> JoinImpatient(TestRack& rack) {
+  if (rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 256K "
+              "--missed-beats 4000") != 0) {
+    return absl::InternalError("the rack did not start");
+  }
   JoinOptions options;
   options.rack_dir = rack.dir();
   options.element = "cpu0";
   options.timeout = absl::Milliseconds(300);
-  auto app = Rack::Join(options);
+  return Rack::Join(options);
+}
+
+TEST_CASE("A dirty page whose write-back fails faults with kLost, never as zeros or old data") {
+  TestRack rack;
+  auto app = JoinImpatient(rack);
   REQUIRE(app.ok());
   constexpr uint64_t kCache = 256 << 10;
   auto region = (*app)->Map(2 * kCache);
@@ -393,14 +400,7 @@ TEST_CASE("A dirty page whose write-back fails faults with kLost, never as zeros
 
 TEST_CASE("JoinOptions::timeout bounds the wait for a memory element that stopped answering") {
   TestRack rack;
-  // The monitor would take 20 s to fail the element: only the timeout can end the wait.
-  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 256K "
-                  "--missed-beats 4000") == 0);
-  JoinOptions options;
-  options.rack_dir = rack.dir();
-  options.element = "cpu0";
-  options.timeout = absl::Milliseconds(300);
-  auto app = Rack::Join(options);
+  auto app = JoinImpatient(rack);
   REQUIRE(app.ok());
   auto region = (*app)->Map(16 * kPage);
   REQUIRE(region.ok());
