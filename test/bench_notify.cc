@@ -4,6 +4,8 @@
 //   memory   a memory element (mem1) holding part of a region of this process: kMemoryFailed
 //   compute  a compute element (cpu0) running a process of this one's trust group: kPeerFailed
 //   process  an application process (on cpu0) of this one's trust group: kPeerFailed
+//   process_1g  the same with 1 GiB of local memory: its death is seen from its life word,
+//            before the kernel tears that memory down (the time to its reap is printed too)
 // After each kill the daemon is started again (its pid written where the rack keeps it, so
 // that `scripts/rack down` stops it). Baseline in the same run, on the same kills: a
 // conventional end-to-end detector, heartbeats over TCP with etcd's defaults (100 ms period,
@@ -240,7 +242,7 @@ void WaitHealthy(const std::string& element) {
 }
 
 // The victim: joins on cpu0 in the group, says its id on `fd`, then waits to be killed.
-int RunVictim(int fd, const char* rack_dir) {
+int RunVictim(int fd, const char* rack_dir, uint64_t balloon) {
   disagg::JoinOptions options;
   options.rack_dir = rack_dir;
   options.name = "bench-victim";
@@ -249,6 +251,9 @@ int RunVictim(int fd, const char* rack_dir) {
   if (!rack.ok() || !(*rack)->JoinGroup(kGroup).ok()) return 1;
   auto region = (*rack)->Map(64 << 10);  // something to hold for adoption
   if (!region.ok()) return 1;
+  // Local memory, touched: its teardown is what a death signal must not wait for.
+  char* big = static_cast<char*>(std::malloc(balloon + 1));
+  for (uint64_t i = 0; i < balloon; i += 4096) big[i] = 1;
   const uint32_t id = (*rack)->self();
   if (::write(fd, &id, sizeof(id)) != sizeof(id)) return 1;
   while (true) ::pause();
@@ -259,14 +264,16 @@ struct Victim {
   uint32_t id;
 };
 
-Victim StartVictim(const char* self) {
+Victim StartVictim(const char* self, uint64_t balloon = 0) {
   int fds[2];
   if (::pipe(fds) != 0) Die("pipe");
   const pid_t pid = ::fork();
   if (pid == 0) {
     ::close(fds[0]);
     const std::string fd = std::to_string(fds[1]);
-    ::execl(self, self, "--victim", fd.c_str(), g_rack.c_str(), static_cast<char*>(nullptr));
+    const std::string bytes = std::to_string(balloon);
+    ::execl(self, self, "--victim", fd.c_str(), g_rack.c_str(), bytes.c_str(),
+            static_cast<char*>(nullptr));
     ::_exit(127);
   }
   ::close(fds[1]);
@@ -284,8 +291,8 @@ void Reap(pid_t pid) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc == 4 && std::strcmp(argv[1], "--victim") == 0) {
-    return RunVictim(std::atoi(argv[2]), argv[3]);
+  if (argc == 5 && std::strcmp(argv[1], "--victim") == 0) {
+    return RunVictim(std::atoi(argv[2]), argv[3], std::strtoull(argv[4], nullptr, 10));
   }
   if (argc < 3) Die("usage: bench_notify RACK_DIR BIN_DIR [KILLS]");
   g_rack = argv[1];
@@ -305,12 +312,14 @@ int main(int argc, char** argv) {
   EventWaiter events;
   rack.OnEvent([&](const disagg::Event& e) { events.On(e); });
   EndToEndDetector e2e;
+  std::vector<double> hangups;  // kill to reap of the 1 GiB process: when its teardown ended
 
   struct Kind {
     const char* name;
     std::vector<double> notify_ms, e2e_ms;
   };
-  Kind kinds[3] = {{"memory", {}, {}}, {"compute", {}, {}}, {"process", {}, {}}};
+  Kind kinds[4] = {
+      {"memory", {}, {}}, {"compute", {}, {}}, {"process", {}, {}}, {"process_1g", {}, {}}};
 
   for (int round = 0; round < kills; ++round) {
     // A memory element: this process's region has pages on mem1 (spread over both).
@@ -376,6 +385,26 @@ int main(int argc, char** argv) {
       Reap(sidecar);
       Reap(victim.pid);
     }
+    // An application process with 1 GiB of local memory, whose teardown takes a while: its
+    // death is seen from its life word, before that.
+    {
+      const Victim victim = StartVictim(argv[0], 1ull << 30);
+      const pid_t sidecar = StartSidecar(e2e.port());
+      e2e.Watch();
+      events.Clear();
+      const auto t0 = Clock::now();
+      ::kill(victim.pid, SIGKILL);
+      ::kill(sidecar, SIGKILL);
+      Clock::time_point at;
+      if (!events.Wait(disagg::EventKind::kPeerFailed, victim.id, &at)) {
+        Die("no peer-failed event for a large process");
+      }
+      kinds[3].notify_ms.push_back(Ms(at - t0));
+      Reap(victim.pid);
+      hangups.push_back(Ms(Clock::now() - t0));  // the reap: after its teardown
+      kinds[3].e2e_ms.push_back(Ms(e2e.Detect() - t0));
+      Reap(sidecar);
+    }
     if ((round + 1) % 10 == 0) std::fprintf(stderr, "bench_notify: %d rounds\n", round + 1);
   }
 
@@ -397,6 +426,10 @@ int main(int argc, char** argv) {
         p50 * 1e6, k.name, p99 * 1e6, k.name, e50 * 1e6);
   }
   const double e2e_p50 = Percentile(all_e2e, 50);
+  std::printf(
+      "process_1g: its exit (teardown of 1 GiB) ended at p50 %.3f ms after the kill; "
+      "the event came %.3f ms before that\n",
+      Percentile(hangups, 50), Percentile(hangups, 50) - Percentile(kinds[3].notify_ms, 50));
   std::printf(
       "%d kills of each kind; end-to-end detector: TCP heartbeats every %lld ms, "
       "timeout %lld ms\n",

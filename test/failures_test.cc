@@ -356,6 +356,25 @@ TEST_CASE(
   }
 }
 
+TEST_CASE(
+    "A killed process is reported failed from its life word, before its memory is torn "
+    "down") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 2 --memory 1 --pool-size 64M --cache-budget 1M") == 0);
+  Peer big(rack.dir(), "cpu0");
+  Peer member(rack.dir(), "cpu1");
+  JoinTeam({&big, &member});
+  REQUIRE(big.Ask("map 65536").rfind("0x", 0) == 0);
+  // 1 GiB of local memory takes tens of milliseconds to tear down; the hang-up comes after.
+  REQUIRE(big.Ask("balloon 1073741824") == "ok");
+  REQUIRE(::kill(big.pid(), SIGKILL) == 0);
+  REQUIRE(WaitForEvent(member, "peer-failed:" + std::to_string(big.id())));
+  // The first word of the failure is procmon's, from the life word (not a hang-up).
+  const std::string reasons = member.Ask("reasons");
+  INFO(reasons);
+  REQUIRE(reasons.find("its life word was released by the kernel") != std::string::npos);
+}
+
 // The whole text of `path` ("" if it cannot be read).
 std::string ReadAll(const std::string& path) {
   std::string out;

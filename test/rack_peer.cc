@@ -20,6 +20,8 @@
 //                                  4 KiB page), pass after pass, until a touch is refused
 //   churned                     -> passes N running | passes N fault CAUSE | passes N bad
 //   contacts [ID...]            -> ok | the error: sets the emergency contacts
+//   reasons                     -> the events' reasons, " | " between them
+//   balloon BYTES               -> ok: allocates and touches BYTES of local memory
 //   stats                       -> faults N writebacks N evictions N cached BYTES
 //   returning-handler           -> ok: a fault handler that returns (the process then ends by
 //                                  SIGBUS after the fault's message, as without one)
@@ -116,6 +118,8 @@ int main() {
   rack.OnMemoryFault(OnFault);
   std::mutex mu;
   std::vector<std::string> events;
+  std::vector<std::string> reasons;  // of each event
+  std::vector<char*> balloons;
   std::atomic<uint64_t> churn_passes{0};
   rack.OnEvent([&](const disagg::Event& e) {
     std::lock_guard<std::mutex> lock(mu);
@@ -123,6 +127,7 @@ int main() {
                        Hex(reinterpret_cast<uintptr_t>(e.address)) + ":" + std::to_string(e.size);
     if (!e.element.empty()) line += ":" + e.element;
     events.push_back(line);
+    reasons.push_back(e.reason);
   });
   std::printf("ready %u\n", rack.self());
   std::fflush(stdout);
@@ -215,6 +220,16 @@ int main() {
              : end < 0 ? " bad"
                        : std::string(" fault ") +
                              disagg::FaultCauseName(static_cast<disagg::FaultCause>(end - 1)));
+    } else if (cmd == "reasons") {
+      std::lock_guard<std::mutex> lock(mu);
+      for (const std::string& r : reasons) out += (out.empty() ? "" : " | ") + r;
+      if (out.empty()) out = "none";
+    } else if (cmd == "balloon" && in >> bytes) {
+      // Local memory, touched: a process whose teardown takes a while.
+      char* b = static_cast<char*>(std::malloc(bytes));
+      for (uint64_t i = 0; b != nullptr && i < bytes; i += 4096) b[i] = 1;
+      if (b != nullptr) balloons.push_back(b);
+      out = b != nullptr ? "ok" : "error RESOURCE_EXHAUSTED malloc";
     } else if (cmd == "contacts") {
       std::vector<uint32_t> contacts;
       uint32_t c;

@@ -17,6 +17,10 @@ namespace {
 // user_data values below this are the loop's own bookkeeping, never dispatched.
 constexpr uint64_t kIgnoredUserData = 0;
 
+// io_uring's futex wait (Linux 6.7) and futex2's size flag: newer than the installed headers.
+constexpr int kOpFutexWait = 51;      // IORING_OP_FUTEX_WAIT
+constexpr int kFutex2SizeU32 = 0x02;  // FUTEX2_SIZE_U32
+
 __kernel_timespec ToKernel(absl::Duration d) {
   timespec ts = absl::ToTimespec(d);
   return __kernel_timespec{ts.tv_sec, ts.tv_nsec};
@@ -54,6 +58,8 @@ absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Create(EventLoopOptions op
           absl::StrCat("this kernel's io_uring lacks IORING_OP_", n.name));
     }
   }
+  // Newer than the installed headers (6.1): defined here, used only where the kernel has it.
+  loop->futex_supported_ = io_uring_opcode_supported(probe, kOpFutexWait);
   io_uring_free_probe(probe);
   if (!(loop->ring_.features & IORING_FEAT_NODROP)) {
     return absl::FailedPreconditionError("this kernel's io_uring lacks IORING_FEAT_NODROP (5.5+)");
@@ -144,6 +150,12 @@ void EventLoop::Unwatch(WatchId id) {
       io_uring_sqe_set_data64(sqe, kIgnoredUserData);
       break;
     }
+    case Kind::kFutex: {
+      io_uring_sqe* sqe = GetSqe();
+      io_uring_prep_cancel64(sqe, id, 0);
+      io_uring_sqe_set_data64(sqe, kIgnoredUserData);
+      break;
+    }
     case Kind::kTimer: {
       io_uring_sqe* sqe = GetSqe();
       io_uring_prep_timeout_remove(sqe, id, 0);
@@ -165,6 +177,26 @@ void EventLoop::Unwatch(WatchId id) {
   entries_.erase(it);
 }
 
+EventLoop::WatchId EventLoop::WatchFutex(const uint32_t* word, std::function<void()> callback) {
+  const WatchId id = next_id_++;
+  auto entry = std::make_unique<Entry>();
+  entry->kind = Kind::kFutex;
+  entry->word = word;
+  entry->on_timer = std::move(callback);
+  ArmFutex(id, *entry);
+  entries_[id] = std::move(entry);
+  return id;
+}
+
+void EventLoop::ArmFutex(WatchId id, Entry& entry) {
+  io_uring_sqe* sqe = GetSqe();
+  const uint32_t value = __atomic_load_n(entry.word, __ATOMIC_ACQUIRE);
+  // A shared (not FUTEX2_PRIVATE) 32-bit wait while *word == value, any bit of the mask.
+  io_uring_prep_rw(kOpFutexWait, sqe, kFutex2SizeU32, entry.word, 0, value);
+  sqe->addr3 = 0xffffffffu;
+  io_uring_sqe_set_data64(sqe, id);
+}
+
 void EventLoop::Dispatch(uint64_t id, int res, uint32_t flags) {
   if (id == kIgnoredUserData) return;
   auto it = entries_.find(id);
@@ -179,6 +211,13 @@ void EventLoop::Dispatch(uint64_t id, int res, uint32_t flags) {
     entry.on_fd(res);  // may unwatch itself: the entry then lives on in graveyard_
     auto again = entries_.find(id);
     if (rearm && again != entries_.end()) ArmPoll(id, *again->second);
+  } else if (entry.kind == Kind::kFutex) {
+    if (res < 0 && res != -EAGAIN && res != -EINTR && res != -ECANCELED) {
+      LOG(WARNING) << "futex wait " << id << " failed: " << strerror(-res);
+    }
+    entry.on_timer();  // may unwatch itself: the entry then lives on in graveyard_
+    auto again = entries_.find(id);
+    if (again != entries_.end()) ArmFutex(id, *again->second);
   } else if (entry.kind == Kind::kTimer) {
     if (res != -ETIME && res < 0) {
       LOG(WARNING) << "timer " << id << " failed: " << strerror(-res);

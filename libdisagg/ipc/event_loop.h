@@ -57,6 +57,13 @@ class EventLoop {
   // Calls `callback` every `period` until Unwatch.
   WatchId AddTimer(absl::Duration period, std::function<void()> callback);
   WatchId AddPoller(Poller poller);
+  // Calls `callback` whenever the 32-bit futex word at `word` (in memory shared with another
+  // process) may have changed: the loop waits (IORING_OP_FUTEX_WAIT, shared) while it holds
+  // the value it had when the wait was armed, and arms again after each call until Unwatch.
+  // The word must stay mapped until Unwatch. Requires futex_supported().
+  WatchId WatchFutex(const uint32_t* word, std::function<void()> callback);
+  // True if the kernel's io_uring waits on futexes (Linux 6.7+).
+  bool futex_supported() const { return futex_supported_; }
   // Stops a watch, timer or poller. Its callback is never called again. Unknown ids are ignored.
   void Unwatch(WatchId id);
 
@@ -74,10 +81,11 @@ class EventLoop {
   bool stopped() const { return stopped_; }
 
  private:
-  enum class Kind { kFd, kTimer, kPoller };
+  enum class Kind { kFd, kTimer, kPoller, kFutex };
   struct Entry {
     Kind kind;
     int fd = -1;
+    const uint32_t* word = nullptr;
     uint32_t events = 0;
     FdCallback on_fd;
     std::function<void()> on_timer;
@@ -88,6 +96,7 @@ class EventLoop {
   explicit EventLoop(EventLoopOptions options);
   io_uring_sqe* GetSqe();
   void ArmPoll(WatchId id, Entry& entry);
+  void ArmFutex(WatchId id, Entry& entry);
   void ArmTimer(WatchId id, Entry& entry);
   // Handles every ready completion; returns true if any callback ran.
   bool ReapCompletions();
@@ -97,6 +106,7 @@ class EventLoop {
   EventLoopOptions options_;
   io_uring ring_{};
   bool ring_ready_ = false;
+  bool futex_supported_ = false;
   bool stopped_ = false;
   absl::Duration burst_spin_ = absl::ZeroDuration();  // see KeepSpinning
   bool housekeeping_ = false;                         // see Housekeeping

@@ -296,6 +296,13 @@ struct FailureHandler {
   launch @2 :Launch;
 }
 
+# Application -> its compute element, once after attaching: its life word (ipc/life_word.h),
+# a memfd the compute element copies with pidfd_getfd, so that the process's death is seen
+# before its memory is torn down.
+struct LifeWord {
+  fd @0 :Int32;                 # the fd's number in the application
+}
+
 # rackctl -> rack monitor: fault injection.
 enum FaultAction {
   fail @0;                      # crash an element (SIGKILL of its daemon)
@@ -437,5 +444,6 @@ struct Message {
     emergencyContacts @47 :EmergencyContacts;
     relay @48 :Relay;
     addFailureHandler @49 :FailureHandler;
+    lifeWord @50 :LifeWord;
   }
 }

@@ -397,6 +397,18 @@ CacheStats RackImpl::cache_stats() const {
 
 void RackImpl::ControlLoop() {
   ipc::Channel& channel = compute_->channel;
+  // The life word, held by this thread for the process's life: the compute element sees this
+  // process die as soon as the kernel releases it, before its memory is torn down.
+  if (absl::StatusOr<ipc::LifeWord> life = ipc::LifeWord::Create(); !life.ok()) {
+    RLOG(WARNING) << "disagg: no life word: " << life.status();
+  } else if (absl::Status held = life->Hold(); !held.ok()) {
+    RLOG(WARNING) << "disagg: " << held;
+  } else {
+    life_ = std::move(*life);
+    ipc::SmallMessage told;
+    told.Init(0).initLifeWord().setFd(life_->fd());
+    (void)SendCompute(told.builder());
+  }
   std::vector<uint64_t> words;
   uint64_t reported = ~uint64_t{0};
   // Drains `from`; false if its ring is corrupt.
@@ -444,7 +456,10 @@ void RackImpl::ControlLoop() {
     channel.Awake();
     if (event_link_) event_link_->channel.Awake();
     if (rc < 0 && errno != EINTR) continue;
-    if (fds[2].revents & POLLIN) return;
+    if (fds[2].revents & POLLIN) {
+      if (life_) life_->Release();  // a clean end (LEAVE went first): on the holding thread
+      return;
+    }
     if (fds[0].revents & POLLIN) channel.DrainDoorbell();
     if (event_link_ && (fds[3].revents & POLLIN)) event_link_->channel.DrainDoorbell();
     if (event_link_ && (fds[4].revents & (POLLRDHUP | POLLHUP | POLLERR))) {

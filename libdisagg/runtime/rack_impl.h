@@ -32,6 +32,7 @@
 #include "disagg/disagg.h"
 #include "internal/mutex.h"
 #include "ipc/client.h"
+#include "ipc/life_word.h"
 #include "runtime/element_pool.h"
 #include "runtime/events.h"
 #include "runtime/mmu_stub.h"
@@ -220,6 +221,7 @@ class RackImpl final : public Rack {
 
   ipc::Fd stop_;                                 // eventfd: the threads return when it is readable
   Mutex compute_send_mu_;                        // one sender at a time on compute_
+  std::optional<ipc::LifeWord> life_;            // held by the control thread
   std::unique_ptr<ipc::Connection> compute_;     // received from by the control thread only
   std::unique_ptr<ipc::Connection> event_link_;  // from the Rack MMU; the control thread's
   std::vector<std::thread> threads_;

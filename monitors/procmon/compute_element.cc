@@ -3,8 +3,12 @@
 #include <capnp/message.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "internal/logging.h"
@@ -84,6 +88,52 @@ absl::Status ComputeElement::HandleContacts(ipc::Link& link,
   return absl::OkStatus();
 }
 
+absl::Status ComputeElement::HandleLifeWord(ipc::Link& link, proto::LifeWord::Reader word) {
+  auto it = processes_.find(link.id());
+  if (it == processes_.end() || it->second.life.valid()) {
+    return absl::FailedPreconditionError("a life word before attaching, or a second one");
+  }
+  if (!loop().futex_supported()) {
+    LOG_FIRST_N(INFO, 1) << options().name << ": this kernel's io_uring cannot wait on futexes "
+                         << "(Linux 6.7+): process deaths are seen at their hang-up, after "
+                         << "their memory is torn down";
+    return absl::OkStatus();
+  }
+  Process& p = it->second;
+  ipc::Fd fd(
+      static_cast<int>(::syscall(SYS_pidfd_getfd, link.peer().pidfd.get(), word.getFd(), 0)));
+  if (!fd.valid()) {
+    LOG(WARNING) << options().name << ": cannot take the life word of " << link.label() << ": "
+                 << std::strerror(errno) << "; its death is seen at its hang-up";
+    return absl::OkStatus();
+  }
+  absl::StatusOr<ipc::LifeWatch> life = ipc::LifeWatch::Adopt(std::move(fd));
+  if (!life.ok()) return life.status();  // a broken protocol: cut off
+  p.life = std::move(*life);
+  if (p.life.Check() != ipc::LifeWatch::State::kHeld) {
+    return absl::FailedPreconditionError("its life word is not held");
+  }
+  const uint64_t link_id = link.id();
+  p.life_watch = loop().WatchFutex(p.life.word(), [this, link_id] { LifeChanged(link_id); });
+  return absl::OkStatus();
+}
+
+void ComputeElement::LifeChanged(uint64_t link_id) {
+  auto it = processes_.find(link_id);
+  if (it == processes_.end()) return;
+  Process& p = it->second;
+  const ipc::LifeWatch::State state = p.life.Check();
+  if (state == ipc::LifeWatch::State::kHeld) return;  // woken for nothing: wait on
+  loop().Unwatch(p.life_watch);
+  p.life_watch = 0;
+  if (state == ipc::LifeWatch::State::kReleased || p.left || p.failed) return;
+  // Dead: told now, not once its memory is gone and its connection hangs up.
+  p.failed = true;
+  const std::string reason = "it died (its life word was released by the kernel)";
+  LOG(INFO) << options().name << ": " << p.link->label() << " " << reason;
+  ReportDown(p, reason, /*clean=*/false);
+}
+
 absl::Status ComputeElement::HandleMmuEvent(proto::RackEvent::Reader event) {
   for (const auto& [id, p] : processes_) {
     if (p.process_id == event.getProcess()) TellContacts(p, event);
@@ -150,6 +200,8 @@ absl::Status ComputeElement::HandleOther(ipc::Link& link, proto::Message::Reader
     }
     case proto::Message::EMERGENCY_CONTACTS:
       return HandleContacts(link, message.getEmergencyContacts());
+    case proto::Message::LIFE_WORD:
+      return HandleLifeWord(link, message.getLifeWord());
     case proto::Message::RACK_EVENT:
       if (!IsRackMmu(link)) {
         return absl::PermissionDeniedError("only the Rack MMU tells of rack events");
@@ -270,6 +322,7 @@ void ComputeElement::LinkClosed(ipc::Link& link) {
   if (it == processes_.end()) return;
   LOG(INFO) << options().name << ": " << link.label() << " left";
   const Process& p = it->second;
+  if (p.life_watch != 0) loop().Unwatch(p.life_watch);
   if (p.attached && !p.failed) {
     ReportDown(p,
                p.left ? "it left the rack"

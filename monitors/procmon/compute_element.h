@@ -20,6 +20,7 @@
 
 #include "absl/time/time.h"
 #include "element.h"
+#include "ipc/life_word.h"
 #include "launcher.h"
 
 namespace disagg::procmon {
@@ -59,6 +60,8 @@ class ComputeElement : public Element {
     bool ping_outstanding = false;
     int missed = 0;
     std::vector<uint32_t> contacts;  // its emergency contacts (SetEmergencyContacts)
+    ipc::LifeWatch life;             // its life word, if it sent one
+    ipc::EventLoop::WatchId life_watch = 0;
   };
 
   absl::Status HandleAttach(ipc::Link& link, uint64_t seq, proto::Attach::Reader attach);
@@ -73,6 +76,10 @@ class ComputeElement : public Element {
   // contacts).
   void ReportDown(const Process& p, const std::string& reason, bool clean);
   absl::Status HandleContacts(ipc::Link& link, proto::EmergencyContacts::Reader contacts);
+  // The process's life word: its death is reported as soon as the kernel releases the word,
+  // before its memory is torn down.
+  absl::Status HandleLifeWord(ipc::Link& link, proto::LifeWord::Reader word);
+  void LifeChanged(uint64_t link_id);
   // The Rack MMU tells of an event about one of this element's processes: passed on to its
   // emergency contacts.
   absl::Status HandleMmuEvent(proto::RackEvent::Reader event);
