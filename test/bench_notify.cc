@@ -30,6 +30,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -288,6 +289,32 @@ void Reap(pid_t pid) {
   (void)::waitpid(pid, &status, 0);  // ECHILD for a process this one did not start
 }
 
+// One kind of kill, and what was measured of it.
+struct Kind {
+  const char* name;
+  std::vector<double> notify_ms, e2e_ms;
+};
+
+// Kills `victim` and a fresh sidecar at the same instant; records in `k` the time to the
+// event `event` about `process` and the end-to-end detector's time. `after_event` (if any)
+// runs between the two, given the time of the kill.
+void Trial(Kind& k, EventWaiter& events, EndToEndDetector& e2e, pid_t victim,
+           disagg::EventKind event, uint32_t process,
+           const std::function<void(Clock::time_point)>& after_event = {}) {
+  const pid_t sidecar = StartSidecar(e2e.port());
+  e2e.Watch();
+  events.Clear();
+  const auto t0 = Clock::now();
+  ::kill(victim, SIGKILL);
+  ::kill(sidecar, SIGKILL);
+  Clock::time_point at;
+  if (!events.Wait(event, process, &at)) Die(std::string("no event for the ") + k.name + " kill");
+  k.notify_ms.push_back(Ms(at - t0));
+  if (after_event) after_event(t0);
+  k.e2e_ms.push_back(Ms(e2e.Detect() - t0));
+  Reap(sidecar);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -314,10 +341,6 @@ int main(int argc, char** argv) {
   EndToEndDetector e2e;
   std::vector<double> hangups;  // kill to reap of the 1 GiB process: when its teardown ended
 
-  struct Kind {
-    const char* name;
-    std::vector<double> notify_ms, e2e_ms;
-  };
   Kind kinds[4] = {
       {"memory", {}, {}}, {"compute", {}, {}}, {"process", {}, {}}, {"process_1g", {}, {}}};
 
@@ -326,20 +349,8 @@ int main(int argc, char** argv) {
     {
       auto region = rack.Map(8 << 20);
       if (!region.ok()) Die("map: " + std::string(region.status().message()));
-      const pid_t sidecar = StartSidecar(e2e.port());
-      e2e.Watch();
-      events.Clear();
       const pid_t mem1 = ReadPid("mem1");
-      const auto t0 = Clock::now();
-      ::kill(mem1, SIGKILL);
-      ::kill(sidecar, SIGKILL);
-      Clock::time_point at;
-      if (!events.Wait(disagg::EventKind::kMemoryFailed, rack.self(), &at)) {
-        Die("no memory-failed event");
-      }
-      kinds[0].notify_ms.push_back(Ms(at - t0));
-      kinds[0].e2e_ms.push_back(Ms(e2e.Detect() - t0));
-      Reap(sidecar);
+      Trial(kinds[0], events, e2e, mem1, disagg::EventKind::kMemoryFailed, rack.self());
       Reap(mem1);  // if it is this process's child (the first one is scripts/rack's)
       (void)rack.Unmap(region->data());
       Restart("mem1", "memmon", {"--name=mem1", "--pool_size=64M"});
@@ -348,20 +359,8 @@ int main(int argc, char** argv) {
     // A compute element running a process of the group.
     {
       const Victim victim = StartVictim(argv[0]);
-      const pid_t sidecar = StartSidecar(e2e.port());
-      e2e.Watch();
-      events.Clear();
       const pid_t cpu0 = ReadPid("cpu0");
-      const auto t0 = Clock::now();
-      ::kill(cpu0, SIGKILL);
-      ::kill(sidecar, SIGKILL);
-      Clock::time_point at;
-      if (!events.Wait(disagg::EventKind::kPeerFailed, victim.id, &at)) {
-        Die("no peer-failed event for a compute element's process");
-      }
-      kinds[1].notify_ms.push_back(Ms(at - t0));
-      kinds[1].e2e_ms.push_back(Ms(e2e.Detect() - t0));
-      Reap(sidecar);
+      Trial(kinds[1], events, e2e, cpu0, disagg::EventKind::kPeerFailed, victim.id);
       Reap(victim.pid);  // it ends with its compute element
       Reap(cpu0);
       Restart("cpu0", "procmon", {"--name=cpu0", "--cache_budget=64M"});
@@ -370,40 +369,18 @@ int main(int argc, char** argv) {
     // An application process of the group.
     {
       const Victim victim = StartVictim(argv[0]);
-      const pid_t sidecar = StartSidecar(e2e.port());
-      e2e.Watch();
-      events.Clear();
-      const auto t0 = Clock::now();
-      ::kill(victim.pid, SIGKILL);
-      ::kill(sidecar, SIGKILL);
-      Clock::time_point at;
-      if (!events.Wait(disagg::EventKind::kPeerFailed, victim.id, &at)) {
-        Die("no peer-failed event for a process");
-      }
-      kinds[2].notify_ms.push_back(Ms(at - t0));
-      kinds[2].e2e_ms.push_back(Ms(e2e.Detect() - t0));
-      Reap(sidecar);
+      Trial(kinds[2], events, e2e, victim.pid, disagg::EventKind::kPeerFailed, victim.id);
       Reap(victim.pid);
     }
     // An application process with 1 GiB of local memory, whose teardown takes a while: its
     // death is seen from its life word, before that.
     {
       const Victim victim = StartVictim(argv[0], 1ull << 30);
-      const pid_t sidecar = StartSidecar(e2e.port());
-      e2e.Watch();
-      events.Clear();
-      const auto t0 = Clock::now();
-      ::kill(victim.pid, SIGKILL);
-      ::kill(sidecar, SIGKILL);
-      Clock::time_point at;
-      if (!events.Wait(disagg::EventKind::kPeerFailed, victim.id, &at)) {
-        Die("no peer-failed event for a large process");
-      }
-      kinds[3].notify_ms.push_back(Ms(at - t0));
-      Reap(victim.pid);
-      hangups.push_back(Ms(Clock::now() - t0));  // the reap: after its teardown
-      kinds[3].e2e_ms.push_back(Ms(e2e.Detect() - t0));
-      Reap(sidecar);
+      Trial(kinds[3], events, e2e, victim.pid, disagg::EventKind::kPeerFailed, victim.id,
+            [&](Clock::time_point t0) {
+              Reap(victim.pid);
+              hangups.push_back(Ms(Clock::now() - t0));  // the reap: after its teardown
+            });
     }
     if ((round + 1) % 10 == 0) std::fprintf(stderr, "bench_notify: %d rounds\n", round + 1);
   }

@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "internal/logging.h"
@@ -155,6 +156,8 @@ absl::Status MemoryElement::HandleStatus(ipc::Link& link, uint64_t seq) {
   std::map<uint32_t, uint64_t> bound;  // process id -> bound pages
   for (const PageStore::Binding& b : store_.Dump()) bound[b.process_id] += b.pages;
   for (const auto& [id, c] : counters_) bound.try_emplace(id, 0);
+  std::set<uint32_t> fenced;
+  for (const auto& [who, f] : fenced_) fenced.insert(f.process_id);
   capnp::MallocMessageBuilder builder;
   auto reply = builder.initRoot<proto::Message>();
   reply.setSeq(seq);
@@ -171,9 +174,7 @@ absl::Status MemoryElement::HandleStatus(ipc::Link& link, uint64_t seq) {
       row.setWritebacks(c->second.writebacks);
       row.setRefused(c->second.refused);
     }
-    for (const auto& [who, f] : fenced_) {
-      if (f.process_id == id) row.setFenced(true);
-    }
+    row.setFenced(fenced.contains(id));
   }
   return link.Send(builder);
 }
