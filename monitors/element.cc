@@ -20,7 +20,27 @@ absl::Status Element::Start() {
   RETURN_IF_ERROR(RegisterWith(*mmu_));
   ASSIGN_OR_RETURN(mon_, hub_.Dial(SocketPath(options_.run_dir, "mon")));
   mon_->set_label("mon");
-  return RegisterWith(*mon_);
+  RETURN_IF_ERROR(RegisterWith(*mon_));
+  // The life words, held by the loop's thread while the element runs, one for the Rack MMU
+  // and one for the rack monitor: both see this element die as soon as the kernel releases
+  // them, before its memory (its pool, its processes' caches) is torn down.
+  for (ipc::Link* to : {mmu_, mon_}) {
+    absl::StatusOr<ipc::LifeWord> life = ipc::LifeWord::CreateHeld();
+    if (!life.ok()) {
+      LOG(WARNING) << options_.name << ": no life word (" << life.status()
+                   << "): its death is seen at its hang-up";
+      break;
+    }
+    ipc::SmallMessage told;
+    told.Init(0).initLifeWord().setFd(life->fd());
+    lives_.push_back(std::move(*life));
+    RETURN_IF_ERROR(to->Send(told.builder()));
+  }
+  return absl::OkStatus();
+}
+
+void Element::Stopped() {
+  for (ipc::LifeWord& life : lives_) life.Release();  // a clean stop, on the holding thread
 }
 
 absl::Status Element::RegisterWith(ipc::Link& link) {
@@ -99,7 +119,9 @@ void Element::OnClose(ipc::Link& link, const absl::Status& why) {
 absl::Status RunElement(ipc::EventLoop& loop, Element& element, const std::string& what) {
   RETURN_IF_ERROR(element.Start());
   LOG(INFO) << element.name() << ": " << what;
-  RETURN_IF_ERROR(loop.Run());
+  absl::Status ran = loop.Run();
+  element.Stopped();
+  RETURN_IF_ERROR(ran);
   LOG(INFO) << element.name() << ": stopped";
   return element.status();
 }

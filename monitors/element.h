@@ -9,9 +9,11 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "ipc/event_loop.h"
 #include "ipc/hub.h"
+#include "ipc/life_word.h"
 
 namespace disagg {
 
@@ -28,9 +30,12 @@ class Element : public ipc::Hub::Handler {
  public:
   Element(ipc::EventLoop& loop, ElementOptions options);
 
-  // Listens at <run_dir>/<name>.sock and registers with the Rack MMU and the rack monitor.
-  // The registrations' answers arrive on the loop; a refusal stops the loop (see status()).
+  // Listens at <run_dir>/<name>.sock, registers with the Rack MMU and the rack monitor and
+  // hands both its life word (held by the calling thread, which runs the loop). The
+  // registrations' answers arrive on the loop; a refusal stops the loop (see status()).
   absl::Status Start();
+  // The loop ended: releases the life word (a clean stop). On the thread that called Start.
+  void Stopped();
 
   const std::string& name() const { return options_.name; }
   // Why the element stopped on its own (OK when stopped by a signal).
@@ -62,6 +67,7 @@ class Element : public ipc::Hub::Handler {
   ipc::Hub hub_;
   ipc::Link* mmu_ = nullptr;
   ipc::Link* mon_ = nullptr;
+  std::vector<ipc::LifeWord> lives_;  // held by the loop's thread
   absl::Status status_;
 };
 

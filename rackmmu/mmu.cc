@@ -32,6 +32,8 @@ absl::Status RackMmu::OnMessage(ipc::Link& link, proto::Message::Reader message)
       return HandleProcessFailed(link, seq, message.getProcessFailed());
     case proto::Message::RELAY:
       return HandleRelay(link, seq, message.getRelay());
+    case proto::Message::LIFE_WORD:
+      return HandleLifeWord(link, message.getLifeWord());
     case proto::Message::JOIN:
       return HandleJoin(link, seq, message.getJoin());
     case proto::Message::MAP:
@@ -173,6 +175,7 @@ absl::Status RackMmu::HandleStatus(ipc::Link& link, uint64_t seq) {
 
 void RackMmu::OnClose(ipc::Link& link, const absl::Status& why) {
   links_.erase(link.id());
+  lives_.Forget(link.id());
   fenced_links_.erase(link.id());
   if (link.id() == monitor_link_) monitor_link_ = 0;
   for (auto it = event_links_.begin(); it != event_links_.end(); ++it) {
@@ -186,7 +189,7 @@ void RackMmu::OnClose(ipc::Link& link, const absl::Status& why) {
   const std::string name = registry_.Disconnected(link.id());
   if (!name.empty()) {
     LOG(INFO) << "mmu: element " << name << " disconnected: " << why.message();
-    ElementGone(name);
+    ElementGone(name, "it hung up");
   }
 }
 

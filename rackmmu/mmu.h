@@ -19,6 +19,7 @@
 #include "calls.h"
 #include "ipc/event_loop.h"
 #include "ipc/hub.h"
+#include "ipc/life_word.h"
 #include "memory_map.h"
 #include "registry.h"
 
@@ -63,7 +64,7 @@ class RackMmu : public ipc::Hub::Handler {
   void ReleaseProcess(uint32_t process_id);
   // An element went away: a memory element takes no new regions and its regions' owners are
   // told; a compute element's processes fail with it.
-  void ElementGone(const std::string& name);
+  void ElementGone(const std::string& name, const std::string& reason);
   ipc::Link* ElementLink(const std::string& name);
   uint32_t ProcessOf(const ipc::Link& link) const;
   // Sends a request built by `fill` to memory element `element`, answered through
@@ -108,6 +109,10 @@ class RackMmu : public ipc::Hub::Handler {
   void TellGroups(const ProcessRecord& p, proto::EventKind kind, uint64_t vaddr, uint64_t bytes,
                   const std::string& element, const std::string& reason);
   absl::Status HandleRelay(ipc::Link& link, uint64_t seq, proto::Relay::Reader relay);
+  // The life word of an element (on its connection) or of a process (on its event link):
+  // its death is acted on as soon as the kernel releases the word, as on a hang-up but
+  // before the dead process's memory is torn down.
+  absl::Status HandleLifeWord(ipc::Link& link, proto::LifeWord::Reader word);
   // Sends an event about `p` to its compute element (which tells its emergency contacts).
   void TellComputeElement(const ProcessRecord& p, proto::EventKind kind, uint64_t vaddr,
                           uint64_t bytes, const std::string& element, const std::string& reason);
@@ -135,7 +140,8 @@ class RackMmu : public ipc::Hub::Handler {
   absl::flat_hash_map<uint32_t, uint64_t> event_links_;      // process id -> its event link
   // Links of processes declared failed while their connection stayed open: refused, why.
   absl::flat_hash_map<uint64_t, std::string> fenced_links_;
-  std::set<std::string> failed_memory_;  // memory elements whose failure was reported
+  ipc::LifeWatches lives_{loop_, "mmu"};  // elements' and processes' life words, by link
+  std::set<std::string> failed_memory_;   // memory elements whose failure was reported
   // Processes declared failed, kept a while after their records may be gone, so that their
   // compute element's relay of the failure to their emergency contacts can be checked.
   struct Failed {

@@ -32,7 +32,12 @@ void RackMmu::DeclareFailed(uint32_t process_id, const std::string& reason) {
   if (p == nullptr || p->dead) return;
   const pid_t pid = p->pid;
   const uint64_t start_time = p->start_time;
-  // First the fence, so that nothing the process still sends lands after this moment.
+  const ProcessRecord copy = *p;  // sends below may close links, and change the map
+  // Its groups first, so that they hear of it at once. Whatever they do about it (a steal)
+  // reaches the memory elements after the fence: this goes to each of them ahead of anything
+  // the Rack MMU asks later, on the same connection.
+  TellGroups(copy, proto::EventKind::PEER_FAILED, 0, 0, copy.element, reason);
+  // The fence, so that nothing the process still sends lands after this moment.
   Fence(process_id, pid, start_time, reason);
   // Its connection is kept, but serves it no more.
   for (auto it = process_by_link_.begin(); it != process_by_link_.end();) {
@@ -43,10 +48,8 @@ void RackMmu::DeclareFailed(uint32_t process_id, const std::string& reason) {
       ++it;
     }
   }
-  recently_failed_[process_id] = {pid, p->element, absl::Now()};
-  const ProcessRecord copy = *p;  // sends below may close links, and change the map
+  recently_failed_[process_id] = {pid, copy.element, absl::Now()};
   SendEvent(process_id, copy.incarnation, proto::EventKind::FENCED, process_id, 0, 0, "", reason);
-  TellGroups(copy, proto::EventKind::PEER_FAILED, 0, 0, copy.element, reason);
   p = memory_.process(process_id);
   if (p == nullptr || p->dead || p->incarnation != copy.incarnation) return;
   const bool worth_keeping = memory_.MappedBytes(process_id) > 0 || !p->roots.empty();
@@ -162,6 +165,39 @@ absl::Status RackMmu::HandleRelay(ipc::Link& link, uint64_t seq, proto::Relay::R
               event.getBytes(), what, why);
   }
   return seq == 0 ? absl::OkStatus() : link.ReplyOk(seq);
+}
+
+absl::Status RackMmu::HandleLifeWord(ipc::Link& link, proto::LifeWord::Reader word) {
+  const uint64_t link_id = link.id();
+  for (const auto& [name, record] : registry_.elements()) {
+    if (record.link_id != link_id) continue;
+    if (record.kind != proto::ElementKind::COMPUTE && record.kind != proto::ElementKind::MEMORY) {
+      break;  // the rack monitor: watched by its own means
+    }
+    return lives_.Watch(link_id, link.peer().pidfd.get(), word.getFd(), name,
+                        [this, link_id, name = name] {
+                          auto it = registry_.elements().find(name);
+                          if (it == registry_.elements().end() || it->second.link_id != link_id) {
+                            return;  // re-registered by another process meanwhile
+                          }
+                          (void)registry_.SetHealth(name, proto::Health::FAILED);
+                          ElementGone(name, ipc::kLifeWordDied);
+                          LOG(INFO) << "mmu: element " << name << " " << ipc::kLifeWordDied;
+                        });
+  }
+  for (const auto& [process_id, event_link] : event_links_) {
+    if (event_link != link_id) continue;
+    const ProcessRecord* p = memory_.process(process_id);
+    if (p == nullptr || p->dead) break;
+    return lives_.Watch(link_id, link.peer().pidfd.get(), word.getFd(), link.label(),
+                        [this, id = process_id, incarnation = p->incarnation] {
+                          const ProcessRecord* q = memory_.process(id);
+                          if (q != nullptr && q->incarnation == incarnation)
+                            DeclareFailed(id, ipc::kLifeWordDied);
+                        });
+  }
+  return absl::FailedPreconditionError(
+      "mmu: a life word from neither an element nor a process's event link");
 }
 
 void RackMmu::TellComputeElement(const ProcessRecord& p, proto::EventKind kind, uint64_t vaddr,

@@ -102,13 +102,13 @@ absl::Status RackMmu::HandleMap(ipc::Link& link, uint64_t seq, proto::MapRequest
   return absl::OkStatus();
 }
 
-void RackMmu::ElementGone(const std::string& name) {
+void RackMmu::ElementGone(const std::string& name, const std::string& reason) {
   memory_.SetUsable(name, false);
   auto it = registry_.elements().find(name);
   if (it == registry_.elements().end()) return;
-  // Its hang-up is as sure a sign as the rack monitor's word, and comes first.
-  if (it->second.kind == proto::ElementKind::MEMORY) MemoryFailed(name, "it hung up");
-  if (it->second.kind == proto::ElementKind::COMPUTE) ComputeFailed(name, "it hung up");
+  // Its death or hang-up is as sure a sign as the rack monitor's word, and comes first.
+  if (it->second.kind == proto::ElementKind::MEMORY) MemoryFailed(name, reason);
+  if (it->second.kind == proto::ElementKind::COMPUTE) ComputeFailed(name, reason);
 }
 
 void RackMmu::FinishMap(uint64_t link_id, uint64_t seq, uint32_t process_id, uint64_t incarnation,

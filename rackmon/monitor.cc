@@ -107,6 +107,8 @@ absl::Status RackMonitor::OnMessage(ipc::Link& link, proto::Message::Reader mess
       return HandleRegister(link, seq, message.getRegister());
     case proto::Message::STATUS_REQUEST:
       return HandleStatus(link, seq);
+    case proto::Message::LIFE_WORD:
+      return HandleLifeWord(link, message.getLifeWord());
     case proto::Message::PROCESS_UP:
       return HandleProcessUp(link, message.getProcessUp());
     case proto::Message::PROCESS_DOWN:
@@ -237,38 +239,7 @@ void RackMonitor::Tick() {
 void RackMonitor::SetHealth(Watched& w, proto::Health health, const std::string& reason) {
   if (w.health == health || w.health == proto::Health::FAILED) return;
   w.health = health;
-  if (health == proto::Health::FAILED) {
-    LOG(WARNING) << "mon: " << w.name << " (pid " << w.pid << ") failed: " << reason;
-    if (w.pidfd_watch != 0) loop_.Unwatch(w.pidfd_watch);
-    w.pidfd_watch = 0;
-    w.pidfd.Reset();
-    if (w.link != nullptr) {
-      ipc::Link* link = w.link;
-      w.link = nullptr;
-      by_link_.erase(link->id());
-      // Fence: a paused element that wakes up finds itself cut off from the rack.
-      hub_->Close(*link, absl::UnavailableError(absl::StrCat("fenced: ", reason)));
-    }
-    if (w.kind == proto::ElementKind::RACKMMU) mmu_ = nullptr;
-    if (w.kind == proto::ElementKind::COMPUTE) {
-      // The Rack MMU fails and fences its processes when it hears of this; their handlers
-      // run here.
-      std::vector<Process> gone;
-      for (auto it = processes_.begin(); it != processes_.end();) {
-        if (it->second.element == w.name) {
-          gone.push_back(std::move(it->second));
-          it = processes_.erase(it);
-        } else {
-          ++it;
-        }
-      }
-      for (const Process& p : gone) {
-        RunHandler(p, absl::StrCat("its compute element ", w.name, " failed: ", reason));
-      }
-    }
-  } else {
-    LOG(INFO) << "mon: " << w.name << " is " << ipc::HealthName(health) << ": " << reason;
-  }
+  // The Rack MMU first: it fences and tells the processes that care, and every moment counts.
   if (mmu_ != nullptr && w.kind != proto::ElementKind::RACKMMU) {
     capnp::MallocMessageBuilder builder;
     auto message = builder.initRoot<proto::Message>();
@@ -279,6 +250,54 @@ void RackMonitor::SetHealth(Watched& w, proto::Health health, const std::string&
     change.setReason(reason);
     (void)mmu_->Send(builder);
   }
+  if (health != proto::Health::FAILED) {
+    LOG(INFO) << "mon: " << w.name << " is " << ipc::HealthName(health) << ": " << reason;
+    return;
+  }
+  LOG(WARNING) << "mon: " << w.name << " (pid " << w.pid << ") failed: " << reason;
+  if (w.pidfd_watch != 0) loop_.Unwatch(w.pidfd_watch);
+  w.pidfd_watch = 0;
+  w.pidfd.Reset();
+  if (w.link != nullptr) {
+    ipc::Link* link = w.link;
+    w.link = nullptr;
+    by_link_.erase(link->id());
+    lives_.Forget(link->id());
+    // Fence: a paused element that wakes up finds itself cut off from the rack.
+    hub_->Close(*link, absl::UnavailableError(absl::StrCat("fenced: ", reason)));
+  }
+  if (w.kind == proto::ElementKind::RACKMMU) mmu_ = nullptr;
+  if (w.kind == proto::ElementKind::COMPUTE) {
+    // The Rack MMU fails and fences its processes when it hears of this; their handlers
+    // run here.
+    std::vector<Process> gone;
+    for (auto it = processes_.begin(); it != processes_.end();) {
+      if (it->second.element == w.name) {
+        gone.push_back(std::move(it->second));
+        it = processes_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (const Process& p : gone) {
+      RunHandler(p, absl::StrCat("its compute element ", w.name, " failed: ", reason));
+    }
+  }
+}
+
+absl::Status RackMonitor::HandleLifeWord(ipc::Link& link, proto::LifeWord::Reader word) {
+  Watched* w = ByLink(link);
+  if (w == nullptr || w->kind == proto::ElementKind::RACKMMU) {
+    return absl::FailedPreconditionError("mon: a life word from no registered element");
+  }
+  const uint64_t link_id = link.id();
+  return lives_.Watch(link_id, link.peer().pidfd.get(), word.getFd(), w->name, [this, link_id] {
+    auto it = by_link_.find(link_id);
+    if (it == by_link_.end()) return;
+    auto e = elements_.find(it->second);
+    if (e == elements_.end()) return;
+    SetHealth(e->second, proto::Health::FAILED, ipc::kLifeWordDied);
+  });
 }
 
 absl::Status RackMonitor::HandleProcessUp(ipc::Link& link, proto::ProcessUp::Reader up) {
@@ -318,22 +337,26 @@ absl::Status RackMonitor::HandleProcessDown(ipc::Link& link, proto::ProcessDown:
 }
 
 void RackMonitor::ProcessFailed(const Process& p, const std::string& reason) {
+  // The Rack MMU first (it fences the process, tells its groups, holds its memory for
+  // adoption), then the process's fast failure handler, whose program may adopt that memory.
+  if (mmu_ != nullptr) {
+    capnp::MallocMessageBuilder builder;
+    auto message = builder.initRoot<proto::Message>();
+    message.setSeq(next_seq_++);
+    auto failed = message.initProcessFailed();
+    failed.setProcessId(p.id);
+    failed.setPid(p.pid);
+    failed.setReason(reason);
+    (void)mmu_->Send(builder);
+  }
   LOG(WARNING) << "mon: process " << p.id << " (" << p.name << ", pid " << p.pid << ") on "
                << p.element << " failed: " << reason;
   RunHandler(p, reason);
-  if (mmu_ == nullptr) return;
-  capnp::MallocMessageBuilder builder;
-  auto message = builder.initRoot<proto::Message>();
-  message.setSeq(next_seq_++);
-  auto failed = message.initProcessFailed();
-  failed.setProcessId(p.id);
-  failed.setPid(p.pid);
-  failed.setReason(reason);
-  (void)mmu_->Send(builder);
 }
 
 void RackMonitor::OnClose(ipc::Link& link, const absl::Status& why) {
   launches_.erase(link.id());
+  lives_.Forget(link.id());
   Watched* w = ByLink(link);
   if (w == nullptr) return;  // a client such as rackctl
   by_link_.erase(link.id());

@@ -24,6 +24,7 @@
 #include "freezer.h"
 #include "ipc/event_loop.h"
 #include "ipc/hub.h"
+#include "ipc/life_word.h"
 
 namespace disagg::rackmon {
 
@@ -77,6 +78,8 @@ class RackMonitor : public ipc::Hub::Handler {
   void Watch(Watched& w, ipc::Link& link);
   void Tick();
   void SetHealth(Watched& w, proto::Health health, const std::string& reason);
+  // An element's life word: its death is declared as soon as the kernel releases it.
+  absl::Status HandleLifeWord(ipc::Link& link, proto::LifeWord::Reader word);
   absl::Status HandleProcessUp(ipc::Link& link, proto::ProcessUp::Reader up);
   absl::Status HandleProcessDown(ipc::Link& link, proto::ProcessDown::Reader down);
   // Tells the Rack MMU that `p` failed and forgets it.
@@ -108,6 +111,7 @@ class RackMonitor : public ipc::Hub::Handler {
   uint64_t next_seq_ = 1;
   std::map<std::string, Watched> elements_;             // by name; node-stable
   absl::flat_hash_map<uint64_t, std::string> by_link_;  // link id -> name
+  ipc::LifeWatches lives_{loop_, "mon"};                // the elements' life words, by link
   std::map<uint32_t, Process> processes_;               // by rack process id
   struct Handler {
     std::string element;

@@ -9,7 +9,9 @@
 // After each kill the daemon is started again (its pid written where the rack keeps it, so
 // that `scripts/rack down` stops it). Baseline in the same run, on the same kills: a
 // conventional end-to-end detector, heartbeats over TCP with etcd's defaults (100 ms period,
-// 1000 ms timeout), from a sidecar process killed at the same instant as the victim. The last
+// 1000 ms timeout), from a sidecar process killed at the same instant as the victim; and the
+// floor of any death notice on this machine: a child holding a robust mutex is killed and a
+// thread of this process waiting on the mutex wakes (one kernel wake-up, no rack). The last
 // line is one JSON object.
 //
 // Usage: bench_notify RACK_DIR BIN_DIR [KILLS]   (KILLS per kind, default 50)
@@ -17,13 +19,16 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -295,24 +300,78 @@ struct Kind {
   std::vector<double> notify_ms, e2e_ms;
 };
 
-// Kills `victim` and a fresh sidecar at the same instant; records in `k` the time to the
-// event `event` about `process` and the end-to-end detector's time. `after_event` (if any)
-// runs between the two, given the time of the kill.
-void Trial(Kind& k, EventWaiter& events, EndToEndDetector& e2e, pid_t victim,
-           disagg::EventKind event, uint32_t process,
-           const std::function<void(Clock::time_point)>& after_event = {}) {
+// Kills `victim` and a fresh sidecar at the same instant; records in `k` the time until
+// `notice` returns (when the kill was noticed) and the end-to-end detector's time.
+// `after_notice` (if any) runs between the two, given the time of the kill.
+void Trial(Kind& k, EndToEndDetector& e2e, pid_t victim,
+           const std::function<Clock::time_point()>& notice,
+           const std::function<void(Clock::time_point)>& after_notice = {}) {
   const pid_t sidecar = StartSidecar(e2e.port());
   e2e.Watch();
-  events.Clear();
   const auto t0 = Clock::now();
   ::kill(victim, SIGKILL);
   ::kill(sidecar, SIGKILL);
-  Clock::time_point at;
-  if (!events.Wait(event, process, &at)) Die(std::string("no event for the ") + k.name + " kill");
-  k.notify_ms.push_back(Ms(at - t0));
-  if (after_event) after_event(t0);
+  k.notify_ms.push_back(Ms(notice() - t0));
+  if (after_notice) after_notice(t0);
   k.e2e_ms.push_back(Ms(e2e.Detect() - t0));
   Reap(sidecar);
+}
+
+// A trial whose notice is the event `event` about `process` in this process's handler.
+void EventTrial(Kind& k, EventWaiter& events, EndToEndDetector& e2e, pid_t victim,
+                disagg::EventKind event, uint32_t process,
+                const std::function<void(Clock::time_point)>& after_event = {}) {
+  events.Clear();
+  Trial(
+      k, e2e, victim,
+      [&] {
+        Clock::time_point at;
+        if (!events.Wait(event, process, &at)) {
+          Die(std::string("no event for the ") + k.name + " kill");
+        }
+        return at;
+      },
+      after_event);
+}
+
+// The floor: a child holds a robust, process-shared mutex; a thread here waits for it and
+// wakes with EOWNERDEAD when the child is killed.
+void RawTrial(Kind& k, EndToEndDetector& e2e) {
+  auto* mutex = static_cast<pthread_mutex_t*>(::mmap(
+      nullptr, sizeof(pthread_mutex_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  if (mutex == MAP_FAILED) Die("mmap");
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  pthread_mutex_init(mutex, &attr);
+  int ready[2];
+  if (::pipe(ready) != 0) Die("pipe");
+  const pid_t child = ::fork();
+  if (child == 0) {
+    pthread_mutex_lock(mutex);
+    (void)!::write(ready[1], "r", 1);
+    while (true) ::pause();
+  }
+  char r;
+  if (::read(ready[0], &r, 1) != 1) Die("the raw victim did not start");
+  ::close(ready[0]);
+  ::close(ready[1]);
+  Clock::time_point woke;
+  std::atomic<bool> waiting{false};
+  std::thread waiter([&] {
+    waiting = true;
+    if (pthread_mutex_lock(mutex) != EOWNERDEAD) Die("the raw victim's mutex was not orphaned");
+    woke = Clock::now();
+  });
+  while (!waiting) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));  // asleep in the futex by now
+  Trial(k, e2e, child, [&] {
+    waiter.join();
+    return woke;
+  });
+  Reap(child);
+  ::munmap(mutex, sizeof(pthread_mutex_t));
 }
 
 }  // namespace
@@ -343,6 +402,7 @@ int main(int argc, char** argv) {
 
   Kind kinds[4] = {
       {"memory", {}, {}}, {"compute", {}, {}}, {"process", {}, {}}, {"process_1g", {}, {}}};
+  Kind raw{"raw", {}, {}};
 
   for (int round = 0; round < kills; ++round) {
     // A memory element: this process's region has pages on mem1 (spread over both).
@@ -350,7 +410,7 @@ int main(int argc, char** argv) {
       auto region = rack.Map(8 << 20);
       if (!region.ok()) Die("map: " + std::string(region.status().message()));
       const pid_t mem1 = ReadPid("mem1");
-      Trial(kinds[0], events, e2e, mem1, disagg::EventKind::kMemoryFailed, rack.self());
+      EventTrial(kinds[0], events, e2e, mem1, disagg::EventKind::kMemoryFailed, rack.self());
       Reap(mem1);  // if it is this process's child (the first one is scripts/rack's)
       (void)rack.Unmap(region->data());
       Restart("mem1", "memmon", {"--name=mem1", "--pool_size=64M"});
@@ -360,7 +420,7 @@ int main(int argc, char** argv) {
     {
       const Victim victim = StartVictim(argv[0]);
       const pid_t cpu0 = ReadPid("cpu0");
-      Trial(kinds[1], events, e2e, cpu0, disagg::EventKind::kPeerFailed, victim.id);
+      EventTrial(kinds[1], events, e2e, cpu0, disagg::EventKind::kPeerFailed, victim.id);
       Reap(victim.pid);  // it ends with its compute element
       Reap(cpu0);
       Restart("cpu0", "procmon", {"--name=cpu0", "--cache_budget=64M"});
@@ -369,19 +429,20 @@ int main(int argc, char** argv) {
     // An application process of the group.
     {
       const Victim victim = StartVictim(argv[0]);
-      Trial(kinds[2], events, e2e, victim.pid, disagg::EventKind::kPeerFailed, victim.id);
+      EventTrial(kinds[2], events, e2e, victim.pid, disagg::EventKind::kPeerFailed, victim.id);
       Reap(victim.pid);
     }
     // An application process with 1 GiB of local memory, whose teardown takes a while: its
     // death is seen from its life word, before that.
     {
       const Victim victim = StartVictim(argv[0], 1ull << 30);
-      Trial(kinds[3], events, e2e, victim.pid, disagg::EventKind::kPeerFailed, victim.id,
-            [&](Clock::time_point t0) {
-              Reap(victim.pid);
-              hangups.push_back(Ms(Clock::now() - t0));  // the reap: after its teardown
-            });
+      EventTrial(kinds[3], events, e2e, victim.pid, disagg::EventKind::kPeerFailed, victim.id,
+                 [&](Clock::time_point t0) {
+                   Reap(victim.pid);
+                   hangups.push_back(Ms(Clock::now() - t0));  // the reap: after its teardown
+                 });
     }
+    RawTrial(raw, e2e);
     if ((round + 1) % 10 == 0) std::fprintf(stderr, "bench_notify: %d rounds\n", round + 1);
   }
 
@@ -403,6 +464,9 @@ int main(int argc, char** argv) {
         p50 * 1e6, k.name, p99 * 1e6, k.name, e50 * 1e6);
   }
   const double e2e_p50 = Percentile(all_e2e, 50);
+  const double raw_p50 = Percentile(raw.notify_ms, 50), raw_p99 = Percentile(raw.notify_ms, 99);
+  std::printf("%-8s %9.3f ms %9.3f ms   (the floor: a robust mutex's waiter wakes, no rack)\n",
+              raw.name, raw_p50, raw_p99);
   std::printf(
       "process_1g: its exit (teardown of 1 GiB) ended at p50 %.3f ms after the kill; "
       "the event came %.3f ms before that\n",
@@ -412,9 +476,11 @@ int main(int argc, char** argv) {
       "timeout %lld ms\n",
       kills, static_cast<long long>(kHeartbeat.count()), static_cast<long long>(kTimeout.count()));
   json += absl::StrFormat(
-      ",\"kills_per_kind\":%d,\"notify_p99_ns\":%.0f,\"e2e_p50_ns\":%.0f,"
+      ",\"raw_p50_ns\":%.0f,\"raw_p99_ns\":%.0f,\"notify_over_raw\":%.2f,"
+      "\"kills_per_kind\":%d,\"notify_p99_ns\":%.0f,\"e2e_p50_ns\":%.0f,"
       "\"e2e_over_notify\":%.1f}",
-      kills, worst_p99 * 1e6, e2e_p50 * 1e6, e2e_p50 / slowest_p50);
+      raw_p50 * 1e6, raw_p99 * 1e6, slowest_p50 / raw_p50, kills, worst_p99 * 1e6, e2e_p50 * 1e6,
+      e2e_p50 / slowest_p50);
   std::printf("%s\n", json.c_str());
   return 0;
 }

@@ -375,6 +375,37 @@ TEST_CASE(
   REQUIRE(reasons.find("its life word was released by the kernel") != std::string::npos);
 }
 
+TEST_CASE(
+    "A killed memory or compute element is declared failed from its life word, before its "
+    "memory is torn down") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 1M") == 0);
+  Peer holder(rack.dir(), "cpu1");
+  Peer victim(rack.dir(), "cpu0");
+  JoinTeam({&holder, &victim});
+  const uint64_t bytes = 8 * kMiB;  // spread: pages on both memory elements
+  const uint64_t a = Addr(holder.Ask("map " + std::to_string(bytes)));
+  REQUIRE(holder.Ask("fill " + Range(a, bytes) + " 5") == "ok");
+  SECTION("a memory element") {
+    REQUIRE(::kill(rack.Pid("mem0"), SIGKILL) == 0);
+    REQUIRE(WaitForEvent(holder, "memory-failed:" + std::to_string(holder.id()) + ":" + HexAddr(a) +
+                                     ":" + std::to_string(bytes) + ":mem0"));
+    REQUIRE(rack.WaitForState("mem0", "failed"));
+  }
+  SECTION("a compute element") {
+    REQUIRE(::kill(rack.Pid("cpu0"), SIGKILL) == 0);
+    REQUIRE(WaitForEvent(holder, "peer-failed:" + std::to_string(victim.id())));
+    REQUIRE(rack.WaitForState("cpu0", "failed"));
+  }
+  // Told from the element's life word (the Rack MMU's and the rack monitor's copies), not
+  // from its hang-up or its exit, which come once its memory is gone.
+  const std::string reasons = holder.Ask("reasons");
+  INFO(reasons);
+  REQUIRE(reasons.find("it died (its life word was released by the kernel)") != std::string::npos);
+  REQUIRE(reasons.find("hung up") == std::string::npos);
+  REQUIRE(reasons.find("exited") == std::string::npos);
+}
+
 // The whole text of `path` ("" if it cannot be read).
 std::string ReadAll(const std::string& path) {
   std::string out;

@@ -1,8 +1,11 @@
 // Clients that break the protocol are cut off with a logged reason; the daemon serves on.
 #include <capnp/message.h>
+#include <linux/futex.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -14,6 +17,7 @@
 #include <vector>
 
 #include "ipc/client.h"
+#include "ipc/life_word.h"
 #include "ipc/socket.h"
 #include "ipc/wire.h"
 #include "rack_harness.h"
@@ -321,6 +325,81 @@ TEST_CASE("Remote-memory requests out of protocol are refused, and the daemons s
     REQUIRE(absl::IsResourceExhausted(last));
     REQUIRE(clients.size() == 17);
     RequireServing(rack.Socket("cpu0"));
+  }
+  RequireNoneFailed(rack, 4);
+}
+
+// Sends a LifeWord naming file `fd` of this process, expecting no reply.
+void SendLifeWord(ipc::Client& client, int fd) {
+  ipc::SmallMessage told;
+  auto root = told.Init();
+  root.initLifeWord().setFd(fd);
+  REQUIRE(client.Send(told.builder(), root).ok());
+}
+
+// A client registered as compute element `name` with the Rack MMU.
+ipc::Client RegisteredElement(TestRack& rack, const std::string& name) {
+  auto client = ipc::Client::Connect(rack.Socket("mmu"));
+  REQUIRE(client.ok());
+  ipc::SmallMessage reg;
+  auto root = reg.Init();
+  auto r = root.initRegister();
+  r.setName(name);
+  r.setKind(proto::ElementKind::COMPUTE);
+  r.setCapacityBytes(1 << 20);
+  REQUIRE(CallIgnoringReply(*client, reg, root).ok());
+  return std::move(*client);
+}
+
+TEST_CASE("Life words out of protocol are refused with a reason, and the daemons serve on") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 1M") == 0);
+  absl::StatusOr<ipc::LifeWord> held = ipc::LifeWord::CreateHeld();
+  REQUIRE(held.ok());
+  SECTION("from a client that is neither an element nor a process's event link") {
+    for (const char* daemon : {"mmu", "mon"}) {
+      INFO(daemon);
+      auto client = ipc::Client::Connect(rack.Socket(daemon));
+      REQUIRE(client.ok());
+      SendLifeWord(*client, held->fd());
+      REQUIRE(CutOff(client->connection()));
+      const std::string log = ReadFile(rack.dir() + "/" + daemon + ".log");
+      REQUIRE_THAT(log, Catch::Contains("cutting off") && Catch::Contains("a life word from n"));
+      RequireServing(rack.Socket(daemon));
+    }
+  }
+  SECTION("a file that is no life word, and a word that is not held") {
+    ipc::Client fake = RegisteredElement(rack, "cpu-fake");
+    SendLifeWord(fake, 0);  // this process's stdin
+    REQUIRE(CutOff(fake.connection()));
+    REQUIRE_THAT(ReadFile(rack.dir() + "/mmu.log"),
+                 Catch::Contains("the life word is not a memfd of 4 KiB sealed"));
+    absl::StatusOr<ipc::LifeWord> unheld = ipc::LifeWord::Create();
+    REQUIRE(unheld.ok());
+    ipc::Client again = RegisteredElement(rack, "cpu-fake");  // a failed name may be retaken
+    SendLifeWord(again, unheld->fd());
+    REQUIRE(CutOff(again.connection()));
+    REQUIRE_THAT(ReadFile(rack.dir() + "/mmu.log"),
+                 Catch::Contains("the life word of cpu-fake is not held"));
+    RequireServing(rack.Socket("mmu"));
+  }
+  SECTION("a word whose holder wakes its watcher without end loses its watch, not its link") {
+    ipc::Client fake = RegisteredElement(rack, "cpu-waker");
+    SendLifeWord(fake, held->fd());
+    RequireServingOn(fake);  // the word was taken (a refusal would have cut the link)
+    void* page =
+        ::mmap(nullptr, ipc::kLifeWordBytes, PROT_READ | PROT_WRITE, MAP_SHARED, held->fd(), 0);
+    REQUIRE(page != MAP_FAILED);
+    auto* word = static_cast<uint32_t*>(page);  // the mutex's futex word comes first
+    bool dropped = false;
+    for (int round = 0; round < 500 && !dropped; ++round) {
+      for (int i = 0; i < 1000; ++i) ::syscall(SYS_futex, word, FUTEX_WAKE, 1 << 30, nullptr);
+      dropped = ReadFile(rack.dir() + "/mmu.log").find("cpu-waker wakes its life word") !=
+                std::string::npos;
+    }
+    ::munmap(page, ipc::kLifeWordBytes);
+    REQUIRE(dropped);
+    RequireServingOn(fake);  // still registered and served
   }
   RequireNoneFailed(rack, 4);
 }

@@ -4,12 +4,14 @@
 #include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "internal/logging.h"
 
 namespace disagg::ipc {
 
@@ -30,6 +32,13 @@ absl::StatusOr<LifeWord> LifeWord::Create() {
   const int rc = pthread_mutex_init(word.mutex(), &attr);
   pthread_mutexattr_destroy(&attr);
   if (rc != 0) return absl::InternalError(absl::StrCat("pthread_mutex_init: ", strerror(rc)));
+  return word;
+}
+
+absl::StatusOr<LifeWord> LifeWord::CreateHeld() {
+  absl::StatusOr<LifeWord> word = Create();
+  if (!word.ok()) return word.status();
+  if (absl::Status held = word->Hold(); !held.ok()) return held;
   return word;
 }
 
@@ -75,6 +84,71 @@ LifeWatch::State LifeWatch::Check() {
       return State::kHeld;
     }
   }
+}
+
+LifeWatches::~LifeWatches() {
+  for (auto& [key, w] : watches_) loop_.Unwatch(w.watch);
+}
+
+absl::Status LifeWatches::Watch(uint64_t key, int pidfd, int remote_fd, const std::string& who,
+                                std::function<void()> on_death) {
+  if (watches_.contains(key)) {
+    return absl::FailedPreconditionError(absl::StrCat(who, " sent a second life word"));
+  }
+  if (!loop_.futex_supported()) {
+    LOG_FIRST_N(INFO, 1) << owner_ << ": this kernel's io_uring cannot wait on futexes "
+                         << "(Linux 6.7+): deaths are seen at their hang-up, after the dead "
+                         << "process's memory is torn down";
+    return absl::OkStatus();
+  }
+  Fd fd(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, remote_fd, 0)));
+  if (!fd.valid()) {
+    LOG(WARNING) << owner_ << ": cannot take the life word of " << who << ": "
+                 << std::strerror(errno) << "; its death is seen at its hang-up";
+    return absl::OkStatus();
+  }
+  absl::StatusOr<LifeWatch> life = LifeWatch::Adopt(std::move(fd));
+  if (!life.ok()) return life.status();
+  if (life->Check() != LifeWatch::State::kHeld) {
+    return absl::FailedPreconditionError(absl::StrCat("the life word of ", who, " is not held"));
+  }
+  Watched& w = watches_[key];
+  w.life = std::move(*life);
+  w.who = who;
+  w.on_death = std::move(on_death);
+  w.window_start = absl::Now();
+  w.watch = loop_.WatchFutex(w.life.word(), [this, key] { Changed(key); });
+  return absl::OkStatus();
+}
+
+void LifeWatches::Forget(uint64_t key) {
+  auto it = watches_.find(key);
+  if (it == watches_.end()) return;
+  loop_.Unwatch(it->second.watch);
+  watches_.erase(it);
+}
+
+void LifeWatches::Changed(uint64_t key) {
+  auto it = watches_.find(key);
+  if (it == watches_.end()) return;
+  Watched& w = it->second;
+  const LifeWatch::State state = w.life.Check();
+  if (state == LifeWatch::State::kHeld) {
+    // Woken for nothing: the word's holder may wake it at will, but not without end.
+    const absl::Time now = absl::Now();
+    if (now - w.window_start > absl::Seconds(1)) {
+      w.window_start = now;
+      w.spurious = 0;
+    }
+    if (++w.spurious <= 1000) return;
+    LOG(WARNING) << owner_ << ": " << w.who << " wakes its life word's watcher for nothing; "
+                 << "no longer watched (its death is seen at its hang-up)";
+    Forget(key);
+    return;
+  }
+  std::function<void()> on_death = std::move(w.on_death);
+  Forget(key);  // before on_death, which may close the peer's link and forget it again
+  if (state == LifeWatch::State::kDied) on_death();
 }
 
 }  // namespace disagg::ipc

@@ -11,27 +11,37 @@
 //   kReleased  it released the word on purpose (a clean exit)
 //   kDied      the holding thread, and with it the process, died
 // The word is written by an untrusted process: anything it says about itself only ends its
-// own watch.
+// own watch. Each watcher gets a word of its own: the kernel wakes one waiter of a dead
+// owner's word.
 #ifndef DISAGG_IPC_LIFE_WORD_H_
 #define DISAGG_IPC_LIFE_WORD_H_
 
 #include <pthread.h>
 
 #include <cstdint>
+#include <functional>
+#include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "ipc/channel.h"
+#include "ipc/event_loop.h"
 #include "ipc/fd.h"
 
 namespace disagg::ipc {
 
 inline constexpr size_t kLifeWordBytes = 4096;
+// Why a process whose life word told of its death failed, in logs and events.
+inline constexpr char kLifeWordDied[] = "it died (its life word was released by the kernel)";
 
 // The owner's side. Move-only.
 class LifeWord {
  public:
   // A fresh, unheld word in a sealed memfd.
   static absl::StatusOr<LifeWord> Create();
+  // A fresh word, held by the calling thread.
+  static absl::StatusOr<LifeWord> CreateHeld();
   LifeWord(LifeWord&&) = default;
   LifeWord& operator=(LifeWord&&) = default;
 
@@ -69,6 +79,46 @@ class LifeWatch {
  private:
   explicit LifeWatch(ShmRegion region) : region_(std::move(region)) {}
   ShmRegion region_;
+};
+
+// The life words of many peers, watched on one event loop, each under a key (a link's id).
+// A word's `on_death` runs once, when its holder dies; a released word (a clean exit) ends
+// its watch silently. A peer that wakes its watcher for nothing more than 1,000 times in a
+// second loses its watch (logged): its death is then seen at its hang-up.
+// Single-threaded, on the loop's thread; the loop must outlive this.
+class LifeWatches {
+ public:
+  LifeWatches(EventLoop& loop, std::string owner) : loop_(loop), owner_(std::move(owner)) {}
+  ~LifeWatches();
+  LifeWatches(const LifeWatches&) = delete;
+  LifeWatches& operator=(const LifeWatches&) = delete;
+
+  // Copies file `remote_fd` of the process behind `pidfd` (pidfd_getfd) and watches it as
+  // the life word of `who` (for the log), under `key`. OK too when it cannot be watched here
+  // (this kernel's io_uring has no futex wait, or the copy is refused): that is logged, and
+  // the death is seen at the hang-up. INVALID_ARGUMENT if the file is no life word,
+  // FAILED_PRECONDITION if the word is not held or `key` has one already: the peer broke
+  // the protocol.
+  absl::Status Watch(uint64_t key, int pidfd, int remote_fd, const std::string& who,
+                     std::function<void()> on_death);
+  // Stops watching `key`'s word (unknown keys are ignored); its on_death never runs.
+  void Forget(uint64_t key);
+  bool watching(uint64_t key) const { return watches_.contains(key); }
+
+ private:
+  struct Watched {
+    LifeWatch life;
+    EventLoop::WatchId watch = 0;
+    std::string who;
+    std::function<void()> on_death;
+    absl::Time window_start;
+    int spurious = 0;  // wakes for nothing since window_start
+  };
+  void Changed(uint64_t key);
+
+  EventLoop& loop_;
+  std::string owner_;
+  absl::flat_hash_map<uint64_t, Watched> watches_;
 };
 
 }  // namespace disagg::ipc

@@ -397,17 +397,20 @@ CacheStats RackImpl::cache_stats() const {
 
 void RackImpl::ControlLoop() {
   ipc::Channel& channel = compute_->channel;
-  // The life word, held by this thread for the process's life: the compute element sees this
-  // process die as soon as the kernel releases it, before its memory is torn down.
-  if (absl::StatusOr<ipc::LifeWord> life = ipc::LifeWord::Create(); !life.ok()) {
-    RLOG(WARNING) << "disagg: no life word: " << life.status();
-  } else if (absl::Status held = life->Hold(); !held.ok()) {
-    RLOG(WARNING) << "disagg: " << held;
-  } else {
-    life_ = std::move(*life);
+  // The life words, held by this thread for the process's life, one for the compute element
+  // and one for the Rack MMU: both see this process die as soon as the kernel releases them,
+  // before its memory is torn down.
+  for (ipc::Channel* to : {&channel, event_link_ ? &event_link_->channel : nullptr}) {
+    if (to == nullptr) continue;
+    absl::StatusOr<ipc::LifeWord> life = ipc::LifeWord::CreateHeld();
+    if (!life.ok()) {
+      RLOG(WARNING) << "disagg: no life word: " << life.status();
+      break;
+    }
     ipc::SmallMessage told;
-    told.Init(0).initLifeWord().setFd(life_->fd());
-    (void)SendCompute(told.builder());
+    told.Init(0).initLifeWord().setFd(life->fd());
+    lives_.push_back(std::move(*life));
+    (void)(to == &channel ? SendCompute(told.builder()) : to->Send(told.builder()));
   }
   std::vector<uint64_t> words;
   uint64_t reported = ~uint64_t{0};
@@ -457,7 +460,7 @@ void RackImpl::ControlLoop() {
     if (event_link_) event_link_->channel.Awake();
     if (rc < 0 && errno != EINTR) continue;
     if (fds[2].revents & POLLIN) {
-      if (life_) life_->Release();  // a clean end (LEAVE went first): on the holding thread
+      for (ipc::LifeWord& life : lives_) life.Release();  // a clean end (LEAVE went first)
       return;
     }
     if (fds[0].revents & POLLIN) channel.DrainDoorbell();

@@ -142,10 +142,13 @@ class RackImpl final : public Rack {
   bool InTransfer(uint64_t vpage) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Makes [vaddr, +info.bytes) usable here: translations known, earlier refusals forgotten.
   void Adopt(uint64_t vaddr, RegionInfo info) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // A message on the event link from the Rack MMU: checked on the control thread, applied on
-  // the task queue (ApplyRackEvent), then passed to the application's handler.
+  // A message on the event link from the Rack MMU: checked on the control thread, applied
+  // there if that needs no waiting and the task queue is idle (events keep their order), else
+  // on the task queue; then passed to the application's handler.
   absl::Status HandleRackEvent(proto::Message::Reader message);
-  void ApplyRackEvent(const Event& event, RegionInfo granted);
+  void ApplyRackEvent(const Event& event, RegionInfo granted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // True if applying `event` now would wait for fetches or write-backs in flight.
+  bool MustWait(const Event& event) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Failures (rack_failures.cc): memory element `element` failed: its pages here are dropped
   // (without write-back) and their touches refused as kElementFailed from now on.
   void ElementFailed(const std::string& element) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -221,7 +224,7 @@ class RackImpl final : public Rack {
 
   ipc::Fd stop_;                                 // eventfd: the threads return when it is readable
   Mutex compute_send_mu_;                        // one sender at a time on compute_
-  std::optional<ipc::LifeWord> life_;            // held by the control thread
+  std::vector<ipc::LifeWord> lives_;             // held by the control thread
   std::unique_ptr<ipc::Connection> compute_;     // received from by the control thread only
   std::unique_ptr<ipc::Connection> event_link_;  // from the Rack MMU; the control thread's
   std::vector<std::thread> threads_;

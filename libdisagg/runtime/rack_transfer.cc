@@ -180,39 +180,80 @@ absl::Status RackImpl::HandleRackEvent(proto::Message::Reader message) {
       return absl::InvalidArgumentError(
           absl::StrCat("an event of unknown kind ", static_cast<int>(kind)));
   }
-  // Applying it may wait (for fetches in flight to land): not on the control thread.
+  // Applying it may wait (for fetches in flight to land): then not on the control thread.
+  if (tasks_.Idle()) {
+    bool applied = false;
+    {
+      MutexLock lock(&mu_);
+      if (!MustWait(out)) {
+        ApplyRackEvent(out, std::move(granted));
+        applied = true;
+      }
+    }
+    if (applied) {
+      events_.Push(out);
+      return absl::OkStatus();
+    }
+  }
   tasks_.Push([this, out = std::move(out), granted = std::move(granted)]() mutable {
-    ApplyRackEvent(out, std::move(granted));
+    {
+      MutexLock lock(&mu_);
+      ApplyRackEvent(out, std::move(granted));
+    }
+    events_.Push(out);
   });
   return absl::OkStatus();
 }
 
+bool RackImpl::MustWait(const Event& event) const {
+  const uint64_t first = reinterpret_cast<uintptr_t>(event.address) >> kPageShift;
+  const uint64_t last = first + (event.size >> kPageShift);
+  auto busy = [&](uint64_t from, uint64_t to) {
+    return cache_.BusyIn(from, to) || cache_.PinnedIn(from, to);
+  };
+  switch (event.kind) {
+    case EventKind::kGranted:
+      return cache_.BusyIn(first, last);
+    case EventKind::kRevoked:
+      return busy(first, last);
+    case EventKind::kMemoryFailed:
+      if (event.process != id_) return false;
+      for (const ExtentInfo& e : translations_.ExtentsOn(event.element)) {
+        if (busy(e.vpage, e.vpage + e.pages)) return true;
+      }
+      return false;
+    case EventKind::kFenced: {
+      const uint64_t base = range_base_ >> kPageShift;
+      return busy(base, base + (range_bytes_ >> kPageShift));
+    }
+    case EventKind::kPeerFailed:
+      return false;
+  }
+  return false;
+}
+
 void RackImpl::ApplyRackEvent(const Event& event, RegionInfo granted) {
   const uint64_t vaddr = reinterpret_cast<uintptr_t>(event.address);
-  {
-    MutexLock lock(&mu_);
-    switch (event.kind) {
-      case EventKind::kGranted:
-        Adopt(vaddr, std::move(granted));
-        break;
-      case EventKind::kRevoked:
-        // The memory elements refuse this process there already: what was not written back
-        // is lost, and later touches fault as revoked.
-        (void)DropRange(vaddr >> kPageShift, (vaddr + event.size) >> kPageShift,
-                        /*write_back=*/false);
-        translations_.MarkRevoked(vaddr, event.size);
-        break;
-      case EventKind::kMemoryFailed:
-        if (event.process == id_) ElementFailed(event.element);
-        break;
-      case EventKind::kFenced:
-        Fenced(event.reason);
-        break;
-      case EventKind::kPeerFailed:
-        break;
-    }
+  switch (event.kind) {
+    case EventKind::kGranted:
+      Adopt(vaddr, std::move(granted));
+      break;
+    case EventKind::kRevoked:
+      // The memory elements refuse this process there already: what was not written back
+      // is lost, and later touches fault as revoked.
+      (void)DropRange(vaddr >> kPageShift, (vaddr + event.size) >> kPageShift,
+                      /*write_back=*/false);
+      translations_.MarkRevoked(vaddr, event.size);
+      break;
+    case EventKind::kMemoryFailed:
+      if (event.process == id_) ElementFailed(event.element);
+      break;
+    case EventKind::kFenced:
+      Fenced(event.reason);
+      break;
+    case EventKind::kPeerFailed:
+      break;
   }
-  events_.Push(event);
 }
 
 }  // namespace disagg::runtime

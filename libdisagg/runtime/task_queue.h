@@ -31,6 +31,13 @@ class TaskQueue {
     changed_.SignalAll();
   }
 
+  // True if nothing is queued or running: to the one thread that pushes, everything it
+  // pushed before has run.
+  bool Idle() const {
+    MutexLock lock(&mu_);
+    return tasks_.empty() && !running_;
+  }
+
   void Stop() {
     {
       MutexLock lock(&mu_);
@@ -48,16 +55,19 @@ class TaskQueue {
       if (tasks_.empty()) return;
       std::function<void()> task = std::move(tasks_.front());
       tasks_.pop_front();
+      running_ = true;
       mu_.Unlock();
       task();
       mu_.Lock();
+      running_ = false;
     }
   }
 
-  Mutex mu_;
+  mutable Mutex mu_;
   CondVar changed_;
   std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool running_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

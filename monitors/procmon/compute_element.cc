@@ -36,6 +36,7 @@ ComputeElement::ComputeElement(ipc::EventLoop& loop, ElementOptions options, Wat
               }()),
       watch_(watch),
       budget_pages_(this->options().capacity_bytes / kPageBytes),
+      lives_(loop, this->options().name),
       launcher_(loop, this->options().name, ProgramEnvironment(this->options())) {
   timer_ = loop.AddTimer(watch_.period, [this] { Tick(); });
 }
@@ -89,49 +90,23 @@ absl::Status ComputeElement::HandleContacts(ipc::Link& link,
 }
 
 absl::Status ComputeElement::HandleLifeWord(ipc::Link& link, proto::LifeWord::Reader word) {
-  auto it = processes_.find(link.id());
-  if (it == processes_.end() || it->second.life.valid()) {
-    return absl::FailedPreconditionError("a life word before attaching, or a second one");
-  }
-  if (!loop().futex_supported()) {
-    LOG_FIRST_N(INFO, 1) << options().name << ": this kernel's io_uring cannot wait on futexes "
-                         << "(Linux 6.7+): process deaths are seen at their hang-up, after "
-                         << "their memory is torn down";
-    return absl::OkStatus();
-  }
-  Process& p = it->second;
-  ipc::Fd fd(
-      static_cast<int>(::syscall(SYS_pidfd_getfd, link.peer().pidfd.get(), word.getFd(), 0)));
-  if (!fd.valid()) {
-    LOG(WARNING) << options().name << ": cannot take the life word of " << link.label() << ": "
-                 << std::strerror(errno) << "; its death is seen at its hang-up";
-    return absl::OkStatus();
-  }
-  absl::StatusOr<ipc::LifeWatch> life = ipc::LifeWatch::Adopt(std::move(fd));
-  if (!life.ok()) return life.status();  // a broken protocol: cut off
-  p.life = std::move(*life);
-  if (p.life.Check() != ipc::LifeWatch::State::kHeld) {
-    return absl::FailedPreconditionError("its life word is not held");
+  if (!processes_.contains(link.id())) {
+    return absl::FailedPreconditionError("a life word before attaching");
   }
   const uint64_t link_id = link.id();
-  p.life_watch = loop().WatchFutex(p.life.word(), [this, link_id] { LifeChanged(link_id); });
-  return absl::OkStatus();
+  return lives_.Watch(link_id, link.peer().pidfd.get(), word.getFd(), link.label(),
+                      [this, link_id] { Died(link_id); });
 }
 
-void ComputeElement::LifeChanged(uint64_t link_id) {
+void ComputeElement::Died(uint64_t link_id) {
   auto it = processes_.find(link_id);
   if (it == processes_.end()) return;
   Process& p = it->second;
-  const ipc::LifeWatch::State state = p.life.Check();
-  if (state == ipc::LifeWatch::State::kHeld) return;  // woken for nothing: wait on
-  loop().Unwatch(p.life_watch);
-  p.life_watch = 0;
-  if (state == ipc::LifeWatch::State::kReleased || p.left || p.failed) return;
+  if (p.left || p.failed) return;
   // Dead: told now, not once its memory is gone and its connection hangs up.
   p.failed = true;
-  const std::string reason = "it died (its life word was released by the kernel)";
-  LOG(INFO) << options().name << ": " << p.link->label() << " " << reason;
-  ReportDown(p, reason, /*clean=*/false);
+  ReportDown(p, ipc::kLifeWordDied, /*clean=*/false);
+  LOG(INFO) << options().name << ": " << p.link->label() << " " << ipc::kLifeWordDied;
 }
 
 absl::Status ComputeElement::HandleMmuEvent(proto::RackEvent::Reader event) {
@@ -322,7 +297,7 @@ void ComputeElement::LinkClosed(ipc::Link& link) {
   if (it == processes_.end()) return;
   LOG(INFO) << options().name << ": " << link.label() << " left";
   const Process& p = it->second;
-  if (p.life_watch != 0) loop().Unwatch(p.life_watch);
+  lives_.Forget(link.id());
   if (p.attached && !p.failed) {
     ReportDown(p,
                p.left ? "it left the rack"

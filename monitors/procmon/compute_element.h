@@ -60,8 +60,6 @@ class ComputeElement : public Element {
     bool ping_outstanding = false;
     int missed = 0;
     std::vector<uint32_t> contacts;  // its emergency contacts (SetEmergencyContacts)
-    ipc::LifeWatch life;             // its life word, if it sent one
-    ipc::EventLoop::WatchId life_watch = 0;
   };
 
   absl::Status HandleAttach(ipc::Link& link, uint64_t seq, proto::Attach::Reader attach);
@@ -79,7 +77,7 @@ class ComputeElement : public Element {
   // The process's life word: its death is reported as soon as the kernel releases the word,
   // before its memory is torn down.
   absl::Status HandleLifeWord(ipc::Link& link, proto::LifeWord::Reader word);
-  void LifeChanged(uint64_t link_id);
+  void Died(uint64_t link_id);
   // The Rack MMU tells of an event about one of this element's processes: passed on to its
   // emergency contacts.
   absl::Status HandleMmuEvent(proto::RackEvent::Reader event);
@@ -91,6 +89,7 @@ class ComputeElement : public Element {
   ipc::EventLoop::WatchId timer_ = 0;
   const uint64_t budget_pages_;
   std::map<uint64_t, Process> processes_;  // by link id, in order of attaching
+  ipc::LifeWatches lives_;                 // the processes' life words, by link id
   uint64_t next_seq_ = 1;
   Launcher launcher_;
 };

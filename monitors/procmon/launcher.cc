@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "internal/daemon.h"
 #include "internal/logging.h"
 #include "internal/status_macros.h"
 
@@ -191,6 +193,7 @@ absl::StatusOr<pid_t> Launcher::Spawn(const Request& request) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // a process does not outlive its compute element
     if (::getppid() != parent) ::_exit(127);
     ::setpgid(0, 0);
+    ::setpriority(PRIO_PROCESS, 0, BaseNice());             // an application, not part of the rack
     for (int i = 0; i < 3; ++i) ::dup2(stdio[i].get(), i);  // the copies are all >= 3
     ::dup3(report[1], 3, O_CLOEXEC);
     ::close_range(4, ~0U, 0);
