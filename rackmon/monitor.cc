@@ -68,8 +68,7 @@ void RackMonitor::Watch(Watched& w, ipc::Link& link) {
   w.pid = link.peer().pid;
   w.link = &link;
   w.health = proto::Health::HEALTHY;
-  w.missed = 0;
-  w.ping_outstanding = false;
+  w.beat = Heartbeat(options_.missed_beats);
   w.last_heard = absl::Now();
   by_link_[link.id()] = w.name;
   if (w.pidfd_watch != 0) loop_.Unwatch(w.pidfd_watch);
@@ -94,8 +93,7 @@ absl::Status RackMonitor::OnMessage(ipc::Link& link, proto::Message::Reader mess
       loop_.Housekeeping();
       Watched* w = ByLink(link);
       if (w == nullptr || w->health == proto::Health::FAILED) return absl::OkStatus();
-      w->ping_outstanding = false;
-      w->missed = 0;
+      w->beat.Answered();
       w->last_heard = absl::Now();
       w->used_bytes = message.getPong().getUsedBytes();
       if (w->health == proto::Health::SUSPECT) {
@@ -218,20 +216,18 @@ void RackMonitor::Tick() {
   ping.initPing().setSentNanos(MonotonicNanos());
   for (auto& [name, w] : elements_) {
     if (w.health == proto::Health::FAILED || w.link == nullptr) continue;
-    if (w.ping_outstanding) {
-      ++w.missed;
-      if (w.missed >= options_.missed_beats) {
-        SetHealth(w, proto::Health::FAILED,
-                  absl::StrCat("missed ", w.missed, " heartbeats of ",
-                               absl::FormatDuration(options_.period)));
-        continue;
-      }
-      if (w.missed >= 2 && w.health == proto::Health::HEALTHY) {
-        SetHealth(w, proto::Health::SUSPECT, absl::StrCat("missed ", w.missed, " heartbeats"));
-      }
-      continue;  // one ping in flight at a time: a stalled peer's ring must not fill up
+    const Heartbeat::State before = w.beat.state();
+    const bool ping = w.beat.Tick();  // one ping in flight at a time: a stalled ring stays short
+    if (w.beat.state() == Heartbeat::State::kFailed) {
+      SetHealth(w, proto::Health::FAILED,
+                absl::StrCat("missed ", w.beat.missed(), " heartbeats of ",
+                             absl::FormatDuration(options_.period)));
+      continue;
     }
-    w.ping_outstanding = true;
+    if (w.beat.state() == Heartbeat::State::kSuspect && before == Heartbeat::State::kHealthy) {
+      SetHealth(w, proto::Health::SUSPECT, absl::StrCat("missed ", w.beat.missed(), " heartbeats"));
+    }
+    if (!ping) continue;
     (void)w.link->Send(builder);  // a full or corrupt ring cuts the link: OnClose handles it
   }
 }

@@ -22,6 +22,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
 #include "freezer.h"
+#include "internal/heartbeat.h"
 #include "ipc/event_loop.h"
 #include "ipc/hub.h"
 #include "ipc/life_word.h"
@@ -56,8 +57,7 @@ class RackMonitor : public ipc::Hub::Handler {
     uint64_t used_bytes = 0;
     proto::Health health = proto::Health::HEALTHY;
     absl::Time last_heard = absl::InfinitePast();
-    int missed = 0;
-    bool ping_outstanding = false;
+    Heartbeat beat;
     ipc::Link* link = nullptr;  // nullptr once the connection is gone
     ipc::Fd pidfd;
     ipc::EventLoop::WatchId pidfd_watch = 0;

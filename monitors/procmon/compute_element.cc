@@ -35,7 +35,7 @@ ComputeElement::ComputeElement(ipc::EventLoop& loop, ElementOptions options, Wat
                 return std::move(options);
               }()),
       watch_(watch),
-      budget_pages_(this->options().capacity_bytes / kPageBytes),
+      quotas_(this->options().capacity_bytes / kPageBytes),
       lives_(loop, this->options().name),
       launcher_(loop, this->options().name, ProgramEnvironment(this->options())) {
   timer_ = loop.AddTimer(watch_.period, [this] { Tick(); });
@@ -56,17 +56,16 @@ void ComputeElement::Tick() {
     if (it == processes_.end()) continue;
     Process& p = it->second;
     if (!p.attached || p.failed || p.left) continue;
-    if (p.ping_outstanding) {
-      if (++p.missed < watch_.missed_beats) continue;
+    if (!p.beat.Tick()) {
+      if (p.beat.state() != Heartbeat::State::kFailed) continue;  // one ping in flight at a time
       p.failed = true;
       const std::string reason =
-          absl::StrCat("it missed ", p.missed, " heartbeats of ",
+          absl::StrCat("it missed ", p.beat.missed(), " heartbeats of ",
                        absl::FormatDuration(watch_.period), " on ", options().name);
-      LOG(WARNING) << options().name << ": " << p.link->label() << " failed: " << reason;
       ReportDown(p, reason, /*clean=*/false);
+      LOG(WARNING) << options().name << ": " << p.link->label() << " failed: " << reason;
       continue;
     }
-    p.ping_outstanding = true;
     (void)p.link->Send(ping.builder());  // a full ring cuts the link: LinkClosed reports it
   }
 }
@@ -168,8 +167,7 @@ absl::Status ComputeElement::HandleOther(ipc::Link& link, proto::Message::Reader
     case proto::Message::PONG: {
       auto it = processes_.find(link.id());
       if (it != processes_.end() && !it->second.failed) {
-        it->second.ping_outstanding = false;
-        it->second.missed = 0;
+        it->second.beat.Answered();
       }
       return absl::OkStatus();
     }
@@ -205,15 +203,17 @@ absl::Status ComputeElement::HandleAttach(ipc::Link& link, uint64_t seq,
     return link.ReplyError(
         seq, absl::FailedPreconditionError(absl::StrCat(me, ": this process is attached already")));
   }
-  if (budget_pages_ / (processes_.size() + 1) < kMinSharePages) {
+  if (!quotas_.Admits()) {
     const absl::Status refusal = absl::ResourceExhaustedError(absl::StrCat(
-        me, ": its cache budget of ", budget_pages_ * kPageBytes, " bytes is shared by ",
+        me, ": its cache budget of ", quotas_.budget_pages() * kPageBytes, " bytes is shared by ",
         processes_.size(), " processes already; another would get less than ",
         kMinSharePages * kPageBytes, " bytes"));
     LOG(WARNING) << refusal.message();
     return link.ReplyError(seq, refusal);
   }
   Process& p = processes_[link.id()];
+  quotas_.Add(link.id());
+  p.beat = Heartbeat(watch_.missed_beats);
   p.link = &link;
   p.process_id = attach.getProcessId();
   p.name = attach.getName();
@@ -233,7 +233,7 @@ absl::Status ComputeElement::HandleAttach(ipc::Link& link, uint64_t seq,
   // Its first quota (the answer) is what is free now; it grows as the others shrink.
   Rebalance();
   p.attached = true;
-  SendQuota(p, p.granted_pages, seq);
+  SendQuota(p, quotas_.granted(link.id()), seq);
   return absl::OkStatus();
 }
 
@@ -247,12 +247,13 @@ absl::Status ComputeElement::HandleUsage(ipc::Link& link, uint64_t seq,
   Process& p = it->second;
   p.cached_bytes = usage.getCachedBytes();
   if (seq != 0 && seq == p.shrink_seq) {
-    if (p.cached_bytes > p.shrink_to * kPageBytes) {
+    const uint64_t target = quotas_.shrink_target(link.id());
+    if (p.cached_bytes > target * kPageBytes) {
       LOG(WARNING) << options().name << ": " << link.label() << " reports " << p.cached_bytes
-                   << " cached bytes over its quota of " << p.shrink_to * kPageBytes;
+                   << " cached bytes over its quota of " << target * kPageBytes;
       return absl::OkStatus();  // it stays counted at its old quota
     }
-    p.granted_pages = p.shrink_to;
+    quotas_.Shrunk(link.id());
     p.shrink_seq = 0;
     Rebalance();
   }
@@ -267,27 +268,16 @@ void ComputeElement::SendQuota(Process& p, uint64_t pages, uint64_t seq) {
 }
 
 void ComputeElement::Rebalance() {
-  if (processes_.empty()) return;
-  const uint64_t share = budget_pages_ / processes_.size();
-  uint64_t used = 0;
-  for (auto& [id, p] : processes_) {
-    const bool needs_shrink = p.shrink_seq == 0 ? p.granted_pages > share : p.shrink_to > share;
-    if (needs_shrink) {
-      p.shrink_to = share;
+  for (const QuotaSplit::Order& order : quotas_.Rebalance()) {
+    auto it = processes_.find(order.key);  // a failed send may have closed a link meanwhile
+    if (it == processes_.end()) continue;
+    Process& p = it->second;
+    if (order.shrink) {
       p.shrink_seq = next_seq_++;
-      SendQuota(p, share, p.shrink_seq);
+      SendQuota(p, order.pages, p.shrink_seq);
+    } else if (p.attached) {
+      SendQuota(p, order.pages, 0);  // a process attaching now has it in the answer
     }
-    used += p.granted_pages;
-  }
-  CHECK_LE(used, budget_pages_) << "cache quotas exceed the budget";
-  uint64_t free = budget_pages_ - used;
-  for (auto& [id, p] : processes_) {
-    if (free == 0) break;
-    if (p.shrink_seq != 0 || p.granted_pages >= share) continue;
-    const uint64_t give = std::min(share - p.granted_pages, free);
-    p.granted_pages += give;
-    free -= give;
-    if (p.attached) SendQuota(p, p.granted_pages, 0);
   }
 }
 
@@ -305,6 +295,7 @@ void ComputeElement::LinkClosed(ipc::Link& link) {
                /*clean=*/p.left);
   }
   processes_.erase(it);
+  quotas_.Remove(link.id());
   Rebalance();
 }
 
@@ -322,7 +313,7 @@ absl::Status ComputeElement::HandleStatus(ipc::Link& link, uint64_t seq) {
     row.setPid(p.pid);
     row.setElement(options().name);
     row.setCachedBytes(p.cached_bytes);
-    row.setCacheQuotaBytes(p.granted_pages * kPageBytes);
+    row.setCacheQuotaBytes(quotas_.granted(id) * kPageBytes);
   }
   return link.Send(builder);
 }

@@ -1,12 +1,7 @@
 // ComputeElement: the compute element daemon's service: the common element duties plus the
 // application processes that run on it. Each process attaches once after joining the rack;
-// the element leases it a share of the element's cache budget and reports its cache use.
-//
-// Cache budget: the sum of the quotas the processes may use never exceeds the budget. Each
-// process's fair share is budget / processes. A process above its share is asked to shrink
-// and keeps its old quota in the sum until it answers that its cache fits; what that frees
-// goes to processes below their share. A new process may therefore start with a quota of 0
-// and grow as the others shrink.
+// the element leases it a share of the element's cache budget (QuotaSplit) and reports its
+// cache use.
 // Programs started with `rackctl run` are procmon's children: see Launcher.
 // Single-threaded, on the element's loop.
 #ifndef DISAGG_MONITORS_PROCMON_COMPUTE_ELEMENT_H_
@@ -20,13 +15,12 @@
 
 #include "absl/time/time.h"
 #include "element.h"
+#include "internal/heartbeat.h"
 #include "ipc/life_word.h"
 #include "launcher.h"
+#include "quota_split.h"
 
 namespace disagg::procmon {
-
-// The smallest share worth running with: a process is refused when its share would be less.
-inline constexpr uint64_t kMinSharePages = 16;
 
 // How a compute element watches its processes: it heartbeats each over its connection every
 // `period` and declares it failed (to the rack monitor) after `missed_beats` in a row.
@@ -50,22 +44,19 @@ class ComputeElement : public Element {
     uint32_t process_id = 0;
     std::string name;
     pid_t pid = 0;
-    uint64_t granted_pages = 0;  // the quota it may use now (counted in the budget)
-    uint64_t shrink_to = 0;      // the quota it was asked to shrink to...
-    uint64_t shrink_seq = 0;     // ...by the request with this seq (0: none pending)
-    uint64_t cached_bytes = 0;   // as it last reported
-    bool attached = false;       // its Attach was answered (with its first quota)
-    bool left = false;           // it said it leaves the rack: its hang-up is no failure
-    bool failed = false;         // declared failed (missed heartbeats): no longer watched
-    bool ping_outstanding = false;
-    int missed = 0;
+    uint64_t shrink_seq = 0;    // the pending request to shrink (0: none pending)
+    uint64_t cached_bytes = 0;  // as it last reported
+    bool attached = false;      // its Attach was answered (with its first quota)
+    bool left = false;          // it said it leaves the rack: its hang-up is no failure
+    bool failed = false;        // declared failed (missed heartbeats): no longer watched
+    Heartbeat beat;
     std::vector<uint32_t> contacts;  // its emergency contacts (SetEmergencyContacts)
   };
 
   absl::Status HandleAttach(ipc::Link& link, uint64_t seq, proto::Attach::Reader attach);
   absl::Status HandleUsage(ipc::Link& link, uint64_t seq, proto::CacheUsage::Reader usage);
   absl::Status HandleStatus(ipc::Link& link, uint64_t seq);
-  // Moves quotas toward the fair share (see the class comment).
+  // Moves quotas toward the fair share, and tells the processes.
   void Rebalance();
   void SendQuota(Process& p, uint64_t pages, uint64_t seq);
   // Heartbeats the processes; declares those that stopped answering failed.
@@ -87,7 +78,7 @@ class ComputeElement : public Element {
 
   const WatchOptions watch_;
   ipc::EventLoop::WatchId timer_ = 0;
-  const uint64_t budget_pages_;
+  QuotaSplit quotas_;                      // by link id
   std::map<uint64_t, Process> processes_;  // by link id, in order of attaching
   ipc::LifeWatches lives_;                 // the processes' life words, by link id
   uint64_t next_seq_ = 1;

@@ -78,6 +78,20 @@ struct SpawnFailure {
 
 }  // namespace
 
+std::vector<std::string> MergeEnvironment(std::vector<std::string> caller,
+                                          const std::vector<std::string>& additions) {
+  std::vector<std::string> out;
+  for (auto& entry : caller) {
+    bool replaced = false;
+    for (const auto& add : additions) {
+      replaced |= absl::StartsWith(entry, add.substr(0, add.find('=') + 1));
+    }
+    if (!replaced) out.push_back(std::move(entry));
+  }
+  out.insert(out.end(), additions.begin(), additions.end());
+  return out;
+}
+
 Launcher::Launcher(ipc::EventLoop& loop, std::string element,
                    std::vector<std::string> env_additions)
     : loop_(loop), element_(std::move(element)), env_additions_(std::move(env_additions)) {}
@@ -119,14 +133,7 @@ absl::StatusOr<Launcher::Request> Launcher::Parse(ipc::Link& link, proto::Launch
     }
   }
   // The caller's environment, with the element's own entries instead of any of the same name.
-  for (auto& entry : env) {
-    bool replaced = false;
-    for (const auto& add : env_additions_) {
-      replaced |= absl::StartsWith(entry, add.substr(0, add.find('=') + 1));
-    }
-    if (!replaced) out.env.push_back(std::move(entry));
-  }
-  out.env.insert(out.env.end(), env_additions_.begin(), env_additions_.end());
+  out.env = MergeEnvironment(std::move(env), env_additions_);
   return out;
 }
 
@@ -146,7 +153,8 @@ absl::Status Launcher::HandleLaunch(ipc::Link& link, uint64_t seq, proto::Launch
   }
   absl::StatusOr<Request> parsed = Parse(link, request);
   if (!parsed.ok()) return refuse(parsed.status());
-  absl::StatusOr<pid_t> pid = Spawn(*parsed);
+  const int stdio[3] = {parsed->stdio[0].get(), parsed->stdio[1].get(), parsed->stdio[2].get()};
+  absl::StatusOr<pid_t> pid = SpawnProgram(parsed->argv, parsed->env, parsed->cwd, stdio);
   if (!pid.ok()) return refuse(pid.status());
   ipc::Fd pidfd(PidfdOpen(*pid));
   if (!pidfd.valid()) {  // out of fds, say: a program we cannot watch is not kept
@@ -172,13 +180,17 @@ absl::Status Launcher::HandleLaunch(ipc::Link& link, uint64_t seq, proto::Launch
   return link.Send(reply);
 }
 
-absl::StatusOr<pid_t> Launcher::Spawn(const Request& request) {
+absl::StatusOr<pid_t> SpawnProgram(const std::vector<std::string>& argv_in,
+                                   const std::vector<std::string>& env_in, const std::string& cwd,
+                                   const int (&stdio)[3]) {
+  if (argv_in.empty()) return absl::InvalidArgumentError("argv names no program");
+  for (int fd : stdio) {
+    if (fd < 3) return absl::InvalidArgumentError(absl::StrCat("stdio fd ", fd, " is below 3"));
+  }
   // Everything the child needs is made before fork: after it, only async-signal-safe calls.
-  // The loop waits for the exec (or its failure) through the report pipe: a few milliseconds
-  // on a local file system.
-  std::vector<std::string> argv_copy = request.argv, env_copy = request.env;
-  const std::string& cwd = request.cwd;
-  const ipc::Fd(&stdio)[3] = request.stdio;
+  // The caller waits for the exec (or its failure) through the report pipe: a few
+  // milliseconds on a local file system.
+  std::vector<std::string> argv_copy = argv_in, env_copy = env_in;
   std::vector<char*> argv = CArray(argv_copy), env = CArray(env_copy);
   int report[2];
   if (::pipe2(report, O_CLOEXEC) != 0) return absl::InternalError("pipe2 failed");
@@ -193,8 +205,8 @@ absl::StatusOr<pid_t> Launcher::Spawn(const Request& request) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // a process does not outlive its compute element
     if (::getppid() != parent) ::_exit(127);
     ::setpgid(0, 0);
-    ::setpriority(PRIO_PROCESS, 0, BaseNice());             // an application, not part of the rack
-    for (int i = 0; i < 3; ++i) ::dup2(stdio[i].get(), i);  // the copies are all >= 3
+    ::setpriority(PRIO_PROCESS, 0, BaseNice());       // an application, not part of the rack
+    for (int i = 0; i < 3; ++i) ::dup2(stdio[i], i);  // the copies are all >= 3
     ::dup3(report[1], 3, O_CLOEXEC);
     ::close_range(4, ~0U, 0);
     for (int sig = 1; sig < NSIG; ++sig) ::signal(sig, SIG_DFL);
@@ -222,7 +234,7 @@ absl::StatusOr<pid_t> Launcher::Spawn(const Request& request) {
     return absl::NotFoundError(
         failure.stage == 0
             ? absl::StrCat("cannot enter ", cwd, ": ", std::strerror(failure.error))
-            : absl::StrCat("cannot run ", request.argv[0], ": ", std::strerror(failure.error)));
+            : absl::StrCat("cannot run ", argv_in[0], ": ", std::strerror(failure.error)));
   }
   return pid;
 }

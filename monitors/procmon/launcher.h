@@ -32,6 +32,21 @@ namespace disagg::procmon {
 // How long a program whose launcher hung up has between SIGTERM and SIGKILL.
 inline constexpr absl::Duration kKillGrace = absl::Seconds(3);
 
+// The environment a launched program gets: the caller's entries, less those named like one
+// of `additions` (NAME=value), then `additions`.
+std::vector<std::string> MergeEnvironment(std::vector<std::string> caller,
+                                          const std::vector<std::string>& additions);
+
+// Forks and execs `argv` (argv[0] a path, not looked up) with environment `env` in `cwd`,
+// its fds 0-2 copies of `stdio` (each >= 3). The child starts with default signal handling,
+// an empty signal mask, a process group of its own, the nice the daemon started with
+// (BaseNice), and dies with the calling thread (PR_SET_PDEATHSIG). Returns its pid once the
+// exec went through; NOT_FOUND saying whether entering `cwd` or running the program failed,
+// and why; INVALID_ARGUMENT for an empty argv or a stdio fd below 3.
+absl::StatusOr<pid_t> SpawnProgram(const std::vector<std::string>& argv,
+                                   const std::vector<std::string>& env, const std::string& cwd,
+                                   const int (&stdio)[3]);
+
 class Launcher {
  public:
   // `env_additions` (NAME=value) are added to every program's environment, replacing the
@@ -70,8 +85,6 @@ class Launcher {
   };
 
   absl::StatusOr<Request> Parse(ipc::Link& link, proto::Launch::Reader request);
-  // Forks and execs; the child's fds 0-2 become the request's stdio. Returns the child's pid.
-  absl::StatusOr<pid_t> Spawn(const Request& request);
   void Reap(pid_t pid);
 
   ipc::EventLoop& loop_;
