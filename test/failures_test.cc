@@ -10,6 +10,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -404,6 +405,68 @@ TEST_CASE(
   REQUIRE(reasons.find("it died (its life word was released by the kernel)") != std::string::npos);
   REQUIRE(reasons.find("hung up") == std::string::npos);
   REQUIRE(reasons.find("exited") == std::string::npos);
+}
+
+// What memory element `socket` answers a read of `vpage` by this process: "data", or the
+// refusal's message.
+std::string RawRead(const std::string& socket, uint64_t vpage) {
+  absl::StatusOr<ipc::Client> client = ipc::Client::Connect(socket, absl::Seconds(5));
+  if (!client.ok()) return "cannot connect: " + std::string(client.status().message());
+  ipc::SmallMessage request;
+  auto root = request.Init();
+  root.initReadPage().setVpage(vpage);
+  bool data = false;
+  const absl::Status status = client->Call(request.builder(), root, [&](proto::Message::Reader r) {
+    data = r.isPageData();
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return std::string(status.message());
+  return data ? "data" : "no page data";
+}
+
+TEST_CASE(
+    "A memory element refuses a new process that has a dead one's pid: a process is its pid "
+    "and its start time") {
+  // Handing out a chosen pid (kernel.ns_last_pid) takes root.
+  if (::geteuid() != 0) {
+    WARN("not run: reusing a pid on purpose needs root");
+    return;
+  }
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 1M") == 0);
+  Peer owner(rack.dir(), "cpu0");
+  REQUIRE(owner.ok());
+  const uint64_t a = Addr(owner.Ask("map 65536"));
+  REQUIRE(owner.Ask("fill " + Range(a, 65536) + " 9") == "ok");
+  REQUIRE(owner.Ask("flush " + Range(a, 65536)) == "ok");
+  const pid_t pid = owner.pid();
+  REQUIRE(::kill(pid, SIGKILL) == 0);
+  REQUIRE(Reap(pid) != -1);
+  REQUIRE(WaitForDead(rack, owner.id()));  // its memory is held for adoption, bound at mem0
+  // A process with the same pid asks mem0 for the dead one's page.
+  std::string answer;
+  for (int attempt = 0; attempt < 50 && answer.empty(); ++attempt) {
+    std::ofstream("/proc/sys/kernel/ns_last_pid") << pid - 1;  // the next pid is `pid`
+    int report[2];
+    REQUIRE(::pipe(report) == 0);
+    const pid_t child = ::fork();
+    if (child == 0) {
+      ::close(report[0]);
+      const std::string said = ::getpid() == pid ? RawRead(rack.Socket("mem0"), a >> 12) : "";
+      (void)!::write(report[1], said.data(), said.size());
+      ::_exit(0);
+    }
+    REQUIRE(child > 0);
+    ::close(report[1]);
+    char buf[512];
+    ssize_t n;
+    while ((n = ::read(report[0], buf, sizeof(buf))) > 0) answer.append(buf, n);
+    ::close(report[0]);
+    REQUIRE(::waitpid(child, nullptr, 0) == child);
+  }
+  INFO(answer);
+  REQUIRE_FALSE(answer.empty());  // the pid was reused
+  REQUIRE(answer.find("holds no memory on this element") != std::string::npos);
 }
 
 // The whole text of `path` ("" if it cannot be read).

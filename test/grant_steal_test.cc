@@ -1,12 +1,15 @@
 // Grant and steal end to end: application processes (rack_peer) on a private rack of real
 // daemons move memory between each other without copying it, at the same addresses. Every
 // test ends by comparing the Rack MMU's map with the memory elements' page tables.
+#include <dirent.h>
 #include <signal.h>
+#include <sys/ptrace.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <string>
@@ -200,6 +203,66 @@ TEST_CASE("Steal takes memory from a live, paused or dead peer of the same trust
     REQUIRE(thief.Ask("verify " + all + " 5") == "ok");
   }
   RequireConsistent(rack);
+}
+
+// The thread of process `pid` named `name` (libdisagg names its threads), or 0.
+pid_t ThreadNamed(pid_t pid, const std::string& name) {
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  DIR* dir = ::opendir(tasks.c_str());
+  if (dir == nullptr) return 0;
+  pid_t found = 0;
+  while (dirent* e = ::readdir(dir)) {
+    std::string comm;
+    std::getline(std::ifstream(tasks + "/" + e->d_name + "/comm"), comm);
+    if (comm == name) found = static_cast<pid_t>(std::atoi(e->d_name));
+  }
+  ::closedir(dir);
+  return found;
+}
+
+// Holds one thread of a child process stopped (ptrace) while it lives; the rest run on.
+class ThreadStop {
+ public:
+  explicit ThreadStop(pid_t tid) : tid_(tid) {
+    int status = 0;
+    stopped_ = ::ptrace(PTRACE_SEIZE, tid_, nullptr, nullptr) == 0 &&
+               ::ptrace(PTRACE_INTERRUPT, tid_, nullptr, nullptr) == 0 &&
+               ::waitpid(tid_, &status, __WALL) == tid_;
+  }
+  ~ThreadStop() { ::ptrace(PTRACE_DETACH, tid_, nullptr, nullptr); }
+  bool stopped() const { return stopped_; }
+
+ private:
+  pid_t tid_;
+  bool stopped_ = false;
+};
+
+TEST_CASE(
+    "A memory element's refusal of a touch faults as refused: a stolen page touched before "
+    "the revocation arrived") {
+  // Heartbeats are not the point: the victim's control thread is held stopped for a while.
+  PeerRack peers("--compute 2 --memory 1 --pool-size 64M --cache-budget 1M --missed-beats 4000");
+  Peer &victim = *peers.first, &thief = *peers.second;
+  REQUIRE(victim.Ask("group workers") == "ok");
+  REQUIRE(thief.Ask("group workers") == "ok");
+  // Mapped, never touched: the victim knows where its pages are, and caches none of them.
+  const uint64_t addr = Addr(victim.Ask("map 65536"));
+  REQUIRE(addr != 0);
+  const pid_t control = ThreadNamed(victim.pid(), "disagg-control");
+  REQUIRE(control != 0);
+  {
+    // The control thread reads the Rack MMU's events: held, the revocation waits in its ring.
+    ThreadStop hold(control);
+    REQUIRE(hold.stopped());
+    REQUIRE(thief.Ask("steal " + std::to_string(victim.id()) + " " + Range(addr, 65536)) == "ok");
+    // The touch goes to the memory element with what the victim knew: the page is not its own
+    // there any more.
+    REQUIRE(victim.Ask("touch " + HexAddr(addr)) == "fault refused by the memory element at mem0");
+  }
+  // Once the revocation arrived, other pages of the range fault as revoked.
+  REQUIRE(WaitForEvent(victim, "revoked:" + std::to_string(thief.id())));
+  REQUIRE(victim.Ask("touch " + HexAddr(addr + 4096)) == "fault revoked (granted away or stolen)");
+  REQUIRE(thief.Ask("zeros " + Range(addr, 65536)) == "ok");
 }
 
 TEST_CASE("A dead process's memory and roots are freed when its grace period ends") {

@@ -1,8 +1,14 @@
 #include "runtime/events.h"
 
+#include <pthread.h>
+
 namespace disagg::runtime {
 
-EventQueue::EventQueue() : thread_([this] { Deliver(); }) {}
+EventQueue::EventQueue()
+    : thread_([this] {
+        pthread_setname_np(pthread_self(), "disagg-events");
+        Deliver();
+      }) {}
 
 EventQueue::~EventQueue() { Stop(); }
 

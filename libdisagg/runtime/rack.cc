@@ -2,6 +2,7 @@
 // quota). The fault path is in rack_faults.cc.
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 
@@ -84,7 +85,12 @@ absl::Status RackImpl::Start(ipc::Connection compute) {
   RETURN_IF_ERROR(SubscribeEvents());
   RETURN_IF_ERROR(ReserveRange());
   RETURN_IF_ERROR(AttachCompute(std::move(compute)));
-  for (int i = 0; i < options_.fault_threads; ++i) threads_.emplace_back([this] { FaultLoop(); });
+  for (int i = 0; i < options_.fault_threads; ++i) {
+    threads_.emplace_back([this] {
+      pthread_setname_np(pthread_self(), "disagg-fault");  // as top -H and gdb show them
+      FaultLoop();
+    });
+  }
   return absl::OkStatus();
 }
 
@@ -153,7 +159,10 @@ absl::Status RackImpl::AttachCompute(ipc::Connection compute) {
   RETURN_IF_ERROR(compute_->channel.Send(request.builder()));
   stop_ = ipc::Fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_.valid()) return ErrnoStatus("eventfd");
-  threads_.emplace_back([this] { ControlLoop(); });
+  threads_.emplace_back([this] {
+    pthread_setname_np(pthread_self(), "disagg-control");
+    ControlLoop();
+  });
   MutexLock lock(&mu_);
   const absl::Time deadline = absl::Now() + options_.timeout;
   // A new process may start with no quota while the others shrink to make room for it.

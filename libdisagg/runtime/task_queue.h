@@ -8,6 +8,8 @@
 #ifndef DISAGG_RUNTIME_TASK_QUEUE_H_
 #define DISAGG_RUNTIME_TASK_QUEUE_H_
 
+#include <pthread.h>
+
 #include <deque>
 #include <functional>
 #include <thread>
@@ -19,7 +21,11 @@ namespace disagg::runtime {
 
 class TaskQueue {
  public:
-  TaskQueue() : thread_([this] { Run(); }) {}
+  TaskQueue()
+      : thread_([this] {
+          pthread_setname_np(pthread_self(), "disagg-tasks");
+          Run();
+        }) {}
   ~TaskQueue() { Stop(); }
   TaskQueue(const TaskQueue&) = delete;
   TaskQueue& operator=(const TaskQueue&) = delete;
