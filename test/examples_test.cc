@@ -110,10 +110,13 @@ TEST_CASE("rackctl run makes the program a child of its compute element that end
   const pid_t procmon = rack.Pid("cpu0");
   std::string out;
   SECTION("its parent, environment, exit code and stdin") {
-    REQUIRE(RunCommand(RunOn(rack, "cpu0",
-                             "/bin/sh -c 'echo parent=$PPID element=$DISAGG_ELEMENT; exit 7'"),
+    // rackctl's own environment, with the element's entries added.
+    REQUIRE(RunCommand("DISAGG_TEST_VAR=passed " +
+                           RunOn(rack, "cpu0",
+                                 "/bin/sh -c 'echo parent=$PPID element=$DISAGG_ELEMENT "
+                                 "var=$DISAGG_TEST_VAR; exit 7'"),
                        &out) == 7);
-    REQUIRE(out == "parent=" + std::to_string(procmon) + " element=cpu0\n");
+    REQUIRE(out == "parent=" + std::to_string(procmon) + " element=cpu0 var=passed\n");
     REQUIRE(RunCommand("echo through stdin | " + RunOn(rack, "cpu0", "cat"), &out) == 0);
     REQUIRE(out == "through stdin\n");
   }
