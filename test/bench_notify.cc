@@ -12,7 +12,8 @@
 // 1000 ms timeout), from a sidecar process killed at the same instant as the victim; and the
 // floor of any death notice on this machine: a child holding a robust mutex is killed and a
 // thread of this process waiting on the mutex wakes (one kernel wake-up, no rack). The last
-// line is one JSON object.
+// line is one JSON object: notify_p99_ns is the worst p99 of memory, compute and process,
+// e2e_over_notify the detector's p50 over the slowest of their p50s.
 //
 // Usage: bench_notify RACK_DIR BIN_DIR [KILLS]   (KILLS per kind, default 50)
 #include <fcntl.h>
@@ -454,8 +455,12 @@ int main(int argc, char** argv) {
   for (Kind& k : kinds) {
     const double p50 = Percentile(k.notify_ms, 50), p99 = Percentile(k.notify_ms, 99);
     const double e50 = Percentile(k.e2e_ms, 50), e99 = Percentile(k.e2e_ms, 99);
-    worst_p99 = std::max(worst_p99, p99);
-    slowest_p50 = std::max(slowest_p50, p50);
+    // The three kinds of kill the figures are defined on: a memory element, a compute element,
+    // an application process (process_1g is shown beside them, on its own).
+    if (&k != &kinds[3]) {
+      worst_p99 = std::max(worst_p99, p99);
+      slowest_p50 = std::max(slowest_p50, p50);
+    }
     all_e2e.insert(all_e2e.end(), k.e2e_ms.begin(), k.e2e_ms.end());
     std::printf("%-8s %9.3f ms %9.3f ms %11.1f ms %11.1f ms %9.0fx\n", k.name, p50, p99, e50, e99,
                 e50 / p50);

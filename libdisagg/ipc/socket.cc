@@ -135,13 +135,13 @@ absl::StatusOr<PeerIdentity> IdentifyPeer(int fd) {
   return id;
 }
 
-absl::StatusOr<uint64_t> ProcessStartTime(const PeerIdentity& peer) {
-  const std::string path = absl::StrCat("/proc/", peer.pid, "/stat");
+absl::StatusOr<uint64_t> StartTimeOfPid(pid_t pid) {
+  const std::string path = absl::StrCat("/proc/", pid, "/stat");
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return absl::UnavailableError(absl::StrCat("process ", peer.pid, " is gone"));
+  if (!fd.valid()) return absl::UnavailableError(absl::StrCat("process ", pid, " is gone"));
   char buf[1024];
   const ssize_t n = ::read(fd.get(), buf, sizeof(buf) - 1);
-  if (n <= 0) return absl::UnavailableError(absl::StrCat("process ", peer.pid, " is gone"));
+  if (n <= 0) return absl::UnavailableError(absl::StrCat("process ", pid, " is gone"));
   buf[n] = 0;
   // Fields after the command name (which may hold spaces) start after the last ')'.
   const char* p = std::strrchr(buf, ')');
@@ -153,6 +153,11 @@ absl::StatusOr<uint64_t> ProcessStartTime(const PeerIdentity& peer) {
   if (p == nullptr || field != 22 || std::sscanf(p, "%lu", &start_time) != 1) {
     return absl::InternalError(absl::StrCat("cannot parse ", path));
   }
+  return start_time;
+}
+
+absl::StatusOr<uint64_t> ProcessStartTime(const PeerIdentity& peer) {
+  ASSIGN_OR_RETURN(const uint64_t start_time, StartTimeOfPid(peer.pid));
   // If the pidfd's process is still alive, /proc/<pid> was that process and not a successor.
   if (::syscall(SYS_pidfd_send_signal, peer.pidfd.get(), 0, nullptr, 0) != 0) {
     return absl::UnavailableError(absl::StrCat("process ", peer.pid, " has exited"));

@@ -54,6 +54,9 @@ absl::StatusOr<PeerIdentity> IdentifyPeer(int fd);
 // names one process for good, so that two daemons can agree on "the same process" without
 // passing file descriptors. Checked against the pidfd: UNAVAILABLE if the peer has exited.
 absl::StatusOr<uint64_t> ProcessStartTime(const PeerIdentity& peer);
+// The start time of whatever process has `pid` now (unchecked: the pid may be reused at any
+// moment). UNAVAILABLE if there is none.
+absl::StatusOr<uint64_t> StartTimeOfPid(pid_t pid);
 
 }  // namespace disagg::ipc
 

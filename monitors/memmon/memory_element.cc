@@ -140,9 +140,11 @@ absl::Status MemoryElement::HandleFence(ipc::Link& link, uint64_t seq, proto::Fe
   auto [it, added] = fenced_.try_emplace({fence.getPid(), fence.getStartTime()},
                                          Fenced{fence.getProcessId(), fence.getReason()});
   if (added && fenced_.size() > kMaxFenced) {
-    // Fenced processes that have ended can never ask again: forget them.
+    // Fenced processes that have ended (their pid is free, or another process's now) can
+    // never ask again: forget them.
     for (auto f = fenced_.begin(); f != fenced_.end();) {
-      f = ::kill(f->first.first, 0) != 0 && errno == ESRCH ? fenced_.erase(f) : std::next(f);
+      absl::StatusOr<uint64_t> now = ipc::StartTimeOfPid(f->first.first);
+      f = !now.ok() || *now != f->first.second ? fenced_.erase(f) : std::next(f);
     }
   }
   if (added) {
