@@ -182,7 +182,7 @@ absl::Status RackMmu::HandleLifeWord(ipc::Link& link, proto::LifeWord::Reader wo
                           }
                           (void)registry_.SetHealth(name, proto::Health::FAILED);
                           ElementGone(name, ipc::kLifeWordDied);
-                          LOG(INFO) << "mmu: element " << name << " " << ipc::kLifeWordDied;
+                          LOG(INFO) << "mmu: element " << name << " failed: " << ipc::kLifeWordDied;
                         });
   }
   for (const auto& [process_id, event_link] : event_links_) {
