@@ -358,27 +358,8 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "A killed process is reported failed from its life word, before its memory is torn "
-    "down") {
-  TestRack rack;
-  REQUIRE(rack.Up("--compute 2 --memory 1 --pool-size 64M --cache-budget 1M") == 0);
-  Peer big(rack.dir(), "cpu0");
-  Peer member(rack.dir(), "cpu1");
-  JoinTeam({&big, &member});
-  REQUIRE(big.Ask("map 65536").rfind("0x", 0) == 0);
-  // 1 GiB of local memory takes tens of milliseconds to tear down; the hang-up comes after.
-  REQUIRE(big.Ask("balloon 1073741824") == "ok");
-  REQUIRE(::kill(big.pid(), SIGKILL) == 0);
-  REQUIRE(WaitForEvent(member, "peer-failed:" + std::to_string(big.id())));
-  // The first word of the failure is procmon's, from the life word (not a hang-up).
-  const std::string reasons = member.Ask("reasons");
-  INFO(reasons);
-  REQUIRE(reasons.find("its life word was released by the kernel") != std::string::npos);
-}
-
-TEST_CASE(
-    "A killed memory or compute element is declared failed from its life word, before its "
-    "memory is torn down") {
+    "A killed process, memory element or compute element is reported failed from its life "
+    "word, before its memory is torn down") {
   TestRack rack;
   REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 1M") == 0);
   Peer holder(rack.dir(), "cpu1");
@@ -387,6 +368,13 @@ TEST_CASE(
   const uint64_t bytes = 8 * kMiB;  // spread: pages on both memory elements
   const uint64_t a = Addr(holder.Ask("map " + std::to_string(bytes)));
   REQUIRE(holder.Ask("fill " + Range(a, bytes) + " 5") == "ok");
+  SECTION("a process with 1 GiB of local memory") {
+    REQUIRE(victim.Ask("map 65536").rfind("0x", 0) == 0);
+    // 1 GiB takes tens of milliseconds to tear down; the hang-up comes after.
+    REQUIRE(victim.Ask("balloon 1073741824") == "ok");
+    REQUIRE(::kill(victim.pid(), SIGKILL) == 0);
+    REQUIRE(WaitForEvent(holder, "peer-failed:" + std::to_string(victim.id())));
+  }
   SECTION("a memory element") {
     REQUIRE(::kill(rack.Pid("mem0"), SIGKILL) == 0);
     REQUIRE(WaitForEvent(holder, "memory-failed:" + std::to_string(holder.id()) + ":" + HexAddr(a) +
@@ -398,13 +386,14 @@ TEST_CASE(
     REQUIRE(WaitForEvent(holder, "peer-failed:" + std::to_string(victim.id())));
     REQUIRE(rack.WaitForState("cpu0", "failed"));
   }
-  // Told from the element's life word (the Rack MMU's and the rack monitor's copies), not
-  // from its hang-up or its exit, which come once its memory is gone.
+  // Told from the life word (the Rack MMU's, procmon's and the rack monitor's copies), not
+  // from the hang-up or the exit, which come once the memory is gone.
   const std::string reasons = holder.Ask("reasons");
   INFO(reasons);
   REQUIRE(reasons.find("it died (its life word was released by the kernel)") != std::string::npos);
   REQUIRE(reasons.find("hung up") == std::string::npos);
   REQUIRE(reasons.find("exited") == std::string::npos);
+  REQUIRE(reasons.find("closed") == std::string::npos);
 }
 
 // What memory element `socket` answers a read of `vpage` by this process: "data", or the
