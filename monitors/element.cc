@@ -21,27 +21,26 @@ absl::Status Element::Start() {
   ASSIGN_OR_RETURN(mon_, hub_.Dial(SocketPath(options_.run_dir, "mon")));
   mon_->set_label("mon");
   RETURN_IF_ERROR(RegisterWith(*mon_));
-  // The life words, held by the loop's thread while the element runs, one for the Rack MMU
-  // and one for the rack monitor: both see this element die as soon as the kernel releases
-  // them, before its memory (its pool, its processes' caches) is torn down.
+  // The life words, one for the Rack MMU and one for the rack monitor: both see this element
+  // die as soon as the kernel releases them, before its memory (its pool, its processes'
+  // caches) is torn down. Held by a thread of their own (LifeWordHolder).
+  absl::StatusOr<std::unique_ptr<ipc::LifeWordHolder>> lives = ipc::LifeWordHolder::Start(2);
+  if (!lives.ok()) {
+    LOG(WARNING) << options_.name << ": no life words (" << lives.status()
+                 << "): its death is seen at its hang-up";
+    return absl::OkStatus();
+  }
+  lives_ = std::move(*lives);
+  size_t i = 0;
   for (ipc::Link* to : {mmu_, mon_}) {
-    absl::StatusOr<ipc::LifeWord> life = ipc::LifeWord::CreateHeld();
-    if (!life.ok()) {
-      LOG(WARNING) << options_.name << ": no life word (" << life.status()
-                   << "): its death is seen at its hang-up";
-      break;
-    }
     ipc::SmallMessage told;
-    told.Init(0).initLifeWord().setFd(life->fd());
-    lives_.push_back(std::move(*life));
+    told.Init(0).initLifeWord().setFd(lives_->fd(i++));
     RETURN_IF_ERROR(to->Send(told.builder()));
   }
   return absl::OkStatus();
 }
 
-void Element::Stopped() {
-  for (ipc::LifeWord& life : lives_) life.Release();  // a clean stop, on the holding thread
-}
+void Element::Stopped() { lives_.reset(); }  // a clean stop: released
 
 absl::Status Element::RegisterWith(ipc::Link& link) {
   capnp::MallocMessageBuilder builder;

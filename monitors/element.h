@@ -8,6 +8,7 @@
 #define DISAGG_MONITORS_ELEMENT_H_
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -31,10 +32,10 @@ class Element : public ipc::Hub::Handler {
   Element(ipc::EventLoop& loop, ElementOptions options);
 
   // Listens at <run_dir>/<name>.sock, registers with the Rack MMU and the rack monitor and
-  // hands both its life word (held by the calling thread, which runs the loop). The
+  // hands each a life word. The
   // registrations' answers arrive on the loop; a refusal stops the loop (see status()).
   absl::Status Start();
-  // The loop ended: releases the life word (a clean stop). On the thread that called Start.
+  // The loop ended: releases the life words (a clean stop).
   void Stopped();
 
   const std::string& name() const { return options_.name; }
@@ -67,7 +68,7 @@ class Element : public ipc::Hub::Handler {
   ipc::Hub hub_;
   ipc::Link* mmu_ = nullptr;
   ipc::Link* mon_ = nullptr;
-  std::vector<ipc::LifeWord> lives_;  // held by the loop's thread
+  std::unique_ptr<ipc::LifeWordHolder> lives_;
   absl::Status status_;
 };
 

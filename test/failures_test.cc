@@ -357,6 +357,8 @@ TEST_CASE(
   }
 }
 
+std::string ReadAll(const std::string& path);
+
 TEST_CASE(
     "A killed process, memory element or compute element is reported failed from its life "
     "word, before its memory is torn down") {
@@ -376,15 +378,29 @@ TEST_CASE(
     REQUIRE(WaitForEvent(holder, "peer-failed:" + std::to_string(victim.id())));
   }
   SECTION("a memory element") {
-    REQUIRE(::kill(rack.Pid("mem0"), SIGKILL) == 0);
+    const pid_t memmon = rack.Pid("mem0");
+    REQUIRE(::kill(memmon, SIGKILL) == 0);
     REQUIRE(WaitForEvent(holder, "memory-failed:" + std::to_string(holder.id()) + ":" + HexAddr(a) +
                                      ":" + std::to_string(bytes) + ":mem0"));
     REQUIRE(rack.WaitForState("mem0", "failed"));
+    // The Rack MMU's own copy of the word, and the rack monitor's.
+    REQUIRE_THAT(ReadAll(rack.dir() + "/mmu.log"),
+                 Catch::Contains("mmu: element mem0 failed: it died (its life word"));
+    REQUIRE_THAT(ReadAll(rack.dir() + "/mon.log"),
+                 Catch::Contains("mem0 (pid " + std::to_string(memmon) +
+                                 ") failed: it died (its life word"));
   }
   SECTION("a compute element") {
     REQUIRE(::kill(rack.Pid("cpu0"), SIGKILL) == 0);
     REQUIRE(WaitForEvent(holder, "peer-failed:" + std::to_string(victim.id())));
     REQUIRE(rack.WaitForState("cpu0", "failed"));
+    // cpu0's word, not that of its process (which ends with it a moment later).
+    const std::string told = holder.Ask("reasons");
+    INFO(told);
+    REQUIRE(told.find("its compute element cpu0 failed: it died (its life word") !=
+            std::string::npos);
+    REQUIRE_THAT(ReadAll(rack.dir() + "/mmu.log"),
+                 Catch::Contains("mmu: element cpu0 failed: it died (its life word"));
   }
   // Told from the life word (the Rack MMU's, procmon's and the rack monitor's copies), not
   // from the hang-up or the exit, which come once the memory is gone.

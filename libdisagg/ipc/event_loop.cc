@@ -177,11 +177,13 @@ void EventLoop::Unwatch(WatchId id) {
   entries_.erase(it);
 }
 
-EventLoop::WatchId EventLoop::WatchFutex(const uint32_t* word, std::function<void()> callback) {
+EventLoop::WatchId EventLoop::WatchFutex(const uint32_t* word, uint32_t expected,
+                                         std::function<void()> callback) {
   const WatchId id = next_id_++;
   auto entry = std::make_unique<Entry>();
   entry->kind = Kind::kFutex;
   entry->word = word;
+  entry->futex_value = expected;
   entry->on_timer = std::move(callback);
   ArmFutex(id, *entry);
   entries_[id] = std::move(entry);
@@ -190,9 +192,8 @@ EventLoop::WatchId EventLoop::WatchFutex(const uint32_t* word, std::function<voi
 
 void EventLoop::ArmFutex(WatchId id, Entry& entry) {
   io_uring_sqe* sqe = GetSqe();
-  const uint32_t value = __atomic_load_n(entry.word, __ATOMIC_ACQUIRE);
   // A shared (not FUTEX2_PRIVATE) 32-bit wait while *word == value, any bit of the mask.
-  io_uring_prep_rw(kOpFutexWait, sqe, kFutex2SizeU32, entry.word, 0, value);
+  io_uring_prep_rw(kOpFutexWait, sqe, kFutex2SizeU32, entry.word, 0, entry.futex_value);
   sqe->addr3 = 0xffffffffu;
   io_uring_sqe_set_data64(sqe, id);
 }
@@ -215,6 +216,8 @@ void EventLoop::Dispatch(uint64_t id, int res, uint32_t flags) {
     if (res < 0 && res != -EAGAIN && res != -EINTR && res != -ECANCELED) {
       LOG(WARNING) << "futex wait " << id << " failed: " << strerror(-res);
     }
+    // Read before the call: whatever changes after it ends the next wait at once.
+    entry.futex_value = __atomic_load_n(entry.word, __ATOMIC_ACQUIRE);
     entry.on_timer();  // may unwatch itself: the entry then lives on in graveyard_
     auto again = entries_.find(id);
     if (again != entries_.end()) ArmFutex(id, *again->second);

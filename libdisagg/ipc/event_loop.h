@@ -59,9 +59,10 @@ class EventLoop {
   WatchId AddPoller(Poller poller);
   // Calls `callback` whenever the 32-bit futex word at `word` (in memory shared with another
   // process) may have changed: the loop waits (IORING_OP_FUTEX_WAIT, shared) while it holds
-  // the value it had when the wait was armed, and arms again after each call until Unwatch.
+  // `expected` (the value the caller last saw), and then, after each call, while it holds the
+  // value read just before that call: a change in between is never missed. Until Unwatch.
   // The word must stay mapped until Unwatch. Requires futex_supported().
-  WatchId WatchFutex(const uint32_t* word, std::function<void()> callback);
+  WatchId WatchFutex(const uint32_t* word, uint32_t expected, std::function<void()> callback);
   // True if the kernel's io_uring waits on futexes (Linux 6.7+).
   bool futex_supported() const { return futex_supported_; }
   // Stops a watch, timer or poller. Its callback is never called again. Unknown ids are ignored.
@@ -86,6 +87,7 @@ class EventLoop {
     Kind kind;
     int fd = -1;
     const uint32_t* word = nullptr;
+    uint32_t futex_value = 0;  // kFutex: wait while *word holds this
     uint32_t events = 0;
     FdCallback on_fd;
     std::function<void()> on_timer;

@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -58,6 +60,54 @@ void LifeWord::Release() {
   pthread_mutex_unlock(mutex());
 }
 
+absl::StatusOr<std::unique_ptr<LifeWordHolder>> LifeWordHolder::Start(int count) {
+  std::unique_ptr<LifeWordHolder> holder(new LifeWordHolder());
+  for (int i = 0; i < count; ++i) {
+    absl::StatusOr<LifeWord> word = LifeWord::Create();
+    if (!word.ok()) return word.status();
+    holder->words_.push_back(std::move(*word));
+  }
+  holder->stop_ = Fd(::eventfd(0, EFD_CLOEXEC));
+  if (!holder->stop_.valid()) {
+    return absl::InternalError(absl::StrCat("eventfd: ", strerror(errno)));
+  }
+  int ready[2];
+  if (::pipe2(ready, O_CLOEXEC) != 0) {
+    return absl::InternalError(absl::StrCat("pipe2: ", strerror(errno)));
+  }
+  Fd ready_in(ready[0]), ready_out(ready[1]);
+  LifeWordHolder* h = holder.get();
+  holder->thread_ = std::thread([h, out = ready_out.Release()] {
+    pthread_setname_np(pthread_self(), "life-words");
+    // Only this thread's death releases them; it blocks every signal meant for the process.
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, nullptr);
+    char held = 1;
+    for (LifeWord& word : h->words_) {
+      if (!word.Hold().ok()) held = 0;
+    }
+    (void)!::write(out, &held, 1);
+    ::close(out);
+    uint64_t value;
+    while (::read(h->stop_.get(), &value, sizeof(value)) < 0 && errno == EINTR) {
+    }
+    for (LifeWord& word : h->words_) word.Release();
+  });
+  char held = 0;
+  if (::read(ready_in.get(), &held, 1) != 1 || held != 1) {
+    return absl::InternalError("the life words could not be held");  // the thread is joined
+  }
+  return holder;
+}
+
+LifeWordHolder::~LifeWordHolder() {
+  if (!thread_.joinable()) return;
+  const uint64_t one = 1;
+  (void)!::write(stop_.get(), &one, sizeof(one));
+  thread_.join();
+}
+
 absl::StatusOr<LifeWatch> LifeWatch::Adopt(Fd fd) {
   const int seals = ::fcntl(fd.get(), F_GET_SEALS);
   struct stat st;
@@ -71,16 +121,18 @@ absl::StatusOr<LifeWatch> LifeWatch::Adopt(Fd fd) {
   return LifeWatch(std::move(*region));
 }
 
-LifeWatch::State LifeWatch::Check() {
+LifeWatch::State LifeWatch::Check(uint32_t* seen) {
   auto* word = reinterpret_cast<uint32_t*>(region_.data());
   uint32_t value = __atomic_load_n(word, __ATOMIC_ACQUIRE);
   while (true) {
+    if (seen != nullptr) *seen = value;
     if (value & FUTEX_OWNER_DIED) return State::kDied;
     if ((value & FUTEX_TID_MASK) == 0) return State::kReleased;
     if (value & FUTEX_WAITERS) return State::kHeld;
     // Waited on from now: the kernel wakes waiters on an owner's death only if marked so.
     if (__atomic_compare_exchange_n(word, &value, value | FUTEX_WAITERS, false, __ATOMIC_ACQ_REL,
                                     __ATOMIC_ACQUIRE)) {
+      if (seen != nullptr) *seen = value | FUTEX_WAITERS;
       return State::kHeld;
     }
   }
@@ -92,7 +144,7 @@ LifeWatches::~LifeWatches() {
 
 absl::Status LifeWatches::Watch(uint64_t key, int pidfd, int remote_fd, const std::string& who,
                                 std::function<void()> on_death) {
-  if (watches_.contains(key)) {
+  if (watches_.contains(key) || dropped_.contains(key)) {
     return absl::FailedPreconditionError(absl::StrCat(who, " sent a second life word"));
   }
   if (!loop_.futex_supported()) {
@@ -109,7 +161,8 @@ absl::Status LifeWatches::Watch(uint64_t key, int pidfd, int remote_fd, const st
   }
   absl::StatusOr<LifeWatch> life = LifeWatch::Adopt(std::move(fd));
   if (!life.ok()) return life.status();
-  if (life->Check() != LifeWatch::State::kHeld) {
+  uint32_t seen = 0;
+  if (life->Check(&seen) != LifeWatch::State::kHeld) {
     return absl::FailedPreconditionError(absl::StrCat("the life word of ", who, " is not held"));
   }
   Watched& w = watches_[key];
@@ -117,11 +170,13 @@ absl::Status LifeWatches::Watch(uint64_t key, int pidfd, int remote_fd, const st
   w.who = who;
   w.on_death = std::move(on_death);
   w.window_start = absl::Now();
-  w.watch = loop_.WatchFutex(w.life.word(), [this, key] { Changed(key); });
+  // Waits while the word holds what Check saw: a death since then ends the wait at once.
+  w.watch = loop_.WatchFutex(w.life.word(), seen, [this, key] { Changed(key); });
   return absl::OkStatus();
 }
 
 void LifeWatches::Forget(uint64_t key) {
+  dropped_.erase(key);
   auto it = watches_.find(key);
   if (it == watches_.end()) return;
   loop_.Unwatch(it->second.watch);
@@ -144,6 +199,7 @@ void LifeWatches::Changed(uint64_t key) {
     LOG(WARNING) << owner_ << ": " << w.who << " wakes its life word's watcher for nothing; "
                  << "no longer watched (its death is seen at its hang-up)";
     Forget(key);
+    dropped_.insert(key);  // and it may not send another
     return;
   }
   std::function<void()> on_death = std::move(w.on_death);

@@ -20,9 +20,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "ipc/channel.h"
@@ -59,6 +63,28 @@ class LifeWord {
   bool held_ = false;
 };
 
+// Life words held by a thread of their own that does nothing but wait: at a kill, the kernel
+// releases them as soon as that thread exits, without waiting for the rest of the process
+// (an event loop's thread first cancels its io_uring requests, which takes a while).
+// Destroying the holder releases the words (a clean end) and joins the thread.
+class LifeWordHolder {
+ public:
+  // `count` fresh words, held by the new thread once this returns.
+  static absl::StatusOr<std::unique_ptr<LifeWordHolder>> Start(int count);
+  ~LifeWordHolder();
+  LifeWordHolder(const LifeWordHolder&) = delete;
+  LifeWordHolder& operator=(const LifeWordHolder&) = delete;
+  // The memfd of word `i`, to hand to its watcher.
+  int fd(size_t i) const { return words_[i].fd(); }
+  size_t count() const { return words_.size(); }
+
+ private:
+  LifeWordHolder() = default;
+  std::vector<LifeWord> words_;
+  Fd stop_;  // an eventfd: written to end the thread
+  std::thread thread_;
+};
+
 // The watcher's side. Move-only.
 class LifeWatch {
  public:
@@ -71,8 +97,9 @@ class LifeWatch {
   LifeWatch& operator=(LifeWatch&&) = default;
 
   // What the word says now. While held, marks it as waited on (FUTEX_WAITERS), so that the
-  // kernel wakes the watcher when the owner dies or releases it.
-  State Check();
+  // kernel wakes the watcher when the owner dies or releases it. `seen` (if given) gets the
+  // value the verdict is about: the value to wait on while it holds.
+  State Check(uint32_t* seen = nullptr);
   const uint32_t* word() const { return reinterpret_cast<const uint32_t*>(region_.data()); }
   bool valid() const { return region_.data() != nullptr; }
 
@@ -101,7 +128,8 @@ class LifeWatches {
   // the protocol.
   absl::Status Watch(uint64_t key, int pidfd, int remote_fd, const std::string& who,
                      std::function<void()> on_death);
-  // Stops watching `key`'s word (unknown keys are ignored); its on_death never runs.
+  // Stops watching `key`'s word and forgets the key (unknown keys are ignored); its on_death
+  // never runs. For a closed link.
   void Forget(uint64_t key);
   bool watching(uint64_t key) const { return watches_.contains(key); }
 
@@ -119,6 +147,7 @@ class LifeWatches {
   EventLoop& loop_;
   std::string owner_;
   absl::flat_hash_map<uint64_t, Watched> watches_;
+  absl::flat_hash_set<uint64_t> dropped_;  // keys whose watch was dropped: no second word
 };
 
 }  // namespace disagg::ipc

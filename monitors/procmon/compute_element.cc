@@ -263,22 +263,36 @@ absl::Status ComputeElement::HandleUsage(ipc::Link& link, uint64_t seq,
 void ComputeElement::SendQuota(Process& p, uint64_t pages, uint64_t seq) {
   ipc::SmallMessage message;
   message.Init(seq).initCacheQuota().setBytes(pages * kPageBytes);
-  absl::Status status = p.link->Send(message.builder());
-  if (!status.ok()) LOG(WARNING) << options().name << ": " << p.link->label() << ": " << status;
+  // A send that fails closes the link at once, which erases `p`; the Link itself lives on
+  // until the hub's next poll.
+  ipc::Link* link = p.link;
+  absl::Status status = link->Send(message.builder());
+  if (!status.ok()) LOG(WARNING) << options().name << ": " << link->label() << ": " << status;
 }
 
 void ComputeElement::Rebalance() {
-  for (const QuotaSplit::Order& order : quotas_.Rebalance()) {
-    auto it = processes_.find(order.key);  // a failed send may have closed a link meanwhile
-    if (it == processes_.end()) continue;
-    Process& p = it->second;
-    if (order.shrink) {
-      p.shrink_seq = next_seq_++;
-      SendQuota(p, order.pages, p.shrink_seq);
-    } else if (p.attached) {
-      SendQuota(p, order.pages, 0);  // a process attaching now has it in the answer
-    }
+  // A send that fails closes its link, whose LinkClosed rebalances again: that round runs
+  // here, after this one, so that no process is told a quota older than its current one.
+  if (rebalancing_) {
+    rebalance_again_ = true;
+    return;
   }
+  rebalancing_ = true;
+  do {
+    rebalance_again_ = false;
+    for (const QuotaSplit::Order& order : quotas_.Rebalance()) {
+      auto it = processes_.find(order.key);  // closed by a failed send meanwhile
+      if (it == processes_.end()) continue;
+      Process& p = it->second;
+      if (order.shrink) {
+        p.shrink_seq = next_seq_++;
+        SendQuota(p, order.pages, p.shrink_seq);
+      } else if (p.attached) {
+        SendQuota(p, order.pages, 0);  // a process attaching now has it in the answer
+      }
+    }
+  } while (rebalance_again_);
+  rebalancing_ = false;
 }
 
 void ComputeElement::LinkClosed(ipc::Link& link) {

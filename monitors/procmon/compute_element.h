@@ -78,7 +78,9 @@ class ComputeElement : public Element {
 
   const WatchOptions watch_;
   ipc::EventLoop::WatchId timer_ = 0;
-  QuotaSplit quotas_;                      // by link id
+  QuotaSplit quotas_;         // by link id
+  bool rebalancing_ = false;  // see Rebalance
+  bool rebalance_again_ = false;
   std::map<uint64_t, Process> processes_;  // by link id, in order of attaching
   ipc::LifeWatches lives_;                 // the processes' life words, by link id
   uint64_t next_seq_ = 1;
