@@ -355,14 +355,15 @@ ipc::Client RegisteredElement(TestRack& rack, const std::string& name) {
 TEST_CASE("Life words out of protocol are refused with a reason, and the daemons serve on") {
   TestRack rack;
   REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 1M") == 0);
-  absl::StatusOr<ipc::LifeWord> held = ipc::LifeWord::CreateHeld();
-  REQUIRE(held.ok());
+  absl::StatusOr<std::unique_ptr<ipc::LifeWordHolder>> holder = ipc::LifeWordHolder::Start(1);
+  REQUIRE(holder.ok());
+  const int held = (*holder)->fd(0);
   SECTION("from a client that is neither an element nor a process's event link") {
     for (const char* daemon : {"mmu", "mon"}) {
       INFO(daemon);
       auto client = ipc::Client::Connect(rack.Socket(daemon));
       REQUIRE(client.ok());
-      SendLifeWord(*client, held->fd());
+      SendLifeWord(*client, held);
       REQUIRE(CutOff(client->connection()));
       const std::string log = ReadFile(rack.dir() + "/" + daemon + ".log");
       REQUIRE_THAT(log, Catch::Contains("cutting off") && Catch::Contains("a life word from n"));
@@ -386,10 +387,9 @@ TEST_CASE("Life words out of protocol are refused with a reason, and the daemons
   }
   SECTION("a word whose holder wakes its watcher without end loses its watch, not its link") {
     ipc::Client fake = RegisteredElement(rack, "cpu-waker");
-    SendLifeWord(fake, held->fd());
+    SendLifeWord(fake, held);
     RequireServingOn(fake);  // the word was taken (a refusal would have cut the link)
-    void* page =
-        ::mmap(nullptr, ipc::kLifeWordBytes, PROT_READ | PROT_WRITE, MAP_SHARED, held->fd(), 0);
+    void* page = ::mmap(nullptr, ipc::kLifeWordBytes, PROT_READ | PROT_WRITE, MAP_SHARED, held, 0);
     REQUIRE(page != MAP_FAILED);
     auto* word = static_cast<uint32_t*>(page);  // the mutex's futex word comes first
     // Wakes count only while the Rack MMU waits: on a loaded machine it takes a while to see
@@ -405,7 +405,7 @@ TEST_CASE("Life words out of protocol are refused with a reason, and the daemons
     REQUIRE(dropped);
     RequireServingOn(fake);  // still registered and served
     // ...and it may not start again with another word.
-    SendLifeWord(fake, held->fd());
+    SendLifeWord(fake, held);
     REQUIRE(CutOff(fake.connection()));
     REQUIRE_THAT(ReadFile(rack.dir() + "/mmu.log"), Catch::Contains("sent a second life word"));
   }

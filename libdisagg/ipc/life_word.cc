@@ -37,13 +37,6 @@ absl::StatusOr<LifeWord> LifeWord::Create() {
   return word;
 }
 
-absl::StatusOr<LifeWord> LifeWord::CreateHeld() {
-  absl::StatusOr<LifeWord> word = Create();
-  if (!word.ok()) return word.status();
-  if (absl::Status held = word->Hold(); !held.ok()) return held;
-  return word;
-}
-
 absl::Status LifeWord::Hold() {
   const int rc = pthread_mutex_lock(mutex());
   if (rc != 0 && rc != EOWNERDEAD) {

@@ -44,8 +44,6 @@ class LifeWord {
  public:
   // A fresh, unheld word in a sealed memfd.
   static absl::StatusOr<LifeWord> Create();
-  // A fresh word, held by the calling thread.
-  static absl::StatusOr<LifeWord> CreateHeld();
   LifeWord(LifeWord&&) = default;
   LifeWord& operator=(LifeWord&&) = default;
 

@@ -406,20 +406,19 @@ CacheStats RackImpl::cache_stats() const {
 
 void RackImpl::ControlLoop() {
   ipc::Channel& channel = compute_->channel;
-  // The life words, held by this thread for the process's life, one for the compute element
-  // and one for the Rack MMU: both see this process die as soon as the kernel releases them,
-  // before its memory is torn down.
-  for (ipc::Channel* to : {&channel, event_link_ ? &event_link_->channel : nullptr}) {
-    if (to == nullptr) continue;
-    absl::StatusOr<ipc::LifeWord> life = ipc::LifeWord::CreateHeld();
-    if (!life.ok()) {
-      RLOG(WARNING) << "disagg: no life word: " << life.status();
-      break;
+  // The life words, one for the compute element and one for the Rack MMU: both see this
+  // process die as soon as the kernel releases them, before its memory is torn down.
+  if (auto lives = ipc::LifeWordHolder::Start(event_link_ ? 2 : 1); !lives.ok()) {
+    RLOG(WARNING) << "disagg: no life words: " << lives.status();
+  } else {
+    lives_ = std::move(*lives);
+    ipc::SmallMessage to_compute, to_mmu;
+    to_compute.Init(0).initLifeWord().setFd(lives_->fd(0));
+    (void)SendCompute(to_compute.builder());
+    if (event_link_) {
+      to_mmu.Init(0).initLifeWord().setFd(lives_->fd(1));
+      (void)event_link_->channel.Send(to_mmu.builder());
     }
-    ipc::SmallMessage told;
-    told.Init(0).initLifeWord().setFd(life->fd());
-    lives_.push_back(std::move(*life));
-    (void)(to == &channel ? SendCompute(told.builder()) : to->Send(told.builder()));
   }
   std::vector<uint64_t> words;
   uint64_t reported = ~uint64_t{0};
@@ -469,7 +468,7 @@ void RackImpl::ControlLoop() {
     if (event_link_) event_link_->channel.Awake();
     if (rc < 0 && errno != EINTR) continue;
     if (fds[2].revents & POLLIN) {
-      for (ipc::LifeWord& life : lives_) life.Release();  // a clean end (LEAVE went first)
+      lives_.reset();  // released: a clean end (LEAVE went first)
       return;
     }
     if (fds[0].revents & POLLIN) channel.DrainDoorbell();

@@ -224,7 +224,7 @@ class RackImpl final : public Rack {
 
   ipc::Fd stop_;                                 // eventfd: the threads return when it is readable
   Mutex compute_send_mu_;                        // one sender at a time on compute_
-  std::vector<ipc::LifeWord> lives_;             // held by the control thread
+  std::unique_ptr<ipc::LifeWordHolder> lives_;   // set and reset by the control thread
   std::unique_ptr<ipc::Connection> compute_;     // received from by the control thread only
   std::unique_ptr<ipc::Connection> event_link_;  // from the Rack MMU; the control thread's
   std::vector<std::thread> threads_;
