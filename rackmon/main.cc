@@ -11,8 +11,9 @@
 
 DEFINE_string(run_dir, "", "the rack's run directory (sockets, logs); required");
 DEFINE_string(rack_name, "rack", "the rack's name, shown by rackctl status");
-DEFINE_int32(heartbeat_ms, 5, "heartbeat period in milliseconds");
-DEFINE_int32(missed_beats, 40, "missed heartbeats in a row after which an element has failed");
+DEFINE_int32(heartbeat_ms, 50, "heartbeat period in milliseconds");
+DEFINE_int32(silence_ms, 200,
+             "milliseconds without an answer to heartbeats after which an element has failed");
 DEFINE_int32(spin_us, 20, "microseconds to poll the rings after the last message before sleeping");
 
 namespace disagg::rackmon {
@@ -43,9 +44,9 @@ absl::Status Run(const Options& options) {
   if (absl::Status s = (*mmu)->Send(builder); !s.ok()) return s;
   monitor.Start(hub, **mmu);
   if (absl::Status s = hub.Listen(SocketPath(options.run_dir, "mon")); !s.ok()) return s;
-  LOG(INFO) << "mon: rack " << options.monitor.rack_name << " monitored every "
-            << absl::FormatDuration(options.monitor.period) << ", failed after "
-            << options.monitor.missed_beats << " missed beats";
+  LOG(INFO) << "mon: rack " << options.monitor.rack_name << " heartbeats every "
+            << absl::FormatDuration(options.monitor.heartbeat.period) << "; an element is failed "
+            << absl::FormatDuration(options.monitor.heartbeat.limit) << " after its last answer";
   absl::Status status = (*loop)->Run();
   LOG(INFO) << "mon: stopped";
   return status;
@@ -57,9 +58,13 @@ absl::Status Run(const Options& options) {
 int main(int argc, char** argv) {
   gflags::SetUsageMessage("rackmon --run_dir=DIR: the rack's monitor daemon");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
-  if (FLAGS_run_dir.empty() || argc != 1 || FLAGS_heartbeat_ms <= 0 || FLAGS_missed_beats < 2) {
-    fprintf(stderr,
-            "rackmon: --run_dir is required; --heartbeat_ms must be > 0 and --missed_beats >= 2\n");
+  if (FLAGS_run_dir.empty() || argc != 1) {
+    fprintf(stderr, "rackmon: --run_dir is required, and nothing else\n");
+    return 2;
+  }
+  auto heartbeat = disagg::HeartbeatOptions::FromFlags(FLAGS_heartbeat_ms, FLAGS_silence_ms);
+  if (!heartbeat.ok()) {
+    fprintf(stderr, "rackmon: %s\n", std::string(heartbeat.status().message()).c_str());
     return 2;
   }
   disagg::rackmon::Options options;
@@ -67,8 +72,7 @@ int main(int argc, char** argv) {
   options.spin = absl::Microseconds(FLAGS_spin_us);
   options.monitor.rack_name = FLAGS_rack_name;
   options.monitor.run_dir = FLAGS_run_dir;
-  options.monitor.period = absl::Milliseconds(FLAGS_heartbeat_ms);
-  options.monitor.missed_beats = FLAGS_missed_beats;
+  options.monitor.heartbeat = *heartbeat;
   return disagg::RunDaemon(argv[0], FLAGS_run_dir, "mon",
                            [&] { return disagg::rackmon::Run(options); });
 }

@@ -41,7 +41,7 @@ RackMonitor::RackMonitor(ipc::EventLoop& loop, MonitorOptions options)
     : loop_(loop), options_(std::move(options)) {}
 
 RackMonitor::~RackMonitor() {
-  if (timer_ != 0) loop_.Unwatch(timer_);
+  timer_.Stop();
   for (auto& [name, w] : elements_) {
     if (w.pidfd_watch != 0) loop_.Unwatch(w.pidfd_watch);
     if (w.resume_timer != 0) loop_.Unwatch(w.resume_timer);
@@ -57,7 +57,7 @@ void RackMonitor::Start(ipc::Hub& hub, ipc::Link& mmu) {
   w.name = "mmu";
   w.kind = proto::ElementKind::RACKMMU;
   Watch(w, mmu);
-  timer_ = loop_.AddTimer(options_.period, [this] { Tick(); });
+  timer_.Start();
 }
 
 void RackMonitor::Watch(Watched& w, ipc::Link& link) {
@@ -68,8 +68,8 @@ void RackMonitor::Watch(Watched& w, ipc::Link& link) {
   w.pid = link.peer().pid;
   w.link = &link;
   w.health = proto::Health::HEALTHY;
-  w.beat = Heartbeat(options_.missed_beats);
   w.last_heard = absl::Now();
+  w.beat = Heartbeat(options_.heartbeat, w.last_heard);
   by_link_[link.id()] = w.name;
   if (w.pidfd_watch != 0) loop_.Unwatch(w.pidfd_watch);
   w.pidfd = ipc::Fd(::fcntl(link.peer().pidfd.get(), F_DUPFD_CLOEXEC, 0));
@@ -93,8 +93,8 @@ absl::Status RackMonitor::OnMessage(ipc::Link& link, proto::Message::Reader mess
       loop_.Housekeeping();
       Watched* w = ByLink(link);
       if (w == nullptr || w->health == proto::Health::FAILED) return absl::OkStatus();
-      w->beat.Answered();
       w->last_heard = absl::Now();
+      w->beat.Answered(w->last_heard);
       w->used_bytes = message.getPong().getUsedBytes();
       if (w->health == proto::Health::SUSPECT) {
         SetHealth(*w, proto::Health::HEALTHY, "answers heartbeats again");
@@ -210,26 +210,44 @@ absl::Status RackMonitor::HandleStatus(ipc::Link& link, uint64_t seq) {
   return link.Send(builder);
 }
 
-void RackMonitor::Tick() {
+void RackMonitor::Beat(bool ping, absl::Duration away) {
+  if (away > options_.heartbeat.limit / 4) {
+    LOG(INFO) << "mon: did not run for " << absl::FormatDuration(away)
+              << "; not held against the elements";
+  }
   capnp::MallocMessageBuilder builder;
-  auto ping = builder.initRoot<proto::Message>();
-  ping.initPing().setSentNanos(MonotonicNanos());
+  auto message = builder.initRoot<proto::Message>();
+  message.initPing().setSentNanos(MonotonicNanos());
+  const absl::Time now = absl::Now();
+  absl::Time first_deadline = absl::InfiniteFuture();
   for (auto& [name, w] : elements_) {
     if (w.health == proto::Health::FAILED || w.link == nullptr) continue;
-    const Heartbeat::State before = w.beat.state();
-    const bool ping = w.beat.Tick();  // one ping in flight at a time: a stalled ring stays short
-    if (w.beat.state() == Heartbeat::State::kFailed) {
-      SetHealth(w, proto::Health::FAILED,
-                absl::StrCat("missed ", w.beat.missed(), " heartbeats of ",
-                             absl::FormatDuration(options_.period)));
-      continue;
+    w.beat.Excuse(away);
+    switch (w.beat.Check(now)) {
+      case Heartbeat::State::kFailed:
+        SetHealth(w, proto::Health::FAILED,
+                  absl::StrCat(
+                      "no answer to heartbeats for ",
+                      absl::FormatDuration(absl::Trunc(w.beat.silence(now), absl::Milliseconds(1))),
+                      " (the limit is ", absl::FormatDuration(w.beat.limit()), ")"));
+        continue;
+      case Heartbeat::State::kSuspect:
+        if (w.health == proto::Health::HEALTHY) {
+          SetHealth(w, proto::Health::SUSPECT,
+                    absl::StrCat("no answer to heartbeats for ",
+                                 absl::FormatDuration(
+                                     absl::Trunc(w.beat.silence(now), absl::Milliseconds(1)))));
+        }
+        break;
+      case Heartbeat::State::kHealthy:
+        break;
     }
-    if (w.beat.state() == Heartbeat::State::kSuspect && before == Heartbeat::State::kHealthy) {
-      SetHealth(w, proto::Health::SUSPECT, absl::StrCat("missed ", w.beat.missed(), " heartbeats"));
-    }
-    if (!ping) continue;
-    (void)w.link->Send(builder);  // a full or corrupt ring cuts the link: OnClose handles it
+    first_deadline = std::min(first_deadline, w.beat.deadline());
+    // One ping in flight at a time: a stalled ring stays short. A full or corrupt ring cuts
+    // the link: OnClose handles it.
+    if (ping && w.beat.Ping()) (void)w.link->Send(builder);
   }
+  timer_.WakeAt(first_deadline);
 }
 
 void RackMonitor::SetHealth(Watched& w, proto::Health health, const std::string& reason) {

@@ -1,13 +1,13 @@
 // RackMonitor: liveness of every element of the rack. Elements register with it over their
-// channel; it heartbeats each one every `period` over that channel, watches each element's
-// pidfd (exit is seen at once) and its socket (hang-up is seen at once), and declares an
-// element failed when it dies, hangs up, or misses `missed_beats` heartbeats in a row (it is
-// "suspect" from the second missed beat). A failed element is fenced: its connection is cut,
-// so a paused element that wakes up finds itself out of the rack. Health changes go to the
-// Rack MMU. Compute elements report their processes (processUp/processDown): a process that
-// died or stopped answering its compute element is declared failed to the Rack MMU, which
-// fences it. It also answers `rackctl status` and serves fault injection (`rackctl fail`,
-// `kill`, `pause`, `resume`; monitor_inject.cc).
+// channel; it watches each element's life word and pidfd (death is seen at once) and its
+// socket (hang-up is seen at once), heartbeats each one every `heartbeat.period` over its
+// channel, and declares an element failed when it dies, hangs up, or has not answered for
+// longer than `heartbeat.limit` (it is suspect from `heartbeat.suspect_after()`). A failed element
+// is fenced: its connection is cut, so a paused element that wakes up finds itself out of the rack.
+// Health changes go to the Rack MMU. Compute elements report their processes
+// (processUp/processDown): a process that died or stopped answering its compute element is declared
+// failed to the Rack MMU, which fences it. It also answers `rackctl status` and serves fault
+// injection (`rackctl fail`, `kill`, `pause`, `resume`; monitor_inject.cc).
 //
 // Single-threaded, on the rack monitor's loop. The loop and hub passed in must outlive it.
 #ifndef DISAGG_RACKMON_MONITOR_H_
@@ -26,14 +26,14 @@
 #include "ipc/event_loop.h"
 #include "ipc/hub.h"
 #include "ipc/life_word.h"
+#include "ipc/liveness_timer.h"
 
 namespace disagg::rackmon {
 
 struct MonitorOptions {
   std::string run_dir;  // where handlers' logs go, and the elements' sockets are
   std::string rack_name;
-  absl::Duration period = absl::Milliseconds(5);
-  int missed_beats = 10;
+  HeartbeatOptions heartbeat;
 };
 
 class RackMonitor : public ipc::Hub::Handler {
@@ -76,7 +76,8 @@ class RackMonitor : public ipc::Hub::Handler {
   absl::Status HandleRegister(ipc::Link& link, uint64_t seq, proto::Register::Reader request);
   absl::Status HandleStatus(ipc::Link& link, uint64_t seq);
   void Watch(Watched& w, ipc::Link& link);
-  void Tick();
+  // A round of heartbeats (`ping`) or a check at a deadline; `away`: see ipc::LivenessTimer.
+  void Beat(bool ping, absl::Duration away);
   void SetHealth(Watched& w, proto::Health health, const std::string& reason);
   // An element's life word: its death is declared as soon as the kernel releases it.
   absl::Status HandleLifeWord(ipc::Link& link, proto::LifeWord::Reader word);
@@ -107,7 +108,8 @@ class RackMonitor : public ipc::Hub::Handler {
   MonitorOptions options_;
   ipc::Hub* hub_ = nullptr;
   ipc::Link* mmu_ = nullptr;
-  ipc::EventLoop::WatchId timer_ = 0;
+  ipc::LivenessTimer timer_{loop_, options_.heartbeat.period,
+                            [this](bool ping, absl::Duration away) { Beat(ping, away); }};
   uint64_t next_seq_ = 1;
   std::map<std::string, Watched> elements_;             // by name; node-stable
   absl::flat_hash_map<uint64_t, std::string> by_link_;  // link id -> name

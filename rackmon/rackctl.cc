@@ -174,10 +174,11 @@ void PrintStatus(proto::RackStatus::Reader status, const std::vector<ProcessRow>
   }
 }
 
-// Asks the daemon at `socket` for its status and passes it to `use`.
+// Asks the daemon at `socket` for its status and passes it to `use`; waits at most `timeout`
+// (by default --timeout_ms).
 absl::Status AskStatus(const std::string& rack, const std::string& daemon,
-                       absl::FunctionRef<absl::Status(proto::RackStatus::Reader)> use) {
-  const absl::Duration timeout = absl::Milliseconds(FLAGS_timeout_ms);
+                       absl::FunctionRef<absl::Status(proto::RackStatus::Reader)> use,
+                       absl::Duration timeout = absl::Milliseconds(FLAGS_timeout_ms)) {
   auto client = ipc::Client::Connect(SocketPath(rack, daemon), timeout);
   if (!client.ok()) {
     const std::string who = daemon == "mon"   ? "the rack monitor"
@@ -214,22 +215,29 @@ std::vector<ProcessRow> Processes(const std::string& rack, proto::RackStatus::Re
     return absl::OkStatus();
   });
   if (!s.ok()) std::fprintf(stderr, "rackctl: %s\n", std::string(s.message()).c_str());
+  // The cache figures come from the compute elements themselves: only from the healthy ones,
+  // and briefly, so that a stopped one (not yet suspect) does not hold up the status.
+  const absl::Duration figures_timeout =
+      std::min(absl::Milliseconds(FLAGS_timeout_ms), absl::Milliseconds(500));
   for (auto e : elements.getElements()) {
-    if (e.getKind() != proto::ElementKind::COMPUTE || e.getHealth() == proto::Health::FAILED) {
+    if (e.getKind() != proto::ElementKind::COMPUTE || e.getHealth() != proto::Health::HEALTHY) {
       continue;
     }
-    (void)AskStatus(rack, e.getName(), [&](proto::RackStatus::Reader status) {
-      for (auto p : status.getProcesses()) {
-        ProcessRow& row = rows[p.getProcessId()];
-        row.id = p.getProcessId();
-        if (row.name.empty()) row.name = p.getName();
-        row.pid = p.getPid();
-        row.element = p.getElement();
-        row.cached = p.getCachedBytes();
-        row.quota = p.getCacheQuotaBytes();
-      }
-      return absl::OkStatus();
-    });
+    (void)AskStatus(
+        rack, e.getName(),
+        [&](proto::RackStatus::Reader status) {
+          for (auto p : status.getProcesses()) {
+            ProcessRow& row = rows[p.getProcessId()];
+            row.id = p.getProcessId();
+            if (row.name.empty()) row.name = p.getName();
+            row.pid = p.getPid();
+            row.element = p.getElement();
+            row.cached = p.getCachedBytes();
+            row.quota = p.getCacheQuotaBytes();
+          }
+          return absl::OkStatus();
+        },
+        figures_timeout);
   }
   std::vector<ProcessRow> out;
   for (auto& [id, row] : rows) out.push_back(std::move(row));

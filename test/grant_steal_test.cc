@@ -28,7 +28,7 @@ constexpr uint64_t kMiB = 1024 * kKiB;
 // Failure detection is not the point here: a generous limit keeps a loaded machine's
 // scheduling stalls from failing elements.
 constexpr char kRackArgs[] =
-    "--compute 2 --memory 2 --pool-size 64M --cache-budget 1M --missed-beats 400";
+    "--compute 2 --memory 2 --pool-size 64M --cache-budget 1M --silence-ms 2000";
 
 uint64_t Addr(const std::string& hex) { return std::stoull(hex, nullptr, 16); }
 
@@ -241,7 +241,7 @@ TEST_CASE(
     "A memory element's refusal of a touch faults as refused: a stolen page touched before "
     "the revocation arrived") {
   // Heartbeats are not the point: the victim's control thread is held stopped for a while.
-  PeerRack peers("--compute 2 --memory 1 --pool-size 64M --cache-budget 1M --missed-beats 4000");
+  PeerRack peers("--compute 2 --memory 1 --pool-size 64M --cache-budget 1M --silence-ms 20000");
   Peer &victim = *peers.first, &thief = *peers.second;
   REQUIRE(victim.Ask("group workers") == "ok");
   REQUIRE(thief.Ask("group workers") == "ok");
@@ -507,7 +507,7 @@ TEST_CASE("Grant and steal requests out of protocol are refused, and the daemons
 
 TEST_CASE("An application that did not set up logging sees one clear message for a memory fault") {
   TestRack rack;
-  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 64M --cache-budget 1M --missed-beats 400") ==
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 64M --cache-budget 1M --silence-ms 2000") ==
           0);
   const std::string err_file = rack.dir() + "/peer.err";
   Peer peer(rack.dir(), "cpu0", err_file);
@@ -532,7 +532,7 @@ TEST_CASE("An application that did not set up logging sees one clear message for
 TEST_CASE("Memory a process unmapped or left behind reads as zeros for the next owner") {
   TestRack rack;
   // One element whose whole pool each region takes: the next owner gets the same pool pages.
-  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 1M --cache-budget 1M --missed-beats 400") ==
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 1M --cache-budget 1M --silence-ms 2000") ==
           0);
   Peer next(rack.dir(), "cpu0");
   REQUIRE_PEER(next);

@@ -358,7 +358,7 @@ TEST_CASE(
 // when the element stops answering, only the application's timeouts tell.
 absl::StatusOr<std::unique_ptr<Rack>> JoinImpatient(TestRack& rack) {
   if (rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 256K "
-              "--missed-beats 4000") != 0) {
+              "--silence-ms 20000") != 0) {
     return absl::InternalError("the rack did not start");
   }
   JoinOptions options;

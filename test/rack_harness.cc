@@ -110,11 +110,11 @@ TestRack::~TestRack() {
 }
 
 int TestRack::Up(const std::string& args, std::string* output) {
-  // Tests about something else than failure detection get a generous limit (2 s of missed
-  // heartbeats): under a parallel suite on 2 cores a scheduling stall must not fence an
+  // Tests about something else than failure detection get a generous limit (2 s without an
+  // answer to heartbeats): under a parallel suite on 2 cores a scheduling stall must not fence an
   // element and fail an unrelated test. Tests of detection name their own limit.
   const std::string limit =
-      args.find("--missed-beats") == std::string::npos ? " --missed-beats 400" : "";
+      args.find("--silence-ms") == std::string::npos ? " --silence-ms 2000" : "";
   std::string out;
   const int rc =
       RunCommand("DISAGG_BIN=" + bin_dir_ + " " + DISAGG_SOURCE_DIR + "/scripts/rack up --dir " +

@@ -47,7 +47,7 @@ class TestRack {
   TestRack& operator=(const TestRack&) = delete;
 
   // scripts/rack up --dir <dir> <args>; returns the exit status. Unless `args` name
-  // --missed-beats, the rack tolerates 2 s of missed heartbeats (not the default 200 ms).
+  // --silence-ms, the rack tolerates 2 s without an answer to heartbeats (not the default 200 ms).
   int Up(const std::string& args = "--compute 2 --memory 2 --pool-size 64M",
          std::string* output = nullptr);
   int Down(std::string* output = nullptr);

@@ -48,8 +48,8 @@ bool AllGone(const std::vector<pid_t>& pids) {
 TEST_CASE("A rack of 2 compute and 2 memory elements comes up, sees failures and goes down") {
   TestRack rack;
   std::string out;
-  // Detection is the point: the default limit of missed heartbeats (40, 200 ms).
-  REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 16M --missed-beats 40",
+  // Detection is the point: the default limit of silence (200 ms).
+  REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 16M --silence-ms 200",
                   &out) == 0);
   INFO(out);
 
@@ -97,6 +97,22 @@ TEST_CASE("A rack of 2 compute and 2 memory elements comes up, sees failures and
     }
     REQUIRE_FALSE(ProcessAlive(cpu1));
     REQUIRE(rack.Status()["cpu1"].state == "failed");
+  }
+  SECTION("a rack monitor that does not run for longer than the limit holds it against nobody") {
+    const pid_t mon = rack.Pid("mon");
+    REQUIRE(::kill(mon, SIGSTOP) == 0);  // the elements' answers wait in its rings meanwhile
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    REQUIRE(::kill(mon, SIGCONT) == 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));  // rounds after it
+    rows = rack.Status();
+    for (const char* name : {"mmu", "cpu0", "cpu1", "mem0", "mem1"}) {
+      INFO(name);
+      REQUIRE(rows[name].state != "failed");
+      REQUIRE(rack.WaitForState(name, "healthy"));
+    }
+    std::string log;
+    REQUIRE(RunCommand("cat " + rack.dir() + "/mon.log", &log) == 0);
+    REQUIRE_THAT(log, Catch::Contains("not held against the elements"));
   }
 
   REQUIRE(rack.Down(&out) == 0);
@@ -185,7 +201,7 @@ TEST_CASE("scripts/rack refuses a taken name and bad arguments, starting nothing
   }
   SECTION("bad arguments") {
     for (const char* args : {"--compute x", "--memory -1", "--pool-size lots", "--bogus 1",
-                             "--missed-beats 1", "--compute 65"}) {
+                             "--silence-ms 1", "--heartbeat-ms 0", "--compute 65"}) {
       INFO(args);
       REQUIRE(rack.Up(args, &out) != 0);
       REQUIRE_FALSE(out.empty());
@@ -237,7 +253,7 @@ TEST_CASE("rackctl --help shows rackctl's own commands and flags, --helpfull eve
 
 TEST_CASE("rackctl status --json is JSON with stable snake_case keys") {
   TestRack rack;
-  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --missed-beats 400") == 0);
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --silence-ms 2000") == 0);
   const std::string status =
       std::string(DISAGG_BIN_DIR) + "/rackctl --rack " + rack.dir() + " status --json";
   std::string out;

@@ -1,54 +1,107 @@
-// Heartbeat: the watcher's side of one peer's heartbeats. Each period the watcher calls Tick:
-// with no ping in flight it sends one (at most one is ever in flight, so that a stalled
-// peer's ring does not fill up); with one in flight the period is a missed beat. From the
-// second missed beat in a row the peer is suspect, at `missed_beats` it has failed, for good.
-// An answer clears the count, and a suspect peer is healthy again.
+// Heartbeat: the watcher's side of one peer's liveness, judged by the age of its last sign of
+// life. The watcher pings its peers every `period` (one ping in flight per peer at most, so
+// that a stalled peer's ring stays short); an answer is a sign of life. A peer silent for
+// longer than suspect_after() is suspect; one silent for longer than `limit` has failed, for
+// good. So a healthy peer costs one ping and one answer a period, and a hang is seen `limit`
+// after the peer's last answer, however long the period: the period sets the cost, the limit
+// the detection time. (Deaths are seen at once, by other means: pidfds and life words.)
+//
+// Time the watcher itself did not run is not held against a peer: Excuse moves the last sign
+// of life forward by it (see ipc::LivenessTimer, which measures it), so an answer that waited
+// in a ring while the watcher was descheduled is never taken for silence.
 //
 // The rack monitor watches its elements with it, a compute element its processes.
 // Value type; not thread-safe.
 #ifndef DISAGG_INTERNAL_HEARTBEAT_H_
 #define DISAGG_INTERNAL_HEARTBEAT_H_
 
+#include <algorithm>
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+
 namespace disagg {
+
+struct HeartbeatOptions {
+  absl::Duration period = absl::Milliseconds(50);  // a ping every period
+  absl::Duration limit = absl::Milliseconds(200);  // failed once silent for longer
+  // Suspect once silent for longer than this: two periods (an answer is missing), or half the
+  // limit if that is shorter.
+  absl::Duration suspect_after() const { return std::min(2 * period, limit / 2); }
+
+  // From the daemons' flags --heartbeat_ms and --silence_ms: the period at least 1 ms, the
+  // limit at least two periods (or a healthy peer, answering once a period, would fail).
+  static absl::StatusOr<HeartbeatOptions> FromFlags(int64_t heartbeat_ms, int64_t silence_ms) {
+    if (heartbeat_ms < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--heartbeat_ms=", heartbeat_ms, ": must be at least 1"));
+    }
+    if (silence_ms < 2 * heartbeat_ms) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--silence_ms=", silence_ms, ": must be at least twice --heartbeat_ms (",
+                       heartbeat_ms, "): a peer answers once a period"));
+    }
+    return HeartbeatOptions{absl::Milliseconds(heartbeat_ms), absl::Milliseconds(silence_ms)};
+  }
+};
 
 class Heartbeat {
  public:
   enum class State { kHealthy, kSuspect, kFailed };
 
-  // `missed_beats` at least 1.
-  explicit Heartbeat(int missed_beats = 10) : missed_beats_(missed_beats < 1 ? 1 : missed_beats) {}
+  Heartbeat() = default;
+  // A peer first heard at `now`.
+  Heartbeat(const HeartbeatOptions& options, absl::Time now)
+      : limit_(options.limit), suspect_after_(options.suspect_after()), last_heard_(now) {}
 
-  // A period passed: true if a ping is to be sent now. state() may have changed.
-  bool Tick() {
-    if (state_ == State::kFailed) return false;
-    if (!outstanding_) {
-      outstanding_ = true;
-      return true;
-    }
-    ++missed_;
-    if (missed_ >= missed_beats_) {
-      state_ = State::kFailed;
-    } else if (missed_ >= 2) {
-      state_ = State::kSuspect;
-    }
-    return false;
+  // A period passed: true if a ping is to be sent now (none is in flight), which is then in
+  // flight. Never for a failed peer.
+  bool Ping() {
+    if (state_ == State::kFailed || outstanding_) return false;
+    outstanding_ = true;
+    return true;
   }
 
-  // The peer answered the ping in flight. A failed peer stays failed.
-  void Answered() {
+  // The peer answered the ping in flight at `now`. A failed peer stays failed.
+  void Answered(absl::Time now) {
     if (state_ == State::kFailed) return;
     outstanding_ = false;
-    missed_ = 0;
+    last_heard_ = std::max(last_heard_, now);
     state_ = State::kHealthy;
   }
 
+  // The watcher was away for `away` (it did not run): not held against the peer.
+  void Excuse(absl::Duration away) {
+    if (away > absl::ZeroDuration()) last_heard_ += away;
+  }
+
+  // The state at `now`: failed (for good) once silent for longer than the limit, suspect once
+  // silent for longer than suspect_after().
+  State Check(absl::Time now) {
+    if (state_ == State::kFailed) return state_;
+    const absl::Duration silent = now - last_heard_;
+    if (silent > limit_) {
+      state_ = State::kFailed;
+    } else if (silent > suspect_after_) {
+      state_ = State::kSuspect;
+    }
+    return state_;
+  }
+
   State state() const { return state_; }
-  int missed() const { return missed_; }
   bool outstanding() const { return outstanding_; }
+  // How long the peer has been silent at `now` (excused time not counted).
+  absl::Duration silence(absl::Time now) const { return now - last_heard_; }
+  // When the peer fails if nothing is heard from it before (the first Check after it).
+  absl::Time deadline() const { return last_heard_ + limit_; }
+  absl::Duration limit() const { return limit_; }
 
  private:
-  int missed_beats_;
-  int missed_ = 0;
+  absl::Duration limit_ = absl::Milliseconds(200);
+  absl::Duration suspect_after_ = absl::Milliseconds(100);
+  absl::Time last_heard_ = absl::InfinitePast();
   bool outstanding_ = false;
   State state_ = State::kHealthy;
 };

@@ -28,26 +28,25 @@ std::vector<std::string> ProgramEnvironment(const ElementOptions& options) {
 
 }  // namespace
 
-ComputeElement::ComputeElement(ipc::EventLoop& loop, ElementOptions options, WatchOptions watch)
+ComputeElement::ComputeElement(ipc::EventLoop& loop, ElementOptions options, HeartbeatOptions watch)
     : Element(loop,
               [&] {
                 options.used_bytes = [this] { return CachedBytes(); };
                 return std::move(options);
               }()),
       watch_(watch),
+      timer_(loop, watch.period, [this](bool ping, absl::Duration away) { Beat(ping, away); }),
       quotas_(this->options().capacity_bytes / kPageBytes),
       lives_(loop, this->options().name),
-      launcher_(loop, this->options().name, ProgramEnvironment(this->options())) {
-  timer_ = loop.AddTimer(watch_.period, [this] { Tick(); });
-}
+      launcher_(loop, this->options().name, ProgramEnvironment(this->options())) {}
 
-ComputeElement::~ComputeElement() {
-  if (timer_ != 0) loop().Unwatch(timer_);
-}
+ComputeElement::~ComputeElement() = default;
 
-void ComputeElement::Tick() {
-  ipc::SmallMessage ping;
-  ping.Init(0).initPing();
+void ComputeElement::Beat(bool ping, absl::Duration away) {
+  ipc::SmallMessage message;
+  message.Init(0).initPing();
+  const absl::Time now = absl::Now();
+  absl::Time first_deadline = absl::InfiniteFuture();
   // A Send that fails closes the link at once, which erases its process: look each up anew.
   std::vector<uint64_t> links;
   for (const auto& [id, p] : processes_) links.push_back(id);
@@ -56,18 +55,22 @@ void ComputeElement::Tick() {
     if (it == processes_.end()) continue;
     Process& p = it->second;
     if (!p.attached || p.failed || p.left) continue;
-    if (!p.beat.Tick()) {
-      if (p.beat.state() != Heartbeat::State::kFailed) continue;  // one ping in flight at a time
+    p.beat.Excuse(away);
+    if (p.beat.Check(now) == Heartbeat::State::kFailed) {
       p.failed = true;
-      const std::string reason =
-          absl::StrCat("it missed ", p.beat.missed(), " heartbeats of ",
-                       absl::FormatDuration(watch_.period), " on ", options().name);
+      const std::string reason = absl::StrCat(
+          "it did not answer heartbeats for ",
+          absl::FormatDuration(absl::Trunc(p.beat.silence(now), absl::Milliseconds(1))),
+          " (the limit is ", absl::FormatDuration(watch_.limit), ") on ", options().name);
       ReportDown(p, reason, /*clean=*/false);
       LOG(WARNING) << options().name << ": " << p.link->label() << " failed: " << reason;
       continue;
     }
-    (void)p.link->Send(ping.builder());  // a full ring cuts the link: LinkClosed reports it
+    first_deadline = std::min(first_deadline, p.beat.deadline());
+    // One ping in flight at a time; a full ring cuts the link: LinkClosed reports it.
+    if (ping && p.beat.Ping()) (void)p.link->Send(message.builder());
   }
+  timer_.WakeAt(first_deadline);
 }
 
 absl::Status ComputeElement::HandleContacts(ipc::Link& link,
@@ -167,7 +170,7 @@ absl::Status ComputeElement::HandleOther(ipc::Link& link, proto::Message::Reader
     case proto::Message::PONG: {
       auto it = processes_.find(link.id());
       if (it != processes_.end() && !it->second.failed) {
-        it->second.beat.Answered();
+        it->second.beat.Answered(absl::Now());
       }
       return absl::OkStatus();
     }
@@ -213,7 +216,8 @@ absl::Status ComputeElement::HandleAttach(ipc::Link& link, uint64_t seq,
   }
   Process& p = processes_[link.id()];
   quotas_.Add(link.id());
-  p.beat = Heartbeat(watch_.missed_beats);
+  p.beat = Heartbeat(watch_, absl::Now());
+  timer_.Start();
   p.link = &link;
   p.process_id = attach.getProcessId();
   p.name = attach.getName();
@@ -309,6 +313,7 @@ void ComputeElement::LinkClosed(ipc::Link& link) {
                /*clean=*/p.left);
   }
   processes_.erase(it);
+  if (processes_.empty()) timer_.Stop();  // an element without processes sleeps
   quotas_.Remove(link.id());
   Rebalance();
 }

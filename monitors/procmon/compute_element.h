@@ -17,21 +17,17 @@
 #include "element.h"
 #include "internal/heartbeat.h"
 #include "ipc/life_word.h"
+#include "ipc/liveness_timer.h"
 #include "launcher.h"
 #include "quota_split.h"
 
 namespace disagg::procmon {
 
-// How a compute element watches its processes: it heartbeats each over its connection every
-// `period` and declares it failed (to the rack monitor) after `missed_beats` in a row.
-struct WatchOptions {
-  absl::Duration period = absl::Milliseconds(5);
-  int missed_beats = 40;
-};
-
 class ComputeElement : public Element {
  public:
-  ComputeElement(ipc::EventLoop& loop, ElementOptions options, WatchOptions watch = {});
+  // It heartbeats each process over its connection (internal/heartbeat.h) while it has any,
+  // and declares one failed (to the rack monitor) when it has not answered for `watch.limit`.
+  ComputeElement(ipc::EventLoop& loop, ElementOptions options, HeartbeatOptions watch = {});
   ~ComputeElement() override;
 
  protected:
@@ -59,8 +55,9 @@ class ComputeElement : public Element {
   // Moves quotas toward the fair share, and tells the processes.
   void Rebalance();
   void SendQuota(Process& p, uint64_t pages, uint64_t seq);
-  // Heartbeats the processes; declares those that stopped answering failed.
-  void Tick();
+  // A round of heartbeats (`ping`) or a check at a deadline; declares the processes that
+  // stopped answering failed. `away`: see ipc::LivenessTimer.
+  void Beat(bool ping, absl::Duration away);
   // Tells the rack monitor that `p` is gone or failed (and, if it failed, its emergency
   // contacts).
   void ReportDown(const Process& p, const std::string& reason, bool clean);
@@ -76,8 +73,8 @@ class ComputeElement : public Element {
   void TellContacts(const Process& p, proto::RackEvent::Reader event);
   uint64_t CachedBytes() const;
 
-  const WatchOptions watch_;
-  ipc::EventLoop::WatchId timer_ = 0;
+  const HeartbeatOptions watch_;
+  ipc::LivenessTimer timer_;  // running while there are processes
   QuotaSplit quotas_;         // by link id
   bool rebalancing_ = false;  // see Rebalance
   bool rebalance_again_ = false;

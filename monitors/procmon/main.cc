@@ -14,8 +14,10 @@ DEFINE_string(run_dir, "", "the rack's run directory (sockets, logs); required")
 DEFINE_string(name, "", "this element's rack-wide name, e.g. cpu0; required");
 DEFINE_string(cache_budget, "256M",
               "local memory (page cache) shared by the processes on this element");
-DEFINE_int32(heartbeat_ms, 5, "heartbeat period of the processes on this element, in milliseconds");
-DEFINE_int32(missed_beats, 40, "missed heartbeats in a row after which a process has failed");
+DEFINE_int32(heartbeat_ms, 50,
+             "heartbeat period of the processes on this element, in milliseconds");
+DEFINE_int32(silence_ms, 200,
+             "milliseconds without an answer to heartbeats after which a process has failed");
 DEFINE_int32(spin_us, 20, "microseconds to poll the rings after the last message before sleeping");
 
 namespace disagg::procmon {
@@ -26,7 +28,7 @@ struct Options {
   std::string name;
   uint64_t cache_budget;
   absl::Duration spin;
-  WatchOptions watch;
+  HeartbeatOptions watch;
 };
 
 absl::Status Run(const Options& options) {
@@ -60,13 +62,13 @@ int main(int argc, char** argv) {
             budget.ok() ? "must be at least 64K" : std::string(budget.status().message()).c_str());
     return 2;
   }
-  if (FLAGS_heartbeat_ms < 1 || FLAGS_missed_beats < 2) {
-    fprintf(stderr, "procmon: --heartbeat_ms must be >= 1 and --missed_beats >= 2\n");
+  auto heartbeat = disagg::HeartbeatOptions::FromFlags(FLAGS_heartbeat_ms, FLAGS_silence_ms);
+  if (!heartbeat.ok()) {
+    fprintf(stderr, "procmon: %s\n", std::string(heartbeat.status().message()).c_str());
     return 2;
   }
-  disagg::procmon::Options options{
-      FLAGS_run_dir, FLAGS_name, *budget, absl::Microseconds(FLAGS_spin_us),
-      disagg::procmon::WatchOptions{absl::Milliseconds(FLAGS_heartbeat_ms), FLAGS_missed_beats}};
+  disagg::procmon::Options options{FLAGS_run_dir, FLAGS_name, *budget,
+                                   absl::Microseconds(FLAGS_spin_us), *heartbeat};
   return disagg::RunDaemon(argv[0], FLAGS_run_dir, FLAGS_name,
                            [&] { return disagg::procmon::Run(options); });
 }
