@@ -1,11 +1,16 @@
 // bench_fault: the remote-memory fault path against local baselines, measured in one run.
 // Run inside a rack (scripts/bench fault starts one and runs this with `rackctl run`).
-//   cold fault   first touch of a remote 4 KiB page, per page: p50/p99, against the floor,
-//                a raw userfaultfd fault resolved by copying a local page (same machine,
-//                same run, same touch loop)
+//   cold fault   first touch of a remote 4 KiB page that holds data (written, flushed and
+//                evicted before), per page: p50/p99, against the floor, a raw userfaultfd
+//                fault resolved by copying a local page (same machine, same touch loop);
+//                beside it the first touch of never-written pages, which the memory element
+//                answers without reading its pool. kRuns runs of each, interleaved with the
+//                floor's; each figure is the median of its runs' p50 (p99). Then the same
+//                under load: a busy thread per core, started and ended here.
 //   cache hit    reads of cached remote pages against the same reads of a local array
-//   scan         sequential read of a region 4x the cache budget, GB/s, against memcpy of
-//                local memory
+//   scan         sequential read of a region 4x the cache budget, GB/s, against the same
+//                scan of a local array of the same size; and the first-touch write before
+//                it, against first-touch writes of fresh local memory
 // The last line is one JSON object with every figure.
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -63,15 +68,7 @@ std::vector<double> TouchEach(volatile uint8_t* base, size_t pages) {
 // The floor: a raw userfaultfd whose handler thread answers each fault by copying a local
 // page. With `spin` the handler polls the userfaultfd without sleeping (the fastest a raw
 // handler gets: the floor the ratio is taken against); without, it sleeps in poll.
-std::vector<double> RawUffdFaults(size_t pages, bool spin, bool same_cpu = false) {
-  cpu_set_t saved;
-  sched_getaffinity(0, sizeof(saved), &saved);
-  if (same_cpu) {  // the toucher and the handler share one core: no cross-core wake-ups
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(sched_getcpu(), &one);
-    sched_setaffinity(0, sizeof(one), &one);
-  }
+std::vector<double> RawUffdFaults(size_t pages, bool spin) {
   const size_t bytes = pages * kPage;
   auto* region = static_cast<uint8_t*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
                                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
@@ -112,7 +109,6 @@ std::vector<double> RawUffdFaults(size_t pages, bool spin, bool same_cpu = false
   handler.join();
   close(uffd);
   munmap(region, bytes);
-  sched_setaffinity(0, sizeof(saved), &saved);
   return out;
 }
 
@@ -164,6 +160,128 @@ void Die(const char* what, const absl::Status& s) {
   std::exit(1);
 }
 
+// First touches of `pages` never-written remote pages.
+std::vector<double> ZeroPagesCold(disagg::Rack& rack, size_t pages) {
+  auto region = rack.Map(pages * kPage);
+  if (!region.ok()) Die("map", region.status());
+  std::vector<double> out = TouchEach(region->as<uint8_t>(), pages);
+  if (absl::Status s = rack.Unmap(region->data()); !s.ok()) Die("unmap", s);
+  return out;
+}
+
+// First touches of `pages` remote pages holding data: written, flushed, then evicted by a
+// region of more than `budget` bytes touched after them (and unmapped again, so that the timed
+// touches evict nothing).
+std::vector<double> DataPagesCold(disagg::Rack& rack, size_t pages, size_t budget) {
+  auto region = rack.Map(pages * kPage);
+  if (!region.ok()) Die("map", region.status());
+  Fill(region->as<uint8_t>(), pages * kPage);
+  if (absl::Status s = rack.Flush(region->data(), pages * kPage); !s.ok()) Die("flush", s);
+  const size_t churn_bytes = budget + (1 << 20);
+  auto churn = rack.Map(churn_bytes);
+  if (!churn.ok()) Die("map", churn.status());
+  for (size_t i = 0; i < churn_bytes; i += kPage) (void)churn->as<volatile uint8_t>()[i];
+  if (absl::Status s = rack.Unmap(churn->data()); !s.ok()) Die("unmap", s);
+  const uint64_t before = rack.cache_stats().faults;
+  std::vector<double> out = TouchEach(region->as<uint8_t>(), pages);
+  if (rack.cache_stats().faults - before < pages * 99 / 100) {
+    std::fprintf(stderr,
+                 "bench_fault: the data pages were not evicted before their touches (%llu faults "
+                 "for %zu pages)\n",
+                 static_cast<unsigned long long>(rack.cache_stats().faults - before), pages);
+    std::exit(1);
+  }
+  const auto* words = region->as<const uint64_t>();
+  if (words[1] != 1 * 0x9E3779B97F4A7C15ull) {
+    std::fprintf(stderr, "bench_fault: a data page came back without its data\n");
+    std::exit(1);
+  }
+  if (absl::Status s = rack.Unmap(region->data()); !s.ok()) Die("unmap", s);
+  return out;
+}
+
+// p50 and p99 of several runs: the median of the runs' p50s and of their p99s.
+struct Figure {
+  std::vector<double> p50s, p99s;
+  void Add(const std::vector<double>& samples) {
+    p50s.push_back(Percentile(samples, 0.5));
+    p99s.push_back(Percentile(samples, 0.99));
+  }
+  double p50() const { return Percentile(p50s, 0.5); }
+  double p99() const { return Percentile(p99s, 0.5); }
+};
+
+struct ColdFigures {
+  Figure spinning, sleeping, zero, data;
+  // The floor: the faster raw handler (by its median p50) of the two.
+  const Figure& floor() const { return spinning.p50() <= sleeping.p50() ? spinning : sleeping; }
+};
+
+// kRuns rounds of the two raw handlers, never-written and data pages, interleaved.
+constexpr int kRuns = 3;
+ColdFigures MeasureCold(disagg::Rack& rack, size_t pages, size_t budget) {
+  ColdFigures f;
+  for (int run = 0; run < kRuns; ++run) {
+    f.spinning.Add(RawUffdFaults(pages, /*spin=*/true));
+    f.sleeping.Add(RawUffdFaults(pages, /*spin=*/false));
+    f.zero.Add(ZeroPagesCold(rack, pages));
+    f.data.Add(DataPagesCold(rack, pages, budget));
+  }
+  return f;
+}
+
+void PrintCold(const char* title, const ColdFigures& f) {
+  std::printf("%s (median of %d interleaved runs)\n", title, kRuns);
+  std::printf(
+      "  raw userfaultfd:     p50 %7.2f us  p99 %7.2f us with a spinning handler, p50 %.2f us  "
+      "p99 %.2f us with one sleeping in poll: the floor is the %s one\n",
+      f.spinning.p50() / 1e3, f.spinning.p99() / 1e3, f.sleeping.p50() / 1e3,
+      f.sleeping.p99() / 1e3, &f.floor() == &f.spinning ? "spinning" : "sleeping");
+  std::printf("  pages holding data:  p50 %7.2f us  p99 %7.2f us | ratio p50 %.2fx  p99 %.2fx\n",
+              f.data.p50() / 1e3, f.data.p99() / 1e3, f.data.p50() / f.floor().p50(),
+              f.data.p99() / f.floor().p99());
+  std::printf("  never-written pages: p50 %7.2f us  p99 %7.2f us | ratio p50 %.2fx\n",
+              f.zero.p50() / 1e3, f.zero.p99() / 1e3, f.zero.p50() / f.floor().p50());
+}
+
+// A busy thread per core (plain loops at the benchmark's own priority) while it lives.
+class BusyThreads {
+ public:
+  BusyThreads() {
+    const long cores = std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+    for (long i = 0; i < cores; ++i) {
+      threads_.emplace_back([this] {
+        uint64_t x = 0;
+        while (!stop_.load(std::memory_order_relaxed)) x = x * 6364136223846793005ull + 1;
+        sink_.fetch_add(x, std::memory_order_relaxed);
+      });
+    }
+  }
+  ~BusyThreads() {
+    stop_ = true;
+    for (auto& t : threads_) t.join();
+  }
+  size_t count() const { return threads_.size(); }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> sink_{0};
+  std::vector<std::thread> threads_;
+};
+
+// Sequential first-touch write of fresh local anonymous memory, GB/s.
+double LocalFirstTouchWrite(size_t bytes) {
+  auto* p = static_cast<uint8_t*>(
+      mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (p == MAP_FAILED) {
+    std::perror("bench_fault: mmap");
+    std::exit(1);
+  }
+  const double gbps = Fill(p, bytes);
+  munmap(p, bytes);
+  return gbps;
+}
+
 }  // namespace
 
 int main() {
@@ -176,68 +294,90 @@ int main() {
   }
   // Cold faults: a region half the budget, so no eviction interferes.
   const size_t cold_pages = std::min<size_t>(budget / 2 / kPage, 8192);
-  auto cold = (*rack)->Map(cold_pages * kPage);
-  if (!cold.ok()) Die("map", cold.status());
-  // The floor is the best of three runs: two placed by the scheduler and one with both
-  // threads on one core (cross-core wake-ups move it by 2x on this kind of machine).
-  std::vector<double> floor = RawUffdFaults(cold_pages, /*spin=*/true, /*same_cpu=*/true);
-  for (int run = 0; run < 2; ++run) {
-    std::vector<double> again = RawUffdFaults(cold_pages, /*spin=*/true);
-    if (Percentile(again, 0.5) < Percentile(floor, 0.5)) floor = std::move(again);
+  std::printf(
+      "cold 4 KiB faults, %zu pages a run; floor: a raw userfaultfd fault whose handler "
+      "thread spins and copies a local page\n",
+      cold_pages);
+  const ColdFigures quiet = MeasureCold(**rack, cold_pages, budget);
+  PrintCold("quiet machine", quiet);
+  const double sleeping50 = quiet.sleeping.p50();
+  ColdFigures loaded;
+  size_t busy_threads = 0;
+  {
+    BusyThreads busy;
+    busy_threads = busy.count();
+    loaded = MeasureCold(**rack, cold_pages, budget);
   }
-  std::vector<double> sleeping = RawUffdFaults(cold_pages, /*spin=*/false);
-  std::vector<double> remote = TouchEach(cold->as<uint8_t>(), cold_pages);
-  const double floor50 = Percentile(floor, 0.5), floor99 = Percentile(floor, 0.99);
-  const double cold50 = Percentile(remote, 0.5), cold99 = Percentile(remote, 0.99);
-  const double sleeping50 = Percentile(sleeping, 0.5);
-  std::printf(
-      "cold 4 KiB fault:   remote p50 %.2f us  p99 %.2f us | raw userfaultfd floor (spinning "
-      "handler, best of 3) p50 %.2f us  p99 %.2f us | ratio p50 %.2fx\n",
-      cold50 / 1e3, cold99 / 1e3, floor50 / 1e3, floor99 / 1e3, cold50 / floor50);
-  std::printf(
-      "                    (raw userfaultfd with a handler sleeping in poll: p50 %.2f us)\n",
-      sleeping50 / 1e3);
+  char title[96];
+  std::snprintf(title, sizeof(title), "contended: a busy thread on each of the %zu cores",
+                busy_threads);
+  PrintCold(title, loaded);
 
-  // Cache hits: the same region, now cached, against a local array of the same size.
+  // Cache hits: a region, now cached, against a local array of the same size.
   const size_t hit_bytes = cold_pages * kPage;
+  auto cached = (*rack)->Map(hit_bytes);
+  if (!cached.ok()) Die("map", cached.status());
+  (void)ReadLines(cached->as<uint8_t>(), hit_bytes, 1);
   std::vector<uint8_t> local(hit_bytes, 1);
   std::vector<double> hit, base;
   for (int i = 0; i < 7; ++i) {
-    hit.push_back(ReadLines(cold->as<uint8_t>(), hit_bytes, 4));
+    hit.push_back(ReadLines(cached->as<uint8_t>(), hit_bytes, 4));
     base.push_back(ReadLines(local.data(), hit_bytes, 4));
   }
   const double hit50 = Percentile(hit, 0.5), local50 = Percentile(base, 0.5);
   std::printf("cache hit:          %.2f ns/read | local array %.2f ns/read | ratio %.2fx\n", hit50,
               local50, hit50 / local50);
-  if (absl::Status s = (*rack)->Unmap(cold->data()); !s.ok()) Die("unmap", s);
+  if (absl::Status s = (*rack)->Unmap(cached->data()); !s.ok()) Die("unmap", s);
+  local.clear();
+  local.shrink_to_fit();
 
   // Sequential scan of 4x the budget: written first (so the memory elements serve real
   // data, not never-written zero pages), flushed, then read: the cache turns over 4 times.
   const size_t scan_bytes = 4 * budget;
+  const double local_write = LocalFirstTouchWrite(scan_bytes);
   auto big = (*rack)->Map(scan_bytes);
   if (!big.ok()) Die("map", big.status());
   const double fill = Fill(big->as<uint8_t>(), scan_bytes);
   if (absl::Status s = (*rack)->Flush(big->data(), scan_bytes); !s.ok()) Die("flush", s);
   const double scan = Scan(big->as<uint8_t>(), scan_bytes);
+  if (absl::Status s = (*rack)->Unmap(big->data()); !s.ok()) Die("unmap", s);
+  std::vector<uint8_t> same_size(scan_bytes, 1);
+  std::vector<double> local_scans;
+  for (int i = 0; i < 3; ++i) local_scans.push_back(Scan(same_size.data(), scan_bytes));
+  const double local_scan = Percentile(local_scans, 0.5);
+  same_size.clear();
+  same_size.shrink_to_fit();
   const double copy = MemcpyGBps(std::min<size_t>(budget, 64 << 20));
   const disagg::CacheStats stats = (*rack)->cache_stats();
   std::printf(
-      "sequential scan:    %.3f GB/s over %zu MiB (cache %zu MiB) | local memcpy %.2f GB/s | ratio "
-      "%.4f\n",
-      scan, scan_bytes >> 20, budget >> 20, copy, scan / copy);
+      "sequential scan:    %.3f GB/s over %zu MiB (cache %zu MiB) | local scan of %zu MiB %.2f "
+      "GB/s | ratio %.4f  (local memcpy: %.2f GB/s)\n",
+      scan, scan_bytes >> 20, budget >> 20, scan_bytes >> 20, local_scan, scan / local_scan, copy);
   std::printf(
       "sequential write:   %.3f GB/s (first touch of every page, dirty pages written back on "
-      "eviction)\n",
-      fill);
+      "eviction) | first touch of fresh local memory %.2f GB/s | ratio %.4f\n",
+      fill, local_write, fill / local_write);
   std::printf(
-      "{\"bench\":\"fault\",\"pages\":%zu,\"cold_p50_ns\":%.0f,\"cold_p99_ns\":%.0f,"
+      "{\"bench\":\"fault\",\"pages\":%zu,\"runs\":%d,\"cold_p50_ns\":%.0f,\"cold_p99_ns\":%.0f,"
       "\"floor_p50_ns\":%.0f,\"floor_p99_ns\":%.0f,\"cold_vs_floor_p50\":%.3f,"
-      "\"sleeping_floor_p50_ns\":%.0f,"
+      "\"zero_cold_p50_ns\":%.0f,\"zero_cold_p99_ns\":%.0f,\"zero_cold_vs_floor_p50\":%.3f,"
+      "\"sleeping_floor_p50_ns\":%.0f,\"busy_threads\":%zu,"
+      "\"contended_cold_p50_ns\":%.0f,\"contended_cold_p99_ns\":%.0f,"
+      "\"contended_floor_p50_ns\":%.0f,\"contended_floor_p99_ns\":%.0f,"
+      "\"contended_cold_vs_floor_p50\":%.3f,\"contended_zero_cold_p50_ns\":%.0f,"
+      "\"contended_zero_cold_vs_floor_p50\":%.3f,"
       "\"hit_ns_per_read\":%.3f,\"local_ns_per_read\":%.3f,\"hit_vs_local\":%.3f,"
-      "\"scan_gbps\":%.4f,\"memcpy_gbps\":%.3f,\"scan_vs_memcpy\":%.5f,\"write_gbps\":%.4f,"
+      "\"scan_gbps\":%.4f,\"local_scan_gbps\":%.3f,\"scan_vs_local_scan\":%.5f,"
+      "\"memcpy_gbps\":%.3f,\"scan_vs_memcpy\":%.5f,\"write_gbps\":%.4f,"
+      "\"local_write_gbps\":%.3f,\"write_vs_local_write\":%.5f,"
       "\"cache_budget_bytes\":%zu,\"peak_cached_bytes\":%llu}\n",
-      cold_pages, cold50, cold99, floor50, floor99, cold50 / floor50, sleeping50, hit50, local50,
-      hit50 / local50, scan, copy, scan / copy, fill, budget,
+      cold_pages, kRuns, quiet.data.p50(), quiet.data.p99(), quiet.floor().p50(),
+      quiet.floor().p99(), quiet.data.p50() / quiet.floor().p50(), quiet.zero.p50(),
+      quiet.zero.p99(), quiet.zero.p50() / quiet.floor().p50(), sleeping50, busy_threads,
+      loaded.data.p50(), loaded.data.p99(), loaded.floor().p50(), loaded.floor().p99(),
+      loaded.data.p50() / loaded.floor().p50(), loaded.zero.p50(),
+      loaded.zero.p50() / loaded.floor().p50(), hit50, local50, hit50 / local50, scan, local_scan,
+      scan / local_scan, copy, scan / copy, fill, local_write, fill / local_write, budget,
       static_cast<unsigned long long>(stats.peak_cached_bytes));
   return 0;
 }
