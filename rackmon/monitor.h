@@ -56,7 +56,7 @@ class RackMonitor : public ipc::Hub::Handler {
     uint64_t capacity_bytes = 0;
     uint64_t used_bytes = 0;
     proto::Health health = proto::Health::HEALTHY;
-    absl::Time last_heard = absl::InfinitePast();
+    absl::Time last_heard = absl::InfinitePast();  // wall clock, for rackctl status
     Heartbeat beat;
     ipc::Link* link = nullptr;  // nullptr once the connection is gone
     ipc::Fd pidfd;
@@ -76,8 +76,9 @@ class RackMonitor : public ipc::Hub::Handler {
   absl::Status HandleRegister(ipc::Link& link, uint64_t seq, proto::Register::Reader request);
   absl::Status HandleStatus(ipc::Link& link, uint64_t seq);
   void Watch(Watched& w, ipc::Link& link);
-  // A round of heartbeats (`ping`) or a check at a deadline; `away`: see ipc::LivenessTimer.
-  void Beat(bool ping, absl::Duration away);
+  // A round of heartbeats (`ping`) or a check at a deadline; `away` and `judge`: see
+  // ipc::LivenessTimer.
+  void Beat(bool ping, absl::Duration away, bool judge);
   void SetHealth(Watched& w, proto::Health health, const std::string& reason);
   // An element's life word: its death is declared as soon as the kernel releases it.
   absl::Status HandleLifeWord(ipc::Link& link, proto::LifeWord::Reader word);
@@ -108,8 +109,9 @@ class RackMonitor : public ipc::Hub::Handler {
   MonitorOptions options_;
   ipc::Hub* hub_ = nullptr;
   ipc::Link* mmu_ = nullptr;
-  ipc::LivenessTimer timer_{loop_, options_.heartbeat.period,
-                            [this](bool ping, absl::Duration away) { Beat(ping, away); }};
+  ipc::LivenessTimer timer_{
+      loop_, options_.heartbeat.period,
+      [this](bool ping, absl::Duration away, bool judge) { Beat(ping, away, judge); }};
   uint64_t next_seq_ = 1;
   std::map<std::string, Watched> elements_;             // by name; node-stable
   absl::flat_hash_map<uint64_t, std::string> by_link_;  // link id -> name

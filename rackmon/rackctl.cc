@@ -65,7 +65,8 @@ constexpr char kUsage[] =
     "  pause ELEMENT [--for MS]\n"
     "                    freeze ELEMENT (a compute element with its processes, as a stopped\n"
     "                    blade), for MS milliseconds or until resumed; the monitor declares\n"
-    "                    it failed once it misses enough heartbeats\n"
+    "                    it failed once it has not answered heartbeats for the silence\n"
+    "                    limit (scripts/rack --silence-ms, default 200 ms)\n"
     "  resume ELEMENT    thaw a paused element\n";
 
 std::string HumanBytes(uint64_t n) {

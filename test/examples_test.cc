@@ -147,7 +147,7 @@ TEST_CASE("rackctl run makes the program a child of its compute element that end
   }
   SECTION("rackctl run refuses an element that is suspect or failed") {
     const pid_t cpu0 = rack.Pid("cpu0");
-    REQUIRE(::kill(cpu0, SIGSTOP) == 0);  // it misses heartbeats: suspect for 2 s, then failed
+    REQUIRE(::kill(cpu0, SIGSTOP) == 0);  // silent: suspect after 100 ms, failed after 2 s
     // Suspect after 100 ms without an answer (two periods); rackctl asks the monitor only (a
     // stopped element would not answer), and `timeout` ends it should it launch after all.
     std::this_thread::sleep_for(std::chrono::milliseconds(400));

@@ -208,7 +208,7 @@ TEST_CASE(
     "nothing they write back lands after that, while they run on") {
   TestRack rack;
   REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 128M --cache-budget 1M "
-                  "--silence-ms 200") == 0);
+                  "--heartbeat-ms 10 --silence-ms 200") == 0);
   Peer writer(rack.dir(), "cpu0");
   Peer bystander(rack.dir(), "cpu1");
   JoinTeam({&writer, &bystander});
@@ -254,7 +254,7 @@ TEST_CASE(
     "resumes; its group is told") {
   TestRack rack;
   REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 1M "
-                  "--silence-ms 200") == 0);
+                  "--heartbeat-ms 10 --silence-ms 200") == 0);
   Peer sleeper(rack.dir(), "cpu0");
   Peer member(rack.dir(), "cpu1");
   JoinTeam({&sleeper, &member});
@@ -287,7 +287,7 @@ TEST_CASE(
     "process's group is told") {
   TestRack rack;
   REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 64M --cache-budget 1M "
-                  "--silence-ms 200") == 0);
+                  "--heartbeat-ms 10 --silence-ms 200") == 0);
   Peer victim(rack.dir(), "cpu0");
   Peer member(rack.dir(), "cpu1");
   Peer contact(rack.dir(), "cpu1");  // in no group: the victim's emergency contact

@@ -15,6 +15,8 @@
 #ifndef DISAGG_INTERNAL_HEARTBEAT_H_
 #define DISAGG_INTERNAL_HEARTBEAT_H_
 
+#include <time.h>
+
 #include <algorithm>
 #include <cstdint>
 
@@ -23,6 +25,14 @@
 #include "absl/time/time.h"
 
 namespace disagg {
+
+// The clock liveness is judged by: monotonic (a wall clock stepped back would delay detection,
+// one stepped forward would fail peers), as the event loop's timers are.
+inline absl::Time LivenessNow() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return absl::TimeFromTimespec(ts);
+}
 
 struct HeartbeatOptions {
   absl::Duration period = absl::Milliseconds(50);  // a ping every period
@@ -72,9 +82,11 @@ class Heartbeat {
     state_ = State::kHealthy;
   }
 
-  // The watcher was away for `away` (it did not run): not held against the peer.
-  void Excuse(absl::Duration away) {
-    if (away > absl::ZeroDuration()) last_heard_ += away;
+  // The watcher was away for `away` until `now` (it did not run): not held against the peer
+  // (but no peer is taken to have been heard after `now`: one that joined meanwhile).
+  void Excuse(absl::Duration away, absl::Time now) {
+    if (away > absl::ZeroDuration())
+      last_heard_ = std::max(last_heard_, std::min(last_heard_ + away, now));
   }
 
   // The state at `now`: failed (for good) once silent for longer than the limit, suspect once

@@ -61,16 +61,23 @@ TEST_CASE("Time the watcher was away is not held against the peer") {
   Heartbeat beat(Options(), kStart);
   REQUIRE(beat.Ping());
   // The watcher was descheduled for 500 ms and finds the answer waiting: excused, not failed.
-  beat.Excuse(absl::Milliseconds(500));
+  beat.Excuse(absl::Milliseconds(500), At(550));
   REQUIRE(beat.Check(At(550)) == State::kHealthy);
   REQUIRE(beat.deadline() == At(700));
   beat.Answered(At(551));
   REQUIRE(beat.Check(At(600)) == State::kHealthy);
   // Without an answer, silence after the excused time still fails it at the limit.
   REQUIRE(beat.Ping());
-  beat.Excuse(absl::ZeroDuration());
+  beat.Excuse(absl::ZeroDuration(), At(600));
   REQUIRE(beat.Check(At(751)) == State::kSuspect);
   REQUIRE(beat.Check(At(752)) == State::kFailed);
+}
+
+TEST_CASE("An excuse never makes a peer heard later than now: one that joined meanwhile") {
+  Heartbeat beat(Options(), At(500));  // joined while the watcher was away since 0
+  beat.Excuse(absl::Milliseconds(500), At(510));
+  REQUIRE(beat.deadline() == At(710));  // from 510 at most, not 1000
+  REQUIRE(beat.Check(At(711)) == State::kFailed);
 }
 
 TEST_CASE("The heartbeat flags are checked: a limit of less than two periods is refused") {

@@ -1,15 +1,18 @@
 // LivenessTimer: the timer a watcher of heartbeats (internal/heartbeat.h) runs on its event
-// loop. It calls `beat(ping = true, away)` every `period`, the round in which the watcher
-// pings its peers and checks them, and `beat(ping = false, away)` once at a time asked for by
+// loop. It calls `beat(ping = true, ...)` every `period`, the round in which the watcher
+// pings its peers and checks them, and `beat(ping = false, ...)` once at a time asked for by
 // WakeAt when that comes before the next round: a peer's deadline, so that a hang is seen at
 // its limit and not at the round after it. Between rounds an idle watcher sleeps.
 //
-// `away` is how long the watcher did not run beyond its plan: the time since its previous
-// call, less the period and a grace of half a period (zero when it ran on time). A watcher
-// that was descheduled, stopped or starved excuses its peers that much (Heartbeat::Excuse):
-// their answers may be waiting, unread, in its rings.
+// `away` is how late the call came, past the time it was due (beyond a grace of kGrace):
+// time the watcher did not run, because it was descheduled, stopped or starved. The watcher
+// excuses its peers that much (Heartbeat::Excuse). A late call does not `judge`: the answers
+// of the peers may be waiting, unread, in the watcher's rings (timers are served before the
+// rings in a turn of the loop), so the timer calls again a moment later, after the rings
+// were read, and that call judges (declares peers suspect or failed).
 //
-// Single-threaded, on the loop's thread; the loop must outlive it.
+// Times are LivenessNow()'s (monotonic). Single-threaded, on the loop's thread; the loop must
+// outlive it.
 #ifndef DISAGG_IPC_LIVENESS_TIMER_H_
 #define DISAGG_IPC_LIVENESS_TIMER_H_
 
@@ -22,7 +25,9 @@ namespace disagg::ipc {
 
 class LivenessTimer {
  public:
-  using Beat = std::function<void(bool ping, absl::Duration away)>;
+  using Beat = std::function<void(bool ping, absl::Duration away, bool judge)>;
+  // Lateness up to this is not counted as time away.
+  static constexpr absl::Duration kGrace = absl::Milliseconds(5);
 
   LivenessTimer(EventLoop& loop, absl::Duration period, Beat beat);
   ~LivenessTimer() { Stop(); }
@@ -39,7 +44,8 @@ class LivenessTimer {
   void WakeAt(absl::Time at);
 
  private:
-  void Call(bool ping);
+  // A call that was due at `due`.
+  void Call(bool ping, absl::Time due);
 
   EventLoop& loop_;
   const absl::Duration period_;
@@ -49,6 +55,7 @@ class LivenessTimer {
   absl::Time next_round_ = absl::InfiniteFuture();
   absl::Time wake_at_ = absl::InfiniteFuture();
   absl::Time last_call_ = absl::InfinitePast();
+  absl::Time last_late_ = absl::InfinitePast();  // the last call that came late
 };
 
 }  // namespace disagg::ipc

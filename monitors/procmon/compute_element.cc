@@ -35,17 +35,18 @@ ComputeElement::ComputeElement(ipc::EventLoop& loop, ElementOptions options, Hea
                 return std::move(options);
               }()),
       watch_(watch),
-      timer_(loop, watch.period, [this](bool ping, absl::Duration away) { Beat(ping, away); }),
+      timer_(loop, watch.period,
+             [this](bool ping, absl::Duration away, bool judge) { Beat(ping, away, judge); }),
       quotas_(this->options().capacity_bytes / kPageBytes),
       lives_(loop, this->options().name),
       launcher_(loop, this->options().name, ProgramEnvironment(this->options())) {}
 
 ComputeElement::~ComputeElement() = default;
 
-void ComputeElement::Beat(bool ping, absl::Duration away) {
+void ComputeElement::Beat(bool ping, absl::Duration away, bool judge) {
   ipc::SmallMessage message;
   message.Init(0).initPing();
-  const absl::Time now = absl::Now();
+  const absl::Time now = LivenessNow();
   absl::Time first_deadline = absl::InfiniteFuture();
   // A Send that fails closes the link at once, which erases its process: look each up anew.
   std::vector<uint64_t> links;
@@ -55,8 +56,8 @@ void ComputeElement::Beat(bool ping, absl::Duration away) {
     if (it == processes_.end()) continue;
     Process& p = it->second;
     if (!p.attached || p.failed || p.left) continue;
-    p.beat.Excuse(away);
-    if (p.beat.Check(now) == Heartbeat::State::kFailed) {
+    p.beat.Excuse(away, now);
+    if (judge && p.beat.Check(now) == Heartbeat::State::kFailed) {
       p.failed = true;
       const std::string reason = absl::StrCat(
           "it did not answer heartbeats for ",
@@ -170,7 +171,7 @@ absl::Status ComputeElement::HandleOther(ipc::Link& link, proto::Message::Reader
     case proto::Message::PONG: {
       auto it = processes_.find(link.id());
       if (it != processes_.end() && !it->second.failed) {
-        it->second.beat.Answered(absl::Now());
+        it->second.beat.Answered(LivenessNow());
       }
       return absl::OkStatus();
     }
@@ -216,7 +217,7 @@ absl::Status ComputeElement::HandleAttach(ipc::Link& link, uint64_t seq,
   }
   Process& p = processes_[link.id()];
   quotas_.Add(link.id());
-  p.beat = Heartbeat(watch_, absl::Now());
+  p.beat = Heartbeat(watch_, LivenessNow());
   timer_.Start();
   p.link = &link;
   p.process_id = attach.getProcessId();

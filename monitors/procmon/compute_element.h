@@ -44,7 +44,7 @@ class ComputeElement : public Element {
     uint64_t cached_bytes = 0;  // as it last reported
     bool attached = false;      // its Attach was answered (with its first quota)
     bool left = false;          // it said it leaves the rack: its hang-up is no failure
-    bool failed = false;        // declared failed (missed heartbeats): no longer watched
+    bool failed = false;        // declared failed (silent, or died): no longer watched
     Heartbeat beat;
     std::vector<uint32_t> contacts;  // its emergency contacts (SetEmergencyContacts)
   };
@@ -56,8 +56,8 @@ class ComputeElement : public Element {
   void Rebalance();
   void SendQuota(Process& p, uint64_t pages, uint64_t seq);
   // A round of heartbeats (`ping`) or a check at a deadline; declares the processes that
-  // stopped answering failed. `away`: see ipc::LivenessTimer.
-  void Beat(bool ping, absl::Duration away);
+  // stopped answering failed. `away` and `judge`: see ipc::LivenessTimer.
+  void Beat(bool ping, absl::Duration away, bool judge);
   // Tells the rack monitor that `p` is gone or failed (and, if it failed, its emergency
   // contacts).
   void ReportDown(const Process& p, const std::string& reason, bool clean);
