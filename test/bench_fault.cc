@@ -296,7 +296,7 @@ int main() {
   const size_t cold_pages = std::min<size_t>(budget / 2 / kPage, 8192);
   std::printf(
       "cold 4 KiB faults, %zu pages a run; floor: a raw userfaultfd fault whose handler "
-      "thread spins and copies a local page\n",
+      "thread copies a local page\n",
       cold_pages);
   const ColdFigures quiet = MeasureCold(**rack, cold_pages, budget);
   PrintCold("quiet machine", quiet);
