@@ -222,25 +222,13 @@ void RackMonitor::Beat(bool ping, absl::Duration away, bool judge) {
   absl::Time first_deadline = absl::InfiniteFuture();
   for (auto& [name, w] : elements_) {
     if (w.health == proto::Health::FAILED || w.link == nullptr) continue;
-    w.beat.Excuse(away, now);
-    switch (judge ? w.beat.Check(now) : Heartbeat::State::kHealthy) {
-      case Heartbeat::State::kFailed:
-        SetHealth(w, proto::Health::FAILED,
-                  absl::StrCat(
-                      "no answer to heartbeats for ",
-                      absl::FormatDuration(absl::Trunc(w.beat.silence(now), absl::Milliseconds(1))),
-                      " (the limit is ", absl::FormatDuration(w.beat.limit()), ")"));
-        continue;
-      case Heartbeat::State::kSuspect:
-        if (w.health == proto::Health::HEALTHY) {
-          SetHealth(w, proto::Health::SUSPECT,
-                    absl::StrCat("no answer to heartbeats for ",
-                                 absl::FormatDuration(
-                                     absl::Trunc(w.beat.silence(now), absl::Milliseconds(1)))));
-        }
-        break;
-      case Heartbeat::State::kHealthy:
-        break;
+    const Heartbeat::State state = w.beat.Turn(now, away, judge);
+    if (state == Heartbeat::State::kFailed) {
+      SetHealth(w, proto::Health::FAILED, w.beat.Why(now));
+      continue;
+    }
+    if (state == Heartbeat::State::kSuspect && w.health == proto::Health::HEALTHY) {
+      SetHealth(w, proto::Health::SUSPECT, w.beat.Why(now));
     }
     first_deadline = std::min(first_deadline, w.beat.deadline());
     // One ping in flight at a time: a stalled ring stays short. A full or corrupt ring cuts

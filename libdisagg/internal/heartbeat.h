@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -102,13 +103,26 @@ class Heartbeat {
     return state_;
   }
 
+  // One call of the watcher's timer (ipc::LivenessTimer) for this peer: excuses `away` and,
+  // if `judge`, checks. The state after it.
+  State Turn(absl::Time now, absl::Duration away, bool judge) {
+    Excuse(away, now);
+    return judge ? Check(now) : state_;
+  }
+
+  // Why the peer is suspect or failed at `now`, for logs and reasons.
+  std::string Why(absl::Time now) const {
+    return absl::StrCat("no answer to heartbeats for ",
+                        absl::FormatDuration(absl::Trunc(silence(now), absl::Milliseconds(1))),
+                        " (the limit is ", absl::FormatDuration(limit_), ")");
+  }
+
   State state() const { return state_; }
   bool outstanding() const { return outstanding_; }
   // How long the peer has been silent at `now` (excused time not counted).
   absl::Duration silence(absl::Time now) const { return now - last_heard_; }
   // When the peer fails if nothing is heard from it before (the first Check after it).
   absl::Time deadline() const { return last_heard_ + limit_; }
-  absl::Duration limit() const { return limit_; }
 
  private:
   absl::Duration limit_ = absl::Milliseconds(200);

@@ -22,6 +22,7 @@ TEST_CASE("One ping is in flight at a time; silence makes a peer suspect, then f
   REQUIRE(beat.deadline() == At(200));
   REQUIRE(beat.Check(At(201)) == State::kFailed);  // past the limit
   REQUIRE(beat.silence(At(201)) == absl::Milliseconds(201));
+  REQUIRE(beat.Why(At(201)) == "no answer to heartbeats for 201ms (the limit is 200ms)");
   // For good: no more pings, and a late answer changes nothing.
   REQUIRE_FALSE(beat.Ping());
   beat.Answered(At(202));
@@ -69,6 +70,8 @@ TEST_CASE("Time the watcher was away is not held against the peer") {
   // Without an answer, silence after the excused time still fails it at the limit.
   REQUIRE(beat.Ping());
   beat.Excuse(absl::ZeroDuration(), At(600));
+  // A turn that does not judge leaves the state as it was, however long the silence.
+  REQUIRE(beat.Turn(At(900), absl::ZeroDuration(), /*judge=*/false) == State::kHealthy);
   REQUIRE(beat.Check(At(751)) == State::kSuspect);
   REQUIRE(beat.Check(At(752)) == State::kFailed);
 }

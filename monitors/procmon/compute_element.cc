@@ -56,13 +56,9 @@ void ComputeElement::Beat(bool ping, absl::Duration away, bool judge) {
     if (it == processes_.end()) continue;
     Process& p = it->second;
     if (!p.attached || p.failed || p.left) continue;
-    p.beat.Excuse(away, now);
-    if (judge && p.beat.Check(now) == Heartbeat::State::kFailed) {
+    if (p.beat.Turn(now, away, judge) == Heartbeat::State::kFailed) {
       p.failed = true;
-      const std::string reason = absl::StrCat(
-          "it did not answer heartbeats for ",
-          absl::FormatDuration(absl::Trunc(p.beat.silence(now), absl::Milliseconds(1))),
-          " (the limit is ", absl::FormatDuration(watch_.limit), ") on ", options().name);
+      const std::string reason = absl::StrCat(p.beat.Why(now), " on ", options().name);
       ReportDown(p, reason, /*clean=*/false);
       LOG(WARNING) << options().name << ": " << p.link->label() << " failed: " << reason;
       continue;
