@@ -12,10 +12,12 @@
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "disagg/disagg.h"
+#include "disagg/redo_log.h"
 #include "rack_harness.h"
 
 namespace disagg::testing {
@@ -513,6 +515,78 @@ TEST_CASE("Unmap drops cached pages without writing them back") {
   REQUIRE(r.app->Unmap(region->data()).ok());
   REQUIRE(r.app->cache_stats().writebacks == before);
   REQUIRE(r.app->cache_stats().cached_bytes == 0);
+}
+
+TEST_CASE(
+    "A redo log commits atomically and refuses bad areas and writes and damaged logs clearly") {
+  JoinedRack r;
+  absl::StatusOr<Region> region = r.app->Map(64 * kPage);
+  REQUIRE(region.ok());
+  char* base = region->as<char>();
+  char* area = base;
+  const size_t area_bytes = 4 * kPage;
+  uint64_t* data = reinterpret_cast<uint64_t*>(base + area_bytes);
+
+  // Bad areas.
+  REQUIRE(RedoLog::Format(*r.app, base + 8, area_bytes).status().code() ==
+          absl::StatusCode::kInvalidArgument);
+  REQUIRE(RedoLog::Format(*r.app, base, kPage).status().code() ==
+          absl::StatusCode::kInvalidArgument);
+  void* unmapped = reinterpret_cast<void*>(r.app->window_base() + r.app->window_bytes() / 2);
+  REQUIRE(RedoLog::Format(*r.app, unmapped, area_bytes).status().code() ==
+          absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<RedoLog> none = RedoLog::Recover(*r.app, area);  // zero-filled: no log
+  REQUIRE(none.status().code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE(std::string(none.status().message()).find("no redo log") != std::string::npos);
+
+  absl::StatusOr<RedoLog> log = RedoLog::Format(*r.app, area, area_bytes);
+  INFO(log.status());
+  REQUIRE(log.ok());
+  REQUIRE(log->capacity_bytes() == area_bytes - RedoLog::kHeaderBytes);
+
+  // Writes are staged: nothing changes until Commit.
+  REQUIRE(log->Set(&data[0], uint64_t{7}).ok());
+  REQUIRE(log->Set(&data[600], uint64_t{8}).ok());  // another page
+  REQUIRE(data[0] == 0);
+  REQUIRE(log->Commit().ok());
+  REQUIRE(data[0] == 7);
+  REQUIRE(data[600] == 8);
+  REQUIRE(log->committed() == 1);
+
+  // Bad writes are refused and stage nothing.
+  const uint64_t one = 1;
+  REQUIRE(log->Write(&data[1], &one, 0).code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE(log->Write(area + kPage, &one, sizeof(one)).code() == absl::StatusCode::kInvalidArgument);
+  std::vector<char> big(area_bytes);
+  REQUIRE(log->Write(&data[1], big.data(), big.size()).code() ==
+          absl::StatusCode::kResourceExhausted);
+  REQUIRE(log->staged_bytes() == 0);
+
+  // A target this process does not own: refused before anything commits.
+  REQUIRE(log->Set(&data[0], uint64_t{9}).ok());
+  REQUIRE(log->Set(static_cast<uint64_t*>(unmapped), uint64_t{9}).ok());
+  REQUIRE(log->Commit().code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE(log->committed() == 1);
+  REQUIRE(data[0] == 7);
+  log->Abort();
+  REQUIRE(log->staged_bytes() == 0);
+  REQUIRE(log->Commit().ok());  // nothing staged: nothing to do
+  REQUIRE(log->committed() == 1);
+
+  // Recovering a log that needs nothing changes nothing.
+  RecoveryReport report;
+  absl::StatusOr<RedoLog> again = RedoLog::Recover(*r.app, area, &report);
+  REQUIRE(again.ok());
+  REQUIRE(report.committed == 1);
+  REQUIRE_FALSE(report.redone);
+  REQUIRE(data[0] == 7);
+
+  // A damaged header is refused, not trusted.
+  reinterpret_cast<uint64_t*>(area)[3] ^= 1;  // the committed count
+  absl::StatusOr<RedoLog> damaged = RedoLog::Recover(*r.app, area);
+  REQUIRE(damaged.status().code() == absl::StatusCode::kDataLoss);
+  reinterpret_cast<uint64_t*>(area)[3] ^= 1;
+  REQUIRE(RedoLog::Recover(*r.app, area).ok());
 }
 
 }  // namespace

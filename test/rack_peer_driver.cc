@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <thread>
+#include <vector>
 
 namespace disagg::testing {
 
@@ -21,14 +22,22 @@ std::string HexAddr(uint64_t addr) {
   return buf;
 }
 
-Peer::Peer(const std::string& rack_dir, const std::string& element,
-           const std::string& stderr_path) {
+Peer::Peer(const std::string& rack_dir, const std::string& element, const std::string& stderr_path)
+    : Peer(rack_dir, element, stderr_path, "rack_peer", {}) {}
+
+Peer::Peer(const std::string& rack_dir, const std::string& element, const std::string& stderr_path,
+           const std::string& program, const std::vector<std::string>& args) {
   signal(SIGPIPE, SIG_IGN);  // a peer that died must fail the test, not kill it
   int in[2], out[2];
   if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) {
     error_ = "pipe failed";
     return;
   }
+  // Built before fork: the child only execs.
+  const std::string path = std::string(DISAGG_BIN_DIR) + "/" + program;
+  std::vector<char*> argv{const_cast<char*>(program.c_str())};
+  for (const std::string& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
+  argv.push_back(nullptr);
   pid_ = fork();
   if (pid_ == 0) {
     dup2(in[0], 0);
@@ -39,8 +48,7 @@ Peer::Peer(const std::string& rack_dir, const std::string& element,
     }
     setenv("DISAGG_RACK", rack_dir.c_str(), 1);
     setenv("DISAGG_ELEMENT", element.c_str(), 1);
-    const std::string program = std::string(DISAGG_BIN_DIR) + "/rack_peer";
-    execl(program.c_str(), "rack_peer", static_cast<char*>(nullptr));
+    execv(path.c_str(), argv.data());
     _exit(127);
   }
   close(in[0]);
@@ -49,7 +57,7 @@ Peer::Peer(const std::string& rack_dir, const std::string& element,
   from_ = out[0];
   const std::string ready = ReadLine(20000);
   if (ready.rfind("ready ", 0) != 0) {
-    error_ = "rack_peer did not join: " + ready;
+    error_ = program + " did not join: " + ready;
     return;
   }
   id_ = static_cast<uint32_t>(std::strtoul(ready.c_str() + 6, nullptr, 10));
@@ -102,6 +110,13 @@ void Peer::Send(const std::string& command) {
 std::string Peer::Ask(const std::string& command) {
   Send(command);
   return ReadLine(20000);
+}
+
+void Peer::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
+  pid_ = -1;
 }
 
 int Peer::End(const std::string& command) {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace disagg::testing {
 
@@ -18,6 +19,10 @@ class Peer {
   // says why) if it could not.
   Peer(const std::string& rack_dir, const std::string& element,
        const std::string& stderr_path = "");
+  // Starts `program` (a name in the build's bin directory) with `args` instead: any program
+  // that prints "ready ID" once it joined.
+  Peer(const std::string& rack_dir, const std::string& element, const std::string& stderr_path,
+       const std::string& program, const std::vector<std::string>& args);
   ~Peer();
   Peer(const Peer&) = delete;
   Peer& operator=(const Peer&) = delete;
@@ -35,6 +40,8 @@ class Peer {
   std::string Answer() { return ReadLine(20000); }
   // Sends a command that ends the peer (crash, quit) and reaps it; returns its wait status.
   int End(const std::string& command);
+  // SIGKILLs the peer and reaps it; its output so far can still be read (Answer).
+  void Kill();
 
  private:
   std::string ReadLine(int timeout_ms);
