@@ -9,7 +9,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -262,6 +264,130 @@ TEST_CASE("Processes on one compute element share its cache budget") {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   REQUIRE((*app)->cache_stats().quota_bytes == kBudget);
+}
+
+// The value of "key" in the JSON line `json` ("" if absent).
+std::string JsonValue(const std::string& json, const std::string& key) {
+  const size_t at = json.find("\"" + key + "\":");
+  if (at == std::string::npos) return "";
+  const size_t begin = at + key.size() + 3;
+  return json.substr(begin, json.find_first_of(",}", begin) - begin);
+}
+
+std::string LastLine(const std::string& out) {
+  const size_t end = out.find_last_not_of('\n');
+  if (end == std::string::npos) return "";
+  const size_t begin = out.rfind('\n', end);
+  return out.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin + 1));
+}
+
+TEST_CASE("mapreduce: both shuffles agree with the plain count and a straggler's work is adopted") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 2 --memory 2 --pool-size 256M --cache-budget 32M") == 0);
+  std::string out;
+  // The straggler pauses 0.3 s after each of its 35 blocks: the others are done long before
+  // it could finish (10 s), and it has committed its first block before its first pause.
+  const int status =
+      RunCommand(RunOn(rack, "cpu0",
+                       Bin("mapreduce") + " --intermediate 48M --mappers 3 --reducers 2 --chunk 2M "
+                                          "--slow-us 300000"),
+                 &out);
+  INFO(out);
+  REQUIRE(status == 0);
+  const std::string json = LastLine(out);
+  REQUIRE(JsonValue(json, "counts_match") == "true");
+  REQUIRE(std::stoull(JsonValue(json, "intermediate_bytes")) > (40ull << 20));
+  REQUIRE(std::stod(JsonValue(json, "grant_shuffle_s")) > 0);
+  REQUIRE(std::stod(JsonValue(json, "copy_shuffle_s")) > 0);
+  REQUIRE(JsonValue(json, "straggler_adopted") == "true");
+  const uint64_t done = std::stoull(JsonValue(json, "straggler_blocks_done"));
+  const uint64_t blocks = std::stoull(JsonValue(json, "straggler_blocks"));
+  REQUIRE(done >= 1);
+  REQUIRE(done < blocks);
+  REQUIRE(std::stoull(JsonValue(json, "straggler_adopted_bytes")) > 0);
+  // The fresh mapper resumed where the log said, and the straggler learned it was replaced.
+  REQUIRE(out.find("resumed at block " + std::to_string(done) + " of " + std::to_string(blocks)) !=
+          std::string::npos);
+  // It ends by itself: at its next touch of its stolen output (a fault: "revoked"), or with
+  // the error of a Flush or Map under way when its memory was taken.
+  REQUIRE(out.find("straggler: process " + JsonValue(json, "straggler_process") + " ended\n") !=
+          std::string::npos);
+}
+
+TEST_CASE("scripts/mapreduce counts a given file right across its block boundaries") {
+  // Words of 1 to 20 letters, some of 300 (counted as their first 255 bytes), separated by
+  // runs of every kind of white space; a word straddles each 1 MiB block boundary.
+  char path[] = "/tmp/disagg-mapreduce-input-XXXXXX";
+  const int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  std::string text;
+  uint64_t state = 42;
+  auto next = [&] {
+    return (state = state * 6364136223846793005ull + 1442695040888963407ull) >> 33;
+  };
+  const char* spaces = " \t\n\r\f\v";
+  while (text.size() < (5u << 19)) {  // 2.5 MiB
+    for (const size_t boundary : {size_t{1} << 20, size_t{2} << 20}) {
+      if (text.size() < boundary && text.size() + 40 > boundary) {
+        text.append(std::max<size_t>(text.size() + 5, boundary) - 5 - text.size(), ' ');
+        text += " straddlestheboundary ";  // from 4 bytes before the boundary to 16 after
+      }
+    }
+    const uint64_t kind = next() % 100;
+    const size_t len = kind == 0 ? 300 : 1 + next() % 20;
+    const char first = static_cast<char>('a' + next() % 4);
+    text.append(len, first);
+    text += std::to_string(next() % 50);  // 4 x 20 x 50 spellings, 4 long ones
+    for (uint64_t n = 1 + next() % 3; n > 0; --n) text += spaces[next() % 6];
+  }
+  REQUIRE(write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
+  close(fd);
+  // The expected count, by a tokenizer of its own over the whole file.
+  std::map<std::string, uint64_t> expected;
+  uint64_t words = 0;
+  for (size_t i = 0; i < text.size();) {
+    if (std::strchr(spaces, text[i]) != nullptr) {
+      ++i;
+      continue;
+    }
+    const size_t start = i;
+    while (i < text.size() && std::strchr(spaces, text[i]) == nullptr) ++i;
+    ++expected[text.substr(start, std::min<size_t>(i - start, 255))];
+    ++words;
+  }
+  REQUIRE(expected.count("straddlestheboundary") == 1);
+  std::string out;
+  const int status = RunCommand(std::string("DISAGG_BIN=") + DISAGG_DAEMON_BIN_DIR + " " +
+                                    DISAGG_SOURCE_DIR + "/scripts/mapreduce --intermediate 16M " +
+                                    "--mappers 2 --reducers 3 --no-straggler --input " + path,
+                                &out);
+  unlink(path);
+  INFO(out);
+  REQUIRE(status == 0);
+  const std::string json = LastLine(out);
+  REQUIRE(JsonValue(json, "counts_match") == "true");
+  REQUIRE(JsonValue(json, "words") == std::to_string(words));
+  REQUIRE(JsonValue(json, "distinct_words") == std::to_string(expected.size()));
+  REQUIRE(JsonValue(json, "straggler_adopted") == "false");
+}
+
+TEST_CASE("mapreduce refuses bad flags and a missing input with a clear message") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 64M") == 0);
+  std::string out;
+  REQUIRE(RunCommand(RunOn(rack, "cpu0", Bin("mapreduce") + " --intermediate lots"), &out) == 2);
+  REQUIRE(out.find("bad flag or value: --intermediate lots") != std::string::npos);
+  REQUIRE(RunCommand(RunOn(rack, "cpu0", Bin("mapreduce") + " --chunk 1M"), &out) == 2);
+  REQUIRE(out.find("--chunk at least 2M") != std::string::npos);
+  REQUIRE(RunCommand(RunOn(rack, "cpu0", Bin("mapreduce") + " --mappers 1"), &out) == 2);
+  REQUIRE(out.find("a straggler needs at least 2 mappers") != std::string::npos);
+  REQUIRE(RunCommand(RunOn(rack, "cpu0", Bin("mapreduce") + " --input /nonexistent/corpus"),
+                     &out) == 1);
+  REQUIRE(out.find("cannot read /nonexistent/corpus: No such file or directory") !=
+          std::string::npos);
+  REQUIRE(RunCommand(std::string(DISAGG_SOURCE_DIR) + "/scripts/mapreduce --intermediate 0",
+                     &out) == 2);
+  REQUIRE(out.find("--intermediate '0' is not a size") != std::string::npos);
 }
 
 }  // namespace
