@@ -148,7 +148,7 @@ struct Run {
   bool Expect(WorkerProc& w, const std::string& want, std::string* answer) {
     *answer = w.Read();
     if (answer->rfind(want + " ", 0) == 0) return true;
-    return Fail(absl::StrCat("process ", w.id(), " on ", w.element(), ": ",
+    return Fail(absl::StrCat("worker process ", w.id(), " on ", w.element(), ": ",
                              answer->empty() ? "it ended" : *answer));
   }
   static uint64_t Number(const std::string& answer, int index) {
@@ -279,7 +279,8 @@ bool Run::Reduce(Counts* counts) {
         continue;
       }
       if (line.rfind("counted ", 0) != 0)
-        return Fail("a reducer: " + (line.empty() ? "it ended" : line));
+        return Fail(absl::StrCat("reducer process ", r->id(), " on ", r->element(), ": ",
+                                 line.empty() ? "it ended" : line));
       break;
     }
   }
