@@ -328,7 +328,8 @@ TEST_CASE("scripts/mapreduce counts a given file right across its block boundari
   const char* spaces = " \t\n\r\f\v";
   while (text.size() < (5u << 19)) {  // 2.5 MiB
     for (const size_t boundary : {size_t{1} << 20, size_t{2} << 20}) {
-      if (text.size() < boundary && text.size() + 40 > boundary) {
+      // A step adds at most 305 bytes: the first time this holds, the word fits before.
+      if (text.size() < boundary && text.size() + 340 > boundary) {
         text.append(std::max<size_t>(text.size() + 5, boundary) - 5 - text.size(), ' ');
         text += " straddlestheboundary ";  // from 4 bytes before the boundary to 16 after
       }
@@ -339,6 +340,9 @@ TEST_CASE("scripts/mapreduce counts a given file right across its block boundari
     text.append(len, first);
     text += std::to_string(next() % 50);  // 4 x 20 x 50 spellings, 4 long ones
     for (uint64_t n = 1 + next() % 3; n > 0; --n) text += spaces[next() % 6];
+  }
+  for (const size_t boundary : {size_t{1} << 20, size_t{2} << 20}) {
+    REQUIRE(text.compare(boundary - 4, 21, "straddlestheboundary ") == 0);
   }
   REQUIRE(write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
   close(fd);
@@ -355,7 +359,7 @@ TEST_CASE("scripts/mapreduce counts a given file right across its block boundari
     ++expected[text.substr(start, std::min<size_t>(i - start, 255))];
     ++words;
   }
-  REQUIRE(expected.count("straddlestheboundary") == 1);
+  REQUIRE(expected["straddlestheboundary"] == 2);
   std::string out;
   const int status = RunCommand(std::string("DISAGG_BIN=") + DISAGG_DAEMON_BIN_DIR + " " +
                                     DISAGG_SOURCE_DIR + "/scripts/mapreduce --intermediate 16M " +

@@ -535,7 +535,7 @@ TEST_CASE(
   void* unmapped = reinterpret_cast<void*>(r.app->window_base() + r.app->window_bytes() / 2);
   REQUIRE(RedoLog::Format(*r.app, unmapped, area_bytes).status().code() ==
           absl::StatusCode::kInvalidArgument);
-  absl::StatusOr<RedoLog> none = RedoLog::Recover(*r.app, area);  // zero-filled: no log
+  absl::StatusOr<RedoLog> none = RedoLog::Recover(*r.app, area, area_bytes);  // zero-filled: no log
   REQUIRE(none.status().code() == absl::StatusCode::kInvalidArgument);
   REQUIRE(std::string(none.status().message()).find("no redo log") != std::string::npos);
 
@@ -568,6 +568,7 @@ TEST_CASE(
   REQUIRE(log->Commit().code() == absl::StatusCode::kInvalidArgument);
   REQUIRE(log->committed() == 1);
   REQUIRE(data[0] == 7);
+  REQUIRE(log->staged_bytes() > 0);  // the writes stay staged
   log->Abort();
   REQUIRE(log->staged_bytes() == 0);
   REQUIRE(log->Commit().ok());  // nothing staged: nothing to do
@@ -575,18 +576,40 @@ TEST_CASE(
 
   // Recovering a log that needs nothing changes nothing.
   RecoveryReport report;
-  absl::StatusOr<RedoLog> again = RedoLog::Recover(*r.app, area, &report);
+  absl::StatusOr<RedoLog> again = RedoLog::Recover(*r.app, area, area_bytes, &report);
   REQUIRE(again.ok());
   REQUIRE(report.committed == 1);
   REQUIRE_FALSE(report.redone);
   REQUIRE(data[0] == 7);
 
-  // A damaged header is refused, not trusted.
-  reinterpret_cast<uint64_t*>(area)[3] ^= 1;  // the committed count
-  absl::StatusOr<RedoLog> damaged = RedoLog::Recover(*r.app, area);
+  // Another size than the one formatted: refused, so no write can land past the area.
+  absl::StatusOr<RedoLog> resized = RedoLog::Recover(*r.app, area, area_bytes + kPage);
+  REQUIRE(resized.status().code() == absl::StatusCode::kDataLoss);
+  REQUIRE(std::string(resized.status().message()).find("formatted for an area of") !=
+          std::string::npos);
+
+  // A header slot damaged (as by a write torn mid-copy): the other slot, written just before
+  // it, still recovers the log; the page is put back as it was after each.
+  uint64_t* slot0 = reinterpret_cast<uint64_t*>(area);
+  uint64_t* slot1 = reinterpret_cast<uint64_t*>(area + 128);
+  std::vector<char> header(area, area + kPage);
+  for (uint64_t* slot : {slot0, slot1}) {
+    std::memcpy(area, header.data(), kPage);
+    slot[4] += 0x1000;  // the committed count
+    absl::StatusOr<RedoLog> fallback = RedoLog::Recover(*r.app, area, area_bytes);
+    INFO(fallback.status());
+    REQUIRE(fallback.ok());
+    REQUIRE(fallback->committed() == 1);
+    REQUIRE(data[0] == 7);
+    REQUIRE(data[600] == 8);
+  }
+  // Both damaged: refused, not trusted.
+  std::memcpy(area, header.data(), kPage);
+  slot0[4] += 0x1000;
+  slot1[4] += 0x1000;
+  absl::StatusOr<RedoLog> damaged = RedoLog::Recover(*r.app, area, area_bytes);
   REQUIRE(damaged.status().code() == absl::StatusCode::kDataLoss);
-  reinterpret_cast<uint64_t*>(area)[3] ^= 1;
-  REQUIRE(RedoLog::Recover(*r.app, area).ok());
+  REQUIRE(std::string(damaged.status().message()).find("does not check out") != std::string::npos);
 }
 
 }  // namespace

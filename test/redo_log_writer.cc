@@ -7,7 +7,10 @@
 //   redo_log_writer --adopt FROM ADDR   steals the state at ADDR from process FROM (dead or
 //                                       alive), checks it as the memory elements hold it,
 //                                       recovers the log and checks it again
-//   ... --check-only                    ends after the checks
+//   ... --check-only                    ends after the checks, without leaving the rack (its
+//                                       memory is held for the next adopter)
+//   ... --damage-record                 flips a byte of the log's record first (Recover must
+//                                       refuse the log if it needs the record)
 //
 // Output, one line each: "ready ID" once joined; with --adopt, "adopted SEQ raw=whole|mixed
 // redone=0|1 ok" or "adopted ... bad WHAT"; then "state ADDR"; then "committed SEQ" after
@@ -58,9 +61,10 @@ void Line(const std::string& line) {
   (void)!write(1, out.data(), out.size());
 }
 
+// Ends without leaving the rack (the memory stays held for adoption), saying why.
 int Fail(const std::string& what, const absl::Status& s) {
   Line("error " + what + ": " + std::string(s.message()));
-  return 1;
+  _exit(1);
 }
 
 }  // namespace
@@ -69,6 +73,7 @@ int main(int argc, char** argv) {
   uint32_t from = 0;
   uintptr_t addr = 0;
   bool check_only = false;
+  bool damage_record = false;  // flip a byte of the log's record before recovering
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--adopt") == 0 && i + 2 < argc) {
       from = static_cast<uint32_t>(std::strtoul(argv[i + 1], nullptr, 10));
@@ -76,6 +81,8 @@ int main(int argc, char** argv) {
       i += 2;
     } else if (std::strcmp(argv[i], "--check-only") == 0) {
       check_only = true;
+    } else if (std::strcmp(argv[i], "--damage-record") == 0) {
+      damage_record = true;
     } else {
       Line(std::string("error unknown argument ") + argv[i]);
       return 2;
@@ -101,8 +108,9 @@ int main(int argc, char** argv) {
     state = stolen->as<char>();
     const Data& raw = *reinterpret_cast<const Data*>(state + kLogBytes);
     const bool mixed = Wrong(raw) != 0;
+    if (damage_record) state[disagg::RedoLog::kHeaderBytes + 16] ^= 1;  // the first write's data
     disagg::RecoveryReport report;
-    log = disagg::RedoLog::Recover(rack, state, &report);
+    log = disagg::RedoLog::Recover(rack, state, kLogBytes, &report);
     if (!log.ok()) return Fail("recover", log.status());
     const Data& data = raw;
     std::string verdict = "ok";
@@ -115,7 +123,8 @@ int main(int argc, char** argv) {
     }
     Line("adopted " + std::to_string(data.seq) + (mixed ? " raw=mixed" : " raw=whole") +
          " redone=" + (report.redone ? "1 " : "0 ") + verdict);
-    if (check_only || verdict != "ok") return verdict == "ok" ? 0 : 1;
+    // Ends without leaving the rack, as in a crash: the memory stays held for the next adopter.
+    if (check_only || verdict != "ok") _exit(verdict == "ok" ? 0 : 1);
   }
   char hex[32];
   std::snprintf(hex, sizeof(hex), "0x%" PRIxPTR, reinterpret_cast<uintptr_t>(state));

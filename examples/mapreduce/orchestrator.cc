@@ -42,17 +42,29 @@ class WorkerProc {
   static std::unique_ptr<WorkerProc> Start(const Options& o, const std::string& element,
                                            std::string* error) {
     int in[2], out[2];
-    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) {
+    if (pipe2(in, O_CLOEXEC) != 0) {
       *error = "pipe failed";
       return nullptr;
     }
-    const std::string rack = std::getenv("DISAGG_RACK");
+    if (pipe2(out, O_CLOEXEC) != 0) {
+      close(in[0]);
+      close(in[1]);
+      *error = "pipe failed";
+      return nullptr;
+    }
+    const char* rack_dir = std::getenv("DISAGG_RACK");
+    const std::string rack = rack_dir != nullptr ? rack_dir : "";
     std::vector<std::string> args{o.rackctl, "--rack", rack,   "run",          "--on",
                                   element,   "--",     o.self, "--role=worker"};
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     const pid_t pid = fork();
+    if (pid < 0) {
+      for (int fd : {in[0], in[1], out[0], out[1]}) close(fd);
+      *error = "fork failed";
+      return nullptr;
+    }
     if (pid == 0) {
       dup2(in[0], 0);
       dup2(out[1], 1);
@@ -92,10 +104,10 @@ class WorkerProc {
     std::free(line);
     return out;
   }
-  // True if an answer is waiting.
-  bool Answered() {
+  // True if an answer (or the end) is waiting, or comes within `ms`.
+  bool Answered(int ms = 0) {
     struct pollfd p = {fileno(from_), POLLIN, 0};
-    return poll(&p, 1, 0) == 1;
+    return poll(&p, 1, ms) == 1;
   }
   // Waits up to `ms` for the worker's rackctl to end; then ends it. True if it ended alone.
   bool Reap(int ms) {
@@ -203,7 +215,8 @@ bool Run::AdoptStraggler(std::string* answer) {
     return Fail(absl::StrCat("steal the straggler's state: ", state.status().message()));
   const StateView view(state->data(), o.reducers);
   disagg::RecoveryReport report;
-  absl::StatusOr<disagg::RedoLog> log = disagg::RedoLog::Recover(rack, view.log(), &report);
+  absl::StatusOr<disagg::RedoLog> log =
+      disagg::RedoLog::Recover(rack, view.log(), StateView::LogBytes(o.reducers), &report);
   if (!log.ok()) return Fail(absl::StrCat("recover the straggler's log: ", log.status().message()));
   const StateHeader h = *view.header();
   if (h.magic != kStateMagic || h.partitions != o.reducers)
@@ -232,7 +245,7 @@ bool Run::AdoptStraggler(std::string* answer) {
   std::fflush(stdout);
   // The straggler finds its memory gone at its next touch and ends.
   // (or, in a Flush or a Map at that moment, fails and says so).
-  if (const std::string said = slow.Read(); !said.empty()) {
+  if (const std::string said = slow.Answered(10000) ? slow.Read() : ""; !said.empty()) {
     std::printf("mapreduce: straggler: process %u said: %s\n", slow.id(), said.c_str());
     slow.Send("quit");
   }
@@ -320,7 +333,9 @@ bool Run::GrantShuffle(double* seconds, Counts* counts) {
     for (uint32_t r = 0; r < o.reducers; ++r) {
       if (!Expect(*m, "chunks", &answer)) return false;
       const size_t list = answer.find(' ', 7);
-      if (list != std::string::npos) take[Number(answer, 1)] += answer.substr(list);
+      const uint64_t partition = Number(answer, 1);
+      if (partition >= o.reducers) return Fail("a mapper named partition " + answer);
+      if (list != std::string::npos) take[partition] += answer.substr(list);
     }
     if (!Expect(*m, "granted", &answer)) return false;
   }

@@ -185,7 +185,8 @@ std::string Worker::Resume(std::istream& in) {
   const StateView view(state_, partitions_);
   // The orchestrator recovered the log before reading the table; recovering again is
   // harmless, and this process must not trust what it did not check.
-  absl::StatusOr<disagg::RedoLog> log = disagg::RedoLog::Recover(rack_, view.log());
+  absl::StatusOr<disagg::RedoLog> log =
+      disagg::RedoLog::Recover(rack_, view.log(), StateView::LogBytes(partitions_));
   if (!log.ok()) return Err("recover the log", log.status());
   log_.emplace(std::move(*log));
   progress_ = *view.header();
@@ -338,10 +339,14 @@ std::string Worker::Send(std::istream& in) {
           ok = SendAll(fd, buffer.data(), n);
         }
       }
+      const int err = errno;
       if (fd >= 0) close(fd);
       if (!ok) {
+        char why[128];
         std::lock_guard<std::mutex> lock(mu);
-        failure = absl::StrCat("error send: to port ", ports[r], ": ", strerror(errno));
+        failure = absl::StrCat("error send: to port ", ports[r], ": ",
+                               fd < 0 ? strerror_r(err, why, sizeof(why)) : "the reducer hung up");
+        return;
       }
       sent += header[1];
     });
@@ -371,12 +376,13 @@ std::string Worker::Grant(std::istream& in) {
     }
     lines += line + "\n";
   }
-  std::fputs(lines.c_str(), stdout);
+  std::fwrite(lines.data(), 1, lines.size(), stdout);
   out_.clear();
   return absl::StrCat("granted ", granted);
 }
 
 std::string Worker::Listen() {
+  if (listener_ >= 0) close(listener_);
   listener_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -401,7 +407,11 @@ std::string Worker::Collect(std::istream& in) {
   std::vector<std::thread> threads;
   for (uint32_t m = 0; m < mappers; ++m) {
     const int fd = accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) return absl::StrCat("error collect: accept: ", strerror(errno));
+    if (fd < 0) {
+      std::lock_guard<std::mutex> lock(mu);
+      failure = absl::StrCat("error collect: accept: ", strerror(errno));
+      break;
+    }
     threads.emplace_back([&, fd] {
       uint64_t header[2];
       std::string error;
@@ -448,6 +458,10 @@ std::string Worker::Take(std::istream& in) {
     if (std::sscanf(item.c_str(), "%" SCNxPTR ":%" SCNu64, &addr, &used) != 2) {
       return "error take: bad chunk " + item;
     }
+    // Nothing there is dirty: Flush only checks that this process owns the chunk now.
+    if (absl::Status s = rack_.Flush(reinterpret_cast<void*>(addr), used); !s.ok()) {
+      return Err("take " + item, s);
+    }
     held_.emplace_back(reinterpret_cast<void*>(addr), used);
     taken += used;
   }
@@ -461,7 +475,10 @@ std::string Worker::Count() {
     const char* p = r.as<const char>();
     for (uint64_t off = 0; off < r.size();) {
       const auto len = static_cast<uint8_t>(p[off]);
-      if (len == 0 || off + 1 + len > r.size()) return "error count: a damaged record";
+      if (len == 0 || off + 1 + len > r.size()) {
+        held_.clear();
+        return "error count: a damaged record";
+      }
       ++counts[absl::string_view(p + off + 1, len)];
       off += 1 + len;
       ++words;
@@ -469,8 +486,13 @@ std::string Worker::Count() {
   }
   std::string out;
   for (const auto& [word, n] : counts) absl::StrAppend(&out, "w ", word, " ", n, "\n");
-  std::fputs(out.c_str(), stdout);
-  for (const disagg::Region& r : held_) (void)rack_.Unmap(r.data());
+  std::fwrite(out.data(), 1, out.size(), stdout);  // words may hold NUL bytes
+  for (const disagg::Region& r : held_) {
+    if (absl::Status s = rack_.Unmap(r.data()); !s.ok()) {
+      std::fprintf(stderr, "mapreduce worker: unmap %p: %s\n", r.data(),
+                   std::string(s.message()).c_str());
+    }
+  }
   held_.clear();
   return absl::StrCat("counted ", words, " ", counts.size());
 }

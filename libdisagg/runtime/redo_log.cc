@@ -1,7 +1,9 @@
-// RedoLog: see <disagg/redo_log.h> for the contract. The area holds a header in its first
-// page and, after it, the record of the last transaction: for each write its target address,
-// its length and its bytes padded to 8. The header names the last committed and the last
-// applied transaction, and checksums of the record and of itself.
+// RedoLog: see <disagg/redo_log.h> for the contract. The area holds a header page and,
+// after it, the record of the last transaction: for each write its target address, its length
+// and its bytes padded to 8. The header names the last committed and the last applied
+// transaction, with checksums of the record and of itself. It is written into one of two
+// slots in turn, each write numbered: a write torn by an eviction in mid-copy damages only the
+// slot being written, and Recover takes the other, the header written just before.
 #include "disagg/redo_log.h"
 
 #include <algorithm>
@@ -16,12 +18,13 @@ namespace disagg {
 namespace {
 
 constexpr uint64_t kMagic = 0x676f6c6f64657200;  // "\0redolog"
-constexpr uint64_t kVersion = 1;
+constexpr uint64_t kVersion = 2;
 constexpr uint64_t kEntryWords = 2;  // address, length
 
 struct Header {
   uint64_t magic;
   uint64_t version;
+  uint64_t epoch;  // header writes so far: the slot with the larger one is current
   uint64_t area_bytes;
   uint64_t committed;     // the last committed transaction (0: none)
   uint64_t applied;       // the last one known to be in place and durable
@@ -29,7 +32,8 @@ struct Header {
   uint64_t record_sum;
   uint64_t header_sum;  // of the fields above
 };
-static_assert(sizeof(Header) <= RedoLog::kHeaderBytes);
+constexpr size_t kSlotBytes = 128;
+static_assert(sizeof(Header) <= kSlotBytes && 2 * kSlotBytes <= RedoLog::kHeaderBytes);
 
 // A 64-bit checksum of words (not cryptographic: it tells a record from a stale or torn one).
 uint64_t Sum(const uint64_t* words, size_t n) {
@@ -108,46 +112,76 @@ absl::StatusOr<RedoLog> RedoLog::Format(Rack& rack, void* area, size_t bytes) {
   // The area must be this process's before it is touched: Flush refuses others.
   if (absl::Status s = rack.Flush(area, bytes); !s.ok()) return s;
   RedoLog log(&rack, static_cast<char*>(area), bytes / 8 * 8);
+  std::memset(area, 0, kHeaderBytes);  // no slot of an earlier log may outlive this one
   if (absl::Status s = log.WriteHeader(0, 0, 0, Sum(nullptr, 0)); !s.ok()) return s;
   return log;
 }
 
-absl::StatusOr<RedoLog> RedoLog::Recover(Rack& rack, void* area, RecoveryReport* report) {
-  if (reinterpret_cast<uintptr_t>(area) % 4096 != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat("no redo log at %p: not page-aligned", area));
+absl::StatusOr<RedoLog> RedoLog::Recover(Rack& rack, void* area, size_t bytes,
+                                         RecoveryReport* report) {
+  const auto base = reinterpret_cast<uintptr_t>(area);
+  bytes = bytes / 8 * 8;
+  if (base % 4096 != 0 || bytes < kMinAreaBytes || base + bytes < base) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "no redo log at %p: a log's area is page-aligned and at least %d bytes, not %d", area,
+        kMinAreaBytes, bytes));
   }
-  if (absl::Status s = rack.Flush(area, kHeaderBytes); !s.ok()) return s;
-  Header h;
-  std::memcpy(&h, area, sizeof(h));
-  if (h.magic != kMagic) {
+  // All of the area must be this process's (adopted with the structure) before it is read.
+  if (absl::Status s = rack.Flush(area, bytes); !s.ok()) {
+    return absl::Status(
+        s.code(), absl::StrCat("the redo log at ", absl::StrFormat("%p", area), ": ", s.message()));
+  }
+  Header slots[2];
+  std::string why;
+  int current = -1;
+  for (int i = 0; i < 2; ++i) {
+    Header& h = slots[i];
+    std::memcpy(&h, static_cast<char*>(area) + i * kSlotBytes, sizeof(h));
+    if (h.magic != kMagic) continue;
+    if (h.header_sum != HeaderSum(h) || h.version != kVersion) {
+      why = "its header does not check out";
+    } else if (h.area_bytes != bytes) {
+      why =
+          absl::StrFormat("it was formatted for an area of %d bytes, not %d", h.area_bytes, bytes);
+    } else if (h.applied > h.committed || h.record_bytes % 8 != 0 ||
+               h.record_bytes > bytes - kHeaderBytes ||
+               (h.applied != h.committed && h.record_bytes == 0)) {
+      why = "its header holds impossible values";
+    } else if (current < 0 || h.epoch > slots[current].epoch) {
+      current = i;
+    }
+  }
+  if (current < 0 && why.empty()) {
     return absl::InvalidArgumentError(absl::StrFormat("no redo log was formatted at %p", area));
   }
-  if (h.header_sum != HeaderSum(h) || h.version != kVersion || h.area_bytes < kMinAreaBytes ||
-      h.area_bytes % 8 != 0 || h.applied > h.committed || h.record_bytes % 8 != 0 ||
-      h.record_bytes > h.area_bytes - kHeaderBytes ||
-      (h.applied != h.committed && h.record_bytes == 0)) {
-    return absl::DataLossError(absl::StrFormat("the redo log at %p has a damaged header", area));
+  if (current < 0) {
+    return absl::DataLossError(absl::StrFormat("the redo log at %p: %s", area, why));
   }
-  RedoLog log(&rack, static_cast<char*>(area), h.area_bytes);
+  const Header h = slots[current];
+  RedoLog log(&rack, static_cast<char*>(area), bytes);
   log.committed_ = h.committed;
+  log.epoch_ = h.epoch;
   RecoveryReport found;
   found.committed = h.committed;
   if (h.applied != h.committed) {
     const auto* record = reinterpret_cast<const uint64_t*>(log.area_ + kHeaderBytes);
     const size_t words = h.record_bytes / 8;
-    if (absl::Status s = rack.Flush(record, h.record_bytes); !s.ok()) return s;
     if (Sum(record, words) != h.record_sum) {
       return absl::DataLossError(absl::StrFormat(
           "the redo log at %p: transaction %d committed but its record does not check out", area,
           h.committed));
     }
-    const auto base = reinterpret_cast<uintptr_t>(area);
-    if (std::string bad = CheckRecord(record, words, base, base + h.area_bytes); !bad.empty()) {
+    if (std::string bad = CheckRecord(record, words, base, base + bytes); !bad.empty()) {
       return absl::DataLossError(
           absl::StrFormat("the redo log at %p: transaction %d: %s", area, h.committed, bad));
     }
     // The targets must be this process's (adopted with the log) before they are touched.
-    if (absl::Status s = log.FlushTargets(record, words); !s.ok()) return s;
+    if (absl::Status s = log.FlushTargets(record, words); !s.ok()) {
+      return absl::Status(s.code(),
+                          absl::StrFormat("the redo log at %p: transaction %d writes memory this "
+                                          "process does not own (steal it before Recover): %s",
+                                          area, h.committed, s.message()));
+    }
     if (absl::Status s = log.Apply(record, words); !s.ok()) return s;
     if (absl::Status s = log.WriteHeader(h.committed, h.committed, h.record_bytes, h.record_sum);
         !s.ok()) {
@@ -165,8 +199,10 @@ absl::StatusOr<RedoLog> RedoLog::Recover(Rack& rack, void* area, RecoveryReport*
 absl::Status RedoLog::Write(void* dst, const void* src, size_t len) {
   const auto begin = reinterpret_cast<uintptr_t>(dst);
   const auto area = reinterpret_cast<uintptr_t>(area_);
-  if (len == 0 || begin + len < begin) {
-    return absl::InvalidArgumentError(absl::StrFormat("a write of %d bytes at %p", len, dst));
+  if (len == 0) return absl::InvalidArgumentError(absl::StrFormat("an empty write at %p", dst));
+  if (begin + len < begin) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("a write of %d bytes at %p runs past the end of memory", len, dst));
   }
   if (begin < area + bytes_ && begin + len > area) {
     return absl::InvalidArgumentError(
@@ -192,7 +228,7 @@ absl::Status RedoLog::Commit() {
   auto* in_log = reinterpret_cast<uint64_t*>(area_ + kHeaderBytes);
   if (unapplied_) {  // finish the committed transaction a failed Commit left
     Header h;
-    std::memcpy(&h, area_, sizeof(h));
+    std::memcpy(&h, area_ + (epoch_ % 2) * kSlotBytes, sizeof(h));
     if (absl::Status s = Apply(in_log, h.record_bytes / 8); !s.ok()) return s;
     if (absl::Status s = WriteHeader(committed_, committed_, h.record_bytes, h.record_sum);
         !s.ok()) {
@@ -221,10 +257,12 @@ absl::Status RedoLog::Commit() {
 
 absl::Status RedoLog::WriteHeader(uint64_t committed, uint64_t applied, uint64_t record_bytes,
                                   uint64_t record_sum) {
-  Header h{kMagic, kVersion, bytes_, committed, applied, record_bytes, record_sum, 0};
+  ++epoch_;
+  Header h{kMagic, kVersion, epoch_, bytes_, committed, applied, record_bytes, record_sum, 0};
   h.header_sum = HeaderSum(h);
-  std::memcpy(area_, &h, sizeof(h));
-  return rack_->Flush(area_, sizeof(h));
+  char* slot = area_ + (epoch_ % 2) * kSlotBytes;
+  std::memcpy(slot, &h, sizeof(h));
+  return rack_->Flush(slot, sizeof(h));
 }
 
 absl::Status RedoLog::Apply(const uint64_t* record, size_t words) {

@@ -12,7 +12,7 @@
 //   absl::Status s = log->Commit();    // atomic and durable at the memory elements when OK
 //
 //   // The adopter, after stealing the area and the structure (same addresses):
-//   auto log = disagg::RedoLog::Recover(rack, area);  // redoes a committed transaction
+//   auto log = disagg::RedoLog::Recover(rack, area, area_bytes);  // redoes a committed one
 //
 // The contract:
 // - The log lives in `area` (at least kMinAreaBytes, page-aligned), and the structure it
@@ -21,7 +21,8 @@
 //   same in every process, so an adopter redoes them in place.
 // - Write and Set only stage: the target memory is untouched, and reads see the old state,
 //   until Commit. Commit writes the transaction into the log and makes it durable (Flush),
-//   marks it committed in one header page (a page reaches a memory element whole), then
+//   marks it committed in its header (written into one of two slots in turn, so that a header
+//   write torn by an eviction mid-copy leaves the one before it to recover from), then
 //   applies it in place, flushes the targets and marks it applied. When Commit returns OK
 //   the new state is what any adopter finds. When the process dies (or its memory is
 //   stolen) before Commit returns, an adopter finds the old state or the new one: the new
@@ -32,8 +33,9 @@
 // - Recover must run, in the process that owns the area, before the structure is read
 //   after an adoption; running it again, or on a log that needs nothing, is harmless.
 // - A RedoLog is not thread-safe; one transaction is staged at a time. Commit costs the data
-//   written twice (into the log, then in place) and Flush calls: two for the log, one per
-//   run of adjacent targets to check them beforehand and one each to make them durable.
+//   written twice (into the log, then in place) and Flush calls: three for the log (the
+//   record, the commit mark, the applied mark), and per run of adjacent targets one to check
+//   them beforehand and one to make them durable.
 #ifndef DISAGG_REDO_LOG_H_
 #define DISAGG_REDO_LOG_H_
 
@@ -68,13 +70,21 @@ class RedoLog {
   // memory this process owns).
   static absl::StatusOr<RedoLog> Format(Rack& rack, void* area, size_t bytes);
 
-  // Opens the log Format made at `area` (this process's, or adopted with its memory) and
+  // Opens the log Format made at [area, area + bytes) (this process's, or adopted with its
+  // memory; `bytes` as given to Format) and
   // finishes what its last transaction left: a committed one is redone in place and flushed.
   // INVALID_ARGUMENT if no log was formatted there; DATA_LOSS if the header or the committed
-  // record does not check out (the memory was not written by a RedoLog, or was damaged);
+  // record does not check out, or the log was formatted for another size (the memory was not
+  // written by a RedoLog, or was damaged);
   // the errors of Flush (INVALID_ARGUMENT when this process does not own the area or the
   // targets of the transaction to redo: adopt them all before recovering).
-  static absl::StatusOr<RedoLog> Recover(Rack& rack, void* area, RecoveryReport* report = nullptr);
+  static absl::StatusOr<RedoLog> Recover(Rack& rack, void* area, size_t bytes,
+                                         RecoveryReport* report = nullptr);
+
+  RedoLog(RedoLog&&) = default;
+  RedoLog& operator=(RedoLog&&) = default;
+  RedoLog(const RedoLog&) = delete;  // two copies would commit into one area
+  RedoLog& operator=(const RedoLog&) = delete;
 
   // Stages a write of `len` bytes from `src` to `dst` (copied now; applied at Commit).
   // INVALID_ARGUMENT for an empty write or one into the log's area; RESOURCE_EXHAUSTED if
@@ -86,10 +96,11 @@ class RedoLog {
   }
 
   // Makes the staged writes one atomic, durable transaction (see the contract above). With
-  // nothing staged, does nothing. Errors: INVALID_ARGUMENT if a target is not in memory this
-  // process owns (checked before anything is committed; the writes stay staged); the errors
-  // of Flush. An error after the commit mark leaves the transaction committed (an adopter
-  // redoes it) but maybe not applied here: the next Commit or Recover first finishes it.
+  // nothing staged, does nothing (but finish what a failed Commit left, see below). Errors:
+  // INVALID_ARGUMENT if a target is not in memory this process owns (checked before anything is
+  // committed; the writes stay staged); the errors of Flush. An error after the commit mark leaves
+  // the transaction committed (an adopter redoes it) but maybe not applied here: the next Commit or
+  // Recover first finishes it.
   absl::Status Commit();
   // Drops the staged writes.
   void Abort();
@@ -112,6 +123,7 @@ class RedoLog {
   char* area_;
   size_t bytes_;
   uint64_t committed_ = 0;
+  uint64_t epoch_ = 0;            // header writes so far
   bool unapplied_ = false;        // a Commit failed after its commit mark
   std::vector<uint64_t> record_;  // the staged writes, as they go into the log
 };
