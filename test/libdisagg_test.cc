@@ -19,6 +19,7 @@
 #include "disagg/disagg.h"
 #include "disagg/redo_log.h"
 #include "rack_harness.h"
+#include "rack_peer_driver.h"
 
 namespace disagg::testing {
 namespace {
@@ -610,6 +611,25 @@ TEST_CASE(
   absl::StatusOr<RedoLog> damaged = RedoLog::Recover(*r.app, area, area_bytes);
   REQUIRE(damaged.status().code() == absl::StatusCode::kDataLoss);
   REQUIRE(std::string(damaged.status().message()).find("does not check out") != std::string::npos);
+}
+
+TEST_CASE("A compute element with no cache left to lease refuses a new process clearly") {
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 16M --cache-budget 64K") == 0);
+  JoinOptions options;
+  options.rack_dir = rack.dir();
+  options.element = "cpu0";
+  auto app = Rack::Join(options);  // takes the whole 64 KiB: nothing is left to share
+  REQUIRE(app.ok());
+  // Each time the refusal reaches Join, not a hang-up that ends the process.
+  for (int i = 0; i < 10; ++i) {
+    Peer peer(rack.dir(), "cpu0");
+    INFO(peer.error());
+    REQUIRE_FALSE(peer.ok());
+    REQUIRE(peer.error().find("error RESOURCE_EXHAUSTED compute element cpu0 refused this "
+                              "process: cpu0: its cache budget of 65536 bytes is shared by 1 "
+                              "processes already") != std::string::npos);
+  }
 }
 
 }  // namespace

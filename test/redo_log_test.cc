@@ -49,9 +49,10 @@ uint64_t LastCommitted(Peer& writer, uint64_t floor) {
 
 TEST_CASE("A writer killed at random points mid-update leaves the old or the new state") {
   TestRack rack;
-  // A cache of 16 pages for a 66-page working set: evictions write pages back in the
-  // middle of every transaction, so a kill leaves the memory elements half updated.
-  REQUIRE(rack.Up("--compute 1 --memory 2 --pool-size 64M --cache-budget 64K") == 0);
+  // A cache of 32 pages (room for two processes: one may still be dying as the next attaches)
+  // for a 66-page working set: evictions write pages back in the middle of every transaction,
+  // so a kill leaves the memory elements half updated.
+  REQUIRE(rack.Up("--compute 1 --memory 2 --pool-size 64M --cache-budget 128K") == 0);
   const unsigned seed = std::random_device{}();
   INFO("seed " << seed);
   std::mt19937 rng(seed);
@@ -100,6 +101,7 @@ TEST_CASE("A writer killed at random points mid-update leaves the old or the new
     auto next = std::make_unique<Peer>(
         rack.dir(), "cpu0", "", "redo_log_writer",
         std::vector<std::string>{"--adopt", std::to_string(writer->id()), addr});
+    INFO("attempt " << attempt << ": " << next->error());
     REQUIRE(next->ok());
     REQUIRE(ParseAdopted(next->Answer()).verdict == "ok");
     REQUIRE(next->Answer() == state_line);
@@ -109,6 +111,7 @@ TEST_CASE("A writer killed at random points mid-update leaves the old or the new
         std::make_unique<Peer>(rack.dir(), "cpu0", "", "redo_log_writer",
                                std::vector<std::string>{"--adopt", std::to_string(next->id()), addr,
                                                         "--check-only", "--damage-record"});
+    INFO("attempt " << attempt << ": " << writer->error());
     REQUIRE(writer->ok());
     const std::string answer = writer->Answer();
     INFO(answer);

@@ -166,7 +166,7 @@ absl::Status RackImpl::AttachCompute(ipc::Connection compute) {
   MutexLock lock(&mu_);
   const absl::Time deadline = absl::Now() + options_.timeout;
   // A new process may start with no quota while the others shrink to make room for it.
-  while (!quota_known_ || cache_.quota_pages() == 0) {
+  while (!quota_known_ || cache_.quota_pages() == 0 || !attach_status_.ok()) {
     if (!attach_status_.ok()) {
       return absl::Status(attach_status_.code(),
                           absl::StrCat("compute element ", options_.element,
@@ -179,6 +179,7 @@ absl::Status RackImpl::AttachCompute(ipc::Connection compute) {
                        : " did not lease a cache quota in time"));
     }
   }
+  attached_ = true;
   return absl::OkStatus();
 }
 
@@ -480,6 +481,18 @@ void RackImpl::ControlLoop() {
       event_link_.reset();
     }
     if (fds[1].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
+      drain(channel, "compute element", &RackImpl::HandleControl);  // its last word, if any
+      {
+        // Still joining: Join reports the refusal (or the hang-up) and nothing ends.
+        MutexLock lock(&mu_);
+        if (!attached_) {
+          if (attach_status_.ok()) {
+            attach_status_ = absl::UnavailableError("it hung up while this process attached");
+          }
+          changed_.SignalAll();
+          return;
+        }
+      }
       // The process runs on that compute element: it fails with it.
       std::fprintf(stderr, "disagg: compute element %s is gone; process %d (%s) ends with it\n",
                    options_.element.c_str(), getpid(), options_.name.c_str());

@@ -201,6 +201,7 @@ class RackImpl final : public Rack {
   std::array<ReadaheadStream, 16> streams_ ABSL_GUARDED_BY(mu_);
   uint64_t stream_clock_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status attach_status_ ABSL_GUARDED_BY(mu_);  // the compute element's refusal
+  bool attached_ ABSL_GUARDED_BY(mu_) = false;       // Join's attach succeeded
   // Pages of this process that were on a failed memory element: first vpage -> (end vpage,
   // the element). Ranges, not element names: an element restarted under its old name holds
   // new regions fine.
