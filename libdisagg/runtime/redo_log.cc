@@ -182,11 +182,7 @@ absl::StatusOr<RedoLog> RedoLog::Recover(Rack& rack, void* area, size_t bytes,
                                           "process does not own (steal it before Recover): %s",
                                           area, h.committed, s.message()));
     }
-    if (absl::Status s = log.Apply(record, words); !s.ok()) return s;
-    if (absl::Status s = log.WriteHeader(h.committed, h.committed, h.record_bytes, h.record_sum);
-        !s.ok()) {
-      return s;
-    }
+    if (absl::Status s = log.Finish(h.record_bytes, h.record_sum); !s.ok()) return s;
     found.redone = true;
     for (size_t i = 0; i < words; i += kEntryWords + PaddedWords(record[i + 1])) {
       found.redone_bytes += record[i + 1];
@@ -229,11 +225,7 @@ absl::Status RedoLog::Commit() {
   if (unapplied_) {  // finish the committed transaction a failed Commit left
     Header h;
     std::memcpy(&h, area_ + (epoch_ % 2) * kSlotBytes, sizeof(h));
-    if (absl::Status s = Apply(in_log, h.record_bytes / 8); !s.ok()) return s;
-    if (absl::Status s = WriteHeader(committed_, committed_, h.record_bytes, h.record_sum);
-        !s.ok()) {
-      return s;
-    }
+    if (absl::Status s = Finish(h.record_bytes, h.record_sum); !s.ok()) return s;
     unapplied_ = false;
   }
   if (record_.empty()) return absl::OkStatus();
@@ -249,10 +241,15 @@ absl::Status RedoLog::Commit() {
   const uint64_t prior = committed_++;
   record_.clear();
   absl::Status s = WriteHeader(committed_, prior, record_bytes, sum);
-  if (s.ok()) s = Apply(in_log, record_bytes / 8);
-  if (s.ok()) s = WriteHeader(committed_, committed_, record_bytes, sum);
+  if (s.ok()) s = Finish(record_bytes, sum);
   if (!s.ok()) unapplied_ = true;
   return s;
+}
+
+absl::Status RedoLog::Finish(uint64_t record_bytes, uint64_t record_sum) {
+  const auto* record = reinterpret_cast<const uint64_t*>(area_ + kHeaderBytes);
+  if (absl::Status s = Apply(record, record_bytes / 8); !s.ok()) return s;
+  return WriteHeader(committed_, committed_, record_bytes, record_sum);
 }
 
 absl::Status RedoLog::WriteHeader(uint64_t committed, uint64_t applied, uint64_t record_bytes,

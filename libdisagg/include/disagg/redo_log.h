@@ -116,6 +116,8 @@ class RedoLog {
                            uint64_t record_sum);
   // Copies the record's writes in place and flushes them.
   absl::Status Apply(const uint64_t* record, size_t words);
+  // Applies the committed transaction (its record in the log) and marks it applied.
+  absl::Status Finish(uint64_t record_bytes, uint64_t record_sum);
   // Flushes the record's targets: refused unless this process owns them all.
   absl::Status FlushTargets(const uint64_t* record, size_t words);
 
