@@ -31,7 +31,8 @@ class PendingCalls {
     return seq;
   }
   // Forgets a call whose request could not be sent.
-  void Drop(uint64_t link_id, uint64_t seq) { calls_.erase(Key(link_id, seq)); }
+  // False if the call is not pending (answered already, e.g. by FailLink).
+  bool Drop(uint64_t link_id, uint64_t seq) { return calls_.erase(Key(link_id, seq)) > 0; }
   // A reply to `seq` arrived on `link_id`. false if no such call is pending (the caller logs
   // the stray reply).
   bool Complete(uint64_t link_id, uint64_t seq,

@@ -369,6 +369,26 @@ std::vector<Region> MemoryMap::Leave(uint32_t process_id) {
   return out;
 }
 
+std::vector<Region> MemoryMap::LoseExtents(const std::set<uint32_t>& owners,
+                                           const std::string& element) {
+  std::vector<Region> out;
+  auto pool = pools_.find(element);
+  if (pool == pools_.end()) return out;
+  for (auto& [vaddr, region] : regions_) {
+    if (!owners.contains(region.owner)) continue;
+    Region lost{region.vaddr, region.bytes, region.owner, {}, region.origin};
+    for (ExtentRecord& e : region.extents) {
+      if (e.element != element || e.pool_generation != pool->second.generation) continue;
+      absl::Status s = pool->second.pages.Free({e.pool_page, e.pages});
+      CHECK(s.ok()) << "Rack MMU page accounting broken: " << s;
+      lost.extents.push_back(e);
+      e.pool_generation = 0;  // no incarnation has it: never current again
+    }
+    if (!lost.extents.empty()) out.push_back(std::move(lost));
+  }
+  return out;
+}
+
 ProcessRecord* MemoryMap::process(uint32_t id) {
   auto it = processes_.find(id);
   return it == processes_.end() ? nullptr : &it->second;

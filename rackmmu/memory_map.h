@@ -71,6 +71,7 @@ struct ProcessRecord {
   uint64_t incarnation = 0;  // unique for the map's life: ids are recycled, this is not
   std::string name;
   std::string element;  // the compute element it runs on, as it said when joining
+  std::string app;      // the application it belongs to ("" if none), as it said
   pid_t pid = 0;
   uint64_t start_time = 0;
   uint64_t window_base = 0;
@@ -120,6 +121,12 @@ class MemoryMap {
   // it again even if it died meanwhile, and the pieces the move split off are joined again.
   // false if `to` does not own all of it any more (it left: its memory is released).
   bool UndoMove(uint32_t from, uint32_t to, uint64_t vaddr, uint64_t bytes);
+
+  // The memory of `owners` on `element` fails, the element staying up for everyone else
+  // (tainted fate sharing): every current extent there of a region one of them owns gives
+  // its pool pages back and is current no more, as on a failed element. Returns each region
+  // that lost extents, with only those extents (to revoke at the element).
+  std::vector<Region> LoseExtents(const std::set<uint32_t>& owners, const std::string& element);
 
   // The process died: it keeps its regions, groups and roots until `release_at`.
   void MarkDead(uint32_t process_id, absl::Time release_at);

@@ -231,3 +231,42 @@ TEST_CASE("Process ids are recycled: a rack serves any number of processes over 
 
 }  // namespace
 }  // namespace disagg::rackmmu
+
+namespace disagg::rackmmu {
+namespace {
+
+TEST_CASE("Memory lost on one element for some owners frees its pages there only") {
+  MemoryMap map;
+  map.AddElement("mem0", 1 << 20);  // 256 pages each
+  map.AddElement("mem1", 1 << 20);
+  auto a = map.Join("a", 100, 1);
+  auto b = map.Join("b", 101, 2);
+  REQUIRE((a.ok() && b.ok()));
+  const uint32_t ida = (*a)->id, idb = (*b)->id;
+  auto ra = map.Map(ida, 256 * kPageBytes, proto::Placement::SPREAD);
+  auto rb = map.Map(idb, 128 * kPageBytes, proto::Placement::SPREAD);
+  REQUIRE((ra.ok() && rb.ok()));
+  const uint64_t va = (*ra)->vaddr;
+  const uint64_t free_before = map.free_pages();
+
+  std::vector<Region> lost = map.LoseExtents({ida}, "mem1");
+  REQUIRE(lost.size() == 1);
+  CHECK(lost[0].owner == ida);
+  CHECK(lost[0].vaddr == va);
+  CHECK(PagesOn(lost[0], "mem1") == 128);
+  CHECK(PagesOn(lost[0], "mem0") == 0);
+  CHECK(map.free_pages() == free_before + 128);
+  // The region keeps its addresses; its extents on mem1 are no longer current.
+  const Region& kept = map.regions().at(va);
+  for (const ExtentRecord& e : kept.extents) CHECK(map.Current(e) == (e.element == "mem0"));
+  // b's memory on mem1 is untouched; a second loss finds nothing more.
+  for (const ExtentRecord& e : map.regions().at((*rb)->vaddr).extents) CHECK(map.Current(e));
+  CHECK(map.LoseExtents({ida}, "mem1").empty());
+  CHECK(map.LoseExtents({ida}, "mem9").empty());
+  // Unmapping frees only what was still current: the accounting stays whole.
+  REQUIRE(map.Unmap(ida, va).ok());
+  CHECK(map.free_pages() == free_before + 256);
+}
+
+}  // namespace
+}  // namespace disagg::rackmmu

@@ -56,6 +56,10 @@ absl::Status RackMmu::OnMessage(ipc::Link& link, proto::Message::Reader message)
       return HandleLookup(link, seq, message.getLookup());
     case proto::Message::SUBSCRIBE:
       return HandleSubscribe(link, seq, message.getSubscribe());
+    case proto::Message::APP_FATE:
+      return HandleAppFate(link, seq, message.getAppFate());
+    case proto::Message::WRITE_DOMAIN:
+      return HandleWriteDomain(link, seq, message.getWriteDomain());
     case proto::Message::CHECK_REQUEST:
       return HandleCheck(link, seq);
     case proto::Message::OK:
@@ -165,6 +169,8 @@ absl::Status RackMmu::HandleStatus(ipc::Link& link, uint64_t seq) {
     row.setElement(record.element);
     row.setMappedBytes(memory_.MappedBytes(id));
     row.setDead(record.dead);
+    row.setApp(record.app);
+    row.setFate(rackmon::ModelToProto(FateOf(record).model));
     row.setReleaseInNanos(record.dead ? absl::ToInt64Nanoseconds(record.release_at - now) : 0);
     auto groups = row.initGroups(record.groups.size());
     size_t g = 0;

@@ -17,9 +17,11 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
 #include "calls.h"
+#include "fate_spec.h"
 #include "ipc/event_loop.h"
 #include "ipc/hub.h"
 #include "ipc/life_word.h"
+#include "ipc/write_domain.h"
 #include "memory_map.h"
 #include "registry.h"
 
@@ -102,12 +104,22 @@ class RackMmu : public ipc::Hub::Handler {
   // compute element failed): fenced at every memory element, its connections refused from
   // then on, told (if it still runs) that it was fenced, its groups told, and its memory held
   // for adoption for the grace period (or freed if it held nothing worth adopting).
-  void DeclareFailed(uint32_t process_id, const std::string& reason);
-  // Tells every memory element to refuse the process for good (acknowledged, logged).
-  void Fence(uint32_t process_id, pid_t pid, uint64_t start_time, const std::string& reason);
-  // Sends an event about `p` to every live process that shares a trust group with it.
-  void TellGroups(const ProcessRecord& p, proto::EventKind kind, uint64_t vaddr, uint64_t bytes,
-                  const std::string& element, const std::string& reason);
+  // With `share`, its application's fate spec then widens the failure (mmu_fate.cc); a
+  // process failed for its fate shares it no further.
+  void DeclareFailed(uint32_t process_id, const std::string& reason, bool share = true);
+  // Tells every memory element to refuse the process for good (acknowledged, logged); `then`
+  // runs once every element answered or was found gone.
+  void Fence(uint32_t process_id, pid_t pid, uint64_t start_time, const std::string& reason,
+             std::function<void()> then = nullptr);
+  // Sends an event about `p` to every live process that shares a trust group with it (if
+  // `groups`) or its application (if `app`), once each.
+  void TellPeers(const ProcessRecord& p, bool groups, bool app, proto::EventKind kind,
+                 uint64_t vaddr, uint64_t bytes, const std::string& element,
+                 const std::string& reason);
+  // The region [vaddr, +bytes) of `owner` lost its memory on `element`: the owner, the peers
+  // its spec names and its emergency contacts (through its compute element) are told.
+  void ReportLostRegion(uint32_t owner, uint64_t vaddr, uint64_t bytes, const std::string& element,
+                        const std::string& reason);
   absl::Status HandleRelay(ipc::Link& link, uint64_t seq, proto::Relay::Reader relay);
   // The life word of an element (on its connection) or of a process (on its event link):
   // its death is acted on as soon as the kernel releases the word, as on a hang-up but
@@ -118,6 +130,39 @@ class RackMmu : public ipc::Hub::Handler {
                           uint64_t bytes, const std::string& element, const std::string& reason);
   void ComputeFailed(const std::string& name, const std::string& reason);
   void MemoryFailed(const std::string& name, const std::string& reason);
+
+  // Programmable fate sharing (mmu_fate.cc).
+  // The rack monitor hands over an application's fate spec (validated there).
+  absl::Status HandleAppFate(ipc::Link& link, uint64_t seq, proto::AppFate::Reader fate);
+  // A process's write domain, on its event link.
+  absl::Status HandleWriteDomain(ipc::Link& link, uint64_t seq, proto::WriteDomain::Reader domain);
+  // The spec of `p`'s application: the model none for a process of no registered one.
+  const rackmon::FateSpec& FateOf(const ProcessRecord& p) const;
+  // `p`'s write domain, taken from the table (null, logged, if it gave none).
+  std::shared_ptr<ipc::WriteDomainView> TakeWriteDomain(const ProcessRecord& p);
+  // The memory elements holding write-backs whose outcome `p` never saw, by its write domain:
+  // only memory elements of the rack that have not failed.
+  std::vector<std::string> TaintedBy(const ProcessRecord& p,
+                                     const ipc::WriteDomainView& domain) const;
+  // What `failed`'s spec adds to its failure (it is fenced already): under complete, the
+  // rest of its application ends, and so does it if it still runs.
+  void ShareFate(const ProcessRecord& failed, const rackmon::FateSpec& spec,
+                 const std::string& reason);
+  // Under tainted, once the fence holds: the application's memory on `tainted` fails (and
+  // with `users`, the processes that own some end).
+  void ShareTaint(const ProcessRecord& failed, const rackmon::FateSpec& spec,
+                  const std::vector<std::string>& tainted, const std::string& reason);
+  // Asks the rack monitor to SIGKILL process `id` (fenced already); `run_handler`: whether
+  // its death runs its failure handler (it is a failure of its own, not one it shares).
+  void AskMonitorToEnd(uint32_t id, pid_t pid, uint64_t start_time, const std::string& reason,
+                       bool run_handler);
+  // Process `id` ends for its fate: declared failed (with `share`, its own spec widens the
+  // failure further, and its failure handler runs) and killed by the rack monitor.
+  void EndForFate(uint32_t id, const std::string& reason, bool share);
+  // A memory element failed: what each owner's spec makes of it (complete: its application
+  // ends; partial: it ends).
+  void MemoryFailedFate(const std::set<uint32_t>& owners, const std::string& element,
+                        const std::string& reason);
 
   // The consistency check (mmu_check.cc).
   absl::Status HandleCheck(ipc::Link& link, uint64_t seq);
@@ -140,8 +185,15 @@ class RackMmu : public ipc::Hub::Handler {
   absl::flat_hash_map<uint32_t, uint64_t> event_links_;      // process id -> its event link
   // Links of processes declared failed while their connection stayed open: refused, why.
   absl::flat_hash_map<uint64_t, std::string> fenced_links_;
-  ipc::LifeWatches lives_{loop_, "mmu"};  // elements' and processes' life words, by link
-  std::set<std::string> failed_memory_;   // memory elements whose failure was reported
+  ipc::LifeWatches lives_{loop_, "mmu"};           // elements' and processes' life words, by link
+  std::set<std::string> failed_memory_;            // memory elements whose failure was reported
+  std::map<std::string, rackmon::FateSpec> apps_;  // fate specs, by application
+  struct Domain {
+    uint64_t incarnation;
+    std::shared_ptr<ipc::WriteDomainView> view;
+  };
+  std::set<uint32_t> declaring_;                         // processes DeclareFailed is under way for
+  absl::flat_hash_map<uint32_t, Domain> write_domains_;  // by process id
   // Processes declared failed, kept a while after their records may be gone, so that their
   // compute element's relay of the failure to their emergency contacts can be checked.
   struct Failed {

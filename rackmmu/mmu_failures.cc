@@ -6,6 +6,7 @@
 
 #include <set>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "internal/logging.h"
 #include "ipc/wire.h"
@@ -27,18 +28,30 @@ absl::Status RackMmu::HandleProcessFailed(ipc::Link& link, uint64_t seq,
   return seq == 0 ? absl::OkStatus() : link.ReplyOk(seq);
 }
 
-void RackMmu::DeclareFailed(uint32_t process_id, const std::string& reason) {
+void RackMmu::DeclareFailed(uint32_t process_id, const std::string& reason, bool share) {
   ProcessRecord* p = memory_.process(process_id);
-  if (p == nullptr || p->dead) return;
+  // Once: a send below that fails closes a link, and what that fails may name it again.
+  if (p == nullptr || p->dead || !declaring_.insert(process_id).second) return;
+  absl::Cleanup done = [this, process_id] { declaring_.erase(process_id); };
   const pid_t pid = p->pid;
   const uint64_t start_time = p->start_time;
-  const ProcessRecord copy = *p;  // sends below may close links, and change the map
-  // Its groups first, so that they hear of it at once. Whatever they do about it (a steal)
+  const ProcessRecord copy = *p;                // sends below may close links, and change the map
+  const rackmon::FateSpec spec = FateOf(copy);  // a copy: specs may be replaced meanwhile
+  // Taken now (its record may be released before the fence holds), read once the fence holds
+  // at every memory element: a process that still runs may start a batch until then.
+  std::shared_ptr<ipc::WriteDomainView> domain =
+      share && spec.model == rackmon::FateModel::kTainted ? TakeWriteDomain(copy) : nullptr;
+  // Its peers first, so that they hear of it at once. Whatever they do about it (a steal)
   // reaches the memory elements after the fence: this goes to each of them ahead of anything
-  // the Rack MMU asks later, on the same connection.
-  TellGroups(copy, proto::EventKind::PEER_FAILED, 0, 0, copy.element, reason);
+  // the Rack MMU asks later, on the same connection. The rest of an application that fails
+  // whole is ended with it: its members are not told of each other.
+  TellPeers(copy, spec.notify_groups,
+            spec.notify_app && (share || spec.model != rackmon::FateModel::kComplete),
+            proto::EventKind::PEER_FAILED, 0, 0, copy.element, reason);
   // The fence, so that nothing the process still sends lands after this moment.
-  Fence(process_id, pid, start_time, reason);
+  Fence(process_id, pid, start_time, reason, [this, copy, spec, domain, reason] {
+    if (domain != nullptr) ShareTaint(copy, spec, TaintedBy(copy, *domain), reason);
+  });
   // Its connection is kept, but serves it no more.
   for (auto it = process_by_link_.begin(); it != process_by_link_.end();) {
     if (it->second == process_id) {
@@ -53,31 +66,41 @@ void RackMmu::DeclareFailed(uint32_t process_id, const std::string& reason) {
   p = memory_.process(process_id);
   if (p == nullptr || p->dead || p->incarnation != copy.incarnation) return;
   const bool worth_keeping = memory_.MappedBytes(process_id) > 0 || !p->roots.empty();
-  if (!worth_keeping || options_.grace_period <= absl::ZeroDuration()) {
+  const bool fails_with_it =
+      spec.model == rackmon::FateModel::kPartial || spec.model == rackmon::FateModel::kComplete;
+  if (!worth_keeping || fails_with_it || options_.grace_period <= absl::ZeroDuration()) {
+    // Behind the fence on each memory element's connection: no peer reads it from now on.
+    const uint64_t bytes = memory_.MappedBytes(process_id);
     ReleaseProcess(process_id);
     LOG(INFO) << "mmu: process " << process_id << " (pid " << pid << ") failed: " << reason
-              << "; it held nothing to adopt";
-    return;
+              << (fails_with_it && worth_keeping
+                      ? absl::StrCat("; its ", bytes, " bytes fail with it (",
+                                     rackmon::FateModelName(spec.model), " fate sharing)")
+                      : std::string("; it held nothing to adopt"));
+  } else {
+    memory_.MarkDead(process_id, absl::Now() + options_.grace_period);
+    event_links_.erase(process_id);
+    LOG(INFO) << "mmu: process " << process_id << " (pid " << pid << ") failed: " << reason
+              << "; its " << memory_.MappedBytes(process_id) << " bytes are held for adoption for "
+              << absl::FormatDuration(options_.grace_period);
   }
-  memory_.MarkDead(process_id, absl::Now() + options_.grace_period);
-  event_links_.erase(process_id);
-  LOG(INFO) << "mmu: process " << process_id << " (pid " << pid << ") failed: " << reason
-            << "; its " << memory_.MappedBytes(process_id) << " bytes are held for adoption for "
-            << absl::FormatDuration(options_.grace_period);
+  if (share) ShareFate(copy, spec, reason);
 }
 
-void RackMmu::Fence(uint32_t process_id, pid_t pid, uint64_t start_time,
-                    const std::string& reason) {
+void RackMmu::Fence(uint32_t process_id, pid_t pid, uint64_t start_time, const std::string& reason,
+                    std::function<void()> then) {
   const absl::Time started = absl::Now();
-  auto batch = CallBatch::Make([process_id, started](const absl::Status& result) {
-    if (result.ok()) {
-      VLOG(1) << "mmu: process " << process_id << " fenced in "
-              << absl::FormatDuration(absl::Now() - started);
-    } else {
-      // An element that cannot be reached serves nobody; one that refused is logged.
-      LOG(WARNING) << "mmu: fencing process " << process_id << ": " << result;
-    }
-  });
+  auto batch =
+      CallBatch::Make([process_id, started, then = std::move(then)](const absl::Status& result) {
+        if (result.ok()) {
+          VLOG(1) << "mmu: process " << process_id << " fenced in "
+                  << absl::FormatDuration(absl::Now() - started);
+        } else {
+          // An element that cannot be reached serves nobody; one that refused is logged.
+          LOG(WARNING) << "mmu: fencing process " << process_id << ": " << result;
+        }
+        if (then) then();
+      });
   for (const auto& [name, record] : registry_.elements()) {
     if (record.kind != proto::ElementKind::MEMORY || record.link_id == 0) continue;
     batch->Expect();
@@ -98,15 +121,19 @@ void RackMmu::Fence(uint32_t process_id, pid_t pid, uint64_t start_time,
   batch->Seal();
 }
 
-void RackMmu::TellGroups(const ProcessRecord& p, proto::EventKind kind, uint64_t vaddr,
-                         uint64_t bytes, const std::string& element, const std::string& reason) {
-  if (p.groups.empty()) return;
+void RackMmu::TellPeers(const ProcessRecord& p, bool groups, bool app, proto::EventKind kind,
+                        uint64_t vaddr, uint64_t bytes, const std::string& element,
+                        const std::string& reason) {
+  app = app && !p.app.empty();
+  if (!app && (!groups || p.groups.empty())) return;
   // Recipients first: a send that fails closes a link, which may change the map (and `p`).
   std::vector<std::pair<uint32_t, uint64_t>> to;
   for (const auto& [id, q] : memory_.processes()) {
     if (id == p.id || q.dead) continue;
-    const bool shares = std::any_of(q.groups.begin(), q.groups.end(),
-                                    [&](const std::string& g) { return p.groups.contains(g); });
+    const bool shares =
+        (groups && std::any_of(q.groups.begin(), q.groups.end(),
+                               [&](const std::string& g) { return p.groups.contains(g); })) ||
+        (app && q.app == p.app);
     if (shares) to.emplace_back(id, q.incarnation);
   }
   const uint32_t about = p.id;
@@ -250,20 +277,29 @@ void RackMmu::MemoryFailed(const std::string& name, const std::string& reason) {
   }
   std::set<uint32_t> owners;
   for (const Hit& h : hits) {
-    const ProcessRecord* p = memory_.process(h.owner);
-    if (p == nullptr) continue;
+    if (memory_.process(h.owner) == nullptr) continue;
     owners.insert(h.owner);
-    const ProcessRecord copy = *p;  // sends below may close links, and change the map
-    SendEvent(h.owner, copy.incarnation, proto::EventKind::MEMORY_FAILED, h.owner, h.vaddr, h.bytes,
-              name, reason);
-    TellGroups(copy, proto::EventKind::MEMORY_FAILED, h.vaddr, h.bytes, name, reason);
-    // Its compute element tells its emergency contacts.
-    if (!copy.dead) {
-      TellComputeElement(copy, proto::EventKind::MEMORY_FAILED, h.vaddr, h.bytes, name, reason);
-    }
+    ReportLostRegion(h.owner, h.vaddr, h.bytes, name, reason);
   }
   LOG(INFO) << "mmu: memory element " << name << " failed: " << hits.size() << " regions of "
             << owners.size() << " processes are lost";
+  MemoryFailedFate(owners, name, reason);
+}
+
+void RackMmu::ReportLostRegion(uint32_t owner, uint64_t vaddr, uint64_t bytes,
+                               const std::string& element, const std::string& reason) {
+  const ProcessRecord* p = memory_.process(owner);
+  if (p == nullptr) return;
+  const ProcessRecord copy = *p;  // sends below may close links, and change the map
+  const rackmon::FateSpec& spec = FateOf(copy);
+  SendEvent(owner, copy.incarnation, proto::EventKind::MEMORY_FAILED, owner, vaddr, bytes, element,
+            reason);
+  TellPeers(copy, spec.notify_groups, spec.notify_app, proto::EventKind::MEMORY_FAILED, vaddr,
+            bytes, element, reason);
+  // Its compute element tells its emergency contacts.
+  if (!copy.dead) {
+    TellComputeElement(copy, proto::EventKind::MEMORY_FAILED, vaddr, bytes, element, reason);
+  }
 }
 
 }  // namespace disagg::rackmmu

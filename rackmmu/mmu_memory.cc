@@ -29,7 +29,16 @@ absl::Status RackMmu::HandleJoin(ipc::Link& link, uint64_t seq, proto::Join::Rea
   if (!start_time.ok()) return link.ReplyError(seq, start_time.status());
   absl::StatusOr<ProcessRecord*> p = memory_.Join(request.getName(), link.peer().pid, *start_time);
   if (!p.ok()) return link.ReplyError(seq, p.status());
+  const std::string app = request.getApp();
+  if (!app.empty() && !rackmon::ValidAppName(app)) {
+    (void)memory_.Leave((*p)->id);
+    return link.ReplyError(
+        seq, absl::InvalidArgumentError(absl::StrCat("mmu: '", app,
+                                                     "' is no application name (1-64 letters, "
+                                                     "digits, '.', '_' or '-')")));
+  }
   (*p)->element = request.getElement();
+  (*p)->app = app;
   process_by_link_[link.id()] = (*p)->id;
   link.set_label(absl::StrCat("process ", (*p)->id, " (", request.getName().cStr(), ", pid ",
                               link.peer().pid, ")"));
@@ -52,11 +61,14 @@ absl::Status RackMmu::CallElement(const std::string& element,
   if (link == nullptr) {
     return absl::UnavailableError(absl::StrCat("memory element ", element, " is gone"));
   }
-  const uint64_t seq = calls_.Add(link->id(), std::move(callback));
+  const uint64_t link_id = link->id();  // `link` may be gone once a failed send closed it
+  const uint64_t seq = calls_.Add(link_id, std::move(callback));
   ipc::SmallMessage message;
   fill(message.Init(seq));
   if (absl::Status sent = link->Send(message.builder()); !sent.ok()) {
-    calls_.Drop(link->id(), seq);
+    // A send that fails closes the link, which may have answered the call already: the
+    // callback then knows, and must not be told twice.
+    if (!calls_.Drop(link_id, seq)) return absl::OkStatus();
     return absl::UnavailableError(
         absl::StrCat("memory element ", element, " cannot be reached: ", sent.message()));
   }
@@ -221,6 +233,7 @@ absl::Status RackMmu::HandleLeave(ipc::Link& link, uint64_t seq) {
 
 void RackMmu::ReleaseProcess(uint32_t process_id) {
   event_links_.erase(process_id);
+  write_domains_.erase(process_id);
   for (const Region& region : memory_.Leave(process_id)) Release(process_id, region.extents);
 }
 

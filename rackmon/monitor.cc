@@ -42,6 +42,9 @@ RackMonitor::RackMonitor(ipc::EventLoop& loop, MonitorOptions options)
 
 RackMonitor::~RackMonitor() {
   timer_.Stop();
+  for (auto& [id, r] : fabric_rules_) {
+    if (r.timer != 0) loop_.Unwatch(r.timer);
+  }
   for (auto& [name, w] : elements_) {
     if (w.pidfd_watch != 0) loop_.Unwatch(w.pidfd_watch);
     if (w.resume_timer != 0) loop_.Unwatch(w.resume_timer);
@@ -53,6 +56,13 @@ void RackMonitor::Start(ipc::Hub& hub, ipc::Link& mmu) {
   Freezer::SweepStale();
   hub_ = &hub;
   mmu_ = &mmu;
+  absl::StatusOr<ipc::FabricWriter> fabric =
+      ipc::FabricWriter::Create(absl::StrCat(options_.run_dir, "/fabric"));
+  if (fabric.ok()) {
+    fabric_ = std::move(*fabric);
+  } else {
+    LOG(ERROR) << "mon: no partitions or delays can be injected: " << fabric.status();
+  }
   Watched& w = elements_["mmu"];
   w.name = "mmu";
   w.kind = proto::ElementKind::RACKMMU;
@@ -113,6 +123,10 @@ absl::Status RackMonitor::OnMessage(ipc::Link& link, proto::Message::Reader mess
       return HandleProcessDown(link, message.getProcessDown());
     case proto::Message::INJECT:
       return HandleInject(link, seq, message.getInject());
+    case proto::Message::REGISTER_APP:
+      return HandleRegisterApp(link, seq, message.getRegisterApp());
+    case proto::Message::END_PROCESS:
+      return HandleEndProcess(link, message.getEndProcess());
     case proto::Message::ADD_FAILURE_HANDLER:
       return HandleAddHandler(link, seq, message.getAddFailureHandler());
     case proto::Message::LAUNCHED:
@@ -123,8 +137,10 @@ absl::Status RackMonitor::OnMessage(ipc::Link& link, proto::Message::Reader mess
       return link.ReplyEcho(message);
     case proto::Message::OK:
     case proto::Message::REGISTERED:
+      if (&link == mmu_) (void)HandleMmuAnswer(message);
       return absl::OkStatus();  // the Rack MMU acknowledging our own messages
     case proto::Message::ERROR:
+      if (&link == mmu_ && HandleMmuAnswer(message)) return absl::OkStatus();
       if (launches_.contains(link.id())) {
         HandleLaunchReply(link, message);
         return absl::OkStatus();
@@ -268,7 +284,17 @@ void RackMonitor::SetHealth(Watched& w, proto::Health health, const std::string&
     // Fence: a paused element that wakes up finds itself cut off from the rack.
     hub_->Close(*link, absl::UnavailableError(absl::StrCat("fenced: ", reason)));
   }
-  if (w.kind == proto::ElementKind::RACKMMU) mmu_ = nullptr;
+  if (w.kind == proto::ElementKind::RACKMMU) {
+    mmu_ = nullptr;
+    for (auto& [seq, pending] : pending_apps_) {
+      if (auto client = links_.find(pending.link_id); client != links_.end()) {
+        (void)client->second->ReplyError(
+            pending.seq,
+            absl::UnavailableError("mon: the Rack MMU failed before it held the spec"));
+      }
+    }
+    pending_apps_.clear();
+  }
   if (w.kind == proto::ElementKind::COMPUTE) {
     // The Rack MMU fails and fences its processes when it hears of this; their handlers
     // run here.
@@ -281,7 +307,14 @@ void RackMonitor::SetHealth(Watched& w, proto::Health health, const std::string&
         ++it;
       }
     }
+    // An application that fails whole runs its handler once.
+    std::set<std::string> whole;
     for (const Process& p : gone) {
+      auto app = apps_.find(p.app);
+      if (app != apps_.end() && app->second.spec.model == FateModel::kComplete &&
+          !whole.insert(p.app).second) {
+        continue;
+      }
       RunHandler(p, absl::StrCat("its compute element ", w.name, " failed: ", reason));
     }
   }
@@ -312,6 +345,7 @@ absl::Status RackMonitor::HandleProcessUp(ipc::Link& link, proto::ProcessUp::Rea
   p.id = up.getProcessId();
   p.name = up.getName();
   p.pid = up.getPid();
+  p.app = up.getApp();
   p.element = w->name;
   p.pidfd = ipc::Fd(static_cast<int>(::syscall(SYS_pidfd_open, p.pid, 0)));
   processes_[p.id] = std::move(p);
@@ -357,6 +391,7 @@ void RackMonitor::ProcessFailed(const Process& p, const std::string& reason) {
 }
 
 void RackMonitor::OnClose(ipc::Link& link, const absl::Status& why) {
+  links_.erase(link.id());
   launches_.erase(link.id());
   lives_.Forget(link.id());
   Watched* w = ByLink(link);

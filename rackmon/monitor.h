@@ -16,14 +16,17 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
+#include "fate_spec.h"
 #include "freezer.h"
 #include "internal/heartbeat.h"
 #include "ipc/event_loop.h"
+#include "ipc/fabric.h"
 #include "ipc/hub.h"
 #include "ipc/life_word.h"
 #include "ipc/liveness_timer.h"
@@ -45,6 +48,7 @@ class RackMonitor : public ipc::Hub::Handler {
   // the Rack MMU, watched like an element and told of every health change.
   void Start(ipc::Hub& hub, ipc::Link& mmu);
 
+  void OnOpen(ipc::Link& link) override { links_[link.id()] = &link; }
   absl::Status OnMessage(ipc::Link& link, proto::Message::Reader message) override;
   void OnClose(ipc::Link& link, const absl::Status& why) override;
 
@@ -70,7 +74,8 @@ class RackMonitor : public ipc::Hub::Handler {
     std::string name;
     pid_t pid = 0;
     std::string element;
-    ipc::Fd pidfd;  // opened when reported: a kill never reaches a reused pid
+    std::string app;  // its application, as it said
+    ipc::Fd pidfd;    // opened when reported: a kill never reaches a reused pid
   };
 
   absl::Status HandleRegister(ipc::Link& link, uint64_t seq, proto::Register::Reader request);
@@ -95,12 +100,28 @@ class RackMonitor : public ipc::Hub::Handler {
   // A message on a connection that launched a handler's program.
   void HandleLaunchReply(ipc::Link& link, proto::Message::Reader message);
 
+  // Applications' fate specs (monitor_apps.cc).
+  absl::Status HandleRegisterApp(ipc::Link& link, uint64_t seq, proto::RegisterApp::Reader request);
+  // The Rack MMU's answer to an application's spec: passed on to the client that sent it.
+  // False if `message` answers no such request.
+  bool HandleMmuAnswer(proto::Message::Reader message);
+  absl::Status HandleEndProcess(ipc::Link& link, proto::EndProcess::Reader end);
+
   // Fault injection (monitor_inject.cc).
   absl::Status HandleInject(ipc::Link& link, uint64_t seq, proto::Inject::Reader inject);
   absl::Status Fail(const std::string& target);
   absl::Status Kill(const std::string& target);
   absl::Status Pause(const std::string& target, absl::Duration for_how_long);
   absl::Status Resume(const std::string& target);
+  // Partitions and delays (monitor_fabric.cc), kept in the fabric file every application
+  // process consults.
+  absl::Status Partition(const std::string& a, const std::string& b, absl::Duration for_how_long);
+  absl::Status Heal(const std::string& a, const std::string& b);
+  absl::Status Delay(const std::string& target, absl::Duration delay, absl::Duration for_how_long);
+  // Writes the rules in force to the fabric file.
+  absl::Status PublishFabric();
+  // The element named `name` for a fabric rule: a compute or memory element, or "mmu".
+  absl::Status FabricElement(const std::string& name);
   // The element named `target`: NOT_FOUND naming the elements there are.
   absl::StatusOr<Watched*> Element(const std::string& target);
   Watched* ByLink(const ipc::Link& link);
@@ -125,6 +146,32 @@ class RackMonitor : public ipc::Hub::Handler {
     uint64_t runs = 0;
   };
   std::map<std::string, Handler> handlers_;  // by process name
+  struct App {
+    FateSpec spec;
+    std::string file;                // the spec's file, as the client named it
+    std::optional<Handler> handler;  // runs when any of its processes fails
+  };
+  std::map<std::string, App> apps_;  // by application name
+  struct PendingApp {                // a spec the Rack MMU has not acknowledged yet
+    uint64_t link_id;                // the client's, and its request
+    uint64_t seq;
+    std::string app;
+    App entry;
+  };
+  absl::flat_hash_map<uint64_t, PendingApp> pending_apps_;  // by the request sent to the MMU
+  // Processes the Rack MMU had ended for a failure they share: their deaths run no handler.
+  // Each with its pidfd, so that those long gone can be forgotten.
+  std::map<std::pair<uint32_t, pid_t>, ipc::Fd> ended_for_fate_;
+  // Whether `p`'s failure runs a handler: not if it was ended for a failure it shares.
+  bool RunsHandler(const Process& p);
+  absl::flat_hash_map<uint64_t, ipc::Link*> links_;  // every open link, by id
+  std::optional<ipc::FabricWriter> fabric_;          // unset if the file could not be made
+  struct ActiveRule {
+    ipc::FabricRule rule;
+    ipc::EventLoop::WatchId timer = 0;  // --for: when it ends by itself
+  };
+  std::map<uint64_t, ActiveRule> fabric_rules_;  // by a number of their own
+  uint64_t next_rule_ = 1;
   // Programs started by handlers, by the connection that started them (which they live as
   // long as: the compute element ends a program whose launcher hangs up).
   struct Started {

@@ -64,9 +64,20 @@ absl::Status RackMonitor::HandleAddHandler(ipc::Link& link, uint64_t seq,
 }
 
 void RackMonitor::RunHandler(const Process& p, const std::string& reason) {
-  auto it = handlers_.find(p.name);
-  if (it == handlers_.end()) return;
-  Handler& h = it->second;
+  if (!RunsHandler(p)) return;
+  // Its application's handler, else the one registered for its name (either name is
+  // checked, and names its log).
+  Handler* found = nullptr;
+  std::string key;
+  if (auto app = apps_.find(p.app); !p.app.empty() && app != apps_.end() && app->second.handler) {
+    found = &*app->second.handler;
+    key = p.app;
+  } else if (auto named = handlers_.find(p.name); named != handlers_.end()) {
+    found = &named->second;
+    key = p.name;
+  }
+  if (found == nullptr) return;
+  Handler& h = *found;
   // Where: the element asked for if it is healthy and did not run the failed process, else
   // the first healthy compute element that did not.
   auto usable = [&](const Watched& w) {
@@ -89,7 +100,7 @@ void RackMonitor::RunHandler(const Process& p, const std::string& reason) {
   Started started;
   started.what =
       absl::StrCat("the failure handler of process ", p.id, " (", p.name, ") on ", where);
-  const std::string log = absl::StrCat(options_.run_dir, "/on-failure-", p.name, ".log");
+  const std::string log = absl::StrCat(options_.run_dir, "/on-failure-", key, ".log");
   started.in = ipc::Fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   started.out = ipc::Fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
   if (!started.in.valid() || !started.out.valid()) {
@@ -131,6 +142,11 @@ void RackMonitor::RunHandler(const Process& p, const std::string& reason) {
   LOG(WARNING) << "mon: starting " << started.what << " (run " << run << "): " << h.argv[0]
                << "; its output goes to " << log;
   launches_[(*link)->id()] = std::move(started);
+}
+
+bool RackMonitor::RunsHandler(const Process& p) {
+  // A process ended because it shared another's failure: the handler ran for that one.
+  return ended_for_fate_.erase({p.id, p.pid}) == 0;
 }
 
 void RackMonitor::HandleLaunchReply(ipc::Link& link, proto::Message::Reader message) {

@@ -49,6 +49,20 @@ absl::Status RackMonitor::HandleInject(ipc::Link& link, uint64_t seq,
     case proto::FaultAction::RESUME:
       done = Resume(target);
       break;
+    case proto::FaultAction::PARTITION:
+      done = inject.getForNanos() < 0
+                 ? absl::InvalidArgumentError("mon: a partition cannot last a negative time")
+                 : Partition(target, inject.getPeer(), absl::Nanoseconds(inject.getForNanos()));
+      break;
+    case proto::FaultAction::HEAL:
+      done = Heal(target, inject.getPeer());
+      break;
+    case proto::FaultAction::DELAY:
+      done = inject.getForNanos() < 0
+                 ? absl::InvalidArgumentError("mon: a delay cannot last a negative time")
+                 : Delay(target, absl::Nanoseconds(inject.getDelayNanos()),
+                         absl::Nanoseconds(inject.getForNanos()));
+      break;
     default:
       done = absl::InvalidArgumentError("mon: unknown fault action");
   }

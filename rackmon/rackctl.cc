@@ -19,8 +19,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -28,6 +30,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "fate_spec.h"
 #include "internal/daemon.h"
 #include "internal/status_macros.h"
 #include "ipc/client.h"
@@ -37,6 +40,8 @@
 DEFINE_string(rack, "", "the rack's run directory (default: $DISAGG_RACK)");
 DEFINE_bool(json, false, "status: print one JSON object instead of a table");
 DEFINE_string(on, "", "run, on-failure: the compute element to run the program on, e.g. cpu0");
+DEFINE_string(app, "", "run: the application the program belongs to (its fate-sharing spec)");
+DEFINE_string(fate, "", "run --app, app: the application's fate-sharing spec (a file)");
 DEFINE_int32(timeout_ms, 3000, "how long to wait for the rack's daemons");
 
 namespace disagg::rackctl {
@@ -45,11 +50,17 @@ namespace {
 constexpr char kUsage[] =
     "usage: rackctl [--rack DIR] COMMAND\n"
     "  status [--json]   show every element of the rack and its health, and its processes\n"
-    "  run --on ELEMENT -- PROGRAM [ARGS...]\n"
+    "  run --on ELEMENT [--app NAME [--fate FILE]] -- PROGRAM [ARGS...]\n"
     "                    run PROGRAM on compute element ELEMENT, as a child of its procmon\n"
     "                    with this terminal's stdio (it joins the rack with libdisagg:\n"
     "                    DISAGG_RACK and DISAGG_ELEMENT are set for it); wait for it and\n"
-    "                    end as it ends; signals to rackctl are passed on to it\n"
+    "                    end as it ends; signals to rackctl are passed on to it. With --app,\n"
+    "                    it belongs to application NAME (DISAGG_APP) and shares fate as\n"
+    "                    NAME's spec says; --fate FILE registers that spec first (a\n"
+    "                    malformed one is refused with its line number, and nothing runs)\n"
+    "  app NAME --fate FILE\n"
+    "                    register (or replace) application NAME's fate-sharing spec\n"
+    "                    without running anything (the README describes the format)\n"
     "  check             compare the Rack MMU's memory map with every memory element's page\n"
     "                    table: exit status 0 when they agree, else the differences and 1\n"
     "  on-failure NAME [--on ELEMENT] -- PROGRAM [ARGS...]\n"
@@ -67,7 +78,16 @@ constexpr char kUsage[] =
     "                    blade), for MS milliseconds or until resumed; the monitor declares\n"
     "                    it failed once it has not answered heartbeats for the silence\n"
     "                    limit (scripts/rack --silence-ms, default 200 ms)\n"
-    "  resume ELEMENT    thaw a paused element\n";
+    "  resume ELEMENT    thaw a paused element\n"
+    "  partition A B [--for MS]\n"
+    "                    the channels between elements A and B (compute, memory, or mmu)\n"
+    "                    deliver nothing either way until healed (or for MS milliseconds):\n"
+    "                    the application processes' calls between them wait, and fail\n"
+    "                    UNAVAILABLE at their timeout\n"
+    "  heal [A B]        end the partition of A and B (of all, without names)\n"
+    "  delay ELEMENT MICROSECONDS [--for MS]\n"
+    "                    hold each message on ELEMENT's channels, each way, for MICROSECONDS\n"
+    "                    (a rack fabric ~2, a cross-rack hop ~45; 0 ends it)\n";
 
 std::string HumanBytes(uint64_t n) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -95,7 +115,22 @@ struct ProcessRow {
   uint64_t quota = 0;
   bool dead = false;          // its memory is held for adoption
   int64_t release_in_ns = 0;  // ... until then
+  std::string app;            // its application ("" if none) and its fate model
+  std::string fate;
 };
+
+const char* FateName(proto::FateModel model) {
+  switch (model) {
+    case proto::FateModel::COMPLETE:
+      return "complete";
+    case proto::FateModel::PARTIAL:
+      return "partial";
+    case proto::FateModel::TAINTED:
+      return "tainted";
+    default:
+      return "none";
+  }
+}
 
 std::string ProcessState(const ProcessRow& p) {
   if (!p.dead) return "running";
@@ -135,6 +170,8 @@ void PrintStatusJson(proto::RackStatus::Reader status, const std::vector<Process
     row.setCacheQuotaBytes(p.quota);
     row.setDead(p.dead);
     row.setReleaseInMs(p.dead ? p.release_in_ns / 1e6 : 0);
+    row.setApp(p.app);
+    row.setFate(p.fate);
   }
   capnp::JsonCodec codec;
   codec.handleByAnnotation<StatusJson>();
@@ -158,13 +195,15 @@ void PrintStatus(proto::RackStatus::Reader status, const std::vector<ProcessRow>
                 HeartbeatAge(e.getLastHeartbeatAgeNanos()).c_str());
   }
   if (processes.empty()) return;
-  std::printf("\n%-8s %-16s %8s %-8s %12s %12s %12s  %s\n", "PROCESS", "NAME", "PID", "ON",
-              "MAPPED", "CACHED", "CACHE QUOTA", "STATE");
+  std::printf("\n%-8s %-16s %8s %-8s %12s %12s %12s  %-20s %s\n", "PROCESS", "NAME", "PID", "ON",
+              "MAPPED", "CACHED", "CACHE QUOTA", "APP (FATE)", "STATE");
   uint64_t held = 0;
   for (const ProcessRow& p : processes) {
-    std::printf("%-8u %-16s %8d %-8s %12s %12s %12s  %s\n", p.id, p.name.c_str(), p.pid,
+    const std::string app = p.app.empty() ? "-" : absl::StrCat(p.app, " (", p.fate, ")");
+    std::printf("%-8u %-16s %8d %-8s %12s %12s %12s  %-20s %s\n", p.id, p.name.c_str(), p.pid,
                 p.element.empty() ? "-" : p.element.c_str(), HumanBytes(p.mapped).c_str(),
-                HumanBytes(p.cached).c_str(), HumanBytes(p.quota).c_str(), ProcessState(p).c_str());
+                HumanBytes(p.cached).c_str(), HumanBytes(p.quota).c_str(), app.c_str(),
+                ProcessState(p).c_str());
     if (p.dead) held += p.mapped;
   }
   if (held > 0) {
@@ -209,9 +248,16 @@ std::vector<ProcessRow> Processes(const std::string& rack, proto::RackStatus::Re
   absl::Status s = AskStatus(rack, "mmu", [&](proto::RackStatus::Reader status) {
     grace_ns = status.getGracePeriodNanos();
     for (auto p : status.getProcesses()) {
-      rows[p.getProcessId()] = {p.getProcessId(),     p.getName(), p.getPid(), p.getElement(),
-                                p.getMappedBytes(),   0,           0,          p.getDead(),
-                                p.getReleaseInNanos()};
+      ProcessRow& row = rows[p.getProcessId()];
+      row.id = p.getProcessId();
+      row.name = p.getName();
+      row.pid = p.getPid();
+      row.element = p.getElement();
+      row.mapped = p.getMappedBytes();
+      row.dead = p.getDead();
+      row.release_in_ns = p.getReleaseInNanos();
+      row.app = p.getApp();
+      row.fate = FateName(p.getFate());
     }
     return absl::OkStatus();
   });
@@ -258,7 +304,7 @@ absl::Status Status(const std::string& rack) {
 // outcome. FAILED_PRECONDITION when they differ.
 // Asks the rack monitor to inject a fault.
 absl::Status Inject(const std::string& rack, proto::FaultAction action, const std::string& target,
-                    int64_t for_ms) {
+                    int64_t for_ms, const std::string& peer = "", int64_t delay_ns = 0) {
   const absl::Duration timeout = absl::Milliseconds(FLAGS_timeout_ms);
   ASSIGN_OR_RETURN(ipc::Client client, ipc::Client::Connect(SocketPath(rack, "mon"), timeout));
   ipc::SmallMessage request;
@@ -267,6 +313,8 @@ absl::Status Inject(const std::string& rack, proto::FaultAction action, const st
   inject.setAction(action);
   inject.setTarget(target);
   inject.setForNanos(for_ms * 1000000);
+  inject.setPeer(peer);
+  inject.setDelayNanos(delay_ns);
   RETURN_IF_ERROR(client.Call(
       request.builder(), root,
       [&](proto::Message::Reader reply) {
@@ -348,18 +396,22 @@ absl::StatusOr<pid_t> HealthyComputeElement(const std::string& rack, const std::
   return procmon;
 }
 
-// A launch of `program` with the rest of `argv`, this process's environment, working
-// directory and fds 0-2.
-absl::Status BuildLaunch(proto::Launch::Builder launch, const std::string& program, char** argv) {
+// A launch of `program` with the rest of `argv`, this process's environment (with
+// DISAGG_APP=`app` instead of its own, if `app` is given), working directory and fds 0-2.
+absl::Status BuildLaunch(proto::Launch::Builder launch, const std::string& program, char** argv,
+                         const std::string& app = "") {
   size_t argc = 0;
   while (argv[argc] != nullptr) ++argc;
   auto args = launch.initArgv(argc);
   args.set(0, program);
   for (size_t i = 1; i < argc; ++i) args.set(i, argv[i]);
-  size_t envc = 0;
-  while (environ[envc] != nullptr) ++envc;
-  auto env = launch.initEnv(envc);
-  for (size_t i = 0; i < envc; ++i) env.set(i, environ[i]);
+  std::vector<std::string> vars;
+  for (size_t i = 0; environ[i] != nullptr; ++i) {
+    if (app.empty() || std::strncmp(environ[i], "DISAGG_APP=", 11) != 0) vars.push_back(environ[i]);
+  }
+  if (!app.empty()) vars.push_back(absl::StrCat("DISAGG_APP=", app));
+  auto env = launch.initEnv(vars.size());
+  for (size_t i = 0; i < vars.size(); ++i) env.set(i, vars[i]);
   char cwd[PATH_MAX];
   if (::getcwd(cwd, sizeof(cwd)) == nullptr) {
     return absl::FailedPreconditionError(
@@ -399,6 +451,57 @@ absl::Status OnFailure(const std::string& rack, const std::string& name, const s
     std::printf("removed the failure handler for %s\n", name.c_str());
   }
   return absl::OkStatus();
+}
+
+// Registers application `app`'s fate-sharing spec, read from `file`, at the rack monitor.
+// A malformed spec is refused here with its line number (and again by the monitor, which
+// trusts no client).
+absl::Status RegisterApp(const std::string& rack, const std::string& app, const std::string& file) {
+  if (!rackmon::ValidAppName(app)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", app, "' is no application name (1-64 letters, digits, '.', '_' or '-')"));
+  }
+  std::ifstream in(file, std::ios::binary);
+  if (!in)
+    return absl::NotFoundError(absl::StrCat("cannot read ", file, ": ", std::strerror(errno)));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (text.str().size() > rackmon::kMaxFateSpecBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ": the spec is larger than ", rackmon::kMaxFateSpecBytes, " bytes"));
+  }
+  ASSIGN_OR_RETURN(const rackmon::FateSpec spec, rackmon::ParseFateSpec(file, text.str()));
+  capnp::MallocMessageBuilder builder;
+  auto root = builder.initRoot<proto::Message>();
+  auto request = root.initRegisterApp();
+  request.setApp(app);
+  request.setFile(file);
+  request.setText(text.str());
+  if (!spec.handler_argv.empty()) {
+    absl::StatusOr<std::string> program = FindProgram(spec.handler_argv[0]);
+    if (program.ok() && ::access(program->c_str(), X_OK) != 0) {
+      program =
+          absl::NotFoundError(absl::StrCat("cannot run ", *program, ": ", std::strerror(errno)));
+    }
+    if (!program.ok()) {
+      return absl::NotFoundError(
+          absl::StrCat(file, ":", spec.handler_line, ": handler: ", program.status().message()));
+    }
+    std::vector<char*> argv;
+    for (const std::string& a : spec.handler_argv) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    RETURN_IF_ERROR(BuildLaunch(request.initHandler(), *program, argv.data(), app));
+    request.setHandlerElement(spec.handler_element);
+  }
+  const absl::Duration timeout = absl::Milliseconds(FLAGS_timeout_ms);
+  ASSIGN_OR_RETURN(ipc::Client client, ipc::Client::Connect(SocketPath(rack, "mon"), timeout));
+  return client.Call(
+      builder, root,
+      [&](proto::Message::Reader reply) {
+        if (!reply.isOk()) return absl::InternalError("the rack monitor sent no answer");
+        return absl::OkStatus();
+      },
+      timeout);
 }
 
 // How a launched program ended.
@@ -441,9 +544,12 @@ absl::StatusOr<Ending> WaitForProgram(ipc::Client& client, uint64_t seq,
 // Runs `argv` on compute element `element` as a child of its procmon, with rackctl's own
 // stdin, stdout and stderr, and waits for it: returns its exit code (a program that a signal
 // ended ends rackctl with the same signal). SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed on.
-absl::StatusOr<int> Run(const std::string& rack, const std::string& element, char** argv) {
+absl::StatusOr<int> Run(const std::string& rack, const std::string& element, char** argv,
+                        const std::string& app, const std::string& fate) {
   ASSIGN_OR_RETURN(const pid_t procmon, HealthyComputeElement(rack, element));
   ASSIGN_OR_RETURN(const std::string program, FindProgram(argv[0]));
+  // The spec only once the program can be started: a mistyped command changes nothing.
+  if (!fate.empty()) RETURN_IF_ERROR(RegisterApp(rack, app, fate));
   // The element copies our fds 0-2 for the program (pidfd_getfd); where Yama restricts that
   // to ancestors, this lets the element do it.
   (void)::prctl(PR_SET_PTRACER, procmon, 0, 0, 0);
@@ -452,7 +558,7 @@ absl::StatusOr<int> Run(const std::string& rack, const std::string& element, cha
   client.set_spin(absl::ZeroDuration());
   capnp::MallocMessageBuilder builder;
   auto root = builder.initRoot<proto::Message>();
-  RETURN_IF_ERROR(BuildLaunch(root.initLaunch(), program, argv));
+  RETURN_IF_ERROR(BuildLaunch(root.initLaunch(), program, argv, app));
   for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) ::signal(sig, NoteSignal);
   ASSIGN_OR_RETURN(const uint64_t seq, client.Send(builder, root));
   RETURN_IF_ERROR(client.Await(seq, [](proto::Message::Reader) { return absl::OkStatus(); }));
@@ -537,37 +643,77 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "rackctl: no rack given: pass --rack DIR or set DISAGG_RACK\n");
     return 2;
   }
+  if ((!FLAGS_app.empty() && command != "run") ||
+      (!FLAGS_fate.empty() && command != "run" && command != "app")) {
+    std::fprintf(stderr, "rackctl: --app goes only with run, --fate with run --app and app\n%s",
+                 kUsage);
+    return 2;
+  }
   absl::Status status;
   if (command == "status" && argc == 2) {
     status = Status(rack);
   } else if (command == "check" && argc == 2) {
     status = Check(rack);
-  } else if (for_ms && command != "pause") {
-    std::fprintf(stderr, "rackctl: --for goes only with pause\n%s", kUsage);
+  } else if (for_ms && command != "pause" && command != "partition" && command != "delay") {
+    std::fprintf(stderr, "rackctl: --for goes only with pause, partition and delay\n%s", kUsage);
     return 2;
   } else if ((command == "fail" || command == "kill" || command == "resume") && argc == 3) {
     const proto::FaultAction action = command == "fail"   ? proto::FaultAction::FAIL
                                       : command == "kill" ? proto::FaultAction::KILL
                                                           : proto::FaultAction::RESUME;
     status = Inject(rack, action, argv[2], 0);
-  } else if (command == "pause" && argc == 3) {
+  } else if ((command == "pause" && argc == 3) || (command == "partition" && argc == 4) ||
+             (command == "delay" && argc == 4)) {
     int64_t ms = 0;
     if (for_ms && (!absl::SimpleAtoi(*for_ms, &ms) || ms <= 0 || ms > 86400000)) {
       std::fprintf(stderr, "rackctl: --for %s: not a number of milliseconds (1 to 86400000)\n",
                    for_ms->c_str());
       return 2;
     }
-    status = Inject(rack, proto::FaultAction::PAUSE, argv[2], ms);
+    if (command == "pause") {
+      status = Inject(rack, proto::FaultAction::PAUSE, argv[2], ms);
+    } else if (command == "partition") {
+      status = Inject(rack, proto::FaultAction::PARTITION, argv[2], ms, argv[3]);
+    } else {
+      int64_t us = 0;
+      if (!absl::SimpleAtoi(argv[3], &us) || us < 0 || us > 1000000) {
+        std::fprintf(stderr, "rackctl: delay %s: not a number of microseconds (0 to 1000000)\n",
+                     argv[3]);
+        return 2;
+      }
+      status = Inject(rack, proto::FaultAction::DELAY, argv[2], ms, "", us * 1000);
+    }
+  } else if (command == "heal" && (argc == 2 || argc == 4)) {
+    status = Inject(rack, proto::FaultAction::HEAL, argc == 4 ? argv[2] : "", 0,
+                    argc == 4 ? argv[3] : "");
   } else if (command == "on-failure" && argc == 3) {
     status = OnFailure(rack, argv[2], FLAGS_on, program);
+  } else if (command == "app" && argc == 3) {
+    if (FLAGS_fate.empty() || !FLAGS_on.empty() || program != nullptr) {
+      std::fprintf(stderr, "rackctl: app takes NAME and --fate FILE only\n%s", kUsage);
+      return 2;
+    }
+    status = RegisterApp(rack, argv[2], FLAGS_fate);
+    if (status.ok())
+      std::printf("application %s: fate spec %s registered\n", argv[2], FLAGS_fate.c_str());
   } else if (command == "run" && argc == 2) {
     if (FLAGS_on.empty() || program == nullptr || program[0] == nullptr) {
       std::fprintf(stderr, "rackctl: run needs --on ELEMENT and -- PROGRAM\n%s", kUsage);
       return 2;
     }
-    absl::StatusOr<int> code = Run(rack, FLAGS_on, program);
-    if (code.ok()) return *code;
-    status = code.status();
+    if (!FLAGS_fate.empty() && FLAGS_app.empty()) {
+      std::fprintf(stderr, "rackctl: --fate goes with --app NAME\n%s", kUsage);
+      return 2;
+    }
+    if (!FLAGS_app.empty() && !rackmon::ValidAppName(FLAGS_app)) {
+      status = absl::InvalidArgumentError(absl::StrCat(
+          "'", FLAGS_app, "' is no application name (1-64 letters, digits, '.', '_' or '-')"));
+    }
+    if (status.ok()) {
+      absl::StatusOr<int> code = Run(rack, FLAGS_on, program, FLAGS_app, FLAGS_fate);
+      if (code.ok()) return *code;
+      status = code.status();
+    }
   } else {
     std::fprintf(stderr, "rackctl: unknown command or arguments: %s\n%s", command.c_str(), kUsage);
     return 2;

@@ -35,4 +35,6 @@ struct ProcessJson {
   cacheQuotaBytes @6 :UInt64 $Json.name("cache_quota_bytes");
   dead @7 :Bool;                                           # memory held for adoption
   releaseInMs @8 :Float64 $Json.name("release_in_ms");     # when a dead one's memory is freed
+  app @9 :Text;                                            # its application ("" if none)
+  fate @10 :Text;                                          # its fate model: none, complete, ...
 }

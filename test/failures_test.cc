@@ -20,62 +20,12 @@
 #include "ipc/wire.h"
 #include "rack_harness.h"
 #include "rack_peer_driver.h"
+#include "rack_probes.h"
 
 namespace disagg::testing {
 namespace {
 
 constexpr uint64_t kMiB = 1024 * 1024;
-
-uint64_t Addr(const std::string& hex) { return std::stoull(hex, nullptr, 16); }
-
-std::string Range(uint64_t addr, uint64_t bytes) {
-  return HexAddr(addr) + " " + std::to_string(bytes);
-}
-
-std::string Rackctl(const TestRack& rack, const std::string& args, int* rc = nullptr) {
-  std::string out;
-  const int status =
-      RunCommand(std::string(DISAGG_BIN_DIR) + "/rackctl --rack " + rack.dir() + " " + args, &out);
-  if (rc != nullptr) *rc = status;
-  return out;
-}
-
-// Polls `peer`'s events until one contains `wanted` (10 s at the most).
-bool WaitForEvent(Peer& peer, const std::string& wanted) {
-  for (int i = 0; i < 1000; ++i) {
-    if (peer.Ask("events").find(wanted) != std::string::npos) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return false;
-}
-
-// What memory element `element` says of each process it holds memory for.
-struct MemoryRow {
-  uint64_t bound_bytes = 0;
-  uint64_t writebacks = 0;
-  uint64_t refused = 0;
-  bool fenced = false;
-};
-
-std::map<uint32_t, MemoryRow> MemoryStatus(const TestRack& rack, const std::string& element) {
-  std::map<uint32_t, MemoryRow> rows;
-  absl::StatusOr<ipc::Client> client = ipc::Client::Connect(rack.Socket(element), absl::Seconds(5));
-  if (!client.ok()) return rows;
-  ipc::SmallMessage request;
-  auto root = request.Init();
-  root.setStatusRequest();
-  (void)client->Call(
-      request.builder(), root,
-      [&](proto::Message::Reader reply) {
-        for (auto p : reply.getStatus().getProcesses()) {
-          rows[p.getProcessId()] = {p.getMappedBytes(), p.getWritebacks(), p.getRefused(),
-                                    p.getFenced()};
-        }
-        return absl::OkStatus();
-      },
-      absl::Seconds(5));
-  return rows;
-}
 
 // Polls until every memory element in `elements` fenced process `id` (10 s at the most).
 bool WaitForFence(const TestRack& rack, uint32_t id, std::initializer_list<const char*> elements) {

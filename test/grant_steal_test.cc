@@ -19,6 +19,7 @@
 #include "ipc/wire.h"
 #include "rack_harness.h"
 #include "rack_peer_driver.h"
+#include "rack_probes.h"
 
 namespace disagg::testing {
 namespace {
@@ -29,31 +30,6 @@ constexpr uint64_t kMiB = 1024 * kKiB;
 // scheduling stalls from failing elements.
 constexpr char kRackArgs[] =
     "--compute 2 --memory 2 --pool-size 64M --cache-budget 1M --silence-ms 2000";
-
-uint64_t Addr(const std::string& hex) { return std::stoull(hex, nullptr, 16); }
-
-std::string Range(uint64_t addr, uint64_t bytes) {
-  return HexAddr(addr) + " " + std::to_string(bytes);
-}
-
-// `rackctl check` agrees, and says so.
-void RequireConsistent(const TestRack& rack) {
-  std::string out;
-  const int rc =
-      RunCommand(std::string(DISAGG_BIN_DIR) + "/rackctl --rack " + rack.dir() + " check", &out);
-  INFO(out);
-  REQUIRE(rc == 0);
-  REQUIRE(out.find("consistent:") != std::string::npos);
-}
-
-// Polls `peer`'s events until one contains `wanted` (5 s at the most).
-bool WaitForEvent(Peer& peer, const std::string& wanted) {
-  for (int i = 0; i < 500; ++i) {
-    if (peer.Ask("events").find(wanted) != std::string::npos) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return false;
-}
 
 std::string Status(const TestRack& rack) {
   std::string out;
@@ -100,7 +76,7 @@ TEST_CASE("Grant moves memory to another process at the same address, dirty page
   // The receiver owns it now: it writes, flushes and frees it like its own.
   REQUIRE(b.Ask("fill " + Range(addr, 4 * kMiB) + " 8") == "ok");
   REQUIRE(b.Ask("flush " + Range(addr, 4 * kMiB)) == "ok");
-  RequireConsistent(rack);
+  REQUIRE_CONSISTENT(rack);
 }
 
 TEST_CASE("Grant of part of a region splits it, and the receiver can grant it back") {
@@ -121,7 +97,7 @@ TEST_CASE("Grant of part of a region splits it, and the receiver can grant it ba
   REQUIRE(a.Ask("flush " + Range(addr, q)) == "ok");
   REQUIRE(a.Ask("flush " + Range(addr + q, q)).rfind("error INVALID_ARGUMENT", 0) == 0);
   REQUIRE(b.Ask("verify " + second + " 2") == "ok");
-  RequireConsistent(rack);
+  REQUIRE_CONSISTENT(rack);
 
   SECTION("back to the giver, with the receiver's writes") {
     REQUIRE(b.Ask("fill " + second + " 22") == "ok");
@@ -130,14 +106,14 @@ TEST_CASE("Grant of part of a region splits it, and the receiver can grant it ba
     REQUIRE(a.Ask("verify " + second + " 22") == "ok");
     REQUIRE(a.Ask("verify " + Range(addr + 3 * q, q) + " 4") == "ok");
     REQUIRE(b.Ask("touch " + HexAddr(addr + q)) == "fault revoked (granted away or stolen)");
-    RequireConsistent(rack);
+    REQUIRE_CONSISTENT(rack);
   }
   SECTION("the giver unmaps what it kept; the receiver keeps its part") {
     REQUIRE(a.Ask("unmap " + HexAddr(addr)) == "ok");  // now a region of one quarter
     REQUIRE(a.Ask("unmap " + HexAddr(addr + 2 * q)) == "ok");
     REQUIRE(a.Ask("unmap " + HexAddr(addr + q)).rfind("error NOT_FOUND", 0) == 0);
     REQUIRE(b.Ask("verify " + second + " 2") == "ok");
-    RequireConsistent(rack);
+    REQUIRE_CONSISTENT(rack);
   }
 }
 
@@ -155,7 +131,7 @@ TEST_CASE("Memory granted away piece by piece and back at once is usable at once
   for (int i = 0; i < 4; ++i) REQUIRE(a.Ask("touch " + HexAddr(addr + i * 4096)) == "ok");
   REQUIRE(a.Ask("verify " + Range(addr, 64 * kKiB) + " 5") == "ok");
   REQUIRE(b.Ask("touch " + HexAddr(addr)) == "fault revoked (granted away or stolen)");
-  RequireConsistent(rack);
+  REQUIRE_CONSISTENT(rack);
 }
 
 TEST_CASE("Steal takes memory from a live, paused or dead peer of the same trust group") {
@@ -202,7 +178,7 @@ TEST_CASE("Steal takes memory from a live, paused or dead peer of the same trust
     REQUIRE(thief.Ask("steal " + from + " " + all) == "ok");
     REQUIRE(thief.Ask("verify " + all + " 5") == "ok");
   }
-  RequireConsistent(rack);
+  REQUIRE_CONSISTENT(rack);
 }
 
 // The thread of process `pid` named `name` (libdisagg names its threads), or 0.
@@ -283,7 +259,7 @@ TEST_CASE("A dead process's memory and roots are freed when its grace period end
   REQUIRE(freed);
   REQUIRE(thief.Ask("steal " + from + " " + Range(addr, kMiB)).rfind("error NOT_FOUND", 0) == 0);
   REQUIRE(Status(rack).find("dead, held") == std::string::npos);
-  RequireConsistent(rack);
+  REQUIRE_CONSISTENT(rack);
 }
 
 TEST_CASE("Steal outside a shared trust group is refused and changes nothing") {
@@ -299,7 +275,7 @@ TEST_CASE("Steal outside a shared trust group is refused and changes nothing") {
   REQUIRE(victim.Ask("flush " + Range(addr, kMiB)) == "ok");
   REQUIRE(victim.Ask("verify " + Range(addr, kMiB) + " 9") == "ok");
   REQUIRE(thief.Ask("touch " + HexAddr(addr)) == "fault not yours (another process's memory)");
-  RequireConsistent(rack);
+  REQUIRE_CONSISTENT(rack);
 }
 
 TEST_CASE("Bad grants and steals are refused with the reason and change nothing") {
@@ -329,7 +305,7 @@ TEST_CASE("Bad grants and steals are refused with the reason and change nothing"
   CHECK(refused(a.Ask("lookup " + std::to_string(b.id()) + " nothing"), "NOT_FOUND"));
   REQUIRE(a.Ask("verify " + Range(addr, kMiB) + " 3") == "ok");
   REQUIRE(a.Ask("flush " + Range(addr, kMiB)) == "ok");
-  RequireConsistent(rack);
+  REQUIRE_CONSISTENT(rack);
 }
 
 TEST_CASE("Concurrent grant and steal of the same range: exactly one wins") {
@@ -369,7 +345,7 @@ TEST_CASE("Concurrent grant and steal of the same range: exactly one wins") {
     }
   }
   INFO("grants won " << grants << ", steals won " << steals);
-  RequireConsistent(rack);
+  REQUIRE_CONSISTENT(rack);
 }
 
 TEST_CASE("Process ids are reused once their processes left") {
@@ -383,7 +359,7 @@ TEST_CASE("Process ids are reused once their processes left") {
     if (i == 0) first = p.id();
     REQUIRE(p.id() == first);  // the previous one left and released everything
   }
-  RequireConsistent(rack);
+  REQUIRE_CONSISTENT(rack);
 }
 
 // One request from a raw client; the reply's status.
@@ -502,7 +478,7 @@ TEST_CASE("Grant and steal requests out of protocol are refused, and the daemons
   REQUIRE_PEER(late);
   REQUIRE(bystander.Ask("grant " + Range(mine, kMiB) + " " + std::to_string(late.id())) == "ok");
   REQUIRE(late.Ask("verify " + Range(mine, kMiB) + " 4") == "ok");
-  RequireConsistent(rack);
+  REQUIRE_CONSISTENT(rack);
 }
 
 TEST_CASE("An application that did not set up logging sees one clear message for a memory fault") {
@@ -559,7 +535,7 @@ TEST_CASE("Memory a process unmapped or left behind reads as zeros for the next 
       REQUIRE(next.Ask("unmap " + HexAddr(mine)) == "ok");
     }
   }
-  RequireConsistent(rack);
+  REQUIRE_CONSISTENT(rack);
 }
 
 TEST_CASE("A fault handler that returns: the fault's message, then SIGBUS") {

@@ -26,7 +26,8 @@ Peer::Peer(const std::string& rack_dir, const std::string& element, const std::s
     : Peer(rack_dir, element, stderr_path, "rack_peer", {}) {}
 
 Peer::Peer(const std::string& rack_dir, const std::string& element, const std::string& stderr_path,
-           const std::string& program, const std::vector<std::string>& args) {
+           const std::string& program, const std::vector<std::string>& args,
+           const std::vector<std::string>& env) {
   signal(SIGPIPE, SIG_IGN);  // a peer that died must fail the test, not kill it
   int in[2], out[2];
   if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) {
@@ -48,6 +49,7 @@ Peer::Peer(const std::string& rack_dir, const std::string& element, const std::s
     }
     setenv("DISAGG_RACK", rack_dir.c_str(), 1);
     setenv("DISAGG_ELEMENT", element.c_str(), 1);
+    for (const std::string& var : env) putenv(const_cast<char*>(var.c_str()));
     execv(path.c_str(), argv.data());
     _exit(127);
   }

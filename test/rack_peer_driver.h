@@ -20,9 +20,10 @@ class Peer {
   Peer(const std::string& rack_dir, const std::string& element,
        const std::string& stderr_path = "");
   // Starts `program` (a name in the build's bin directory) with `args` instead: any program
-  // that prints "ready ID" once it joined.
+  // that prints "ready ID" once it joined. `env` (NAME=value) is added to its environment.
   Peer(const std::string& rack_dir, const std::string& element, const std::string& stderr_path,
-       const std::string& program, const std::vector<std::string>& args);
+       const std::string& program, const std::vector<std::string>& args,
+       const std::vector<std::string>& env = {});
   ~Peer();
   Peer(const Peer&) = delete;
   Peer& operator=(const Peer&) = delete;
@@ -38,6 +39,8 @@ class Peer {
   // Ask in two halves, so that several peers can be given commands at once.
   void Send(const std::string& command);
   std::string Answer() { return ReadLine(20000); }
+  // The answer if it comes within `ms` milliseconds, else "" (it may still come later).
+  std::string AnswerWithin(int ms) { return ReadLine(ms); }
   // Sends a command that ends the peer (crash, quit) and reaps it; returns its wait status.
   int End(const std::string& command);
   // SIGKILLs the peer and reaps it; its output so far can still be read (Answer).

@@ -21,6 +21,9 @@ absl::Status Client::Call(capnp::MessageBuilder& request, proto::Message::Builde
 
 absl::StatusOr<uint64_t> Client::Send(capnp::MessageBuilder& request,
                                       proto::Message::Builder root) {
+  if (fabric_ != nullptr) {
+    RETURN_IF_ERROR(fabric_->Pass(local_, remote_, absl::Now() + fabric_timeout_));
+  }
   const uint64_t seq = next_seq_++;
   root.setSeq(seq);
   RETURN_IF_ERROR(conn_.channel.Send(request));
@@ -47,6 +50,10 @@ absl::Status Client::Await(uint64_t seq,
     RETURN_IF_ERROR(DecodeMessage(words_, [&](proto::Message::Reader reply) -> absl::Status {
       if (reply.getSeq() != seq) return absl::OkStatus();
       matched = true;
+      if (fabric_ != nullptr) {
+        // The reply crosses the fabric too: held while partitioned, delayed as injected.
+        RETURN_IF_ERROR(fabric_->Pass(local_, remote_, deadline.value_or(absl::Now() + timeout)));
+      }
       if (reply.isError()) return ErrorToStatus(reply.getError());
       return on_reply(reply);
     }));

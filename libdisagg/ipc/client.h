@@ -13,6 +13,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "ipc/fabric.h"
 #include "ipc/socket.h"
 #include "proto/rack.capnp.h"
 
@@ -41,6 +42,16 @@ class Client {
 
   // How long to spin before sleeping while waiting for a reply.
   void set_spin(absl::Duration spin) { spin_ = spin; }
+  // From now on each request and each reply passes `fabric`'s gate for the channel between
+  // `local` and `remote` (ipc/fabric.h): held while partitioned (a Send at most `timeout`,
+  // then UNAVAILABLE), delayed as injected.
+  void set_fabric(std::shared_ptr<const Fabric> fabric, std::string local, std::string remote,
+                  absl::Duration timeout) {
+    fabric_ = std::move(fabric);
+    local_ = std::move(local);
+    remote_ = std::move(remote);
+    fabric_timeout_ = timeout;
+  }
   Connection& connection() { return conn_; }
 
  private:
@@ -50,6 +61,9 @@ class Client {
   uint64_t next_seq_ = 1;
   absl::Duration spin_ = absl::Microseconds(50);
   std::vector<uint64_t> words_;
+  std::shared_ptr<const Fabric> fabric_;  // null: no gate
+  std::string local_, remote_;
+  absl::Duration fabric_timeout_;
 };
 
 }  // namespace disagg::ipc

@@ -72,6 +72,8 @@ struct ProcessStatus {
   fenced @10 :Bool;             # declared failed while it may still run: cut off from memory
   writebacks @11 :UInt64;       # memory element: write-backs it accepted from the process
   refused @12 :UInt64;          # memory element: its requests refused (fenced, not mapped)
+  app @13 :Text;                # the application it belongs to, and its fate model
+  fate @14 :FateModel;
 }
 
 struct RackStatus {
@@ -96,6 +98,7 @@ struct HealthChange {
 struct Join {
   name @0 :Text;                # for logs and status; need not be unique
   element @1 :Text;             # the compute element it runs on ("" if none)
+  app @2 :Text;                 # the application it belongs to ("" if none): its fate spec
 }
 
 struct Joined {
@@ -242,6 +245,7 @@ struct Fence {
   pid @1 :Int32;
   startTime @2 :UInt64;
   reason @3 :Text;
+  runHandler @4 :Bool;          # a failure of its own (its handler runs), not one it shares
 }
 
 # Compute element -> rack monitor: a process attached here (processUp), or is gone or declared
@@ -251,6 +255,7 @@ struct ProcessUp {
   processId @0 :UInt32;
   name @1 :Text;
   pid @2 :Int32;
+  app @3 :Text;                 # its application, as it said when attaching
 }
 
 struct ProcessDown {
@@ -309,12 +314,75 @@ enum FaultAction {
   kill @1;                      # SIGKILL an application process (by rack id or name)
   pause @2;                     # freeze an element (a compute element with its processes)
   resume @3;                    # thaw a paused element
+  partition @4;                 # the channels between `target` and `peer` deliver nothing
+  heal @5;                      # end the partition of `target` and `peer` (both empty: all)
+  delay @6;                     # hold each message on `target`'s channels `delayNanos` (0: end)
 }
 
 struct Inject {
   action @0 :FaultAction;
   target @1 :Text;              # element name, or process id or name for kill
-  forNanos @2 :Int64;           # pause: resume by itself after this long (0: stay paused)
+  forNanos @2 :Int64;           # pause, partition, delay: end by itself after this long (0: stay)
+  peer @3 :Text;                # partition, heal: the other element
+  delayNanos @4 :Int64;         # delay: per message, each way
+}
+
+# ---- Programmable fate sharing (rackmon/fate_spec.h has the models) ----
+enum FateModel {
+  none @0;
+  complete @1;
+  partial @2;
+  tainted @3;
+}
+
+enum TaintStop {
+  memory @0;                    # the tainted memory elements fail for the application
+  users @1;                     # ... and so do its processes with memory on them
+}
+
+struct FateSpec {
+  model @0 :FateModel;
+  taintStop @1 :TaintStop;
+  notifyGroups @2 :Bool;        # the failed process's trust groups hear of it (peerFailed)
+  notifyApp @3 :Bool;           # every live process of its application does
+}
+
+# rackctl -> rack monitor: application `app`'s fate-sharing spec, the text of file `file`
+# (named in errors). The monitor parses it, refusing a malformed one with its line number
+# (INVALID_ARGUMENT "FILE:LINE: why"), hands the result to the Rack MMU, and answers ok once
+# the Rack MMU holds it. `handler` is the spec's handler line as rackctl resolved it (the
+# program's path, this environment and working directory); an empty argv if it has none.
+# Registering an application again replaces its spec.
+struct RegisterApp {
+  app @0 :Text;
+  file @1 :Text;
+  text @2 :Text;
+  handler @3 :Launch;
+  handlerElement @4 :Text;
+}
+
+# rack monitor -> Rack MMU: application `app`'s fate spec, in force from now on. Answered ok.
+struct AppFate {
+  app @0 :Text;
+  spec @1 :FateSpec;
+}
+
+# Rack MMU -> rack monitor: end process `processId` (SIGKILL, by pidfd): it failed, or it
+# shares fate with a failure (`reason`). The Rack MMU has fenced it already.
+struct EndProcess {
+  processId @0 :UInt32;
+  pid @1 :Int32;                # and start time: the process as the kernel identifies it
+  startTime @2 :UInt64;
+  reason @3 :Text;
+  runHandler @4 :Bool;          # a failure of its own (its handler runs), not one it shares
+}
+
+# Application -> Rack MMU, on its event link, once: its write domain (ipc/write_domain.h), a
+# memfd the Rack MMU copies with pidfd_getfd. It counts, per memory element, the batches of
+# write-backs the process started and those it saw acknowledged; read when the process fails,
+# for tainted fate sharing.
+struct WriteDomain {
+  fd @0 :Int32;                 # the fd's number in the application
 }
 
 # Application -> Rack MMU, on a second connection: make this the event link of process
@@ -343,6 +411,7 @@ struct Translate {
 struct Attach {
   processId @0 :UInt32;
   name @1 :Text;
+  app @2 :Text;
 }
 
 # Compute element -> application: the most local memory its page cache may hold now. A
@@ -445,5 +514,9 @@ struct Message {
     relay @48 :Relay;
     addFailureHandler @49 :FailureHandler;
     lifeWord @50 :LifeWord;
+    registerApp @51 :RegisterApp;
+    appFate @52 :AppFate;
+    endProcess @53 :EndProcess;
+    writeDomain @54 :WriteDomain;
   }
 }

@@ -51,6 +51,7 @@ absl::StatusOr<std::unique_ptr<ipc::Client>> ElementPool::Borrow(const std::stri
   absl::StatusOr<ipc::Client> client =
       ipc::Client::Connect(SocketPath(run_dir_, element), timeout_);
   if (!client.ok()) return Unreachable(element, client.status());
+  if (fabric_ != nullptr) client->set_fabric(fabric_, local_, element, timeout_);
   return std::make_unique<ipc::Client>(std::move(*client));
 }
 

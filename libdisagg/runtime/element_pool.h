@@ -29,8 +29,14 @@ struct PageWrite {
 
 class ElementPool {
  public:
-  ElementPool(std::string run_dir, absl::Duration timeout)
-      : run_dir_(std::move(run_dir)), timeout_(timeout) {}
+  // `fabric` (may be null) gates every connection, as the channel between compute element
+  // `local` and its memory element (ipc/fabric.h).
+  ElementPool(std::string run_dir, absl::Duration timeout,
+              std::shared_ptr<const ipc::Fabric> fabric = nullptr, std::string local = "")
+      : run_dir_(std::move(run_dir)),
+        timeout_(timeout),
+        fabric_(std::move(fabric)),
+        local_(std::move(local)) {}
 
   // Reads `vpages` from `element`, pipelined (at most kMaxPipelined), and calls `use` for
   // each in order with its index and its data or the element's refusal of that page. The
@@ -50,6 +56,8 @@ class ElementPool {
 
   const std::string run_dir_;
   const absl::Duration timeout_;
+  const std::shared_ptr<const ipc::Fabric> fabric_;
+  const std::string local_;
   Mutex mu_;
   absl::flat_hash_map<std::string, std::vector<std::unique_ptr<ipc::Client>>> idle_
       ABSL_GUARDED_BY(mu_);

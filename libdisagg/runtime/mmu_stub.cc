@@ -37,13 +37,15 @@ absl::StatusOr<MappedRange> MmuStub::CallMapped(
   return out;
 }
 
-absl::StatusOr<JoinedInfo> MmuStub::Join(const std::string& name, const std::string& element) {
+absl::StatusOr<JoinedInfo> MmuStub::Join(const std::string& name, const std::string& element,
+                                         const std::string& app) {
   JoinedInfo out;
   RETURN_IF_ERROR(Call(
       [&](proto::Message::Builder m) {
         auto join = m.initJoin();
         join.setName(name);
         join.setElement(element);
+        join.setApp(app);
       },
       [&](proto::Message::Reader reply) {
         if (!reply.isJoined()) return absl::InternalError("the Rack MMU answered Join oddly");

@@ -43,7 +43,8 @@ class MmuStub {
   // Errors: what the Rack MMU answered (with its reason), UNAVAILABLE if it is gone,
   // DEADLINE_EXCEEDED if it did not answer within the timeout, INTERNAL if the answer was
   // not of the request's kind.
-  absl::StatusOr<JoinedInfo> Join(const std::string& name, const std::string& element);
+  absl::StatusOr<JoinedInfo> Join(const std::string& name, const std::string& element,
+                                  const std::string& app);
   absl::StatusOr<MappedRange> Map(uint64_t bytes, proto::Placement placement);
   absl::Status Unmap(uint64_t vaddr);
   // The region holding `vpage`, with the one extent that holds it.

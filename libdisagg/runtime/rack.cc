@@ -39,15 +39,17 @@ std::string FromEnv(const std::string& given, const char* variable) {
 
 }  // namespace
 
-RackImpl::RackImpl(JoinOptions options, ipc::Client mmu, Userfaultfd uffd)
+RackImpl::RackImpl(JoinOptions options, ipc::Client mmu, Userfaultfd uffd,
+                   std::shared_ptr<const ipc::Fabric> fabric)
     : options_(std::move(options)),
       mmu_(std::move(mmu), options_.timeout),
       uffd_(std::move(uffd)),
-      elements_(options_.rack_dir, options_.timeout) {}
+      elements_(options_.rack_dir, options_.timeout, std::move(fabric), options_.element) {}
 
 absl::StatusOr<std::unique_ptr<Rack>> RackImpl::Join(JoinOptions options) {
   options.rack_dir = FromEnv(options.rack_dir, "DISAGG_RACK");
   options.element = FromEnv(options.element, "DISAGG_ELEMENT");
+  options.app = FromEnv(options.app, "DISAGG_APP");
   if (options.name.empty()) options.name = program_invocation_short_name;
   if (options.rack_dir.empty()) {
     return absl::InvalidArgumentError(
@@ -75,7 +77,14 @@ absl::StatusOr<std::unique_ptr<Rack>> RackImpl::Join(JoinOptions options) {
     return absl::UnavailableError(absl::StrCat("cannot reach compute element ", options.element,
                                                ": ", compute.status().message()));
   }
-  auto rack = absl::WrapUnique(new RackImpl(options, std::move(*mmu), std::move(uffd)));
+  // Injected partitions and delays (a rack without the file injects none).
+  std::shared_ptr<const ipc::Fabric> fabric;
+  if (auto opened = ipc::Fabric::Open(options.rack_dir + "/fabric"); opened.ok()) {
+    fabric = *opened;
+    mmu->set_fabric(fabric, options.element, "mmu", options.timeout);
+  }
+  auto rack =
+      absl::WrapUnique(new RackImpl(options, std::move(*mmu), std::move(uffd), std::move(fabric)));
   RETURN_IF_ERROR(rack->Start(std::move(*compute)));
   return rack;
 }
@@ -95,7 +104,7 @@ absl::Status RackImpl::Start(ipc::Connection compute) {
 }
 
 absl::Status RackImpl::JoinMmu() {
-  ASSIGN_OR_RETURN(JoinedInfo joined, mmu_.Join(options_.name, options_.element));
+  ASSIGN_OR_RETURN(JoinedInfo joined, mmu_.Join(options_.name, options_.element, options_.app));
   id_ = joined.process_id;
   range_base_ = joined.range_base;
   range_bytes_ = joined.range_bytes;
@@ -125,6 +134,16 @@ absl::Status RackImpl::SubscribeEvents() {
       request.builder(), root, [](proto::Message::Reader) { return absl::OkStatus(); },
       options_.timeout));
   event_link_ = std::make_unique<ipc::Connection>(std::move(link->connection()));
+  // The write domain: which memory elements hold write-backs this process never saw
+  // acknowledged, for the Rack MMU to read if the process fails (tainted fate sharing).
+  if (auto domain = ipc::WriteDomain::Create(); !domain.ok()) {
+    RLOG(WARNING) << "disagg: no write domain: " << domain.status();
+  } else {
+    write_domain_ = std::move(*domain);
+    ipc::SmallMessage message;
+    message.Init(0).initWriteDomain().setFd(write_domain_->fd());
+    RETURN_IF_ERROR(event_link_->channel.Send(message.builder()));
+  }
   return absl::OkStatus();
 }
 
@@ -156,6 +175,7 @@ absl::Status RackImpl::AttachCompute(ipc::Connection compute) {
   auto attach = root.initAttach();
   attach.setProcessId(id_);
   attach.setName(options_.name);
+  attach.setApp(options_.app);
   RETURN_IF_ERROR(compute_->channel.Send(request.builder()));
   stop_ = ipc::Fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_.valid()) return ErrnoStatus("eventfd");
@@ -354,7 +374,11 @@ void RackImpl::WriteBack(std::vector<std::pair<std::string, PageWrite>>& writes,
     std::vector<PageWrite> group;
     while (j < writes.size() && writes[j].first == writes[i].first)
       group.push_back(writes[j++].second);
+    // Under way in the write domain until its outcome is known here: a process that dies
+    // meanwhile leaves it open, for tainted fate sharing.
+    const int batch = write_domain_ ? write_domain_->Begin(writes[i].first) : -1;
     const absl::Status status = elements_.WritePages(writes[i].first, group);
+    if (write_domain_) write_domain_->End(batch);
     for (size_t k = i; k < j; ++k) results[k] = status;
     i = j;
   }

@@ -33,6 +33,7 @@
 #include "internal/mutex.h"
 #include "ipc/client.h"
 #include "ipc/life_word.h"
+#include "ipc/write_domain.h"
 #include "runtime/element_pool.h"
 #include "runtime/events.h"
 #include "runtime/mmu_stub.h"
@@ -65,7 +66,8 @@ class RackImpl final : public Rack {
   CacheStats cache_stats() const override;
 
  private:
-  RackImpl(JoinOptions options, ipc::Client mmu, Userfaultfd uffd);
+  RackImpl(JoinOptions options, ipc::Client mmu, Userfaultfd uffd,
+           std::shared_ptr<const ipc::Fabric> fabric);
 
   // Joining, in order: the Rack MMU's process id and window, the event link, the
   // reservation of the rack range (with userfaultfd and the SIGBUS handler), the compute
@@ -223,9 +225,11 @@ class RackImpl final : public Rack {
   std::atomic<uint64_t> evictions_{0};
   std::atomic<uint64_t> writebacks_{0};
 
-  ipc::Fd stop_;                                 // eventfd: the threads return when it is readable
-  Mutex compute_send_mu_;                        // one sender at a time on compute_
-  std::unique_ptr<ipc::LifeWordHolder> lives_;   // set and reset by the control thread
+  ipc::Fd stop_;                                // eventfd: the threads return when it is readable
+  Mutex compute_send_mu_;                       // one sender at a time on compute_
+  std::unique_ptr<ipc::LifeWordHolder> lives_;  // set and reset by the control thread
+  // Write-backs in flight per memory element, for the Rack MMU (set before the threads start).
+  std::unique_ptr<ipc::WriteDomain> write_domain_;
   std::unique_ptr<ipc::Connection> compute_;     // received from by the control thread only
   std::unique_ptr<ipc::Connection> event_link_;  // from the Rack MMU; the control thread's
   std::vector<std::thread> threads_;

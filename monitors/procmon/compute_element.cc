@@ -218,6 +218,7 @@ absl::Status ComputeElement::HandleAttach(ipc::Link& link, uint64_t seq,
   p.link = &link;
   p.process_id = attach.getProcessId();
   p.name = attach.getName();
+  p.app = attach.getApp();
   p.pid = link.peer().pid;
   link.set_label(absl::StrCat("process ", p.process_id, " (", p.name, ", pid ", p.pid, ")"));
   LOG(INFO) << me << ": " << link.label() << " attached";
@@ -227,6 +228,7 @@ absl::Status ComputeElement::HandleAttach(ipc::Link& link, uint64_t seq,
     up.setProcessId(p.process_id);
     up.setName(p.name);
     up.setPid(p.pid);
+    up.setApp(p.app);
     if (absl::Status s = SendToMonitor(builder); !s.ok()) {
       LOG(WARNING) << me << ": cannot tell the rack monitor of " << link.label() << ": " << s;
     }

@@ -39,6 +39,7 @@ class ComputeElement : public Element {
     ipc::Link* link = nullptr;
     uint32_t process_id = 0;
     std::string name;
+    std::string app;  // its application, as it said
     pid_t pid = 0;
     uint64_t shrink_seq = 0;    // the pending request to shrink (0: none pending)
     uint64_t cached_bytes = 0;  // as it last reported

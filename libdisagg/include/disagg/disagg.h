@@ -43,6 +43,10 @@ struct JoinOptions {
   std::string element;
   // A name for logs and `rackctl status`. Empty: the program's name.
   std::string name;
+  // The application this process belongs to, whose fate-sharing spec applies to it (see
+  // `rackctl run --app NAME --fate FILE`). Empty: $DISAGG_APP, set by `rackctl run --app`;
+  // none at all: no application, which shares fate as the model `none` does.
+  std::string app;
   // Threads that serve page faults (each holds its own connections to memory elements).
   int fault_threads = 1;
   // After serving a fault, one fault thread polls for the next one this long before it
