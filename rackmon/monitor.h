@@ -33,6 +33,9 @@
 
 namespace disagg::rackmon {
 
+// Arguments or environment variables a failure handler may have.
+inline constexpr size_t kMaxHandlerArgs = 1024;
+
 struct MonitorOptions {
   std::string run_dir;  // where handlers' logs go, and the elements' sockets are
   std::string rack_name;

@@ -20,7 +20,6 @@
 namespace disagg::rackmon {
 namespace {
 constexpr size_t kMaxApps = 256;
-constexpr size_t kMaxArgs = 1024;
 }  // namespace
 
 absl::Status RackMonitor::HandleRegisterApp(ipc::Link& link, uint64_t seq,
@@ -58,7 +57,7 @@ absl::Status RackMonitor::HandleRegisterApp(ipc::Link& link, uint64_t seq,
     return refuse(
         absl::InvalidArgumentError("mon: the handler sent does not match the spec's handler line"));
   }
-  if (launch.getArgv().size() > kMaxArgs || launch.getEnv().size() > kMaxArgs) {
+  if (launch.getArgv().size() > kMaxHandlerArgs || launch.getEnv().size() > kMaxHandlerArgs) {
     return refuse(absl::ResourceExhaustedError("mon: too many handler arguments or variables"));
   }
   if (!spec->handler_element.empty()) {

@@ -17,7 +17,6 @@
 namespace disagg::rackmon {
 namespace {
 constexpr size_t kMaxHandlers = 256;
-constexpr size_t kMaxArgs = 1024;
 }  // namespace
 
 absl::Status RackMonitor::HandleAddHandler(ipc::Link& link, uint64_t seq,
@@ -47,7 +46,7 @@ absl::Status RackMonitor::HandleAddHandler(ipc::Link& link, uint64_t seq,
                                                                    element, "' in the rack")));
     }
   }
-  if (launch.getArgv().size() > kMaxArgs || launch.getEnv().size() > kMaxArgs ||
+  if (launch.getArgv().size() > kMaxHandlerArgs || launch.getEnv().size() > kMaxHandlerArgs ||
       (!handlers_.contains(name) && handlers_.size() >= kMaxHandlers)) {
     return link.ReplyError(seq, absl::ResourceExhaustedError(
                                     "mon: too many failure handlers, arguments or variables"));

@@ -206,33 +206,43 @@ TEST_CASE(
   REQUIRE(HandledLines(handled, 1) == "rack_peer\n");
 }
 
+// Application "app" of `model`: `user` (cpu0) has memory on both elements, `idle` (cpu1) none;
+// `other` (cpu1) is of no application, with memory on both. Then mem1 fails.
+struct MemoryFailureRack {
+  TestRack rack;
+  std::unique_ptr<Peer> user, idle, other;
+  uint64_t c = 0;  // other's memory
+  explicit MemoryFailureRack(const std::string& model) {
+    REQUIRE(rack.Up(kRackArgs) == 0);
+    RegisterApp(rack, "app", "model " + model + "\n");
+    user = AppPeer(rack, "cpu0", "app");
+    idle = AppPeer(rack, "cpu1", "app");
+    other = AppPeer(rack, "cpu1", "");
+    REQUIRE_PEER(*user);
+    REQUIRE_PEER(*idle);
+    REQUIRE_PEER(*other);
+    Filled(*user, 2 * kMiB, 1);
+    c = Filled(*other, 2 * kMiB, 3);
+    int rc = 0;
+    Rackctl(rack, "fail mem1", &rc);
+    REQUIRE(rc == 0);
+    // The user ends, and nothing of it stays, also on mem0.
+    REQUIRE(WaitForEnd(user->pid()));
+    REQUIRE(WaitUnlisted(rack, user->id()));
+    REQUIRE(MemoryStatus(rack, "mem0")[user->id()].bound_bytes == 0);
+    // The other process loses its pages on mem1 only, and lives.
+    REQUIRE(WaitForEvent(*other, "memory-failed:" + std::to_string(other->id())));
+    const auto [ok, lost] = VerifyStripes(*other, c, 2 * kMiB, 3, "mem1");
+    REQUIRE(ok > 0);
+    REQUIRE(lost > 0);
+  }
+};
+
 TEST_CASE(
     "Complete fate sharing: a memory element the application uses fails it whole, also its "
     "processes that hold nothing there") {
-  TestRack rack;
-  REQUIRE(rack.Up(kRackArgs) == 0);
-  RegisterApp(rack, "db", "model complete\n");
-  auto user = AppPeer(rack, "cpu0", "db");
-  auto idle = AppPeer(rack, "cpu1", "db");  // maps nothing
-  auto other = AppPeer(rack, "cpu1", "");
-  REQUIRE_PEER(*user);
-  REQUIRE_PEER(*idle);
-  REQUIRE_PEER(*other);
-  Filled(*user, 2 * kMiB, 1);
-  const uint64_t c = Filled(*other, 2 * kMiB, 3);
-
-  int rc = 0;
-  Rackctl(rack, "fail mem1", &rc);
-  REQUIRE(rc == 0);
-  REQUIRE(WaitForEnd(user->pid()));
-  REQUIRE(WaitForEnd(idle->pid()));
-  REQUIRE(WaitUnlisted(rack, user->id()));
-  REQUIRE(MemoryStatus(rack, "mem0")[user->id()].bound_bytes == 0);
-  // The other process loses its pages on mem1 only, and lives.
-  REQUIRE(WaitForEvent(*other, "memory-failed:" + std::to_string(other->id())));
-  const auto [ok, lost] = VerifyStripes(*other, c, 2 * kMiB, 3, "mem1");
-  REQUIRE(ok > 0);
-  REQUIRE(lost > 0);
+  MemoryFailureRack r("complete");
+  REQUIRE(WaitForEnd(r.idle->pid()));
 }
 
 TEST_CASE(
@@ -272,27 +282,10 @@ TEST_CASE(
 }
 
 TEST_CASE("Partial fate sharing: a process whose memory element fails fails with it") {
-  TestRack rack;
-  REQUIRE(rack.Up(kRackArgs) == 0);
-  RegisterApp(rack, "mr", "model partial\n");
-  auto user = AppPeer(rack, "cpu0", "mr");
-  auto idle = AppPeer(rack, "cpu1", "mr");  // holds no memory: not in the failure
-  auto other = AppPeer(rack, "cpu1", "");
-  REQUIRE_PEER(*user);
-  REQUIRE_PEER(*idle);
-  REQUIRE_PEER(*other);
-  Filled(*user, 2 * kMiB, 1);
-  const uint64_t c = Filled(*other, 2 * kMiB, 3);
-  int rc = 0;
-  Rackctl(rack, "fail mem1", &rc);
-  REQUIRE(rc == 0);
-  REQUIRE(WaitForEnd(user->pid()));
-  REQUIRE(WaitUnlisted(rack, user->id()));
-  REQUIRE(MemoryStatus(rack, "mem0")[user->id()].bound_bytes == 0);
-  REQUIRE(WaitForEvent(*other, "memory-failed:" + std::to_string(other->id())));
-  REQUIRE(ProcessAlive(idle->pid()));
-  REQUIRE(idle->Ask("id") == std::to_string(idle->id()));
-  REQUIRE(VerifyStripes(*other, c, 2 * kMiB, 3, "mem1").first > 0);
+  MemoryFailureRack r("partial");
+  // One of the application that holds no memory there is not in the failure.
+  REQUIRE(ProcessAlive(r.idle->pid()));
+  REQUIRE(r.idle->Ask("id") == std::to_string(r.idle->id()));
 }
 
 // Tainted: `writer` dies with write-backs to mem1 under way (mem1 is paused as it flushes);
