@@ -33,6 +33,8 @@ FaultCause CauseOfTranslation(const absl::Status& status) {
     case absl::StatusCode::kNotFound:
     case absl::StatusCode::kOutOfRange:
       return FaultCause::kNotMapped;
+    case absl::StatusCode::kFailedPrecondition:  // the Rack MMU fenced this process
+      return FaultCause::kFenced;
     default:
       return FaultCause::kRefused;
   }
