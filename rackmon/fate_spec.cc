@@ -113,21 +113,22 @@ void SpecToProto(const FateSpec& spec, proto::FateSpec::Builder out) {
   out.setNotifyApp(spec.notify_app);
 }
 
+FateModel ModelFromProto(proto::FateModel model) {
+  switch (model) {
+    case proto::FateModel::COMPLETE:
+      return FateModel::kComplete;
+    case proto::FateModel::PARTIAL:
+      return FateModel::kPartial;
+    case proto::FateModel::TAINTED:
+      return FateModel::kTainted;
+    default:  // none, or a value this build does not know
+      return FateModel::kNone;
+  }
+}
+
 FateSpec SpecFromProto(proto::FateSpec::Reader in) {
   FateSpec spec;
-  switch (in.getModel()) {
-    case proto::FateModel::COMPLETE:
-      spec.model = FateModel::kComplete;
-      break;
-    case proto::FateModel::PARTIAL:
-      spec.model = FateModel::kPartial;
-      break;
-    case proto::FateModel::TAINTED:
-      spec.model = FateModel::kTainted;
-      break;
-    default:  // none, or a value this build does not know
-      spec.model = FateModel::kNone;
-  }
+  spec.model = ModelFromProto(in.getModel());
   spec.taint_stop =
       in.getTaintStop() == proto::TaintStop::USERS ? TaintStop::kUsers : TaintStop::kMemory;
   spec.notify_groups = in.getNotifyGroups();

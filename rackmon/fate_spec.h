@@ -62,6 +62,7 @@ const char* TaintStopName(TaintStop stop);
 // The spec as the wire carries it (all but the handler, which the rack monitor keeps).
 proto::FateModel ModelToProto(FateModel model);
 void SpecToProto(const FateSpec& spec, proto::FateSpec::Builder out);
+FateModel ModelFromProto(proto::FateModel model);  // none for a value this build does not know
 FateSpec SpecFromProto(proto::FateSpec::Reader in);
 
 // True for an application name: 1-64 bytes of letters, digits, '.', '_' and '-', not

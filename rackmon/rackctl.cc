@@ -117,20 +117,15 @@ struct ProcessRow {
   int64_t release_in_ns = 0;  // ... until then
   std::string app;            // its application ("" if none) and its fate model
   std::string fate;
+  struct Memory {
+    std::string element;
+    uint64_t mapped = 0;
+    uint64_t writebacks = 0;
+    uint64_t refused = 0;
+    bool fenced = false;
+  };
+  std::vector<Memory> memory;  // what each healthy memory element says of it
 };
-
-const char* FateName(proto::FateModel model) {
-  switch (model) {
-    case proto::FateModel::COMPLETE:
-      return "complete";
-    case proto::FateModel::PARTIAL:
-      return "partial";
-    case proto::FateModel::TAINTED:
-      return "tainted";
-    default:
-      return "none";
-  }
-}
 
 std::string ProcessState(const ProcessRow& p) {
   if (!p.dead) return "running";
@@ -172,6 +167,14 @@ void PrintStatusJson(proto::RackStatus::Reader status, const std::vector<Process
     row.setReleaseInMs(p.dead ? p.release_in_ns / 1e6 : 0);
     row.setApp(p.app);
     row.setFate(p.fate);
+    auto memory = row.initMemory(p.memory.size());
+    for (size_t m = 0; m < p.memory.size(); ++m) {
+      memory[m].setElement(p.memory[m].element);
+      memory[m].setMappedBytes(p.memory[m].mapped);
+      memory[m].setWritebacks(p.memory[m].writebacks);
+      memory[m].setRefused(p.memory[m].refused);
+      memory[m].setFenced(p.memory[m].fenced);
+    }
   }
   capnp::JsonCodec codec;
   codec.handleByAnnotation<StatusJson>();
@@ -257,7 +260,7 @@ std::vector<ProcessRow> Processes(const std::string& rack, proto::RackStatus::Re
       row.dead = p.getDead();
       row.release_in_ns = p.getReleaseInNanos();
       row.app = p.getApp();
-      row.fate = FateName(p.getFate());
+      row.fate = rackmon::FateModelName(rackmon::ModelFromProto(p.getFate()));
     }
     return absl::OkStatus();
   });
@@ -267,9 +270,26 @@ std::vector<ProcessRow> Processes(const std::string& rack, proto::RackStatus::Re
   const absl::Duration figures_timeout =
       std::min(absl::Milliseconds(FLAGS_timeout_ms), absl::Milliseconds(500));
   for (auto e : elements.getElements()) {
-    if (e.getKind() != proto::ElementKind::COMPUTE || e.getHealth() != proto::Health::HEALTHY) {
+    if (e.getHealth() != proto::Health::HEALTHY) continue;
+    if (e.getKind() == proto::ElementKind::MEMORY) {
+      // What the memory element holds of each process the Rack MMU knows, and how it
+      // treats it (the JSON form only: fault runs check that no fenced write lands).
+      if (!FLAGS_json) continue;
+      (void)AskStatus(
+          rack, e.getName(),
+          [&](proto::RackStatus::Reader status) {
+            for (auto p : status.getProcesses()) {
+              auto row = rows.find(p.getProcessId());
+              if (row == rows.end()) continue;
+              row->second.memory.push_back({e.getName(), p.getMappedBytes(), p.getWritebacks(),
+                                            p.getRefused(), p.getFenced()});
+            }
+            return absl::OkStatus();
+          },
+          figures_timeout);
       continue;
     }
+    if (e.getKind() != proto::ElementKind::COMPUTE) continue;
     (void)AskStatus(
         rack, e.getName(),
         [&](proto::RackStatus::Reader status) {

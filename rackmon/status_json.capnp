@@ -37,4 +37,13 @@ struct ProcessJson {
   releaseInMs @8 :Float64 $Json.name("release_in_ms");     # when a dead one's memory is freed
   app @9 :Text;                                            # its application ("" if none)
   fate @10 :Text;                                          # its fate model: none, complete, ...
+  memory @11 :List(ProcessMemoryJson);                     # what each healthy memory element says
+}
+
+struct ProcessMemoryJson {
+  element @0 :Text;
+  mappedBytes @1 :UInt64 $Json.name("mapped_bytes");       # its pages bound there
+  writebacks @2 :UInt64;                                   # write-backs the element accepted
+  refused @3 :UInt64;                                      # its requests the element refused
+  fenced @4 :Bool;                                         # the element refuses it for good
 }
