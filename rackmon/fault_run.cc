@@ -68,6 +68,7 @@ DEFINE_string(faults, "",
 DEFINE_bool(respawn, true, "start a worker that ended again in its slot");
 DEFINE_string(app, "", "the application the workers belong to (rackctl run --app)");
 DEFINE_string(fate, "", "--app's fate-sharing spec (a file), registered before the run");
+DEFINE_string(replay, "", "the command that replays this run, for the report (default: this one)");
 
 namespace disagg::faultrun {
 namespace {
@@ -513,12 +514,13 @@ struct Slot {
 class Run {
  public:
   Run(std::string bin, std::string rack, std::string run_dir, Shape shape,
-      std::vector<std::string> program)
+      std::vector<std::string> program, std::string replay)
       : bin_(std::move(bin)),
         rack_(std::move(rack)),
         dir_(std::move(run_dir)),
         shape_(std::move(shape)),
         program_(std::move(program)),
+        replay_(std::move(replay)),
         observer_(bin_ + "/rackctl", rack_),
         slots_(shape_.workers) {}
 
@@ -833,8 +835,7 @@ class Run {
             fenced);
     section("check", "the Rack MMU and the memory elements agree", checked);
     if (!builtin) section("program", "every copy not failed by the rack exited 0", program);
-    std::printf("replay: scripts/fault-run --seed %" PRIu64 " --seconds %d\n", FLAGS_seed,
-                FLAGS_seconds);
+    std::printf("replay: %s\n", replay_.c_str());
     std::printf(
         "{\"seed\":%" PRIu64 ",\"seconds\":%d,\"scheduled\":%zu,\"faults\":%" PRIu64
         ",\"violations\":%zu,\"schedule_digest\":\"%016" PRIx64 "\",\"processes_started\":%" PRIu64
@@ -853,6 +854,7 @@ class Run {
   std::string bin_, rack_, dir_;
   Shape shape_;
   std::vector<std::string> program_;
+  std::string replay_;  // the command that replays this run
   Observer observer_;
   std::vector<Slot> slots_;
   bool stopping_ = false;
@@ -937,5 +939,16 @@ int main(int argc, char** argv) {
     }
   }
   const std::string run_dir = FLAGS_run_dir.empty() ? FLAGS_rack + "/fault-run" : FLAGS_run_dir;
-  return Run(bin, FLAGS_rack, run_dir, shape, program).Go(schedule, digest);
+  std::string replay = FLAGS_replay;
+  if (replay.empty()) {
+    replay =
+        absl::StrFormat("fault_run --rack %s --seed %d --seconds %d --workers %d --silence_ms %d",
+                        FLAGS_rack, FLAGS_seed, FLAGS_seconds, FLAGS_workers, FLAGS_silence_ms);
+    if (FLAGS_sabotage != "none") absl::StrAppend(&replay, " --sabotage ", FLAGS_sabotage);
+    if (!FLAGS_faults.empty()) absl::StrAppend(&replay, " --faults '", FLAGS_faults, "'");
+    if (!FLAGS_app.empty()) absl::StrAppend(&replay, " --app ", FLAGS_app);
+    if (!FLAGS_fate.empty()) absl::StrAppend(&replay, " --fate ", FLAGS_fate);
+    if (!program.empty()) absl::StrAppend(&replay, " -- ", absl::StrJoin(program, " "));
+  }
+  return Run(bin, FLAGS_rack, run_dir, shape, program, replay).Go(schedule, digest);
 }
