@@ -2,7 +2,7 @@
 # scripts/fault-run on private racks of the real daemons: a handful of seeds hold every
 # invariant with faults injected; a seed replays the same schedule; different seeds give
 # different schedules; sabotaged reads and a program that fails on its own are caught as
-# violations; bad arguments are refused.
+# violations; scripts/fate-table shows each model's failure domain; bad arguments are refused.
 #   test/fault_run_test.sh BIN_DIR   (the daemons, rackctl, fault_run and fault_worker)
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -85,7 +85,41 @@ else
   ok "a given program's own failures are violations, its successes are not"
 fi
 
+# scripts/fate-table: each model's failure domain under the failure of cpu0 (two of the four
+# workers): complete ends all and frees its memory, partial's failed memory cannot be stolen,
+# none's can; every invariant holds under each.
+rc=0
+"$repo/scripts/fate-table" --seconds 3 >"$work/table.out" 2>&1 || rc=$?
+table="$(python3 -c '
+import json, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith("{")]
+m = {r["model"]: r for r in json.loads(lines[-1])["models"]} if lines else {}
+bad = []
+if sorted(m) != ["complete", "none", "partial", "tainted"]: bad.append("models %s" % sorted(m))
+else:
+    if m["complete"]["workers_alive_after"] != 0 or m["complete"]["memory_after_bytes"] != 0:
+        bad.append("complete left workers or memory")
+    for k in ("partial", "tainted", "none"):
+        if m[k]["workers_alive_after"] != 2: bad.append("%s: %d alive" % (k, m[k]["workers_alive_after"]))
+    if m["partial"]["steals"] != 0: bad.append("partial: a failed region was stolen")
+    if m["none"]["steals"] < 1: bad.append("none: no failed region stolen")
+    bad += ["%s: %d violations" % (k, r["violations"]) for k, r in m.items() if r["violations"]]
+print("; ".join(bad))' "$work/table.out" 2>&1)"
+if [ "$rc" != 0 ] || [ -n "$table" ]; then
+  fail "fate-table: status $rc: $table"; tail -n 8 "$work/table.out"
+else
+  ok "fate-table shows each model's failure domain"
+fi
+
 # Bad arguments: refused with a reason, status 2, no rack started.
+for args in "--runs 0" "--fault abc"; do
+  rc=0
+  # shellcheck disable=SC2086
+  out="$("$repo/scripts/fate-table" $args 2>&1)" || rc=$?
+  if [ "$rc" != 2 ] || ! echo "$out" | grep -q "^fate-table: "; then
+    fail "fate-table '$args': status $rc: $out"
+  fi
+done
 for args in "--seed x" "--seconds 0" "--sabotage all" "--bogus" "-- /nonexistent/program"; do
   rc=0
   # shellcheck disable=SC2086
