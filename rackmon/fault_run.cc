@@ -47,9 +47,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "capnp/compat/json.h"
-#include "capnp/message.h"
+#include "absl/strings/str_replace.h"
+#include "fate_spec.h"
 #include "gflags/gflags.h"
+#include "status_decode.h"
 #include "status_json.capnp.h"
 
 DEFINE_string(rack, "", "the rack's run directory");
@@ -211,8 +212,14 @@ std::vector<Fault> MakeSchedule(uint64_t seed, int seconds, int silence_ms, cons
 
 // A fixed schedule: "MS KIND ARGS [--for MS]" entries separated by ';'. False (and why in
 // `error`) for an entry that is no fault.
-bool ParseFaults(const std::string& text, int workers, std::vector<Fault>& out,
+bool ParseFaults(const std::string& text, int seconds, const Shape& shape, std::vector<Fault>& out,
                  std::string& error) {
+  const int workers = shape.workers;
+  auto element = [&](const std::string& name) {
+    return name == "mmu" ||
+           std::find(shape.compute.begin(), shape.compute.end(), name) != shape.compute.end() ||
+           std::find(shape.memory.begin(), shape.memory.end(), name) != shape.memory.end();
+  };
   std::istringstream entries(text);
   std::string entry;
   while (std::getline(entries, entry, ';')) {
@@ -261,6 +268,27 @@ bool ParseFaults(const std::string& text, int workers, std::vector<Fault>& out,
         error = "'" + entry + "': kill takes a worker slot, w0 to w" + std::to_string(workers - 1);
         return false;
       }
+    } else if (!element(f.a) || (f.kind == "partition" && !element(f.b)) ||
+               (f.kind != "partition" && f.a == "mmu")) {
+      error = "'" + entry + "': no such element in this rack (" +
+              absl::StrJoin(shape.compute, ", ") + ", " + absl::StrJoin(shape.memory, ", ") + ")";
+      return false;
+    }
+    if ((f.kind == "kill" || f.kind == "fail") && f.for_ms > 0) {
+      error = "'" + entry + "': " + f.kind + " is for good: no --for";
+      return false;
+    }
+    if (f.kind == "pause" && f.for_ms == 0) {
+      error = "'" + entry + "': pause needs --for (the run must end with the element resumed)";
+      return false;
+    }
+    if (f.kind == "delay" && (f.micros < 1 || f.micros > 1000000)) {
+      error = "'" + entry + "': delay takes 1 to 1000000 microseconds";
+      return false;
+    }
+    if (f.at_ms >= seconds * 1000LL) {
+      error = "'" + entry + "' comes after the run's " + std::to_string(seconds) + " s";
+      return false;
     }
     if (!out.empty() && f.at_ms < out.back().at_ms) {
       error = "'" + entry + "' comes before the fault ahead of it";
@@ -271,11 +299,13 @@ bool ParseFaults(const std::string& text, int workers, std::vector<Fault>& out,
   return true;
 }
 
-std::string ScheduleText(uint64_t seed, int seconds, int silence_ms, const Shape& shape,
+// The schedule and what shapes its effect (not the seed: two seeds that draw the same faults
+// have the same digest).
+std::string ScheduleText(int seconds, int silence_ms, const Shape& shape,
                          const std::vector<Fault>& faults) {
-  std::string text = absl::StrFormat(
-      "seed %d seconds %d silence %d compute %s memory %s workers %d\n", seed, seconds, silence_ms,
-      absl::StrJoin(shape.compute, ","), absl::StrJoin(shape.memory, ","), shape.workers);
+  std::string text = absl::StrFormat("seconds %d silence %d compute %s memory %s workers %d\n",
+                                     seconds, silence_ms, absl::StrJoin(shape.compute, ","),
+                                     absl::StrJoin(shape.memory, ","), shape.workers);
   for (const Fault& f : faults) absl::StrAppendFormat(&text, "%6d ms  %s\n", f.at_ms, f.Text());
   return text;
 }
@@ -308,7 +338,9 @@ pid_t Spawn(const std::vector<std::string>& args, const std::string& out_file) {
 // Runs a command to its end; its exit status (-1 if it could not run) and its output.
 int RunCommand(const std::vector<std::string>& args, std::string* out) {
   std::string cmd;
-  for (const std::string& a : args) absl::StrAppend(&cmd, "'", a, "' ");
+  for (const std::string& a : args) {
+    absl::StrAppend(&cmd, "'", absl::StrReplaceAll(a, {{"'", "'\\''"}}), "' ");
+  }
   absl::StrAppend(&cmd, "2>&1");
   FILE* p = ::popen(cmd.c_str(), "r");
   if (p == nullptr) return -1;
@@ -351,32 +383,30 @@ class Observer {
 
   // Reads `rackctl status --json` once; false if it could not.
   bool Poll() {
+    // The state read is at least as new as `asked`: what is seen alive was alive then; and
+    // what is seen dead or failed was so by the time it is taken.
+    const int64_t asked = WallMs();
     std::string out;
-    if (RunCommand({rackctl_, "--rack", rack_, "--timeout_ms", "500", "status", "--json"}, &out) !=
-        0) {
+    if (RunCommand(
+            {rackctl_, "--rack", rack_, "--timeout_ms", "500", "status", "--json", "--memory_rows"},
+            &out) != 0) {
       return false;
     }
-    const size_t brace = out.find('{');
-    if (brace == std::string::npos) return false;
-    out = out.substr(brace);
-    capnp::MallocMessageBuilder message;
-    auto root = message.initRoot<rackctl::StatusJson>();
-    capnp::JsonCodec codec;
-    codec.handleByAnnotation<rackctl::StatusJson>();
-    kj::Maybe<kj::Exception> failure = kj::runCatchingExceptions(
-        [&] { codec.decode(kj::StringPtr(out.c_str(), out.size()), root); });
-    if (failure != nullptr) return false;
-    const int64_t now = WallMs();
+    return rackctl::DecodeStatusJson(
+        out, [&](rackctl::StatusJson::Reader status) { Take(status, asked, WallMs()); });
+  }
+
+  void Take(rackctl::StatusJson::Reader status, int64_t asked, int64_t now) {
     alive_.clear();
-    for (auto e : root.asReader().getElements()) {
+    for (auto e : status.getElements()) {
       ElementSeen& seen = elements_[e.getName()];
       seen.kind = e.getKind();
       seen.state = e.getState();
       seen.used = e.getUsedBytes();
-      if (seen.state == "healthy") seen.last_healthy_ms = now;
+      if (seen.state == "healthy") seen.last_healthy_ms = asked;
       if (seen.state == "failed" && seen.failed_ms < 0) seen.failed_ms = now;
     }
-    for (auto p : root.asReader().getProcesses()) {
+    for (auto p : status.getProcesses()) {
       ProcessSeen& seen = processes_[p.getId()];
       seen.name = p.getName();
       seen.app = p.getApp();
@@ -384,7 +414,7 @@ class Observer {
         if (seen.first_dead_ms < 0) seen.first_dead_ms = now;
       } else {
         alive_.insert(p.getId());
-        if (seen.first_dead_ms < 0) seen.last_alive_ms = now;
+        if (seen.first_dead_ms < 0) seen.last_alive_ms = asked;
       }
       uint64_t refused = 0;
       for (auto m : p.getMemory()) {
@@ -400,7 +430,6 @@ class Observer {
       }
       seen.refused = std::max(seen.refused, refused);
     }
-    return true;
   }
 
   // What the memory elements hold, all told.
@@ -437,6 +466,7 @@ struct WorkerLog {
   int slot = 0, gen = 0;
   uint32_t id = 0;
   int64_t joined_ms = -1;
+  int64_t fenced_ms = -1;  // when it was first refused as fenced (or found its memory stolen)
   bool stopped = false, fenced = false, gave_up = false;
   std::set<uint32_t> told_failed;            // peer-failed
   std::set<std::string> told_memory_failed;  // memory-failed
@@ -466,6 +496,8 @@ WorkerLog ReadLog(const std::string& path, int slot, int gen) {
       w.stopped = true;
     } else if (word == "fenced-exit") {
       w.fenced = true;
+    } else if (word == "fenced-at") {
+      l >> w.fenced_ms;
     } else if (word == "gave-up") {
       w.gave_up = true;
     } else if (word == "violation") {
@@ -508,6 +540,7 @@ struct Slot {
   int gen = -1;
   bool joined = false;
   uint32_t id = 0;
+  std::string element;  // the compute element it runs on
   Clock::time_point respawn_at = Clock::time_point::max();
 };
 
@@ -524,10 +557,20 @@ class Run {
         observer_(bin_ + "/rackctl", rack_),
         slots_(shape_.workers) {}
 
+  // False when the workers' fate spec tells no trust group of failures: then no notices are
+  // due.
+  void set_notify_checked(bool checked) { notify_checked_ = checked; }
+
   int Go(const std::vector<Fault>& schedule, uint64_t digest) {
-    ::mkdir(dir_.c_str(), 0755);
+    if (::mkdir(dir_.c_str(), 0755) != 0 && errno != EEXIST) {
+      std::fprintf(stderr, "fault_run: cannot make %s: %s\n", dir_.c_str(), std::strerror(errno));
+      return 2;
+    }
     ::unlink((dir_ + "/stop").c_str());
-    (void)observer_.Poll();
+    if (!observer_.Poll()) {
+      std::fprintf(stderr, "fault_run: cannot read the rack's status\n");
+      return 2;
+    }
     for (int k = 0; k < shape_.workers; ++k) Start(k);
     // The workers join before the first fault: up to 10 s.
     for (auto until = Clock::now() + std::chrono::seconds(10); Clock::now() < until;) {
@@ -605,6 +648,7 @@ class Run {
     ++s.gen;
     s.joined = false;
     s.id = 0;
+    s.element = element;
     std::vector<std::string> args = {bin_ + "/rackctl", "--rack", rack_, "run", "--on",
                                      element,           "--"};
     if (!FLAGS_app.empty()) args.insert(args.end() - 1, {"--app", FLAGS_app});
@@ -619,6 +663,10 @@ class Run {
       s.joined = true;  // nothing to wait for
     }
     s.pid = Spawn(args, absl::StrCat(dir_, "/w", k, ".", s.gen, ".out"));
+    if (s.pid < 0) {
+      not_started_.push_back(
+          absl::StrFormat("slot w%d could not be started: %s", k, std::strerror(errno)));
+    }
     ++started_;
   }
 
@@ -631,7 +679,7 @@ class Run {
         if (s.pid != pid) continue;
         s.pid = -1;
         if (!program_.empty() && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
-          program_endings_.push_back({static_cast<int>(&s - &slots_[0]), status});
+          program_endings_.push_back({static_cast<int>(&s - &slots_[0]), status, s.element});
         }
         if (!stopping_ && program_.empty() && FLAGS_respawn) {
           s.respawn_at = Clock::now() + std::chrono::milliseconds(100);
@@ -640,7 +688,7 @@ class Run {
     }
     for (int k = 0; k < static_cast<int>(slots_.size()); ++k) {
       Slot& s = slots_[k];
-      if (s.pid < 0 && Clock::now() >= s.respawn_at) Start(k);
+      if (s.pid < 0 && !stopping_ && Clock::now() >= s.respawn_at) Start(k);
       if (s.pid < 0 || s.joined) continue;
       WorkerLog w = ReadLog(LogPath(k, s.gen), k, s.gen);
       if (w.joined_ms < 0) continue;
@@ -663,7 +711,9 @@ class Run {
       if (alive.empty()) {
         return absl::StrFormat("%6d ms  %-30s skipped: no process is running", at, f.Text());
       }
-      target = std::to_string(alive[std::stoi(f.a.substr(1)) % alive.size()]);
+      const uint32_t victim = alive[std::stoi(f.a.substr(1)) % alive.size()];
+      target = std::to_string(victim);
+      killed_apps_.insert(observer_.processes().at(victim).app);
     } else if (f.kind == "kill") {
       const Slot& s = slots_[std::stoi(f.a.substr(1))];
       if (s.pid < 0 || s.id == 0) {
@@ -760,22 +810,30 @@ class Run {
     for (const WorkerLog& w : logs) {
       for (const std::string& v : w.violations) reads.push_back(absl::StrCat("w", w.slot, ": ", v));
       for (const std::string& v : w.odd_faults) reads.push_back(absl::StrCat("w", w.slot, ": ", v));
-      if (w.fenced && observer_.Alive(w.id)) {
-        reads.push_back(
-            absl::StrFormat("w%d (process %d) was refused as fenced, but the rack "
-                            "still lists it alive",
-                            w.slot, w.id));
+      // Fenced, or its memory taken, only once the rack declared it failed: the Rack MMU
+      // lists it dead right after it fences it, so a listing alive a second later is wrong.
+      auto seen = observer_.processes().find(w.id);
+      if (w.fenced_ms >= 0 && seen != observer_.processes().end() &&
+          seen->second.last_alive_ms > w.fenced_ms + 1000) {
+        reads.push_back(absl::StrFormat(
+            "w%d (process %d) was refused as fenced at %d ms, but the rack listed it alive "
+            "%d ms later",
+            w.slot, w.id, w.fenced_ms - run_start_ms_, seen->second.last_alive_ms - w.fenced_ms));
       }
     }
     std::vector<std::string> checked;
     if (check != 0) checked.push_back("rackctl check: " + FirstLine(check_out));
     // A given program's copy may end badly only when the rack failed it.
     std::vector<std::string> program;
-    for (const auto& [slot, status] : program_endings_) {
-      bool failed = false;
+    for (const auto& [slot, status, element] : program_endings_) {
+      // Failed by the rack: seen dead, killed by this run, or on a compute element that failed.
+      const std::string app = absl::StrCat("fault-run-w", slot);
+      bool failed = killed_apps_.count(app) > 0;
       for (const auto& [id, p] : observer_.processes()) {
-        failed |= p.app == absl::StrCat("fault-run-w", slot) && p.first_dead_ms >= 0;
+        failed |= p.app == app && p.first_dead_ms >= 0;
       }
+      auto e = observer_.elements().find(element);
+      failed |= e != observer_.elements().end() && e->second.failed_ms >= 0;
       if (!failed) {
         program.push_back(absl::StrFormat(
             "the copy in slot %d ended with %s %d, and the rack never declared it failed", slot,
@@ -808,8 +866,14 @@ class Run {
     auto rate = [](uint64_t n, int64_t ms) { return ms > 0 ? n * 1000.0 / ms : 0.0; };
     const double before_rate = rate(before, split - run_start_ms_);
     const double after_rate = rate(after, faulting_end_ms_ - split);
-    const size_t violations =
-        notified.size() + reads.size() + fenced.size() + checked.size() + program.size();
+    // The run itself: a run that checked nothing holds nothing.
+    std::vector<std::string> ran = not_started_;
+    if (program_.empty() && flushed == 0) {
+      ran.push_back("the workload flushed nothing: no worker joined and wrote");
+    }
+    if (!notify_checked_) notified.clear();
+    const size_t violations = notified.size() + reads.size() + fenced.size() + checked.size() +
+                              program.size() + ran.size();
 
     std::printf("faults (as applied):\n");
     for (const std::string& a : applied) std::printf("  %s\n", a.c_str());
@@ -823,9 +887,15 @@ class Run {
       if (v.size() > 20) std::printf("    ... and %zu more\n", v.size() - 20);
     };
     const bool builtin = program_.empty();
+    section("ran",
+            builtin
+                ? absl::StrCat(started_, " workers started, ", flushed, " versions flushed").c_str()
+                : absl::StrCat(started_, " copies started").c_str(),
+            ran);
     section("notified",
-            builtin ? absl::StrCat(notices, " notices due").c_str()
-                    : "not checked (a given program keeps no log)",
+            !builtin          ? "not checked (a given program keeps no log)"
+            : notify_checked_ ? absl::StrCat(notices, " notices due").c_str()
+                              : "not checked (the fate spec tells no trust group)",
             notified);
     section("reads", builtin ? "every word read was written, by its owner" : "not checked", reads);
     section("fenced",
@@ -862,7 +932,15 @@ class Run {
   int64_t run_start_ms_ = 0, first_fault_ms_ = 0, faulting_end_ms_ = 0;
   uint64_t memory_before_ = 0, memory_after_ = 0;
   int alive_after_ = 0;
-  std::vector<std::pair<int, int>> program_endings_;  // slot, wait status: the bad ones
+  struct Ending {
+    int slot;
+    int status;  // as waitpid gives it
+    std::string element;
+  };
+  std::vector<Ending> program_endings_;   // a given program's copies that ended badly
+  std::set<std::string> killed_apps_;     // a given program's copies this run killed
+  std::vector<std::string> not_started_;  // workers that could not be started, and why
+  bool notify_checked_ = true;
 };
 
 std::string SelfDir(const char* argv0) {
@@ -891,7 +969,9 @@ int main(int argc, char** argv) {
   if (FLAGS_rack.empty()) return usage("--rack is required");
   if (FLAGS_seconds < 1 || FLAGS_seconds > 3600) return usage("--seconds must be 1 to 3600");
   if (FLAGS_workers < 1 || FLAGS_workers > 64) return usage("--workers must be 1 to 64");
-  if (FLAGS_silence_ms < 10) return usage("--silence_ms must be at least 10");
+  if (FLAGS_silence_ms < 10 || FLAGS_silence_ms > 60000) {
+    return usage("--silence_ms must be 10 to 60000");
+  }
   if (FLAGS_bytes < 65536 || FLAGS_bytes % 4096 != 0) {
     return usage("--bytes must be a multiple of 4096, at least 65536");
   }
@@ -916,21 +996,29 @@ int main(int argc, char** argv) {
   std::vector<Fault> schedule;
   if (FLAGS_faults.empty()) {
     schedule = MakeSchedule(FLAGS_seed, FLAGS_seconds, FLAGS_silence_ms, shape);
-  } else if (std::string error; !ParseFaults(FLAGS_faults, FLAGS_workers, schedule, error)) {
+  } else if (std::string error; !ParseFaults(FLAGS_faults, FLAGS_seconds, shape, schedule, error)) {
     return usage("--faults: " + error);
   }
   if (!FLAGS_fate.empty() && FLAGS_app.empty()) return usage("--fate needs --app");
   if (!program.empty() && !FLAGS_app.empty()) {
     return usage("--app is for the built-in workload (a given program's copies are named by slot)");
   }
-  const std::string text =
-      ScheduleText(FLAGS_seed, FLAGS_seconds, FLAGS_silence_ms, shape, schedule);
+  const std::string text = ScheduleText(FLAGS_seconds, FLAGS_silence_ms, shape, schedule);
   const uint64_t digest = Digest(text);
-  std::printf("fault run: %s", text.c_str());
+  std::printf("fault run: seed %" PRIu64 " %s", FLAGS_seed, text.c_str());
   std::printf("schedule digest %016" PRIx64 "\n", digest);
   std::fflush(stdout);
   if (FLAGS_schedule_only) return 0;
+  bool notify_checked = true;
   if (!FLAGS_fate.empty()) {
+    std::ifstream in(FLAGS_fate);
+    if (!in) return usage("cannot read " + FLAGS_fate);
+    std::stringstream text;
+    text << in.rdbuf();
+    absl::StatusOr<disagg::rackmon::FateSpec> spec =
+        disagg::rackmon::ParseFateSpec(FLAGS_fate, text.str());
+    if (!spec.ok()) return usage(std::string(spec.status().message()));
+    notify_checked = spec->notify_groups || spec->notify_app;
     std::string out;
     if (RunCommand({bin + "/rackctl", "--rack", FLAGS_rack, "app", FLAGS_app, "--fate", FLAGS_fate},
                    &out) != 0) {
@@ -946,9 +1034,13 @@ int main(int argc, char** argv) {
                         FLAGS_rack, FLAGS_seed, FLAGS_seconds, FLAGS_workers, FLAGS_silence_ms);
     if (FLAGS_sabotage != "none") absl::StrAppend(&replay, " --sabotage ", FLAGS_sabotage);
     if (!FLAGS_faults.empty()) absl::StrAppend(&replay, " --faults '", FLAGS_faults, "'");
+    if (FLAGS_bytes != (1 << 20)) absl::StrAppend(&replay, " --bytes ", FLAGS_bytes);
+    if (!FLAGS_respawn) absl::StrAppend(&replay, " --respawn=false");
     if (!FLAGS_app.empty()) absl::StrAppend(&replay, " --app ", FLAGS_app);
     if (!FLAGS_fate.empty()) absl::StrAppend(&replay, " --fate ", FLAGS_fate);
     if (!program.empty()) absl::StrAppend(&replay, " -- ", absl::StrJoin(program, " "));
   }
-  return Run(bin, FLAGS_rack, run_dir, shape, program, replay).Go(schedule, digest);
+  Run run(bin, FLAGS_rack, run_dir, shape, program, replay);
+  run.set_notify_checked(notify_checked);
+  return run.Go(schedule, digest);
 }

@@ -39,6 +39,9 @@
 
 DEFINE_string(rack, "", "the rack's run directory (default: $DISAGG_RACK)");
 DEFINE_bool(json, false, "status: print one JSON object instead of a table");
+DEFINE_bool(memory_rows, false,
+            "status --json: each process's rows from every healthy memory element (mapped "
+            "bytes, write-backs, refused, fenced); asks each memory element in turn");
 DEFINE_string(on, "", "run, on-failure: the compute element to run the program on, e.g. cpu0");
 DEFINE_string(app, "", "run: the application the program belongs to (its fate-sharing spec)");
 DEFINE_string(fate, "", "run --app, app: the application's fate-sharing spec (a file)");
@@ -274,7 +277,7 @@ std::vector<ProcessRow> Processes(const std::string& rack, proto::RackStatus::Re
     if (e.getKind() == proto::ElementKind::MEMORY) {
       // What the memory element holds of each process the Rack MMU knows, and how it
       // treats it (the JSON form only: fault runs check that no fenced write lands).
-      if (!FLAGS_json) continue;
+      if (!FLAGS_json || !FLAGS_memory_rows) continue;
       (void)AskStatus(
           rack, e.getName(),
           [&](proto::RackStatus::Reader status) {

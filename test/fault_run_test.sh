@@ -32,12 +32,13 @@ show() { tail -n 25 "$work/$1.out"; }
 
 # Three seeds, each in a fresh rack: every invariant holds, and faults were injected.
 run seeds --seed 11 --seeds 3 --seconds 3
-rows="$(json "$work/seeds.out" seed faults violations schedule_digest)"
+rows="$(json "$work/seeds.out" seed faults violations schedule_digest versions_flushed)"
 if [ "$rc" != 0 ] || [ "$(echo "$rows" | wc -l)" != 3 ]; then
   fail "seeds 11-13: status $rc, $(echo "$rows" | wc -l) reports"; show seeds
-elif echo "$rows" | awk '$2 < 1 || $3 != 0 { bad = 1 } END { exit !bad }'; then
-  fail "seeds 11-13: a seed without faults or with violations: $rows"; show seeds
+elif echo "$rows" | awk '$2 < 1 || $3 != 0 || $5 < 1 { bad = 1 } END { exit !bad }'; then
+  fail "seeds 11-13: a seed without faults or work, or with violations: $rows"; show seeds
 elif [ "$(echo "$rows" | awk '{ print $4 }' | sort -u | wc -l)" != 3 ]; then
+  # The digest covers the faults drawn, not the seed: three seeds, three schedules.
   fail "seeds 11-13 share a schedule digest: $rows"
 elif ! grep -q "all 3 seeds held" "$work/seeds.out"; then
   fail "seeds 11-13: no summary line"; show seeds

@@ -1,7 +1,5 @@
 #include "rack_harness.h"
 
-#include <capnp/compat/json.h>
-#include <capnp/message.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -19,6 +17,7 @@
 #include <thread>
 #include <utility>
 
+#include "status_decode.h"
 #include "status_json.capnp.h"
 
 namespace disagg::testing {
@@ -140,15 +139,7 @@ bool DecodeStatus(const std::string& bin_dir, const std::string& dir,
   if (RunCommand(bin_dir + "/rackctl --rack " + dir + " status --json 2>/dev/null", &out) != 0) {
     return false;
   }
-  capnp::MallocMessageBuilder message;
-  auto root = message.initRoot<rackctl::StatusJson>();
-  capnp::JsonCodec codec;
-  codec.handleByAnnotation<rackctl::StatusJson>();
-  kj::Maybe<kj::Exception> failure = kj::runCatchingExceptions(
-      [&] { codec.decode(kj::StringPtr(out.c_str(), out.size()), root); });
-  if (failure != nullptr) return false;
-  use(root.asReader());
-  return true;
+  return rackctl::DecodeStatusJson(out, use);
 }
 
 }  // namespace

@@ -36,6 +36,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -164,28 +165,28 @@ std::map<int, uint32_t> Roster(const std::string& run) {
   return ids;
 }
 
-// The highest version worker `id` announced, from its log (0 if none).
+// The highest version worker `id` announced, from its log (0 if none): the log, of any slot
+// and generation, whose "joined" line names it.
 uint64_t MaxWritten(const std::string& run, uint32_t id) {
-  // Its log is the one whose "joined" line names it.
-  uint64_t max = 0;
-  for (int slot = 0; slot < 64; ++slot) {
-    for (int gen = 0; gen < 64; ++gen) {
-      std::ifstream in(run + "/w" + std::to_string(slot) + "." + std::to_string(gen) + ".log");
-      if (!in) break;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(run, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() < 5 || name[0] != 'w' || name.substr(name.size() - 4) != ".log") continue;
+    std::ifstream in(entry.path());
+    uint64_t max = 0;
+    bool mine = false;
+    std::string line;
+    while (std::getline(in, line)) {
+      std::istringstream l(line);
       std::string word;
-      uint64_t value;
-      bool mine = false;
-      std::string line;
-      while (std::getline(in, line)) {
-        std::istringstream l(line);
-        l >> word >> value;
-        if (word == "joined") mine = value == id;
-        if (mine && word == "writing" && value > max) max = value;
-      }
-      if (mine) return max;
+      uint64_t value = 0;
+      l >> word >> value;
+      if (word == "joined") mine = value == id;
+      if (mine && word == "writing" && value > max) max = value;
     }
+    if (mine) return max;
   }
-  return max;
+  return 0;
 }
 
 struct Pending {
@@ -250,12 +251,18 @@ class Worker {
     return true;
   }
 
+  // Declared failed (refused as fenced, or its memory stolen): nothing more to do here. The
+  // first time is logged, for the check that the rack did declare it failed.
+  void MarkFenced(const char* how) {
+    if (!fenced_.exchange(true)) Log("fenced-at " + std::to_string(NowMs()) + " " + how);
+  }
+
   // A fault in the main region: what the rack refused, and what the worker does about it.
   void MainFaulted() {
     switch (g_cause) {
       case disagg::FaultCause::kFenced:
       case disagg::FaultCause::kRevoked:
-        fenced_.store(true);  // declared failed (stolen from): nothing more to do here
+        MarkFenced(g_cause == disagg::FaultCause::kFenced ? "fault" : "revoked");
         break;
       default:
         // Its memory element failed or cannot be reached: a fresh region, elsewhere.
@@ -285,7 +292,7 @@ class Worker {
     }
     if (absl::Status s = rack_->Flush(const_cast<uint64_t*>(words), o_.bytes); !s.ok()) {
       Log("flush error " + std::string(s.message()));
-      if (absl::IsFailedPrecondition(s)) fenced_.store(true);
+      if (absl::IsFailedPrecondition(s)) MarkFenced("flush");
       return false;
     }
     Log("flushed " + std::to_string(version) + " " + std::to_string(NowMs()));
@@ -356,7 +363,7 @@ class Worker {
         break;
       case disagg::EventKind::kFenced:
         Log("event fenced " + ms);
-        fenced_.store(true);
+        MarkFenced("event");
         return;
       case disagg::EventKind::kGranted:
         Log("event granted " + std::to_string(e.process) + " " +
