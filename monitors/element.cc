@@ -11,7 +11,9 @@
 namespace disagg {
 
 Element::Element(ipc::EventLoop& loop, ElementOptions options)
-    : loop_(loop), options_(std::move(options)), hub_(loop, *this, options_.name) {}
+    : loop_(loop), options_(std::move(options)), hub_(loop, *this, options_.name) {
+  hub_.set_slot_pages(options_.slot_pages);
+}
 
 absl::Status Element::Start() {
   RETURN_IF_ERROR(hub_.Listen(SocketPath(options_.run_dir, options_.name)));

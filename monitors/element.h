@@ -25,6 +25,8 @@ struct ElementOptions {
   uint64_t capacity_bytes = 0;
   // The element's current use of its capacity, reported with every heartbeat.
   std::function<uint64_t()> used_bytes = [] { return uint64_t{0}; };
+  // Page slots in the channel of every peer that connects (ipc/channel.h).
+  size_t slot_pages = 0;
 };
 
 class Element : public ipc::Hub::Handler {

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <map>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "ipc/client.h"
@@ -103,6 +104,26 @@ absl::StatusOr<std::vector<uint8_t>> ReadPage(ipc::Client& element, uint64_t vpa
   return out;
 }
 
+// A ReadPages of `pages` pages from `vpage` into the channel's slots from `slot`: how many
+// were read.
+absl::StatusOr<uint32_t> ReadRun(ipc::Client& element, uint64_t vpage, uint32_t pages,
+                                 uint32_t slot) {
+  ipc::SmallMessage m;
+  auto root = m.Init();
+  auto read = root.initReadPages();
+  read.setVpage(vpage);
+  read.setPages(pages);
+  read.setSlot(slot);
+  uint32_t n = 0;
+  absl::Status s = element.Call(m.builder(), root, [&](proto::Message::Reader r) {
+    if (!r.isPagesRead()) return absl::DataLossError("not a PagesRead");
+    n = r.getPagesRead().getPages();
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return n;
+}
+
 uint64_t PoolUse(TestRack& rack) {
   uint64_t used = 0;
   for (const auto& [name, row] : rack.Status()) {
@@ -165,6 +186,7 @@ TEST_CASE("Mapped memory lives on the memory elements and only its owner can tou
       if (!conn.ok()) _exit(11);
       if (!absl::IsPermissionDenied(ReadPage(*conn, first.vpage).status())) code |= 1;
       if (!absl::IsPermissionDenied(WritePage(*conn, first.vpage, 0xEE))) code |= 2;
+      if (!absl::IsPermissionDenied(ReadRun(*conn, first.vpage, 4, 0).status())) code |= 8;
       // Programming the table is the Rack MMU's alone.
       ipc::SmallMessage m;
       auto root = m.Init();
@@ -189,6 +211,52 @@ TEST_CASE("Mapped memory lives on the memory elements and only its owner can tou
       return out;
     }();
     REQUIRE_THAT(log, Catch::Contains("holds no memory on this element"));
+  }
+  SECTION(
+      "runs of pages read through the channel's page slots hold the pages; bad runs are "
+      "refused") {
+    ipc::Client& element = Element(*app, rack, first.element);
+    const ipc::Channel& channel = element.connection().channel;
+    REQUIRE(channel.slot_pages() >= 32);
+    auto check_slots = [&](uint64_t vpage, uint32_t pages, uint32_t slot) {
+      for (uint32_t k = 0; k < pages; ++k) {
+        uint64_t tag = 0;
+        std::memcpy(&tag, channel.slot(slot + k), 8);
+        REQUIRE(tag == vpage + k);
+        REQUIRE(channel.slot(slot + k)[kPage - 1] == uint8_t((vpage + k) * 7));
+      }
+    };
+    auto run = ReadRun(element, first.vpage, 8, 3);
+    REQUIRE(run.ok());
+    REQUIRE(*run == 8);
+    check_slots(first.vpage, 8, 3);
+    // A run past the region's end stops at its last page.
+    const uint64_t end = (vaddr >> 12) + 256;
+    for (const auto& e : region->second) {
+      if (e.vpage + e.pages != end) continue;
+      auto tail = ReadRun(Element(*app, rack, e.element), end - 2, 5, 0);
+      REQUIRE(tail.ok());
+      REQUIRE(*tail == 2);
+      REQUIRE(absl::IsPermissionDenied(
+          ReadRun(Element(*app, rack, e.element), end, 1, 0).status()));  // not mapped
+    }
+    // Runs that do not fit the slots, or wrap the address space, are refused; the connection
+    // serves on.
+    const uint32_t slots = static_cast<uint32_t>(channel.slot_pages());
+    for (auto [vpage, pages, slot] :
+         std::vector<std::tuple<uint64_t, uint32_t, uint32_t>>{{first.vpage, 0, 0},
+                                                               {first.vpage, slots + 1, 0},
+                                                               {first.vpage, 2, slots - 1},
+                                                               {first.vpage, 1, 0xFFFFFFFF},
+                                                               {~uint64_t{0}, 2, 0}}) {
+      INFO("vpage " << vpage << " pages " << pages << " slot " << slot);
+      absl::Status refused = ReadRun(element, vpage, pages, slot).status();
+      REQUIRE(absl::IsInvalidArgument(refused));
+      REQUIRE_THAT(std::string(refused.message()), Catch::Contains("a run of"));
+    }
+    run = ReadRun(element, first.vpage + 1, 1, slots - 1);
+    REQUIRE(run.ok());
+    check_slots(first.vpage + 1, 1, slots - 1);
   }
   SECTION("a write-back of the wrong size is refused and the page keeps its data") {
     ipc::Client& element = Element(*app, rack, first.element);

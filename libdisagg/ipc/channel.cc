@@ -17,7 +17,7 @@ namespace disagg::ipc {
 namespace {
 
 constexpr uint64_t kChannelMagic = 0x6469736167674348ull;  // "disaggCH"
-constexpr uint32_t kChannelVersion = 1;
+constexpr uint32_t kChannelVersion = 2;                    // 2: page slots
 constexpr size_t kHeaderBytes = kChannelHeaderBytes;
 constexpr size_t kDataOffset = kChannelDataOffset;
 constexpr unsigned kRequiredSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
@@ -27,11 +27,20 @@ struct ChannelHeader {
   uint64_t magic;
   uint32_t version;
   uint32_t ring_bytes;
+  uint32_t slot_pages;
 };
 static_assert(sizeof(ChannelHeader) <= kHeaderBytes);
 static_assert(kDataOffset % kCacheLine == 0);
 
-size_t LayoutBytes(size_t ring_bytes) { return kDataOffset + 2 * ring_bytes; }
+// The page slots start on a page boundary after the rings.
+size_t SlotsOffset(size_t ring_bytes) {
+  return (kDataOffset + 2 * ring_bytes + kSlotBytes - 1) / kSlotBytes * kSlotBytes;
+}
+
+size_t LayoutBytes(size_t ring_bytes, size_t slot_pages) {
+  return slot_pages == 0 ? kDataOffset + 2 * ring_bytes
+                         : SlotsOffset(ring_bytes) + slot_pages * kSlotBytes;
+}
 
 RingControl* ControlAt(const ShmRegion& shm, int index) {
   return reinterpret_cast<RingControl*>(shm.data() + kHeaderBytes + index * sizeof(RingControl));
@@ -84,11 +93,12 @@ ShmRegion::~ShmRegion() {
   if (data_ != nullptr) ::munmap(data_, size_);
 }
 
-Channel::Channel(ShmRegion shm, bool creator, size_t ring_bytes, Fd memfd, Fd doorbell_in,
-                 Fd doorbell_out)
+Channel::Channel(ShmRegion shm, bool creator, size_t ring_bytes, size_t slot_pages, Fd memfd,
+                 Fd doorbell_in, Fd doorbell_out)
     : shm_(std::move(shm)),
       creator_(creator),
       ring_bytes_(ring_bytes),
+      slot_pages_(slot_pages),
       memfd_(std::move(memfd)),
       doorbell_in_(std::move(doorbell_in)),
       doorbell_out_(std::move(doorbell_out)),
@@ -96,14 +106,18 @@ Channel::Channel(ShmRegion shm, bool creator, size_t ring_bytes, Fd memfd, Fd do
       in_(ControlAt(shm_, creator ? 1 : 0), DataAt(shm_, ring_bytes, creator ? 1 : 0), ring_bytes),
       scratch_(new capnp::word[kMaxSegments / 2 + 1]) {}
 
-absl::StatusOr<Channel> Channel::Create(size_t ring_bytes) {
+absl::StatusOr<Channel> Channel::Create(size_t ring_bytes, size_t slot_pages) {
   if (!ValidRingBytes(ring_bytes)) {
     return absl::InvalidArgumentError(
         absl::StrCat("ring size ", ring_bytes, " must be a power of two in [4 KiB, 64 MiB]"));
   }
+  if (slot_pages > kMaxSlotPages) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(slot_pages, " page slots: at most ", kMaxSlotPages));
+  }
   Fd memfd(::memfd_create("disagg-channel", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!memfd.valid()) return ErrnoStatus("memfd_create");
-  const size_t size = LayoutBytes(ring_bytes);
+  const size_t size = LayoutBytes(ring_bytes, slot_pages);
   if (::ftruncate(memfd.get(), size) != 0) return ErrnoStatus("ftruncate channel");
   if (::fcntl(memfd.get(), F_ADD_SEALS, kRequiredSeals) != 0) return ErrnoStatus("seal channel");
   ASSIGN_OR_RETURN(ShmRegion shm, ShmRegion::Map(memfd.get(), size));
@@ -111,10 +125,11 @@ absl::StatusOr<Channel> Channel::Create(size_t ring_bytes) {
   header->magic = kChannelMagic;
   header->version = kChannelVersion;
   header->ring_bytes = static_cast<uint32_t>(ring_bytes);
+  header->slot_pages = static_cast<uint32_t>(slot_pages);
   ASSIGN_OR_RETURN(Fd in, MakeEventFd());
   ASSIGN_OR_RETURN(Fd out, MakeEventFd());
-  return Channel(std::move(shm), /*creator=*/true, ring_bytes, std::move(memfd), std::move(in),
-                 std::move(out));
+  return Channel(std::move(shm), /*creator=*/true, ring_bytes, slot_pages, std::move(memfd),
+                 std::move(in), std::move(out));
 }
 
 absl::StatusOr<Channel> Channel::Attach(ChannelFds fds) {
@@ -135,13 +150,20 @@ absl::StatusOr<Channel> Channel::Attach(ChannelFds fds) {
   if (header.magic != kChannelMagic || header.version != kChannelVersion) {
     return absl::InvalidArgumentError("channel memfd has a wrong magic or version");
   }
-  if (!ValidRingBytes(header.ring_bytes) ||
-      LayoutBytes(header.ring_bytes) != static_cast<size_t>(st.st_size)) {
-    return absl::InvalidArgumentError(absl::StrCat("channel ring size ", header.ring_bytes,
-                                                   " does not match a memfd of ", st.st_size));
+  if (!ValidRingBytes(header.ring_bytes) || header.slot_pages > kMaxSlotPages ||
+      LayoutBytes(header.ring_bytes, header.slot_pages) != static_cast<size_t>(st.st_size)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("channel ring size ", header.ring_bytes, " and ", header.slot_pages,
+                     " page slots do not match a memfd of ", st.st_size));
   }
-  return Channel(std::move(shm), /*creator=*/false, header.ring_bytes, std::move(fds.memfd),
-                 std::move(fds.doorbell_to_attacher), std::move(fds.doorbell_to_creator));
+  return Channel(std::move(shm), /*creator=*/false, header.ring_bytes, header.slot_pages,
+                 std::move(fds.memfd), std::move(fds.doorbell_to_attacher),
+                 std::move(fds.doorbell_to_creator));
+}
+
+uint8_t* Channel::slot(size_t index) const {
+  return index < slot_pages_ ? shm_.data() + SlotsOffset(ring_bytes_) + index * kSlotBytes
+                             : nullptr;
 }
 
 absl::StatusOr<ChannelFds> Channel::DupForPeer() const {

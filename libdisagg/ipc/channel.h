@@ -9,7 +9,11 @@
 //   [256, 256+192)          RingControl for attacher->creator
 //   [512, 512+R)            data of creator->attacher
 //   [512+R, 512+2R)         data of attacher->creator
+//   [P, P+S*4096)           S page slots (P: 512+2R rounded up to a page), if S > 0
 // The memfd is sealed against shrinking and growing, so the peer can never make us SIGBUS.
+// Page slots carry bulk page data beside the messages: a message names the slots, and what is
+// in them belongs to whichever side the protocol says (see ReadPages in rack.capnp). Either
+// side may scribble on them at any time: they hold data, never anything either side trusts.
 //
 // Thread-safety: one thread sends and one thread receives at a time. Move-only resource.
 #ifndef DISAGG_IPC_CHANNEL_H_
@@ -35,6 +39,8 @@ inline constexpr size_t kChannelHeaderBytes = 64;
 inline constexpr size_t kChannelDataOffset = kChannelHeaderBytes + 2 * sizeof(RingControl);
 inline constexpr size_t kMinRingBytes = 4 << 10;
 inline constexpr size_t kMaxRingBytes = 64 << 20;
+inline constexpr size_t kSlotBytes = 4096;
+inline constexpr size_t kMaxSlotPages = 4096;
 
 // A mapping of a shared-memory file. Move-only; unmaps on destruction.
 class ShmRegion {
@@ -62,8 +68,10 @@ struct ChannelFds {
 
 class Channel {
  public:
-  // Creates a fresh channel with rings of `ring_bytes` each (power of two, 4 KiB..64 MiB).
-  static absl::StatusOr<Channel> Create(size_t ring_bytes = kDefaultRingBytes);
+  // Creates a fresh channel with rings of `ring_bytes` each (power of two, 4 KiB..64 MiB)
+  // and `slot_pages` page slots (at most kMaxSlotPages).
+  static absl::StatusOr<Channel> Create(size_t ring_bytes = kDefaultRingBytes,
+                                        size_t slot_pages = 0);
   // Attaches to a channel the peer created. Validates the memfd's seals and size and the
   // header. INVALID_ARGUMENT with the reason if anything is off.
   static absl::StatusOr<Channel> Attach(ChannelFds fds);
@@ -100,18 +108,22 @@ class Channel {
   // kChannelHeaderBytes + k * sizeof(RingControl), its data at kChannelDataOffset + k * R.
   int outgoing_ring_index() const { return creator_ ? 0 : 1; }
   size_t ring_bytes() const { return ring_bytes_; }
+  // Page slot `index` (kSlotBytes, page-aligned), or null past slot_pages().
+  uint8_t* slot(size_t index) const;
+  size_t slot_pages() const { return slot_pages_; }
 
   // Blocks until a message is waiting: spins for `spin`, then sleeps on the doorbell.
   // DEADLINE_EXCEEDED at `deadline`; UNAVAILABLE if `hangup_fd` (the socket) reports hang-up.
   absl::Status WaitReadable(absl::Time deadline, absl::Duration spin, int hangup_fd);
 
  private:
-  Channel(ShmRegion shm, bool creator, size_t ring_bytes, Fd memfd, Fd doorbell_in,
-          Fd doorbell_out);
+  Channel(ShmRegion shm, bool creator, size_t ring_bytes, size_t slot_pages, Fd memfd,
+          Fd doorbell_in, Fd doorbell_out);
 
   ShmRegion shm_;
   bool creator_;
   size_t ring_bytes_;
+  size_t slot_pages_;
   Fd memfd_;
   Fd doorbell_in_;
   Fd doorbell_out_;

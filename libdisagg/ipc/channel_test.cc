@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <cstring>
 
 #include "ipc/wire.h"
 #include "proto/rack.capnp.h"
@@ -81,6 +82,48 @@ TEST_CASE("Attaching refuses a memfd the peer could resize or that lies about it
     REQUIRE(::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0);
     REQUIRE(absl::IsInvalidArgument(Channel::Attach(make_fds(fd)).status()));
   }
+  SECTION("a header that claims more page slots than the memfd holds") {
+    auto real = Channel::Create(kMinRingBytes, 4);
+    REQUIRE(real.ok());
+    const int fd = ::memfd_create("test", MFD_ALLOW_SEALING);
+    const size_t size = real->shared_memory().size();
+    REQUIRE(::ftruncate(fd, size) == 0);
+    std::vector<uint8_t> copy(real->shared_memory().data(), real->shared_memory().data() + 64);
+    copy[16] = 5;  // slot_pages: 5, in a memfd laid out for 4
+    REQUIRE(::pwrite(fd, copy.data(), copy.size(), 0) == 64);
+    REQUIRE(::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0);
+    auto attached = Channel::Attach(make_fds(fd));
+    REQUIRE(absl::IsInvalidArgument(attached.status()));
+    REQUIRE_THAT(std::string(attached.status().message()), Catch::Contains("page slots"));
+  }
+}
+
+TEST_CASE("A channel's page slots are shared by both ends, page-aligned, and bounded") {
+  auto creator = Channel::Create(kMinRingBytes, 8);
+  REQUIRE(creator.ok());
+  auto fds = creator->DupForPeer();
+  REQUIRE(fds.ok());
+  auto attacher = Channel::Attach(*std::move(fds));
+  REQUIRE(attacher.ok());
+  REQUIRE(attacher->slot_pages() == 8);
+  for (size_t i = 0; i < 8; ++i) {
+    REQUIRE(reinterpret_cast<uintptr_t>(creator->slot(i)) % kSlotBytes == 0);
+    std::memset(creator->slot(i), static_cast<int>(i + 1), kSlotBytes);
+  }
+  for (size_t i = 0; i < 8; ++i) {
+    REQUIRE(attacher->slot(i)[0] == i + 1);
+    REQUIRE(attacher->slot(i)[kSlotBytes - 1] == i + 1);
+  }
+  REQUIRE(attacher->slot(8) == nullptr);
+  // The slots lie past the rings: messages still travel.
+  REQUIRE(SendEcho(*attacher, 1, 100).ok());
+  std::vector<uint64_t> words;
+  REQUIRE(*creator->Receive(words));
+  REQUIRE(absl::IsInvalidArgument(Channel::Create(kMinRingBytes, kMaxSlotPages + 1).status()));
+  auto plain = Channel::Create(kMinRingBytes);
+  REQUIRE(plain.ok());
+  REQUIRE(plain->slot_pages() == 0);
+  REQUIRE(plain->slot(0) == nullptr);
 }
 
 TEST_CASE("Malformed Cap'n Proto bytes are refused by the decoder, not crashed on") {

@@ -80,7 +80,8 @@ absl::Status Hub::Listen(const std::string& path) {
 
 void Hub::AcceptAll() {
   while (true) {
-    absl::StatusOr<Connection> conn = AcceptConnection(listen_fd_.get());
+    absl::StatusOr<Connection> conn =
+        AcceptConnection(listen_fd_.get(), kDefaultRingBytes, slot_pages_);
     if (!conn.ok()) {
       if (!absl::IsUnavailable(conn.status())) {
         LOG(WARNING) << name_ << ": refused a connection: " << conn.status();

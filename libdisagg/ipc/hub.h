@@ -36,6 +36,9 @@ class Link {
   const std::string& label() const { return label_; }
   void set_label(std::string label) { label_ = std::move(label); }
   bool closed() const { return closed_; }
+  // The channel's page slots (none unless the Hub was given some, see set_slot_pages).
+  uint8_t* slot(size_t index) const { return conn_.channel.slot(index); }
+  size_t slot_pages() const { return conn_.channel.slot_pages(); }
 
   // Sends `message` to the peer. A peer whose ring is full or corrupt is cut off (the error
   // is returned too); INVALID_ARGUMENT (message too large) leaves the link open.
@@ -81,6 +84,8 @@ class Hub {
   Hub(const Hub&) = delete;
   Hub& operator=(const Hub&) = delete;
 
+  // Channels of peers accepted from now on carry `pages` page slots (ipc/channel.h).
+  void set_slot_pages(size_t pages) { slot_pages_ = pages; }
   // Accepts peers on a socket at `path` from now on.
   absl::Status Listen(const std::string& path);
   // Connects to the daemon listening at `path`; the link is served like an accepted one.
@@ -106,6 +111,7 @@ class Hub {
   EventLoop::WatchId listen_watch_ = 0;
   EventLoop::WatchId poller_ = 0;
   uint64_t next_link_id_ = 1;
+  size_t slot_pages_ = 0;
   // Closed links stay here until the next Poll. std::map: insertion keeps iterators valid.
   std::map<uint64_t, std::unique_ptr<Link>> links_;
   bool closed_pending_ = false;

@@ -186,14 +186,14 @@ absl::StatusOr<Fd> ListenUnix(const std::string& path) {
   return sock;
 }
 
-absl::StatusOr<Connection> AcceptConnection(int listen_fd, size_t ring_bytes) {
+absl::StatusOr<Connection> AcceptConnection(int listen_fd, size_t ring_bytes, size_t slot_pages) {
   Fd sock(::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
   if (!sock.valid()) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return absl::UnavailableError("no connection");
     return ErrnoStatus("accept");
   }
   ASSIGN_OR_RETURN(PeerIdentity peer, IdentifyPeer(sock.get()));
-  ASSIGN_OR_RETURN(Channel channel, Channel::Create(ring_bytes));
+  ASSIGN_OR_RETURN(Channel channel, Channel::Create(ring_bytes, slot_pages));
   ASSIGN_OR_RETURN(ChannelFds fds, channel.DupForPeer());
   RETURN_IF_ERROR(SendHello(sock.get(), fds));
   return Connection{std::move(sock), std::move(channel), std::move(peer)};

@@ -41,7 +41,8 @@ absl::StatusOr<Fd> ListenUnix(const std::string& path);
 
 // Accepts one pending connection on `listen_fd` and performs the creator side of the
 // handshake. UNAVAILABLE if nothing is pending.
-absl::StatusOr<Connection> AcceptConnection(int listen_fd, size_t ring_bytes = kDefaultRingBytes);
+absl::StatusOr<Connection> AcceptConnection(int listen_fd, size_t ring_bytes = kDefaultRingBytes,
+                                            size_t slot_pages = 0);
 
 // Connects to `path` and performs the attacher side of the handshake within `timeout`.
 absl::StatusOr<Connection> DialUnix(const std::string& path,

@@ -461,6 +461,29 @@ struct PageData {
   data @1 :Data;                # exactly 4096 bytes
 }
 
+# Application <-> memory element: a run of pages through the channel's page slots
+# (ipc/channel.h), without the data in any message. The element checks the run as it checks a
+# ReadPage, copies the pages it may into the named slots and answers PagesRead, or an Error
+# when it may read not even the first page.
+struct ReadPages {
+  vpage @0 :UInt64;             # the run's first page
+  pages @1 :UInt32;             # 1 up to the channel's slots
+  slot @2 :UInt32;              # page k lands in slot `slot + k`
+}
+
+struct PagesRead {
+  pages @0 :UInt32;             # how many of the run, from its start, are in the slots (>= 1)
+}
+
+# Application -> memory element: a write-back of a run of pages the application put in the
+# channel's page slots, checked as a PageData write-back is; answered ok, or an Error for the
+# first page it may not write (the pages before it are written).
+struct WritePages {
+  vpage @0 :UInt64;             # the run's first page
+  pages @1 :UInt32;             # 1 up to the channel's slots
+  slot @2 :UInt32;              # page k is in slot `slot + k`
+}
+
 struct Message {
   seq @0 :UInt64;
   union {
@@ -518,5 +541,8 @@ struct Message {
     appFate @52 :AppFate;
     endProcess @53 :EndProcess;
     writeDomain @54 :WriteDomain;
+    readPages @55 :ReadPages;
+    pagesRead @56 :PagesRead;
+    writePages @57 :WritePages;
   }
 }

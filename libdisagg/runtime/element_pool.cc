@@ -2,6 +2,8 @@
 
 #include <capnp/message.h>
 
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "internal/status_macros.h"
 #include "ipc/socket.h"
@@ -20,8 +22,13 @@ bool PlainName(const std::string& name) {
   return true;
 }
 
-// Write-backs in flight per connection: well under what its ring holds.
-constexpr size_t kWriteWindow = 16;
+// A memory element's channel carries at least a longest run's page slots.
+absl::Status CheckSlots(const std::string& element, const ipc::Channel& channel) {
+  if (channel.slot_pages() >= ElementPool::kMaxRun) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat("memory element ", element, " offers ",
+                                                    channel.slot_pages(), " page slots, not ",
+                                                    ElementPool::kMaxRun));
+}
 
 // Unavailable errors name the element.
 absl::Status Unreachable(const std::string& element, const absl::Status& why) {
@@ -60,55 +67,74 @@ void ElementPool::Return(const std::string& element, std::unique_ptr<ipc::Client
   idle_[element].push_back(std::move(client));
 }
 
-absl::Status ElementPool::ReadPages(
-    const std::string& element, absl::Span<const uint64_t> vpages,
-    absl::FunctionRef<absl::Status(size_t, absl::StatusOr<const uint8_t*>)> use) {
-  if (vpages.size() > kMaxPipelined) {
-    return absl::InvalidArgumentError("too many page reads in one pipeline");
+absl::Status ElementPool::ReadRuns(
+    const std::string& element, absl::Span<const PageRun> runs,
+    absl::FunctionRef<absl::Status(size_t, absl::StatusOr<size_t>, const uint8_t*)> use) {
+  for (const PageRun& run : runs) {
+    if (run.pages == 0 || run.pages > kMaxRun) {
+      return absl::InvalidArgumentError(absl::StrCat("a page run of ", run.pages, " pages"));
+    }
   }
   ASSIGN_OR_RETURN(std::unique_ptr<ipc::Client> client, Borrow(element));
-  uint64_t seqs[kMaxPipelined];
+  const ipc::Channel& channel = client->connection().channel;
+  RETURN_IF_ERROR(CheckSlots(element, channel));
   absl::Status transport;
-  size_t sent = 0;
-  for (; sent < vpages.size(); ++sent) {
-    ipc::SmallMessage request;
-    auto root = request.Init();
-    root.initReadPage().setVpage(vpages[sent]);
-    absl::StatusOr<uint64_t> seq = client->Send(request.builder(), root);
-    if (!seq.ok()) {
-      transport = seq.status();
-      break;
-    }
-    seqs[sent] = *seq;
-  }
   absl::Status first_use_error;
-  for (size_t i = 0; i < sent && transport.ok(); ++i) {
-    absl::Status use_status;
-    absl::Status reply = client->Await(
-        seqs[i],
-        [&](proto::Message::Reader message) -> absl::Status {
-          if (!message.isPageData() || message.getPageData().getVpage() != vpages[i] ||
-              message.getPageData().getData().size() != kPageBytes) {
-            return absl::DataLossError(absl::StrCat("memory element ", element,
-                                                    " answered a page read with a wrong reply"));
-          }
-          use_status = use(i, message.getPageData().getData().begin());
-          return absl::OkStatus();
-        },
-        timeout_);
-    switch (reply.code()) {
-      case absl::StatusCode::kOk:
+  // Groups of runs that fit the slots at once: sent together, then awaited in order.
+  struct Sent {
+    uint64_t seq;
+    size_t slot;
+  };
+  std::vector<Sent> sent;
+  for (size_t next = 0; next < runs.size() && transport.ok();) {
+    const size_t group = next;
+    sent.clear();
+    for (size_t slot = 0; next < runs.size() && slot + runs[next].pages <= channel.slot_pages();
+         ++next) {
+      ipc::SmallMessage request;
+      auto root = request.Init();
+      auto read = root.initReadPages();
+      read.setVpage(runs[next].vpage);
+      read.setPages(static_cast<uint32_t>(runs[next].pages));
+      read.setSlot(static_cast<uint32_t>(slot));
+      absl::StatusOr<uint64_t> seq = client->Send(request.builder(), root);
+      if (!seq.ok()) {
+        transport = seq.status();
         break;
-      case absl::StatusCode::kUnavailable:
-      case absl::StatusCode::kDeadlineExceeded:
-      case absl::StatusCode::kDataLoss:
-      case absl::StatusCode::kInvalidArgument:  // undecodable reply
-        transport = reply;
-        continue;
-      default:  // the element refused this page: the connection stays good
-        use_status = use(i, reply);
+      }
+      sent.push_back({*seq, slot});
+      slot += runs[next].pages;
     }
-    if (first_use_error.ok()) first_use_error = use_status;
+    for (size_t i = 0; i < sent.size() && transport.ok(); ++i) {
+      const PageRun& run = runs[group + i];
+      absl::Status use_status;
+      absl::Status reply = client->Await(
+          sent[i].seq,
+          [&](proto::Message::Reader message) -> absl::Status {
+            if (!message.isPagesRead() || message.getPagesRead().getPages() == 0 ||
+                message.getPagesRead().getPages() > run.pages) {
+              return absl::DataLossError(absl::StrCat("memory element ", element,
+                                                      " answered a page read with a wrong reply"));
+            }
+            use_status = use(group + i, size_t{message.getPagesRead().getPages()},
+                             channel.slot(sent[i].slot));
+            return absl::OkStatus();
+          },
+          timeout_);
+      switch (reply.code()) {
+        case absl::StatusCode::kOk:
+          break;
+        case absl::StatusCode::kUnavailable:
+        case absl::StatusCode::kDeadlineExceeded:
+        case absl::StatusCode::kDataLoss:
+        case absl::StatusCode::kInvalidArgument:  // undecodable reply
+          transport = reply;
+          continue;
+        default:  // the element refused this run: the connection stays good
+          use_status = use(group + i, reply, nullptr);
+      }
+      if (first_use_error.ok()) first_use_error = use_status;
+    }
   }
   if (!transport.ok()) return Unreachable(element, transport);
   Return(element, std::move(client));
@@ -118,28 +144,39 @@ absl::Status ElementPool::ReadPages(
 absl::Status ElementPool::WritePages(const std::string& element,
                                      absl::Span<const PageWrite> pages) {
   ASSIGN_OR_RETURN(std::unique_ptr<ipc::Client> client, Borrow(element));
+  const ipc::Channel& channel = client->connection().channel;
+  RETURN_IF_ERROR(CheckSlots(element, channel));
   absl::Status failure;
-  size_t next = 0;
   std::vector<uint64_t> in_flight;
-  while ((next < pages.size() || !in_flight.empty()) && failure.ok()) {
-    while (next < pages.size() && in_flight.size() < kWriteWindow) {
-      capnp::MallocMessageBuilder builder(kPageBytes / sizeof(capnp::word) + 16);
-      auto root = builder.initRoot<proto::Message>();
-      auto data = root.initPageData();
-      data.setVpage(pages[next].vpage);
-      data.setData(kj::arrayPtr(pages[next].data, kPageBytes));
-      absl::StatusOr<uint64_t> seq = client->Send(builder, root);
+  for (size_t next = 0; next < pages.size() && failure.ok();) {
+    // The slots filled with runs of consecutive pages, one request each; then all awaited,
+    // so that the slots are free again.
+    in_flight.clear();
+    size_t slot = 0;
+    while (next < pages.size() && slot < channel.slot_pages()) {
+      const size_t first = slot;
+      const uint64_t vpage = pages[next].vpage;
+      do {
+        std::memcpy(channel.slot(slot++), pages[next++].data, kPageBytes);
+      } while (next < pages.size() && slot < channel.slot_pages() &&
+               pages[next].vpage == pages[next - 1].vpage + 1);
+      ipc::SmallMessage request;
+      auto root = request.Init();
+      auto write = root.initWritePages();
+      write.setVpage(vpage);
+      write.setPages(static_cast<uint32_t>(slot - first));
+      write.setSlot(static_cast<uint32_t>(first));
+      absl::StatusOr<uint64_t> seq = client->Send(request.builder(), root);
       if (!seq.ok()) {
         failure = seq.status();
         break;
       }
       in_flight.push_back(*seq);
-      ++next;
     }
-    if (!failure.ok() || in_flight.empty()) break;
-    failure = client->Await(
-        in_flight.front(), [](proto::Message::Reader) { return absl::OkStatus(); }, timeout_);
-    in_flight.erase(in_flight.begin());
+    for (size_t i = 0; i < in_flight.size() && failure.ok(); ++i) {
+      failure = client->Await(
+          in_flight[i], [](proto::Message::Reader) { return absl::OkStatus(); }, timeout_);
+    }
   }
   // After a failure replies may still be in flight: the connection is not reused.
   if (failure.ok()) Return(element, std::move(client));

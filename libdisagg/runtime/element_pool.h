@@ -38,16 +38,24 @@ class ElementPool {
         fabric_(std::move(fabric)),
         local_(std::move(local)) {}
 
-  // Reads `vpages` from `element`, pipelined (at most kMaxPipelined), and calls `use` for
-  // each in order with its index and its data or the element's refusal of that page. The
-  // returned status is the transport's (UNAVAILABLE: the element cannot be reached; then
-  // pages not yet passed to `use` were not read) or the first error `use` returned.
-  static constexpr size_t kMaxPipelined = 32;
-  absl::Status ReadPages(
-      const std::string& element, absl::Span<const uint64_t> vpages,
-      absl::FunctionRef<absl::Status(size_t, absl::StatusOr<const uint8_t*>)> use);
+  // Reads runs of consecutive pages from `element` through the channel's page slots,
+  // pipelined as far as the slots go, and calls `use` for each run in order with its index,
+  // how many of its pages were read (from its start; the element ends a run at the first
+  // page it may not read) or the element's refusal of its first page, and the pages read,
+  // one after another (valid during the call only). The returned status is the transport's
+  // (UNAVAILABLE: the element cannot be reached; then runs not yet passed to `use` were not
+  // read) or the first error `use` returned.
+  struct PageRun {
+    uint64_t vpage;
+    size_t pages;  // 1 to kMaxRun
+  };
+  static constexpr size_t kMaxRun = 32;
+  absl::Status ReadRuns(
+      const std::string& element, absl::Span<const PageRun> runs,
+      absl::FunctionRef<absl::Status(size_t, absl::StatusOr<size_t>, const uint8_t*)> use);
 
-  // Writes `pages` back to `element`, pipelined, and returns once it acknowledged them all.
+  // Writes `pages` back to `element` through the channel's page slots, runs of consecutive
+  // pages pipelined, and returns once it acknowledged them all.
   absl::Status WritePages(const std::string& element, absl::Span<const PageWrite> pages);
 
  private:

@@ -195,69 +195,44 @@ void RackImpl::FetchAndInstall(std::vector<Fetch>& fetches) {
       f.refusal = f.revoked ? FaultCause::kRevoked : CauseOfTranslation(remote.status());
     }
   }
-  thread_local std::vector<uint8_t> staging;
-  ReadInto(fetches, staging);
-  Install(fetches, staging);
+  ReadAndInstall(fetches);
   Complete(fetches);
 }
 
-void RackImpl::ReadInto(std::vector<Fetch>& fetches, std::vector<uint8_t>& staging) {
-  // Every page gets a slot in one staging buffer; reads go pipelined, per memory element.
-  size_t slots = 0;
-  std::map<std::string, std::vector<std::pair<size_t, size_t>>> by_element;  // (fetch, page)
-  for (size_t i = 0; i < fetches.size(); ++i) {
-    Fetch& f = fetches[i];
-    f.first_slot = slots;
-    slots += f.pages.size();
-    f.results.assign(f.pages.size(), absl::UnavailableError("not read"));
-    if (f.refusal) continue;
-    for (size_t k = 0; k < f.pages.size(); ++k) by_element[f.element].emplace_back(i, k);
-  }
-  staging.resize(slots * kPageBytes);
-  for (const auto& [element, pages] : by_element) {
-    for (size_t start = 0; start < pages.size(); start += ElementPool::kMaxPipelined) {
-      const size_t count = std::min(ElementPool::kMaxPipelined, pages.size() - start);
-      std::vector<uint64_t> vpages(count);
-      for (size_t k = 0; k < count; ++k) {
-        vpages[k] = fetches[pages[start + k].first].pages[pages[start + k].second];
-      }
-      std::vector<bool> delivered(count, false);
-      const absl::Status transport =
-          elements_.ReadPages(element, vpages, [&](size_t k, absl::StatusOr<const uint8_t*> data) {
-            Fetch& f = fetches[pages[start + k].first];
-            const size_t page = pages[start + k].second;
-            f.results[page] = data.status();
-            if (data.ok()) {
-              std::memcpy(staging.data() + (f.first_slot + page) * kPageBytes, *data, kPageBytes);
-            }
-            delivered[k] = true;
-            return absl::OkStatus();
-          });
-      for (size_t k = 0; k < count && !transport.ok(); ++k) {
-        if (!delivered[k])
-          fetches[pages[start + k].first].results[pages[start + k].second] = transport;
-      }
-    }
-  }
-}
-
-void RackImpl::Install(std::vector<Fetch>& fetches, const std::vector<uint8_t>& staging) {
-  // Installed in runs, one wake-up each. A write fault's pages are installed writable (and
+void RackImpl::ReadAndInstall(std::vector<Fetch>& fetches) {
+  // Each fetch is one run (its pages are consecutive), read into the channel's page slots and
+  // installed from there with one call: the memory element copies each page once, from its
+  // pool, and the kernel once, into place. A write fault's pages are installed writable (and
   // count as dirty): a sequential writer takes one fault per window, not a write-protect
   // fault per page. A read fault's pages are read-only, so that the first write marks each.
-  for (Fetch& f : fetches) {
-    for (size_t i = 0; i < f.pages.size();) {
-      if (!f.results[i].ok()) {
-        ++i;
-        continue;
-      }
-      size_t j = i + 1;
-      while (j < f.pages.size() && f.results[j].ok()) ++j;
-      const absl::Status installed =
-          uffd_.CopyRun(f.pages[i] << kPageShift, staging.data() + (f.first_slot + i) * kPageBytes,
-                        j - i, /*write_protect=*/!f.write);
-      for (size_t k = i; k < j; ++k) f.results[k] = installed;
-      i = j;
+  std::map<std::string, std::vector<size_t>> by_element;  // fetch indexes
+  for (size_t i = 0; i < fetches.size(); ++i) {
+    Fetch& f = fetches[i];
+    f.results.assign(f.pages.size(), absl::UnavailableError("not read"));
+    if (!f.refusal) by_element[f.element].push_back(i);
+  }
+  std::vector<ElementPool::PageRun> runs;
+  std::vector<bool> delivered;
+  for (const auto& [element, indexes] : by_element) {
+    runs.clear();
+    for (size_t i : indexes) runs.push_back({fetches[i].pages[0], fetches[i].pages.size()});
+    delivered.assign(runs.size(), false);
+    const absl::Status transport = elements_.ReadRuns(
+        element, runs, [&](size_t r, absl::StatusOr<size_t> read, const uint8_t* data) {
+          Fetch& f = fetches[indexes[r]];
+          delivered[r] = true;
+          if (!read.ok()) {
+            f.results[0] = read.status();
+            return absl::OkStatus();
+          }
+          const absl::Status installed =
+              uffd_.CopyRun(f.pages[0] << kPageShift, data, *read, /*write_protect=*/!f.write);
+          for (size_t k = 0; k < *read; ++k) f.results[k] = installed;
+          return absl::OkStatus();
+        });
+    for (size_t r = 0; r < runs.size() && !transport.ok(); ++r) {
+      if (delivered[r]) continue;
+      for (absl::Status& result : fetches[indexes[r]].results) result = transport;
     }
   }
 }
@@ -295,7 +270,7 @@ void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<ui
     if (s.used != 0 && (vpage == s.next || vpage == s.last + 1)) stream = &s;
   }
   if (stream != nullptr) {
-    stream->window = std::clamp<uint64_t>(stream->window * 2, 4, ElementPool::kMaxPipelined - 1);
+    stream->window = std::clamp<uint64_t>(stream->window * 2, 4, ElementPool::kMaxRun - 1);
   } else {
     stream = &*std::min_element(streams_.begin(), streams_.end(),
                                 [](const auto& a, const auto& b) { return a.used < b.used; });

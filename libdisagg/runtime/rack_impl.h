@@ -94,7 +94,6 @@ class RackImpl final : public Rack {
     std::optional<FaultCause> refusal;
     bool revoked = false;  // the page was given away or taken: refused as revoked
     std::vector<absl::Status> results;
-    size_t first_slot = 0;  // in the staging buffer
   };
   enum class Admission { kDone, kFetch, kDefer };
   // Serves missing-page faults that arrived together: fetches pipelined per memory element.
@@ -105,10 +104,10 @@ class RackImpl final : public Rack {
   Admission Admit(uint64_t vpage, bool write, bool may_wait, Fetch& fetch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FetchAndInstall(std::vector<Fetch>& fetches);
-  // The steps of FetchAndInstall: read every page into `staging`, install them in runs,
-  // record the results in the cache (poisoning faulting pages that could not be had).
-  void ReadInto(std::vector<Fetch>& fetches, std::vector<uint8_t>& staging);
-  void Install(std::vector<Fetch>& fetches, const std::vector<uint8_t>& staging);
+  // The steps of FetchAndInstall: read each fetch's run into the channel's page slots and
+  // install it from there, then record the results in the cache (poisoning faulting pages
+  // that could not be had).
+  void ReadAndInstall(std::vector<Fetch>& fetches);
   void Complete(std::vector<Fetch>& fetches);
   void HandleWriteProtect(uint64_t vpage);
   // Where `vpage` lives: its memory element, or why the rack refuses it.

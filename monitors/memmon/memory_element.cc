@@ -21,6 +21,7 @@ MemoryElement::MemoryElement(ipc::EventLoop& loop, ElementOptions options, PageS
     : Element(loop,
               [&] {
                 options.used_bytes = [this] { return store_.used_bytes(); };
+                options.slot_pages = kSlotPages;
                 return std::move(options);
               }()),
       store_(std::move(store)),
@@ -44,6 +45,12 @@ absl::Status MemoryElement::HandleOther(ipc::Link& link, proto::Message::Reader 
     case proto::Message::READ_PAGE:
       loop().KeepSpinning(memory_options_.burst_spin);  // page traffic comes in bursts
       return HandleRead(link, seq, message.getReadPage().getVpage());
+    case proto::Message::READ_PAGES:
+      loop().KeepSpinning(memory_options_.burst_spin);
+      return HandleReadPages(link, seq, message.getReadPages());
+    case proto::Message::WRITE_PAGES:
+      loop().KeepSpinning(memory_options_.burst_spin);
+      return HandleWritePages(link, seq, message.getWritePages());
     case proto::Message::PAGE_DATA:
       loop().KeepSpinning(memory_options_.burst_spin);
       return HandleWrite(link, seq, message.getPageData());
@@ -213,6 +220,70 @@ absl::Status MemoryElement::HandleRead(ipc::Link& link, uint64_t seq, uint64_t v
   data.setVpage(vpage);
   data.setData(kj::arrayPtr(*page, kPageBytes));
   return link.Send(builder);
+}
+
+absl::Status MemoryElement::CheckRun(const ipc::Link& link, uint64_t vpage, uint64_t pages,
+                                     uint64_t slot) {
+  if (pages == 0 || slot + pages > link.slot_pages()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(options().name, ": a run of ", pages, " pages in slot ", slot,
+                     " does not fit the channel's ", link.slot_pages(), " page slots"));
+  }
+  if (vpage + pages < vpage) {
+    return absl::InvalidArgumentError(absl::StrCat(options().name, ": a run of ", pages,
+                                                   " pages from page ", vpage,
+                                                   " wraps the address space"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MemoryElement::HandleReadPages(ipc::Link& link, uint64_t seq,
+                                            proto::ReadPages::Reader read) {
+  const uint64_t vpage = read.getVpage();
+  const uint64_t pages = read.getPages();
+  const uint64_t slot = read.getSlot();
+  if (absl::Status bad = CheckRun(link, vpage, pages, slot); !bad.ok()) {
+    return Refuse(link, seq, bad);
+  }
+  absl::StatusOr<uint32_t> process = ProcessOn(link);
+  if (!process.ok()) return Refuse(link, seq, process.status());
+  uint64_t done = 0;
+  for (; done < pages; ++done) {
+    absl::StatusOr<const uint8_t*> page = store_.Read(*process, vpage + done);
+    if (!page.ok()) {
+      if (done == 0) return Refuse(link, seq, page.status());
+      break;  // the run ends at the first page it may not read
+    }
+    std::memcpy(link.slot(slot + done), *page, kPageBytes);
+  }
+  capnp::MallocMessageBuilder builder(16);
+  auto reply = builder.initRoot<proto::Message>();
+  reply.setSeq(seq);
+  reply.initPagesRead().setPages(static_cast<uint32_t>(done));
+  return link.Send(builder);
+}
+
+absl::Status MemoryElement::HandleWritePages(ipc::Link& link, uint64_t seq,
+                                             proto::WritePages::Reader write) {
+  const uint64_t vpage = write.getVpage();
+  const uint64_t pages = write.getPages();
+  const uint64_t slot = write.getSlot();
+  if (absl::Status bad = CheckRun(link, vpage, pages, slot); !bad.ok()) {
+    return Refuse(link, seq, bad);
+  }
+  absl::StatusOr<uint32_t> process = ProcessOn(link);
+  if (!process.ok()) return Refuse(link, seq, process.status());
+  for (uint64_t k = 0; k < pages; ++k) {
+    absl::StatusOr<uint8_t*> target = store_.Write(*process, vpage + k);
+    if (!target.ok()) {
+      ++counters_[*process].refused;
+      return Refuse(link, seq, target.status());
+    }
+    // The application may scribble on its slots meanwhile: only its own page suffers.
+    std::memcpy(*target, link.slot(slot + k), kPageBytes);
+    ++counters_[*process].writebacks;
+  }
+  return link.ReplyOk(seq);
 }
 
 absl::Status MemoryElement::HandleWrite(ipc::Link& link, uint64_t seq,

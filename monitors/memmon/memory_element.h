@@ -17,6 +17,10 @@
 
 namespace disagg::memmon {
 
+// Page slots in each channel of the element (ipc/channel.h): the longest run one ReadPages
+// asks for.
+inline constexpr size_t kSlotPages = 128;
+
 struct MemoryOptions {
   // How long the loop keeps polling after page traffic (reads, write-backs), which comes in
   // bursts: long enough that a fault path's next request finds it awake.
@@ -41,6 +45,10 @@ class MemoryElement : public Element {
   // The processes bound here, with what they wrote back and what was refused to them.
   absl::Status HandleStatus(ipc::Link& link, uint64_t seq);
   absl::Status HandleRead(ipc::Link& link, uint64_t seq, uint64_t vpage);
+  absl::Status HandleReadPages(ipc::Link& link, uint64_t seq, proto::ReadPages::Reader read);
+  absl::Status HandleWritePages(ipc::Link& link, uint64_t seq, proto::WritePages::Reader write);
+  // Why a run of `pages` pages from `vpage` in slots from `slot` cannot be served on `link`.
+  absl::Status CheckRun(const ipc::Link& link, uint64_t vpage, uint64_t pages, uint64_t slot);
   absl::Status HandleWrite(ipc::Link& link, uint64_t seq, proto::PageData::Reader page);
   // The rack process on `link`, as the kernel identifies it. PERMISSION_DENIED if the
   // Rack MMU has not bound it here; FAILED_PRECONDITION if it was fenced.
