@@ -124,6 +124,18 @@ absl::StatusOr<uint32_t> ReadRun(ipc::Client& element, uint64_t vpage, uint32_t 
   return n;
 }
 
+// A WritePages of `pages` pages from `vpage`, whose data the caller put in the slots from
+// `slot`.
+absl::Status WriteRun(ipc::Client& element, uint64_t vpage, uint32_t pages, uint32_t slot) {
+  ipc::SmallMessage m;
+  auto root = m.Init();
+  auto write = root.initWritePages();
+  write.setVpage(vpage);
+  write.setPages(pages);
+  write.setSlot(slot);
+  return element.Call(m.builder(), root, Ignore);
+}
+
 uint64_t PoolUse(TestRack& rack) {
   uint64_t used = 0;
   for (const auto& [name, row] : rack.Status()) {
@@ -257,6 +269,34 @@ TEST_CASE("Mapped memory lives on the memory elements and only its owner can tou
     run = ReadRun(element, first.vpage + 1, 1, slots - 1);
     REQUIRE(run.ok());
     check_slots(first.vpage + 1, 1, slots - 1);
+
+    // Write-backs through the slots land, and read back page by page.
+    for (uint32_t k = 0; k < 4; ++k) {
+      uint8_t* page = channel.slot(10 + k);
+      std::memset(page, 0x5C + k, kPage);
+      const uint64_t tag = first.vpage + k;
+      std::memcpy(page, &tag, 8);
+    }
+    REQUIRE(WriteRun(element, first.vpage, 4, 10).ok());
+    for (uint32_t k = 0; k < 4; ++k) {
+      auto page = ReadPage(element, first.vpage + k);
+      REQUIRE(page.ok());
+      REQUIRE((*page)[100] == uint8_t(0x5C + k));
+    }
+    // Runs that do not fit, and a run running past the region: refused; the pages before the
+    // first one it may not write are written, the others untouched.
+    REQUIRE(absl::IsInvalidArgument(WriteRun(element, first.vpage, slots + 1, 0)));
+    REQUIRE(absl::IsInvalidArgument(WriteRun(element, first.vpage, 2, slots - 1)));
+    REQUIRE(absl::IsInvalidArgument(WriteRun(element, ~uint64_t{0}, 2, 0)));
+    for (const auto& e : region->second) {
+      if (e.vpage + e.pages != end) continue;
+      ipc::Client& last = Element(*app, rack, e.element);
+      std::memset(last.connection().channel.slot(0), 0x77, 3 * kPage);
+      REQUIRE(absl::IsPermissionDenied(WriteRun(last, end - 1, 3, 0)));
+      auto page = ReadPage(last, end - 1);
+      REQUIRE(page.ok());
+      REQUIRE((*page)[100] == 0x77);
+    }
   }
   SECTION("a write-back of the wrong size is refused and the page keeps its data") {
     ipc::Client& element = Element(*app, rack, first.element);
