@@ -5,8 +5,7 @@
 
 namespace disagg::rackctl {
 
-bool DecodeStatusJson(const std::string& text,
-                      const std::function<void(StatusJson::Reader)>& use) {
+bool DecodeStatusJson(const std::string& text, const std::function<void(StatusJson::Reader)>& use) {
   const size_t brace = text.find('{');
   if (brace == std::string::npos) return false;
   capnp::MallocMessageBuilder message;
