@@ -22,12 +22,17 @@ bool PlainName(const std::string& name) {
   return true;
 }
 
+// Write-back requests in flight per connection: well under what an element reads of one peer
+// in a turn of its loop.
+constexpr size_t kWriteWindow = 16;
+
 // A memory element's channel carries at least a longest run's page slots.
 absl::Status CheckSlots(const std::string& element, const ipc::Channel& channel) {
   if (channel.slot_pages() >= ElementPool::kMaxRun) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat("memory element ", element, " offers ",
-                                                    channel.slot_pages(), " page slots, not ",
-                                                    ElementPool::kMaxRun));
+  // Not FAILED_PRECONDITION: that is how a memory element says this process is fenced.
+  return absl::InternalError(absl::StrCat("memory element ", element, " offers ",
+                                          channel.slot_pages(), " page slots, not ",
+                                          ElementPool::kMaxRun));
 }
 
 // Unavailable errors name the element.
@@ -153,7 +158,9 @@ absl::Status ElementPool::WritePages(const std::string& element,
     // so that the slots are free again.
     in_flight.clear();
     size_t slot = 0;
-    while (next < pages.size() && slot < channel.slot_pages()) {
+    // At most kWriteWindow requests in flight: a connection dropped after a failure leaves
+    // no more queued at the element than it drains at the hang-up, in order.
+    while (next < pages.size() && slot < channel.slot_pages() && in_flight.size() < kWriteWindow) {
       const size_t first = slot;
       const uint64_t vpage = pages[next].vpage;
       do {
