@@ -397,7 +397,6 @@ class Observer {
   }
 
   void Take(rackctl::StatusJson::Reader status, int64_t asked, int64_t now) {
-    alive_.clear();
     for (auto e : status.getElements()) {
       ElementSeen& seen = elements_[e.getName()];
       seen.kind = e.getKind();
@@ -412,9 +411,8 @@ class Observer {
       seen.app = p.getApp();
       if (p.getDead()) {
         if (seen.first_dead_ms < 0) seen.first_dead_ms = now;
-      } else {
-        alive_.insert(p.getId());
-        if (seen.first_dead_ms < 0) seen.last_alive_ms = asked;
+      } else if (seen.first_dead_ms < 0) {
+        seen.last_alive_ms = asked;
       }
       uint64_t refused = 0;
       for (auto m : p.getMemory()) {
@@ -441,9 +439,6 @@ class Observer {
     return used;
   }
 
-  // Listed alive by the last status read.
-  bool Alive(uint32_t id) const { return alive_.count(id) > 0; }
-
   bool Healthy(const std::string& element) const {
     auto it = elements_.find(element);
     return it != elements_.end() && it->second.state == "healthy";
@@ -457,7 +452,6 @@ class Observer {
   std::map<uint32_t, ProcessSeen> processes_;
   std::map<std::string, ElementSeen> elements_;
   std::vector<std::string> violations_;  // fenced writes that landed
-  std::set<uint32_t> alive_;
 };
 
 // --- What the workers said ----------------------------------------------------------------
@@ -769,10 +763,6 @@ class Run {
       if (p.first_dead_ms >= 0) declared.insert(id);
     }
     for (const WorkerLog& w : logs) declared.insert(w.told_failed.begin(), w.told_failed.end());
-    std::map<uint32_t, const WorkerLog*> by_id;
-    for (const WorkerLog& w : logs) {
-      if (w.id != 0) by_id[w.id] = &w;
-    }
 
     std::vector<std::string> notified, reads, fenced = observer_.violations();
     // notified: each failed worker, to each that was in the group before and lived on.
