@@ -129,8 +129,6 @@ TEST_CASE("Housekeeping alone starts no spin: a loop woken by heartbeats sleeps 
 TEST_CASE(
     "A liveness timer pings every period, checks once more at an early deadline, and "
     "tells how long its loop was away, judging only once the rings could be read") {
-  auto loop = EventLoop::Create(TestOptions());
-  REQUIRE(loop.ok());
   struct Call {
     bool ping;
     absl::Duration away;
@@ -139,26 +137,44 @@ TEST_CASE(
   };
   std::vector<Call> calls;
   absl::Time asked = absl::InfiniteFuture();
-  ipc::LivenessTimer* self = nullptr;
-  ipc::LivenessTimer timer(
-      **loop, absl::Milliseconds(40), [&](bool ping, absl::Duration away, bool judge) {
-        calls.push_back({ping, away, judge, LivenessNow()});
-        if (calls.size() == 2) {  // a deadline 10 ms from now, before the next round
-          asked = LivenessNow() + absl::Milliseconds(10);
-          self->WakeAt(asked);
-          self->WakeAt(asked + absl::Milliseconds(5));     // a later one: the earlier stands
-          self->WakeAt(LivenessNow() + absl::Seconds(5));  // after the next round: left to it
-        }
-        if (calls.size() == 5) std::this_thread::sleep_for(std::chrono::milliseconds(300));
-        // Stops at the first call after the stall that judges (or, failing that, the 20th).
-        if ((calls.size() > 6 && judge) || calls.size() == 20) (*loop)->Stop();
-      });
-  self = &timer;
-  REQUIRE_FALSE(timer.running());
-  timer.Start();
-  timer.Start();  // idempotent
-  REQUIRE(timer.running());
-  REQUIRE((*loop)->Run().ok());
+  // The sequence asked for: two rounds, the deadline's call, three rounds (the loop stalls
+  // 300 ms in the third), a late round, then the call after it that judges. A call that comes
+  // late for any other reason (the machine descheduled the loop: on a busy 2-core machine,
+  // tens of ms happen) adds calls of its own, as it must; such a run is repeated, up to 5
+  // times, and the checks below hold for the first run in which only the stall was late.
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    auto loop = EventLoop::Create(TestOptions());
+    REQUIRE(loop.ok());
+    calls.clear();
+    ipc::LivenessTimer* self = nullptr;
+    ipc::LivenessTimer timer(
+        **loop, absl::Milliseconds(40), [&](bool ping, absl::Duration away, bool judge) {
+          calls.push_back({ping, away, judge, LivenessNow()});
+          if (calls.size() == 2) {  // a deadline 10 ms from now, before the next round
+            asked = LivenessNow() + absl::Milliseconds(10);
+            self->WakeAt(asked);
+            self->WakeAt(asked + absl::Milliseconds(5));     // a later one: the earlier stands
+            self->WakeAt(LivenessNow() + absl::Seconds(5));  // after the next round: left to it
+          }
+          if (calls.size() == 5) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+          // Stops at the first call after the stall that judges (or, failing that, the 20th).
+          if ((calls.size() > 6 && judge) || calls.size() == 20) (*loop)->Stop();
+        });
+    self = &timer;
+    REQUIRE_FALSE(timer.running());
+    timer.Start();
+    timer.Start();  // idempotent
+    REQUIRE(timer.running());
+    REQUIRE((*loop)->Run().ok());
+    timer.Stop();
+    REQUIRE_FALSE(timer.running());
+    bool disturbed = false;
+    for (size_t i = 0; i < calls.size(); ++i) {
+      if (i != 5 && calls[i].away > absl::ZeroDuration()) disturbed = true;
+    }
+    if (!disturbed) break;
+    WARN("attempt " << attempt << ": the machine made a call late; running it again");
+  }
   REQUIRE(calls.size() >= 7);
   REQUIRE(calls.back().judge);
   REQUIRE(calls[0].ping);
@@ -168,12 +184,11 @@ TEST_CASE(
   for (size_t i = 3; i < 6; ++i) REQUIRE(calls[i].ping);  // one deadline call only
   // The loop slept 300 ms in the fifth call: the sixth came at least 260 ms after it was due
   // (40 ms after the fifth). It does not judge; a call a moment later, before the next round,
-  // does (unless the machine stalled again: then one after it).
+  // does.
   REQUIRE(calls[5].away >= absl::Milliseconds(255));
   REQUIRE_FALSE(calls[5].judge);
   REQUIRE_FALSE(calls[6].ping);
-  timer.Stop();
-  REQUIRE_FALSE(timer.running());
+  REQUIRE(calls[6].judge);
 }
 
 }  // namespace
