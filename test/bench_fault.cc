@@ -12,6 +12,7 @@
 //                scan of a local array of the same size; and the first-touch write before
 //                it, against first-touch writes of fresh local memory
 // The last line is one JSON object with every figure.
+#include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
@@ -144,6 +145,74 @@ double Scan(const uint8_t* base, size_t bytes) {
   return bytes / ns;
 }
 
+// The raw stream: what the kernel's side of a sequential scan costs with no transport at all.
+// A scan of `bytes` of a raw userfaultfd region (registered for missing and write-protect
+// faults, as the rack's is), whose handler thread answers a fault by copying the run of
+// kStreamRun pages it starts from a local buffer, write-protected as the rack installs read
+// faults, and the run after it; it drops the oldest runs to stay within `budget`, as the
+// rack's cache does. Returns GB/s.
+constexpr size_t kStreamRun = 32;
+double RawUffdStreamScan(size_t bytes, size_t budget) {
+  const size_t pages = bytes / kPage, budget_pages = budget / kPage;
+  auto* region = static_cast<uint8_t*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+  int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (region == MAP_FAILED || uffd < 0) {
+    std::perror("bench_fault: raw userfaultfd stream");
+    std::exit(1);
+  }
+  uffdio_api api{UFFD_API, 0, 0};
+  uffdio_register reg{};
+  reg.range = {reinterpret_cast<uintptr_t>(region), bytes};
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
+  if (ioctl(uffd, UFFDIO_API, &api) != 0 || ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) {
+    std::perror("bench_fault: raw userfaultfd stream register");
+    std::exit(1);
+  }
+  std::atomic<bool> stop{false};
+  std::thread handler([&] {
+    std::vector<uint8_t> source(kStreamRun * kPage, 0x5a);
+    size_t installed = 0, dropped = 0;  // pages [dropped, installed) are present
+    while (!stop.load()) {
+      pollfd fd{uffd, POLLIN, 0};
+      if (poll(&fd, 1, 100) <= 0) continue;
+      uffd_msg msg;
+      if (read(uffd, &msg, sizeof(msg)) != sizeof(msg) || msg.event != UFFD_EVENT_PAGEFAULT) {
+        continue;
+      }
+      const size_t page = (msg.arg.pagefault.address - reinterpret_cast<uintptr_t>(region)) / kPage;
+      if (page < installed) continue;  // installed meanwhile: the copy woke it
+      installed = page;
+      for (int run = 0; run < 2 && installed < pages; ++run) {
+        const size_t n = std::min(kStreamRun, pages - installed);
+        while (installed + n - dropped > budget_pages) {
+          madvise(region + dropped * kPage, kStreamRun * kPage, MADV_DONTNEED);
+          dropped += kStreamRun;
+        }
+        uffdio_copy copy{};
+        copy.dst = reinterpret_cast<uintptr_t>(region + installed * kPage);
+        copy.src = reinterpret_cast<uintptr_t>(source.data());
+        copy.len = n * kPage;
+        copy.mode = UFFDIO_COPY_MODE_WP;
+        while (ioctl(uffd, UFFDIO_COPY, &copy) != 0) {
+          if (errno != EAGAIN || copy.copy > 0) {
+            std::perror("bench_fault: raw userfaultfd stream copy");
+            std::exit(1);
+          }
+          copy.copy = 0;  // EAGAIN with nothing copied: the range is busy; again
+        }
+        installed += n;
+      }
+    }
+  });
+  const double gbps = Scan(region, bytes);
+  stop = true;
+  handler.join();
+  close(uffd);
+  munmap(region, bytes);
+  return gbps;
+}
+
 double MemcpyGBps(size_t bytes) {
   std::vector<uint8_t> a(bytes, 1), b(bytes, 2);
   std::vector<double> rates;
@@ -219,6 +288,8 @@ struct ColdFigures {
 
 // kRuns rounds of the two raw handlers, never-written and data pages, interleaved.
 constexpr int kRuns = 3;
+// Sequential scans of the remote region.
+constexpr int kScans = 5;
 ColdFigures MeasureCold(disagg::Rack& rack, size_t pages, size_t budget) {
   ColdFigures f;
   for (int run = 0; run < kRuns; ++run) {
@@ -282,10 +353,51 @@ double LocalFirstTouchWrite(size_t bytes) {
   return gbps;
 }
 
+// Reads of a cached remote region of `hit_bytes` against a local array of the same size.
+void MeasureHits(disagg::Rack& rack, size_t hit_bytes, double& hit50, double& local50) {
+  auto cached = rack.Map(hit_bytes);
+  if (!cached.ok()) Die("map", cached.status());
+  (void)ReadLines(cached->as<uint8_t>(), hit_bytes, 1);
+  std::vector<uint8_t> local(hit_bytes, 1);
+  std::vector<double> hit, base;
+  for (int i = 0; i < 7; ++i) {
+    hit.push_back(ReadLines(cached->as<uint8_t>(), hit_bytes, 4));
+    base.push_back(ReadLines(local.data(), hit_bytes, 4));
+  }
+  hit50 = Percentile(hit, 0.5);
+  local50 = Percentile(base, 0.5);
+  std::printf("cache hit:          %.2f ns/read | local array %.2f ns/read | ratio %.2fx\n", hit50,
+              local50, hit50 / local50);
+  if (absl::Status s = rack.Unmap(cached->data()); !s.ok()) Die("unmap", s);
+  local.clear();
+  local.shrink_to_fit();
+}
+
 }  // namespace
 
-int main() {
-  auto rack = disagg::Rack::Join();
+int main(int argc, char** argv) {
+  // bench_fault [scan] [--readahead N]: `scan` measures only the scan and the first-touch
+  // write; --readahead sets JoinOptions::readahead_pages (the rack refuses what is out of range).
+  bool scan_only = false;
+  disagg::JoinOptions options;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "scan") == 0) {
+      scan_only = true;
+    } else if (std::strcmp(argv[i], "--readahead") == 0 && i + 1 < argc) {
+      char* end = nullptr;
+      const long pages = std::strtol(argv[++i], &end, 10);
+      if (*end != '\0' || pages < 0 || pages > 1 << 20) {
+        std::fprintf(stderr, "bench_fault: --readahead takes a number of pages, not '%s'\n",
+                     argv[i]);
+        return 2;
+      }
+      options.readahead_pages = static_cast<int>(pages);
+    } else {
+      std::fprintf(stderr, "usage: bench_fault [scan] [--readahead PAGES]\n");
+      return 2;
+    }
+  }
+  auto rack = disagg::Rack::Join(options);
   if (!rack.ok()) Die("join", rack.status());
   const size_t budget = (*rack)->cache_stats().quota_bytes;
   if (budget < (8 << 20)) {
@@ -298,65 +410,73 @@ int main() {
       "cold 4 KiB faults, %zu pages a run; floor: a raw userfaultfd fault whose handler "
       "thread copies a local page\n",
       cold_pages);
-  const ColdFigures quiet = MeasureCold(**rack, cold_pages, budget);
-  PrintCold("quiet machine", quiet);
-  const double sleeping50 = quiet.sleeping.p50();
-  ColdFigures loaded;
+  ColdFigures quiet, loaded;
   size_t busy_threads = 0;
-  {
-    BusyThreads busy;
-    busy_threads = busy.count();
-    loaded = MeasureCold(**rack, cold_pages, budget);
+  double hit50 = 0, local50 = 0;
+  if (!scan_only) {
+    quiet = MeasureCold(**rack, cold_pages, budget);
+    PrintCold("quiet machine", quiet);
+    {
+      BusyThreads busy;
+      busy_threads = busy.count();
+      loaded = MeasureCold(**rack, cold_pages, budget);
+    }
+    char title[96];
+    std::snprintf(title, sizeof(title), "contended: a busy thread on each of the %zu cores",
+                  busy_threads);
+    PrintCold(title, loaded);
+    MeasureHits(**rack, cold_pages * kPage, hit50, local50);
   }
-  char title[96];
-  std::snprintf(title, sizeof(title), "contended: a busy thread on each of the %zu cores",
-                busy_threads);
-  PrintCold(title, loaded);
-
-  // Cache hits: a region, now cached, against a local array of the same size.
-  const size_t hit_bytes = cold_pages * kPage;
-  auto cached = (*rack)->Map(hit_bytes);
-  if (!cached.ok()) Die("map", cached.status());
-  (void)ReadLines(cached->as<uint8_t>(), hit_bytes, 1);
-  std::vector<uint8_t> local(hit_bytes, 1);
-  std::vector<double> hit, base;
-  for (int i = 0; i < 7; ++i) {
-    hit.push_back(ReadLines(cached->as<uint8_t>(), hit_bytes, 4));
-    base.push_back(ReadLines(local.data(), hit_bytes, 4));
-  }
-  const double hit50 = Percentile(hit, 0.5), local50 = Percentile(base, 0.5);
-  std::printf("cache hit:          %.2f ns/read | local array %.2f ns/read | ratio %.2fx\n", hit50,
-              local50, hit50 / local50);
-  if (absl::Status s = (*rack)->Unmap(cached->data()); !s.ok()) Die("unmap", s);
-  local.clear();
-  local.shrink_to_fit();
+  const double sleeping50 = quiet.sleeping.p50s.empty() ? 0 : quiet.sleeping.p50();
 
   // Sequential scan of 4x the budget: written first (so the memory elements serve real
-  // data, not never-written zero pages), flushed, then read: the cache turns over 4 times.
+  // data, not never-written zero pages), flushed, then read kScans times (the cache turns
+  // over 4 times in each: every page faults): the median of the scans.
   const size_t scan_bytes = 4 * budget;
   const double local_write = LocalFirstTouchWrite(scan_bytes);
   auto big = (*rack)->Map(scan_bytes);
   if (!big.ok()) Die("map", big.status());
   const double fill = Fill(big->as<uint8_t>(), scan_bytes);
   if (absl::Status s = (*rack)->Flush(big->data(), scan_bytes); !s.ok()) Die("flush", s);
-  const double scan = Scan(big->as<uint8_t>(), scan_bytes);
-  if (absl::Status s = (*rack)->Unmap(big->data()); !s.ok()) Die("unmap", s);
+  // Rounds of the three scans, interleaved: the rack's, the raw stream's and the local one.
   std::vector<uint8_t> same_size(scan_bytes, 1);
-  std::vector<double> local_scans;
-  for (int i = 0; i < 3; ++i) local_scans.push_back(Scan(same_size.data(), scan_bytes));
+  std::vector<double> scans, raw_scans, local_scans;
+  for (int i = 0; i < kScans; ++i) {
+    scans.push_back(Scan(big->as<uint8_t>(), scan_bytes));
+    raw_scans.push_back(RawUffdStreamScan(scan_bytes, budget));
+    local_scans.push_back(Scan(same_size.data(), scan_bytes));
+  }
+  const double scan = Percentile(scans, 0.5);
+  const double raw_scan = Percentile(raw_scans, 0.5);
   const double local_scan = Percentile(local_scans, 0.5);
+  if (absl::Status s = (*rack)->Unmap(big->data()); !s.ok()) Die("unmap", s);
   same_size.clear();
   same_size.shrink_to_fit();
   const double copy = MemcpyGBps(std::min<size_t>(budget, 64 << 20));
   const disagg::CacheStats stats = (*rack)->cache_stats();
   std::printf(
       "sequential scan:    %.3f GB/s over %zu MiB (cache %zu MiB) | local scan of %zu MiB %.2f "
-      "GB/s | ratio %.4f  (local memcpy: %.2f GB/s)\n",
-      scan, scan_bytes >> 20, budget >> 20, scan_bytes >> 20, local_scan, scan / local_scan, copy);
+      "GB/s | ratio %.4f  (local memcpy: %.2f GB/s)\n"
+      "  raw userfaultfd stream (runs of %zu pages copied from a local buffer, one run ahead, "
+      "evicted at the same budget): %.3f GB/s, %.4f of the local scan | the rack's scan is "
+      "%.4f of it\n",
+      scan, scan_bytes >> 20, budget >> 20, scan_bytes >> 20, local_scan, scan / local_scan, copy,
+      kStreamRun, raw_scan, raw_scan / local_scan, scan / raw_scan);
   std::printf(
       "sequential write:   %.3f GB/s (first touch of every page, dirty pages written back on "
       "eviction) | first touch of fresh local memory %.2f GB/s | ratio %.4f\n",
       fill, local_write, fill / local_write);
+  if (scan_only) {
+    std::printf(
+        "{\"bench\":\"fault\",\"mode\":\"scan\",\"scans\":%d,\"scan_gbps\":%.4f,"
+        "\"local_scan_gbps\":%.3f,\"scan_vs_local_scan\":%.5f,\"raw_stream_gbps\":%.4f,"
+        "\"scan_vs_raw_stream\":%.5f,\"memcpy_gbps\":%.3f,\"write_gbps\":%.4f,"
+        "\"local_write_gbps\":%.3f,\"write_vs_local_write\":%.5f,\"cache_budget_bytes\":%zu,"
+        "\"readahead_pages\":%d,\"raw_stream_run_pages\":%zu}\n",
+        kScans, scan, local_scan, scan / local_scan, raw_scan, scan / raw_scan, copy, fill,
+        local_write, fill / local_write, budget, options.readahead_pages, kStreamRun);
+    return 0;
+  }
   std::printf(
       "{\"bench\":\"fault\",\"pages\":%zu,\"runs\":%d,\"cold_p50_ns\":%.0f,\"cold_p99_ns\":%.0f,"
       "\"floor_p50_ns\":%.0f,\"floor_p99_ns\":%.0f,\"cold_vs_floor_p50\":%.3f,"
@@ -367,7 +487,8 @@ int main() {
       "\"contended_cold_vs_floor_p50\":%.3f,\"contended_zero_cold_p50_ns\":%.0f,"
       "\"contended_zero_cold_vs_floor_p50\":%.3f,"
       "\"hit_ns_per_read\":%.3f,\"local_ns_per_read\":%.3f,\"hit_vs_local\":%.3f,"
-      "\"scan_gbps\":%.4f,\"local_scan_gbps\":%.3f,\"scan_vs_local_scan\":%.5f,"
+      "\"scans\":%d,\"scan_gbps\":%.4f,\"local_scan_gbps\":%.3f,\"scan_vs_local_scan\":%.5f,"
+      "\"raw_stream_gbps\":%.4f,\"scan_vs_raw_stream\":%.5f,"
       "\"memcpy_gbps\":%.3f,\"scan_vs_memcpy\":%.5f,\"write_gbps\":%.4f,"
       "\"local_write_gbps\":%.3f,\"write_vs_local_write\":%.5f,"
       "\"cache_budget_bytes\":%zu,\"peak_cached_bytes\":%llu}\n",
@@ -376,8 +497,9 @@ int main() {
       quiet.zero.p99(), quiet.zero.p50() / quiet.floor().p50(), sleeping50, busy_threads,
       loaded.data.p50(), loaded.data.p99(), loaded.floor().p50(), loaded.floor().p99(),
       loaded.data.p50() / loaded.floor().p50(), loaded.zero.p50(),
-      loaded.zero.p50() / loaded.floor().p50(), hit50, local50, hit50 / local50, scan, local_scan,
-      scan / local_scan, copy, scan / copy, fill, local_write, fill / local_write, budget,
+      loaded.zero.p50() / loaded.floor().p50(), hit50, local50, hit50 / local50, kScans, scan,
+      local_scan, scan / local_scan, raw_scan, scan / raw_scan, copy, scan / copy, fill,
+      local_write, fill / local_write, budget,
       static_cast<unsigned long long>(stats.peak_cached_bytes));
   return 0;
 }

@@ -32,12 +32,14 @@ struct JoinedRack {
   TestRack rack;
   std::unique_ptr<Rack> app;
 
-  explicit JoinedRack(int fault_threads = 1, const std::string& up = "--memory 2") {
+  explicit JoinedRack(int fault_threads = 1, const std::string& up = "--memory 2",
+                      int readahead_pages = JoinOptions().readahead_pages) {
     REQUIRE(rack.Up("--compute 1 --pool-size 16M --cache-budget 256K " + up) == 0);
     JoinOptions options;
     options.rack_dir = rack.dir();
     options.element = "cpu0";
     options.fault_threads = fault_threads;
+    options.readahead_pages = readahead_pages;
     absl::StatusOr<std::unique_ptr<Rack>> joined = Rack::Join(options);
     INFO(joined.status());
     REQUIRE(joined.ok());
@@ -49,7 +51,10 @@ struct JoinedRack {
 uint64_t Pattern(uint64_t word, uint64_t salt) { return (word + 1) * 0x9E3779B97F4A7C15ull ^ salt; }
 
 TEST_CASE("Data written and flushed is read back correctly after it was evicted") {
-  JoinedRack r;
+  // No read-ahead, the default, and runs longer than the cache can spare (half of it is).
+  const int readahead = GENERATE(1, JoinOptions().readahead_pages, 128);
+  INFO("readahead_pages " << readahead);
+  JoinedRack r(1, "--memory 2", readahead);
   const uint64_t bytes = 4 * kBudget;
   absl::StatusOr<Region> region = r.app->Map(bytes);
   REQUIRE(region.ok());
@@ -96,6 +101,46 @@ TEST_CASE(
   REQUIRE(processes[0].id == r.app->self());
   REQUIRE(processes[0].cache_quota_bytes == kBudget);
   REQUIRE(processes[0].mapped_bytes == bytes);
+}
+
+TEST_CASE("A sequential stream in a cache with room reads runs ahead, and every byte is right") {
+  // A 2 MiB cache (512 pages): room for a stream's run and the one after it, of the default
+  // 32 pages and of 64 (the two then take all of a channel's slots). Read-ahead off (one page
+  // a fault) reads nothing ahead; on, the runs after the faulting ones come too.
+  const int readahead = GENERATE(1, JoinOptions().readahead_pages, 64);
+  INFO("readahead_pages " << readahead);
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 2 --pool-size 32M --cache-budget 2M") == 0);
+  JoinOptions options;
+  options.rack_dir = rack.dir();
+  options.element = "cpu0";
+  options.readahead_pages = readahead;
+  absl::StatusOr<std::unique_ptr<Rack>> app = Rack::Join(options);
+  INFO(app.status());
+  REQUIRE(app.ok());
+  const uint64_t bytes = 8 << 20;  // 4x the cache
+  absl::StatusOr<Region> region = (*app)->Map(bytes);
+  REQUIRE(region.ok());
+  uint64_t* words = region->as<uint64_t>();
+  const uint64_t n = bytes / sizeof(uint64_t);
+  for (uint64_t i = 0; i < n; ++i) words[i] = Pattern(i, 3);  // a write stream
+  REQUIRE((*app)->Flush(words, bytes).ok());
+  const uint64_t ahead_written = (*app)->cache_stats().read_ahead;
+  uint64_t wrong = 0;
+  for (int pass = 0; pass < 2; ++pass) {  // read streams, the cache turned over each time
+    for (uint64_t i = 0; i < n; ++i) wrong += words[i] != Pattern(i, 3);
+  }
+  REQUIRE(wrong == 0);
+  const CacheStats stats = (*app)->cache_stats();
+  REQUIRE(stats.faults >= 3 * bytes / kPage - (2 << 20) / kPage);
+  REQUIRE(stats.peak_cached_bytes <= stats.quota_bytes);
+  if (readahead == 1) {
+    REQUIRE(stats.read_ahead == 0);
+  } else {
+    REQUIRE(ahead_written > 0);
+    REQUIRE(stats.read_ahead > ahead_written);
+  }
+  app->reset();  // leave before the rack goes down
 }
 
 TEST_CASE("Four threads fault the same and different pages at once and every byte is right") {
@@ -459,6 +504,14 @@ TEST_CASE("Join explains what is missing") {
     REQUIRE(absl::IsInvalidArgument(Rack::Join(options).status()));
   }
   options.fault_threads = 1;
+  for (int pages : {0, -1, 129}) {
+    options.readahead_pages = pages;
+    INFO("readahead_pages " << pages);
+    absl::Status refused = Rack::Join(options).status();
+    REQUIRE(absl::IsInvalidArgument(refused));
+    REQUIRE(std::string(refused.message()).find("readahead_pages") != std::string::npos);
+  }
+  options.readahead_pages = JoinOptions().readahead_pages;
   options.rack_dir = "/nonexistent/rack";
   options.element = "cpu0";
   auto no_rack = Rack::Join(options);

@@ -49,7 +49,7 @@ class ElementPool {
     uint64_t vpage;
     size_t pages;  // 1 to kMaxRun
   };
-  static constexpr size_t kMaxRun = 32;
+  static constexpr size_t kMaxRun = 128;
   absl::Status ReadRuns(
       const std::string& element, absl::Span<const PageRun> runs,
       absl::FunctionRef<absl::Status(size_t, absl::StatusOr<size_t>, const uint8_t*)> use);

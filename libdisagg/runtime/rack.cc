@@ -64,6 +64,11 @@ absl::StatusOr<std::unique_ptr<Rack>> RackImpl::Join(JoinOptions options) {
   if (options.fault_threads < 1 || options.fault_threads > 64) {
     return absl::InvalidArgumentError("JoinOptions::fault_threads must be 1..64");
   }
+  if (options.readahead_pages < 1 ||
+      static_cast<size_t>(options.readahead_pages) > ElementPool::kMaxRun) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("JoinOptions::readahead_pages must be 1..", ElementPool::kMaxRun));
+  }
   ASSIGN_OR_RETURN(Userfaultfd uffd, Userfaultfd::Open());
   absl::StatusOr<ipc::Client> mmu =
       ipc::Client::Connect(SocketPath(options.rack_dir, "mmu"), options.timeout);
@@ -422,6 +427,7 @@ CacheStats RackImpl::cache_stats() const {
     stats.peak_cached_bytes = cache.peak_present_pages() * kPageBytes;
   }
   stats.faults = faults_.load();
+  stats.read_ahead = read_ahead_.load();
   stats.evictions = evictions_.load();
   stats.writebacks = writebacks_.load();
   return stats;

@@ -25,6 +25,9 @@ namespace {
 constexpr uint64_t kEvictBatch = 16;
 // Faults read from the userfaultfd at once and served together.
 constexpr size_t kFaultBatch = 16;
+// A stream's run is read ahead only in a cache this many times the pages in flight for it, so
+// that what is read ahead does not evict what the stream is still reading.
+constexpr uint64_t kAheadRoom = 4;
 
 FaultCause CauseOfTranslation(const absl::Status& status) {
   switch (status.code()) {
@@ -124,18 +127,19 @@ void RackImpl::ServeMissing(const std::vector<MissingFault>& faults) {
     {
       MutexLock lock(&mu_);
       for (; next < faults.size(); ++next) {
-        Fetch fetch;
         const Admission admission =
-            Admit(faults[next].vpage, faults[next].write, /*may_wait=*/fetches.empty(), fetch);
+            Admit(faults[next].vpage, faults[next].write, /*may_wait=*/fetches.empty(), fetches);
         if (admission == Admission::kDefer) break;  // no room until these fetches land
-        if (admission == Admission::kFetch) fetches.push_back(std::move(fetch));
       }
     }
+    // Every faulting run before any run read ahead: runs are read and installed in order.
+    std::stable_partition(fetches.begin(), fetches.end(), [](const Fetch& f) { return !f.ahead; });
     FetchAndInstall(fetches);
   }
 }
 
-RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait, Fetch& fetch) {
+RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait,
+                                    std::vector<Fetch>& fetches) {
   const uintptr_t addr = vpage << kPageShift;
   while (true) {
     if (PageEntry* entry = cache_.Find(vpage)) {
@@ -162,6 +166,7 @@ RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait, F
     changed_.Wait(&mu_);
   }
   cache_.BeginFetch(vpage);
+  Fetch& fetch = fetches.emplace_back();
   fetch.write = write;
   fetch.pages = {vpage};
   // A page given away or taken from here: the Rack MMU is asked (it may have come back, its
@@ -177,7 +182,16 @@ RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait, F
       fetch.refusal = FaultCause::kElementFailed;
       return Admission::kFetch;
     }
-    PlanReadahead(vpage, extent->vpage + extent->pages, fetch.pages);
+    std::vector<uint64_t> ahead;
+    PlanReadahead(vpage, extent->vpage + extent->pages, fetch.pages, ahead);
+    if (!ahead.empty()) {
+      Fetch more;
+      more.write = write;
+      more.element = fetch.element;
+      more.pages = std::move(ahead);
+      more.ahead = true;
+      fetches.push_back(std::move(more));  // `fetch` is not used after this
+    }
   }
   return Admission::kFetch;
 }
@@ -244,7 +258,8 @@ void RackImpl::Complete(std::vector<Fetch>& fetches) {
       if (f.results[i].ok()) {
         cache_.FinishFetch(f.pages[i], /*dirty=*/f.write);
         ++faults_;
-      } else if (i == 0) {
+        if (f.ahead) ++read_ahead_;
+      } else if (i == 0 && !f.ahead) {
         if (!f.refusal) {
           RLOG(WARNING) << "disagg: page 0x" << std::hex << (f.pages[0] << kPageShift) << std::dec
                         << ": " << f.results[0];
@@ -261,7 +276,8 @@ void RackImpl::Complete(std::vector<Fetch>& fetches) {
   changed_.SignalAll();
 }
 
-void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<uint64_t>& batch) {
+void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<uint64_t>& batch,
+                             std::vector<uint64_t>& ahead) {
   // A fault that continues one of the recent sequential streams doubles that stream's window
   // (up to a pipeline's worth); any other starts a stream in the least recently used slot.
   // Several streams at once are common: a merge reads one per run and writes another.
@@ -270,7 +286,13 @@ void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<ui
     if (s.used != 0 && (vpage == s.next || vpage == s.last + 1)) stream = &s;
   }
   if (stream != nullptr) {
-    stream->window = std::clamp<uint64_t>(stream->window * 2, 4, ElementPool::kMaxRun - 1);
+    // A run of at most readahead_pages, and of at most half the cache: the rest of the cache
+    // keeps what the stream read before.
+    const uint64_t longest =
+        std::max<uint64_t>(std::min<uint64_t>(options_.readahead_pages, cache_.quota_pages() / 2),
+                           1) -
+        1;
+    stream->window = std::min<uint64_t>(std::max<uint64_t>(stream->window * 2, 4), longest);
   } else {
     stream = &*std::min_element(streams_.begin(), streams_.end(),
                                 [](const auto& a, const auto& b) { return a.used < b.used; });
@@ -291,6 +313,32 @@ void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<ui
     batch.push_back(p);
   }
   stream->next = batch.back() + 1;
+  // At the longest window, with the whole window read, both runs fitting a channel's slots
+  // together, and the cache at least kAheadRoom times what the two take: the run after it too,
+  // read in the same request (the memory element copies it while the faulting run is
+  // installed) and installed while the access reads the faulting run. A write stream's is
+  // installed writable, as its faulting run is.
+  const uint64_t run = batch.size();
+  if (stream->window + 1 < static_cast<uint64_t>(options_.readahead_pages) || run < 2 ||
+      2 * run > ElementPool::kMaxRun || cache_.quota_pages() < kAheadRoom * 2 * run ||
+      stream->next >= extent_end) {
+    return;
+  }
+  const uint64_t first = stream->next;
+  const uint64_t end = std::min(first + run, extent_end);
+  const uint64_t used = stream->used;
+  if (cache_.free_pages() < end - first) {
+    EvictBatch(end - first - cache_.free_pages());
+    // mu_ was released: the process may have been fenced, the element may have failed, and
+    // the stream's slot may have gone to another stream meanwhile.
+    if (fenced_ || FailedAt(first) != nullptr || stream->used != used) return;
+  }
+  for (uint64_t p = first; p < end && cache_.HasRoom(); ++p) {
+    if (cache_.Find(p) != nullptr || InTransfer(p) || translations_.Revoked(p)) break;
+    cache_.BeginFetch(p);
+    ahead.push_back(p);
+  }
+  if (!ahead.empty()) stream->next = ahead.back() + 1;
 }
 
 void RackImpl::HandleWriteProtect(uint64_t vpage) {

@@ -93,15 +93,19 @@ class RackImpl final : public Rack {
     std::vector<uint64_t> pages;  // consecutive
     std::optional<FaultCause> refusal;
     bool revoked = false;  // the page was given away or taken: refused as revoked
+    // Read ahead of a sequential stream, no access waiting on its first page: a page that
+    // cannot be had is forgotten, not poisoned.
+    bool ahead = false;
     std::vector<absl::Status> results;
   };
   enum class Admission { kDone, kFetch, kDefer };
   // Serves missing-page faults that arrived together: fetches pipelined per memory element.
   void ServeMissing(const std::vector<MissingFault>& faults);
   // Decides what a missing fault needs: nothing (being fetched, present, poisoned), or a
-  // fetch (marked as such in the cache, with room made for it). kDefer when no room can be
-  // made without waiting and `may_wait` is false.
-  Admission Admit(uint64_t vpage, bool write, bool may_wait, Fetch& fetch)
+  // fetch (marked as such in the cache, with room made for it), appended to `fetches` with
+  // the runs read ahead of it, if any. kDefer when no room can be made without waiting and
+  // `may_wait` is false.
+  Admission Admit(uint64_t vpage, bool write, bool may_wait, std::vector<Fetch>& fetches)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FetchAndInstall(std::vector<Fetch>& fetches);
   // The steps of FetchAndInstall: read each fetch's run into the channel's page slots and
@@ -113,9 +117,10 @@ class RackImpl final : public Rack {
   // Where `vpage` lives: its memory element, or why the rack refuses it.
   absl::StatusOr<std::string> Translate(uint64_t vpage);
   // Adds to `batch` the pages after `vpage` (up to `extent_end`) worth reading with it, and
-  // marks them as being fetched.
-  void PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<uint64_t>& batch)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // marks them as being fetched. A stream read at its longest window also gets the run after
+  // the batch, in `ahead`: installed while the access reads the batch.
+  void PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<uint64_t>& batch,
+                     std::vector<uint64_t>& ahead) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Poisons `vpage`: its accesses raise the memory-fault callback with `cause` (and the
   // memory element `element`, if one is to blame).
   void Refuse(uint64_t vpage, FaultCause cause, const std::string& element = "")
@@ -221,6 +226,7 @@ class RackImpl final : public Rack {
   bool reader_busy_ ABSL_GUARDED_BY(reader_mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(reader_mu_) = false;
   std::atomic<uint64_t> faults_{0};
+  std::atomic<uint64_t> read_ahead_{0};
   std::atomic<uint64_t> evictions_{0};
   std::atomic<uint64_t> writebacks_{0};
 

@@ -52,6 +52,10 @@ struct JoinOptions {
   // After serving a fault, one fault thread polls for the next one this long before it
   // sleeps: bursts of faults then cost no wake-up. Zero: always sleep.
   absl::Duration fault_spin = absl::Microseconds(50);
+  // The most pages one fault of a sequential stream reads (the faulting page and those after
+  // it, in one run): 1 (no read-ahead) to 128. Longer runs cost fewer calls per page to
+  // install and to evict; shorter ones keep the first touch's wait short.
+  int readahead_pages = 32;
   // How long to wait for the rack's daemons on any one request.
   absl::Duration timeout = absl::Seconds(5);
 };
@@ -146,6 +150,7 @@ struct CacheStats {
   uint64_t cached_bytes = 0;       // pages present in the local cache now
   uint64_t peak_cached_bytes = 0;  // the most it ever held
   uint64_t faults = 0;             // pages fetched from memory elements
+  uint64_t read_ahead = 0;         // of those, pages of a run read ahead of any fault
   uint64_t evictions = 0;          // pages dropped to make room
   uint64_t writebacks = 0;         // dirty pages written back (eviction and Flush)
 };
