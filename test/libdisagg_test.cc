@@ -416,6 +416,48 @@ absl::StatusOr<std::unique_ptr<Rack>> JoinImpatient(TestRack& rack) {
   return Rack::Join(options);
 }
 
+TEST_CASE("A run read ahead that the memory element did not answer is forgotten, not poisoned") {
+  // A 2 MiB cache, so that a stream reads a run ahead; a memory element the monitor would fail
+  // only after 20 s of silence, and requests that wait at most 300 ms.
+  TestRack rack;
+  REQUIRE(rack.Up("--compute 1 --memory 1 --pool-size 32M --cache-budget 2M "
+                  "--silence-ms 20000") == 0);
+  JoinOptions options;
+  options.rack_dir = rack.dir();
+  options.element = "cpu0";
+  options.timeout = absl::Milliseconds(300);
+  auto app = Rack::Join(options);
+  REQUIRE(app.ok());
+  const uint64_t bytes = 8 << 20;
+  auto region = (*app)->Map(bytes);
+  REQUIRE(region.ok());
+  uint64_t* words = region->as<uint64_t>();
+  for (uint64_t i = 0; i < bytes / 8; ++i) words[i] = Pattern(i, 9);
+  REQUIRE((*app)->Flush(words, bytes).ok());
+  // Read from the start until a page is not cached: by then the stream reads runs ahead.
+  const uint8_t* base = region->as<uint8_t>();
+  (*app)->OnMemoryFault(CatchFault);
+  uint64_t page = 0;
+  while (page < 64 || (*app)->cache_stats().read_ahead == 0) {
+    REQUIRE_FALSE(Faults(base + page * kPage));
+    ++page;
+  }
+  REQUIRE(kill(rack.Pid("mem0"), SIGSTOP) == 0);
+  // The stream goes on into pages not cached: the faulting run and the run after it are
+  // asked for and not answered. The faulting page faults (the element did not answer).
+  uint64_t first = page;
+  while (!Faults(base + first * kPage)) ++first;
+  REQUIRE(g_fault.cause == FaultCause::kElementFailed);
+  REQUIRE(kill(rack.Pid("mem0"), SIGCONT) == 0);
+  // The run after it was only read ahead: forgotten, its first page (and so the others) is
+  // read again, with its data.
+  const uint64_t later = first + JoinOptions().readahead_pages;
+  REQUIRE(later * kPage < bytes);
+  REQUIRE_FALSE(Faults(base + later * kPage));
+  REQUIRE(words[later * kPage / 8] == Pattern(later * kPage / 8, 9));
+  app->reset();
+}
+
 TEST_CASE("A dirty page whose write-back fails faults with kLost, never as zeros or old data") {
   TestRack rack;
   auto app = JoinImpatient(rack);
