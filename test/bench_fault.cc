@@ -66,14 +66,12 @@ std::vector<double> TouchEach(volatile uint8_t* base, size_t pages) {
   return out;
 }
 
-// The floor: a raw userfaultfd whose handler thread answers each fault by copying a local
-// page. With `spin` the handler polls the userfaultfd without sleeping (the fastest a raw
-// handler gets: the floor the ratio is taken against); without, it sleeps in poll.
-std::vector<double> RawUffdFaults(size_t pages, bool spin) {
-  const size_t bytes = pages * kPage;
-  auto* region = static_cast<uint8_t*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
-  int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+// A raw userfaultfd (non-blocking) with a fresh anonymous region of `bytes` registered in
+// `mode`; exits on failure.
+int RawUffdRegion(size_t bytes, uint64_t mode, uint8_t*& region) {
+  region = static_cast<uint8_t*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+  const int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
   if (region == MAP_FAILED || uffd < 0) {
     std::perror("bench_fault: raw userfaultfd");
     std::exit(1);
@@ -81,11 +79,21 @@ std::vector<double> RawUffdFaults(size_t pages, bool spin) {
   uffdio_api api{UFFD_API, 0, 0};
   uffdio_register reg{};
   reg.range = {reinterpret_cast<uintptr_t>(region), bytes};
-  reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+  reg.mode = mode;
   if (ioctl(uffd, UFFDIO_API, &api) != 0 || ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) {
     std::perror("bench_fault: raw userfaultfd register");
     std::exit(1);
   }
+  return uffd;
+}
+
+// The floor: a raw userfaultfd whose handler thread answers each fault by copying a local
+// page. With `spin` the handler polls the userfaultfd without sleeping (the fastest a raw
+// handler gets: the floor the ratio is taken against); without, it sleeps in poll.
+std::vector<double> RawUffdFaults(size_t pages, bool spin) {
+  const size_t bytes = pages * kPage;
+  uint8_t* region = nullptr;
+  const int uffd = RawUffdRegion(bytes, UFFDIO_REGISTER_MODE_MISSING, region);
   std::atomic<bool> stop{false};
   std::thread handler([&] {
     alignas(64) static uint8_t source[kPage];
@@ -154,21 +162,9 @@ double Scan(const uint8_t* base, size_t bytes) {
 constexpr size_t kStreamRun = 32;
 double RawUffdStreamScan(size_t bytes, size_t budget) {
   const size_t pages = bytes / kPage, budget_pages = budget / kPage;
-  auto* region = static_cast<uint8_t*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
-  int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
-  if (region == MAP_FAILED || uffd < 0) {
-    std::perror("bench_fault: raw userfaultfd stream");
-    std::exit(1);
-  }
-  uffdio_api api{UFFD_API, 0, 0};
-  uffdio_register reg{};
-  reg.range = {reinterpret_cast<uintptr_t>(region), bytes};
-  reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
-  if (ioctl(uffd, UFFDIO_API, &api) != 0 || ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) {
-    std::perror("bench_fault: raw userfaultfd stream register");
-    std::exit(1);
-  }
+  uint8_t* region = nullptr;
+  const int uffd =
+      RawUffdRegion(bytes, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, region);
   std::atomic<bool> stop{false};
   std::thread handler([&] {
     std::vector<uint8_t> source(kStreamRun * kPage, 0x5a);
