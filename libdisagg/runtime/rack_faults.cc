@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <iterator>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -123,23 +124,25 @@ std::optional<uffd_msg> RackImpl::ReadFault() {
 void RackImpl::ServeMissing(const std::vector<MissingFault>& faults) {
   size_t next = 0;
   while (next < faults.size()) {
-    std::vector<Fetch> fetches;
+    std::vector<Fetch> fetches, ahead;
     {
       MutexLock lock(&mu_);
       for (; next < faults.size(); ++next) {
-        const Admission admission =
-            Admit(faults[next].vpage, faults[next].write, /*may_wait=*/fetches.empty(), fetches);
+        Fetch fetch;
+        const Admission admission = Admit(faults[next].vpage, faults[next].write,
+                                          /*may_wait=*/fetches.empty(), fetch, ahead);
         if (admission == Admission::kDefer) break;  // no room until these fetches land
+        if (admission == Admission::kFetch) fetches.push_back(std::move(fetch));
       }
     }
     // Every faulting run before any run read ahead: runs are read and installed in order.
-    std::stable_partition(fetches.begin(), fetches.end(), [](const Fetch& f) { return !f.ahead; });
+    std::move(ahead.begin(), ahead.end(), std::back_inserter(fetches));
     FetchAndInstall(fetches);
   }
 }
 
-RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait,
-                                    std::vector<Fetch>& fetches) {
+RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait, Fetch& fetch,
+                                    std::vector<Fetch>& ahead) {
   const uintptr_t addr = vpage << kPageShift;
   while (true) {
     if (PageEntry* entry = cache_.Find(vpage)) {
@@ -166,7 +169,6 @@ RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait,
     changed_.Wait(&mu_);
   }
   cache_.BeginFetch(vpage);
-  Fetch& fetch = fetches.emplace_back();
   fetch.write = write;
   fetch.pages = {vpage};
   // A page given away or taken from here: the Rack MMU is asked (it may have come back, its
@@ -182,15 +184,14 @@ RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait,
       fetch.refusal = FaultCause::kElementFailed;
       return Admission::kFetch;
     }
-    std::vector<uint64_t> ahead;
-    PlanReadahead(vpage, extent->vpage + extent->pages, fetch.pages, ahead);
-    if (!ahead.empty()) {
-      Fetch more;
+    std::vector<uint64_t> next_run;
+    PlanReadahead(vpage, extent->vpage + extent->pages, fetch.pages, next_run);
+    if (!next_run.empty()) {
+      Fetch& more = ahead.emplace_back();
       more.write = write;
       more.element = fetch.element;
-      more.pages = std::move(ahead);
+      more.pages = std::move(next_run);
       more.ahead = true;
-      fetches.push_back(std::move(more));  // `fetch` is not used after this
     }
   }
   return Admission::kFetch;
@@ -289,9 +290,7 @@ void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<ui
     // A run of at most readahead_pages, and of at most half the cache: the rest of the cache
     // keeps what the stream read before.
     const uint64_t longest =
-        std::max<uint64_t>(std::min<uint64_t>(options_.readahead_pages, cache_.quota_pages() / 2),
-                           1) -
-        1;
+        std::clamp<uint64_t>(cache_.quota_pages() / 2, 1, options_.readahead_pages) - 1;
     stream->window = std::min<uint64_t>(std::max<uint64_t>(stream->window * 2, 4), longest);
   } else {
     stream = &*std::min_element(streams_.begin(), streams_.end(),
@@ -301,17 +300,13 @@ void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<ui
   stream->last = vpage;
   stream->used = ++stream_clock_;
   uint64_t wanted = 0;
-  // Not into a range being granted, or given away: those pages are not to be read here.
-  for (uint64_t p = vpage + 1; wanted < stream->window && p < extent_end; ++p, ++wanted) {
-    if (cache_.Find(p) != nullptr || InTransfer(p) || translations_.Revoked(p)) break;
+  while (wanted < stream->window && vpage + 1 + wanted < extent_end &&
+         MayReadAhead(vpage + 1 + wanted)) {
+    ++wanted;
   }
   // Making room may write dirty pages back (mu_ is released meanwhile): look again after.
   if (cache_.free_pages() < wanted) EvictBatch(wanted - cache_.free_pages());
-  for (uint64_t p = vpage + 1; p <= vpage + wanted && cache_.HasRoom(); ++p) {
-    if (cache_.Find(p) != nullptr || InTransfer(p) || translations_.Revoked(p)) break;
-    cache_.BeginFetch(p);
-    batch.push_back(p);
-  }
+  ClaimRun(vpage + 1, vpage + 1 + wanted, batch);
   stream->next = batch.back() + 1;
   // At the longest window, with the whole window read, both runs fitting a channel's slots
   // together, and the cache at least kAheadRoom times what the two take: the run after it too,
@@ -319,7 +314,7 @@ void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<ui
   // installed) and installed while the access reads the faulting run. A write stream's is
   // installed writable, as its faulting run is.
   const uint64_t run = batch.size();
-  if (stream->window + 1 < static_cast<uint64_t>(options_.readahead_pages) || run < 2 ||
+  if (run < 2 || run < static_cast<uint64_t>(options_.readahead_pages) ||
       2 * run > ElementPool::kMaxRun || cache_.quota_pages() < kAheadRoom * 2 * run ||
       stream->next >= extent_end) {
     return;
@@ -333,12 +328,21 @@ void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<ui
     // the stream's slot may have gone to another stream meanwhile.
     if (fenced_ || FailedAt(first) != nullptr || stream->used != used) return;
   }
-  for (uint64_t p = first; p < end && cache_.HasRoom(); ++p) {
-    if (cache_.Find(p) != nullptr || InTransfer(p) || translations_.Revoked(p)) break;
-    cache_.BeginFetch(p);
-    ahead.push_back(p);
-  }
+  ClaimRun(first, end, ahead);
   if (!ahead.empty()) stream->next = ahead.back() + 1;
+}
+
+bool RackImpl::MayReadAhead(uint64_t vpage) {
+  // Not cached or being fetched; not in a range being granted, or given away: those pages
+  // are not to be read here.
+  return cache_.Find(vpage) == nullptr && !InTransfer(vpage) && !translations_.Revoked(vpage);
+}
+
+void RackImpl::ClaimRun(uint64_t first, uint64_t end, std::vector<uint64_t>& pages) {
+  for (uint64_t p = first; p < end && cache_.HasRoom() && MayReadAhead(p); ++p) {
+    cache_.BeginFetch(p);
+    pages.push_back(p);
+  }
 }
 
 void RackImpl::HandleWriteProtect(uint64_t vpage) {

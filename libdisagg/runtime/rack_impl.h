@@ -102,11 +102,11 @@ class RackImpl final : public Rack {
   // Serves missing-page faults that arrived together: fetches pipelined per memory element.
   void ServeMissing(const std::vector<MissingFault>& faults);
   // Decides what a missing fault needs: nothing (being fetched, present, poisoned), or a
-  // fetch (marked as such in the cache, with room made for it), appended to `fetches` with
-  // the runs read ahead of it, if any. kDefer when no room can be made without waiting and
-  // `may_wait` is false.
-  Admission Admit(uint64_t vpage, bool write, bool may_wait, std::vector<Fetch>& fetches)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // fetch (marked as such in the cache, with room made for it), in `fetch`, and the run read
+  // ahead of it, if any, appended to `ahead`. kDefer when no room can be made without waiting
+  // and `may_wait` is false.
+  Admission Admit(uint64_t vpage, bool write, bool may_wait, Fetch& fetch,
+                  std::vector<Fetch>& ahead) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FetchAndInstall(std::vector<Fetch>& fetches);
   // The steps of FetchAndInstall: read each fetch's run into the channel's page slots and
   // install it from there, then record the results in the cache (poisoning faulting pages
@@ -121,6 +121,12 @@ class RackImpl final : public Rack {
   // the batch, in `ahead`: installed while the access reads the batch.
   void PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<uint64_t>& batch,
                      std::vector<uint64_t>& ahead) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // True if `vpage` may be read ahead: not in the cache, not being granted, not given away.
+  bool MayReadAhead(uint64_t vpage) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Marks the pages of [first, end) as being fetched and appends them to `pages`, up to the
+  // first that may not be read ahead or that the cache has no room for.
+  void ClaimRun(uint64_t first, uint64_t end, std::vector<uint64_t>& pages)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Poisons `vpage`: its accesses raise the memory-fault callback with `cause` (and the
   // memory element `element`, if one is to blame).
   void Refuse(uint64_t vpage, FaultCause cause, const std::string& element = "")
