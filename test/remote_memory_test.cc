@@ -199,6 +199,9 @@ TEST_CASE("Mapped memory lives on the memory elements and only its owner can tou
       if (!absl::IsPermissionDenied(ReadPage(*conn, first.vpage).status())) code |= 1;
       if (!absl::IsPermissionDenied(WritePage(*conn, first.vpage, 0xEE))) code |= 2;
       if (!absl::IsPermissionDenied(ReadRun(*conn, first.vpage, 4, 0).status())) code |= 8;
+      // A run of forged page data through its own channel's slots.
+      std::memset(conn->connection().channel.slot(0), 0xEE, 4 * kPage);
+      if (!absl::IsPermissionDenied(WriteRun(*conn, first.vpage, 4, 0))) code |= 16;
       // Programming the table is the Rack MMU's alone.
       ipc::SmallMessage m;
       auto root = m.Init();
@@ -214,9 +217,11 @@ TEST_CASE("Mapped memory lives on the memory elements and only its owner can tou
     REQUIRE(waitpid(child, &status, 0) == child);
     REQUIRE(WIFEXITED(status));
     REQUIRE(WEXITSTATUS(status) == 0);
-    auto page = ReadPage(Element(*app, rack, first.element), first.vpage);
-    REQUIRE(page.ok());
-    REQUIRE((*page)[100] == uint8_t(first.vpage * 7));  // untouched
+    for (uint64_t p = first.vpage; p < first.vpage + 4; ++p) {  // untouched
+      auto page = ReadPage(Element(*app, rack, first.element), p);
+      REQUIRE(page.ok());
+      REQUIRE((*page)[100] == uint8_t(p * 7));
+    }
     const std::string log = [&] {
       std::string out;
       RunCommand("cat " + rack.dir() + "/" + first.element + ".log", &out);
@@ -292,7 +297,9 @@ TEST_CASE("Mapped memory lives on the memory elements and only its owner can tou
       if (e.vpage + e.pages != end) continue;
       ipc::Client& last = Element(*app, rack, e.element);
       std::memset(last.connection().channel.slot(0), 0x77, 3 * kPage);
-      REQUIRE(absl::IsPermissionDenied(WriteRun(last, end - 1, 3, 0)));
+      const absl::Status partial = WriteRun(last, end - 1, 3, 0);
+      REQUIRE(absl::IsPermissionDenied(partial));
+      REQUIRE_THAT(std::string(partial.message()), Catch::Contains("first 1 of 3 pages"));
       auto page = ReadPage(last, end - 1);
       REQUIRE(page.ok());
       REQUIRE((*page)[100] == 0x77);

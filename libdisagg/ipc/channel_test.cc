@@ -16,6 +16,9 @@
 namespace disagg::ipc {
 namespace {
 
+// One page slot past the limit.
+constexpr uint32_t kOverSlots = static_cast<uint32_t>(kMaxSlotPages) + 1;
+
 absl::Status SendEcho(Channel& channel, uint64_t seq, size_t bytes) {
   capnp::MallocMessageBuilder builder;
   auto root = builder.initRoot<proto::Message>();
@@ -82,14 +85,20 @@ TEST_CASE("Attaching refuses a memfd the peer could resize or that lies about it
     REQUIRE(::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0);
     REQUIRE(absl::IsInvalidArgument(Channel::Attach(make_fds(fd)).status()));
   }
-  SECTION("a header that claims more page slots than the memfd holds") {
+  SECTION("a header whose page slots do not match the memfd, or are too many") {
+    // A memfd laid out for `laid_out` slots whose header claims `claimed`: more than it holds,
+    // fewer (slots the attacher would not see), none (a slotted memfd read as plain rings),
+    // and one past the limit in a memfd that holds them all.
+    auto [laid_out, claimed] =
+        GENERATE(table<uint32_t, uint32_t>({{4, 5}, {4, 3}, {4, 0}, {kOverSlots, kOverSlots}}));
+    INFO("laid out for " << laid_out << " slots, claims " << claimed);
     auto real = Channel::Create(kMinRingBytes, 4);
     REQUIRE(real.ok());
     const int fd = ::memfd_create("test", MFD_ALLOW_SEALING);
-    const size_t size = real->shared_memory().size();
+    const size_t size = real->shared_memory().size() + (laid_out - 4) * size_t{kSlotBytes};
     REQUIRE(::ftruncate(fd, size) == 0);
     std::vector<uint8_t> copy(real->shared_memory().data(), real->shared_memory().data() + 64);
-    copy[16] = 5;  // slot_pages: 5, in a memfd laid out for 4
+    std::memcpy(&copy[16], &claimed, sizeof(claimed));  // the header's slot_pages
     REQUIRE(::pwrite(fd, copy.data(), copy.size(), 0) == 64);
     REQUIRE(::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0);
     auto attached = Channel::Attach(make_fds(fd));

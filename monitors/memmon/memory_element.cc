@@ -277,7 +277,11 @@ absl::Status MemoryElement::HandleWritePages(ipc::Link& link, uint64_t seq,
     absl::StatusOr<uint8_t*> target = store_.Write(*process, vpage + k);
     if (!target.ok()) {
       ++counters_[*process].refused;
-      return Refuse(link, seq, target.status());
+      // The pages before it are written: say how many, so the writer knows which landed.
+      return Refuse(link, seq,
+                    absl::Status(target.status().code(),
+                                 absl::StrCat(target.status().message(), " (the run's first ", k,
+                                              " of ", pages, " pages are written)")));
     }
     // The application may scribble on its slots meanwhile: only its own page suffers.
     std::memcpy(*target, link.slot(slot + k), kPageBytes);
