@@ -364,7 +364,13 @@ TEST_CASE("Process ids are reused once their processes left") {
     REQUIRE_PEER(p);
     REQUIRE(Addr(p.Ask("map 4096")) != 0);
     if (i == 0) first = p.id();
-    REQUIRE(p.id() == first);  // the previous one left and released everything
+    if (p.id() != first) {  // what the Rack MMU and cpu0 saw of the processes before it
+      std::string mmu, cpu;
+      RunCommand("grep -h 'process' " + rack.dir() + "/mmu.log", &mmu);
+      RunCommand("grep -h 'process' " + rack.dir() + "/cpu0.log", &cpu);
+      INFO("mmu.log:\n" << mmu << "\ncpu0.log:\n" << cpu);
+      REQUIRE(p.id() == first);  // the previous one left and released everything
+    }
   }
   REQUIRE_CONSISTENT(rack);
 }
