@@ -371,6 +371,11 @@ TEST_CASE("Process ids are reused once their processes left") {
       INFO("mmu.log:\n" << mmu << "\ncpu0.log:\n" << cpu);
       REQUIRE(p.id() == first);  // the previous one left and released everything
     }
+    // It leaves and exits on its own: a crash, an abort or the destructor's kill would hold
+    // its memory, and so its id, for the grace period.
+    const int status = p.End("quit");
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) == 0);
   }
   REQUIRE_CONSISTENT(rack);
 }
