@@ -364,12 +364,13 @@ TEST_CASE("Process ids are reused once their processes left") {
     REQUIRE_PEER(p);
     REQUIRE(Addr(p.Ask("map 4096")) != 0);
     if (i == 0) first = p.id();
-    if (p.id() != first) {  // what the Rack MMU and cpu0 saw of the processes before it
+    if (p.id() != first) {  // the previous one did not leave and release everything
       std::string mmu, cpu;
       RunCommand("grep -h 'process' " + rack.dir() + "/mmu.log", &mmu);
       RunCommand("grep -h 'process' " + rack.dir() + "/cpu0.log", &cpu);
-      INFO("mmu.log:\n" << mmu << "\ncpu0.log:\n" << cpu);
-      REQUIRE(p.id() == first);  // the previous one left and released everything
+      FAIL("process id " << p.id() << ", not " << first << "; what the Rack MMU logged:\n"
+                         << mmu << "\nwhat cpu0 logged:\n"
+                         << cpu);
     }
     // It leaves and exits on its own: a crash, an abort or the destructor's kill would hold
     // its memory, and so its id, for the grace period.
