@@ -57,13 +57,16 @@ TestRack::TestRack(std::string bin_dir) : bin_dir_(std::move(bin_dir)) {
   // The reaper: a shell that waits on a pipe from this process. The destructor writes "done"
   // after tearing the rack down itself; if this process ends any other way (a library that
   // _Exits with its compute element, a signal, a crash) the pipe reads EOF and the reaper tears
-  // the rack down instead. It execs at once, so forking a threaded test process is safe.
+  // the rack down instead. It runs in a session of its own: a signal to the test's process
+  // group (`timeout`, ctest's kill of a hung test, Ctrl-C at a terminal) must not end it with
+  // the test. It execs at once, so forking a threaded test process is safe.
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) return;
   const std::string script = "read word; [ \"$word\" = done ] || { " + DownCommand(bin_dir_, dir_) +
                              "; rm -rf '" + dir_ + "'; }";
   const pid_t pid = ::fork();
   if (pid == 0) {
+    ::setsid();
     ::dup2(fds[0], STDIN_FILENO);  // dup2 clears close-on-exec on the copy
     const int null = ::open("/dev/null", O_WRONLY);
     ::dup2(null, STDOUT_FILENO);  // ctest must not wait for the reaper's output

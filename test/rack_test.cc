@@ -15,6 +15,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "rack_harness.h"
 
 namespace disagg::testing {
@@ -126,12 +127,18 @@ TEST_CASE("A rack of 2 compute and 2 memory elements comes up, sees failures and
 }
 
 TEST_CASE("A test process that ends without running its destructors still has its rack torn down") {
+  // How the test process ends: _Exit, as libdisagg does when its compute element is gone; or
+  // SIGTERM to its whole process group, as `timeout` and ctest send to a hung test (and Ctrl-C
+  // at a terminal sends SIGINT).
+  const bool by_group_signal = GENERATE(false, true);
+  INFO((by_group_signal ? "SIGTERM to the process group" : "_Exit"));
   int report[2];
   REQUIRE(::pipe2(report, O_CLOEXEC) == 0);  // the rack's daemons must not hold it
   const pid_t child = ::fork();
   REQUIRE(child >= 0);
   if (child == 0) {
     ::close(report[0]);
+    ::setpgid(0, 0);  // a group of its own: the signal must not reach this test process
     TestRack rack;
     std::string line = rack.dir();
     if (rack.Up("--compute 1 --memory 1 --pool-size 16M") == 0) {
@@ -139,14 +146,21 @@ TEST_CASE("A test process that ends without running its destructors still has it
     }
     line += "\n";
     (void)!::write(report[1], line.data(), line.size());
-    std::_Exit(70);  // as libdisagg does when its compute element is gone: no destructors
+    if (by_group_signal) {
+      while (true) ::pause();  // until the signal
+    }
+    std::_Exit(70);  // no destructors
   }
   ::close(report[1]);
   std::string line;
   char buf[512];
   ssize_t n;
-  while ((n = ::read(report[0], buf, sizeof(buf))) > 0) line.append(buf, n);
+  while ((n = ::read(report[0], buf, sizeof(buf))) > 0) {
+    line.append(buf, n);
+    if (line.back() == '\n') break;
+  }
   ::close(report[0]);
+  if (by_group_signal) REQUIRE(::kill(-child, SIGTERM) == 0);
   int status = 0;
   REQUIRE(::waitpid(child, &status, 0) == child);
   std::istringstream words(line);
@@ -155,6 +169,13 @@ TEST_CASE("A test process that ends without running its destructors still has it
   std::vector<pid_t> pids;
   for (pid_t pid; words >> pid;) pids.push_back(pid);
   INFO(line);
+  // Whatever happens below, nothing this test started outlives it.
+  auto cleanup = absl::MakeCleanup([&] {
+    for (pid_t pid : pids) {
+      if (ProcessAlive(pid)) ::kill(pid, SIGKILL);
+    }
+    if (!dir.empty()) RunCommand("rm -rf '" + dir + "'");
+  });
   REQUIRE(pids.size() == 4);
   struct stat st;
   for (int i = 0; i < 300 && (!AllGone(pids) || ::stat(dir.c_str(), &st) == 0); ++i) {

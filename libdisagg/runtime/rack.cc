@@ -228,8 +228,10 @@ RackImpl::~RackImpl() {
   tasks_.Stop();  // after the control thread, which pushes to it
   // A clean exit frees this process's memory now; a death would hold it for adoption.
   if (id_ != 0) {
+    // Refused when this process was declared failed (the Rack MMU says why: its memory and id
+    // are then held for the grace period, for whoever adopts it), or when the Rack MMU is gone.
     if (absl::Status left = mmu_.Leave(); !left.ok()) {
-      VLOG(1) << "disagg: leaving the rack: " << left;
+      RLOG(WARNING) << "disagg: leaving the rack: " << left;
     }
   }
   if (signal_installed_) RemoveFaultSignal();
