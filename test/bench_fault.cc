@@ -396,6 +396,10 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (scan_only && cold_only) {
+    std::fprintf(stderr, "bench_fault: scan and cold are two modes: give one\n");
+    return 2;
+  }
   auto rack = disagg::Rack::Join(options);
   if (!rack.ok()) Die("join", rack.status());
   const size_t budget = (*rack)->cache_stats().quota_bytes;
@@ -419,10 +423,11 @@ int main(int argc, char** argv) {
       std::printf(
           "{\"bench\":\"fault\",\"mode\":\"cold\",\"pages\":%zu,\"runs\":%d,"
           "\"cold_p50_ns\":%.0f,\"cold_p99_ns\":%.0f,\"floor_p50_ns\":%.0f,"
-          "\"floor_p99_ns\":%.0f,\"cold_vs_floor_p50\":%.3f,\"zero_cold_vs_floor_p50\":%.3f}\n",
+          "\"floor_p99_ns\":%.0f,\"cold_vs_floor_p50\":%.3f,\"zero_cold_p50_ns\":%.0f,"
+          "\"zero_cold_vs_floor_p50\":%.3f,\"readahead_pages\":%d}\n",
           cold_pages, kRuns, quiet.data.p50(), quiet.data.p99(), quiet.floor().p50(),
-          quiet.floor().p99(), quiet.data.p50() / quiet.floor().p50(),
-          quiet.zero.p50() / quiet.floor().p50());
+          quiet.floor().p99(), quiet.data.p50() / quiet.floor().p50(), quiet.zero.p50(),
+          quiet.zero.p50() / quiet.floor().p50(), options.readahead_pages);
       return 0;
     }
     {

@@ -2,6 +2,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -138,7 +139,14 @@ TEST_CASE("A test process that ends without running its destructors still has it
   REQUIRE(child >= 0);
   if (child == 0) {
     ::close(report[0]);
-    ::setpgid(0, 0);  // a group of its own: the signal must not reach this test process
+    // The test framework's handlers of SIGTERM and SIGINT would report a failure from here.
+    ::signal(SIGTERM, SIG_DFL);
+    ::signal(SIGINT, SIG_DFL);
+    // Never outlives this test process, whatever becomes of it.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() == 1) std::_Exit(71);
+    // A group of its own, so that the signal does not reach this test process.
+    if (by_group_signal) ::setpgid(0, 0);
     TestRack rack;
     std::string line = rack.dir();
     if (rack.Up("--compute 1 --memory 1 --pool-size 16M") == 0) {
@@ -147,11 +155,18 @@ TEST_CASE("A test process that ends without running its destructors still has it
     line += "\n";
     (void)!::write(report[1], line.data(), line.size());
     if (by_group_signal) {
-      while (true) ::pause();  // until the signal
+      ::alarm(60);  // a bound, should the signal never come
+      while (true) ::pause();
     }
     std::_Exit(70);  // no destructors
   }
   ::close(report[1]);
+  bool reaped = false;
+  auto kill_child = absl::MakeCleanup([&] {  // on a failed REQUIRE before it was reaped
+    if (reaped) return;
+    ::kill(by_group_signal ? -child : child, SIGKILL);
+    ::waitpid(child, nullptr, 0);
+  });
   std::string line;
   char buf[512];
   ssize_t n;
@@ -163,6 +178,12 @@ TEST_CASE("A test process that ends without running its destructors still has it
   if (by_group_signal) REQUIRE(::kill(-child, SIGTERM) == 0);
   int status = 0;
   REQUIRE(::waitpid(child, &status, 0) == child);
+  reaped = true;
+  if (by_group_signal) {
+    CHECK((WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM));
+  } else {
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 70));
+  }
   std::istringstream words(line);
   std::string dir;
   words >> dir;
