@@ -28,6 +28,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -311,6 +312,16 @@ void PrintCold(const char* title, const ColdFigures& f) {
               f.zero.p50() / 1e3, f.zero.p99() / 1e3, f.zero.p50() / f.floor().p50());
 }
 
+// The quiet cold-fault figures as JSON members (no braces), the same in every mode's line.
+std::string QuietColdJson(size_t pages, const ColdFigures& f) {
+  return absl::StrFormat(
+      "\"pages\":%zu,\"runs\":%d,\"cold_p50_ns\":%.0f,\"cold_p99_ns\":%.0f,"
+      "\"floor_p50_ns\":%.0f,\"floor_p99_ns\":%.0f,\"cold_vs_floor_p50\":%.3f,"
+      "\"zero_cold_p50_ns\":%.0f,\"zero_cold_p99_ns\":%.0f,\"zero_cold_vs_floor_p50\":%.3f",
+      pages, kRuns, f.data.p50(), f.data.p99(), f.floor().p50(), f.floor().p99(),
+      f.data.p50() / f.floor().p50(), f.zero.p50(), f.zero.p99(), f.zero.p50() / f.floor().p50());
+}
+
 // A busy thread per core (plain loops at the benchmark's own priority) while it lives.
 class BusyThreads {
  public:
@@ -420,14 +431,8 @@ int main(int argc, char** argv) {
     quiet = MeasureCold(**rack, cold_pages, budget);
     PrintCold("quiet machine", quiet);
     if (cold_only) {
-      std::printf(
-          "{\"bench\":\"fault\",\"mode\":\"cold\",\"pages\":%zu,\"runs\":%d,"
-          "\"cold_p50_ns\":%.0f,\"cold_p99_ns\":%.0f,\"floor_p50_ns\":%.0f,"
-          "\"floor_p99_ns\":%.0f,\"cold_vs_floor_p50\":%.3f,\"zero_cold_p50_ns\":%.0f,"
-          "\"zero_cold_vs_floor_p50\":%.3f,\"readahead_pages\":%d}\n",
-          cold_pages, kRuns, quiet.data.p50(), quiet.data.p99(), quiet.floor().p50(),
-          quiet.floor().p99(), quiet.data.p50() / quiet.floor().p50(), quiet.zero.p50(),
-          quiet.zero.p50() / quiet.floor().p50(), options.readahead_pages);
+      std::printf("{\"bench\":\"fault\",\"mode\":\"cold\",%s,\"readahead_pages\":%d}\n",
+                  QuietColdJson(cold_pages, quiet).c_str(), options.readahead_pages);
       return 0;
     }
     {
@@ -492,9 +497,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::printf(
-      "{\"bench\":\"fault\",\"pages\":%zu,\"runs\":%d,\"cold_p50_ns\":%.0f,\"cold_p99_ns\":%.0f,"
-      "\"floor_p50_ns\":%.0f,\"floor_p99_ns\":%.0f,\"cold_vs_floor_p50\":%.3f,"
-      "\"zero_cold_p50_ns\":%.0f,\"zero_cold_p99_ns\":%.0f,\"zero_cold_vs_floor_p50\":%.3f,"
+      "{\"bench\":\"fault\",%s,"
       "\"sleeping_floor_p50_ns\":%.0f,\"busy_threads\":%zu,"
       "\"contended_cold_p50_ns\":%.0f,\"contended_cold_p99_ns\":%.0f,"
       "\"contended_floor_p50_ns\":%.0f,\"contended_floor_p99_ns\":%.0f,"
@@ -506,10 +509,8 @@ int main(int argc, char** argv) {
       "\"memcpy_gbps\":%.3f,\"scan_vs_memcpy\":%.5f,\"write_gbps\":%.4f,"
       "\"local_write_gbps\":%.3f,\"write_vs_local_write\":%.5f,"
       "\"cache_budget_bytes\":%zu,\"peak_cached_bytes\":%llu}\n",
-      cold_pages, kRuns, quiet.data.p50(), quiet.data.p99(), quiet.floor().p50(),
-      quiet.floor().p99(), quiet.data.p50() / quiet.floor().p50(), quiet.zero.p50(),
-      quiet.zero.p99(), quiet.zero.p50() / quiet.floor().p50(), sleeping50, busy_threads,
-      loaded.data.p50(), loaded.data.p99(), loaded.floor().p50(), loaded.floor().p99(),
+      QuietColdJson(cold_pages, quiet).c_str(), sleeping50, busy_threads, loaded.data.p50(),
+      loaded.data.p99(), loaded.floor().p50(), loaded.floor().p99(),
       loaded.data.p50() / loaded.floor().p50(), loaded.zero.p50(),
       loaded.zero.p50() / loaded.floor().p50(), hit50, local50, hit50 / local50, kScans, scan,
       local_scan, scan / local_scan, raw_scan, scan / raw_scan, copy, scan / copy, fill,

@@ -164,7 +164,8 @@ TEST_CASE("A test process that ends without running its destructors still has it
   bool reaped = false;
   auto kill_child = absl::MakeCleanup([&] {  // on a failed REQUIRE before it was reaped
     if (reaped) return;
-    ::kill(by_group_signal ? -child : child, SIGKILL);
+    ::kill(child, SIGKILL);  // and its group, if it made one
+    if (by_group_signal) ::kill(-child, SIGKILL);
     ::waitpid(child, nullptr, 0);
   });
   std::string line;
