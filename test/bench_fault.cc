@@ -9,17 +9,24 @@
 //                under load: a busy thread per core, started and ended here.
 //   cache hit    reads of cached remote pages against the same reads of a local array
 //   scan         sequential read of a region 4x the cache budget, GB/s, against the same
-//                scan of a local array of the same size; and the first-touch write before
-//                it, against first-touch writes of fresh local memory
+//                scan of a local array of the same size; beside it two raw streams with no
+//                transport (4 KiB runs copied in; 2 MiB units written by a second process and
+//                moved in); and the first-touch write before it, against first-touch writes of
+//                fresh local memory
 // The last line is one JSON object with every figure.
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -208,6 +215,227 @@ double RawUffdStreamScan(size_t bytes, size_t budget) {
   close(uffd);
   munmap(region, bytes);
   return gbps;
+}
+
+// The raw 2 MiB stream: what the same scan costs with 2 MiB units that a memory element writes
+// straight into this process, with no transport and no cache bookkeeping. A second process
+// (forked for the run: it makes system calls only) writes each unit from its pool into a
+// staging huge page of this process with process_vm_writev; the handler thread moves the unit
+// into place with UFFDIO_MOVE (a page-table move: no copy, no page allocated), write-protects
+// it, as the rack installs read faults, and wakes the scan; the unit after it is asked for at
+// once. The oldest units are moved back into staging to stay within `budget`, and the element
+// writes the next units over them, so after the first budget's worth no install allocates a
+// page. Returns GB/s, or 0 (the reason on stderr) where the kernel or this process's
+// permissions refuse a part of it.
+constexpr size_t kUnit = 2 << 20;
+constexpr uint64_t kFeatureMove = 1ull << 16;  // UFFD_FEATURE_MOVE, Linux 6.8
+constexpr uint64_t kMoveDontWake = 1;          // UFFDIO_MOVE_MODE_DONTWAKE
+struct UffdMove {                              // struct uffdio_move
+  uint64_t dst, src, len, mode;
+  int64_t move;
+};
+constexpr unsigned long kUffdioMove = _IOWR(UFFDIO, 0x05, UffdMove);
+
+// Shared between the handler and the element process (MAP_SHARED).
+struct UnitRequests {
+  static constexpr uint32_t kRing = 8;
+  std::atomic<uint32_t> asked{0}, written{0}, stop{0};
+  std::atomic<int32_t> error{0};  // the element's first errno
+  uint64_t dst[kRing], unit[kRing];
+};
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
+
+// Waits until `word` differs from `seen`: a brief spin, then the futex, for at most `limit`.
+// False if it did not change.
+bool AwaitChange(std::atomic<uint32_t>& word, uint32_t seen,
+                 std::chrono::milliseconds limit = std::chrono::milliseconds(100)) {
+  const auto spin_until = Clock::now() + std::chrono::microseconds(50);
+  const auto deadline = Clock::now() + limit;
+  while (word.load(std::memory_order_acquire) == seen) {
+    const auto now = Clock::now();
+    if (now >= deadline) return false;
+    if (now < spin_until) {
+      __builtin_ia32_pause();
+      continue;
+    }
+    const timespec slice{0, 10'000'000};
+    syscall(SYS_futex, &word, FUTEX_WAIT, seen, &slice, nullptr, 0);
+  }
+  return true;
+}
+void WakeAll(std::atomic<uint32_t>& word) {
+  syscall(SYS_futex, &word, FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
+}
+
+// The element process: writes the units asked for, in order, until told to stop.
+[[noreturn]] void UnitElement(UnitRequests* r, pid_t app, const uint8_t* pool, size_t units) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != app) _exit(1);
+  for (uint32_t next = 0;;) {
+    if (r->stop.load()) _exit(0);
+    if (r->asked.load(std::memory_order_acquire) == next) {
+      AwaitChange(r->asked, next);
+      continue;
+    }
+    const uint32_t i = next % UnitRequests::kRing;
+    iovec from{const_cast<uint8_t*>(pool + (r->unit[i] % units) * kUnit), kUnit};
+    iovec to{reinterpret_cast<void*>(r->dst[i]), kUnit};
+    if (process_vm_writev(app, &from, 1, &to, 1, 0) != static_cast<ssize_t>(kUnit)) {
+      int32_t none = 0;
+      r->error.compare_exchange_strong(none, errno);
+    }
+    r->written.store(++next, std::memory_order_release);
+    WakeAll(r->written);
+  }
+}
+
+// A 2 MiB-aligned anonymous range of `bytes` that may use huge pages.
+uint8_t* HugeAlignedAnon(size_t bytes) {
+  void* p = mmap(nullptr, bytes + kUnit, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    std::perror("bench_fault: mmap");
+    std::exit(1);
+  }
+  auto* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + kUnit - 1) &
+                                             ~(uintptr_t{kUnit} - 1));
+  madvise(aligned, bytes, MADV_HUGEPAGE);
+  return aligned;
+}
+
+bool UffdIoctl(int uffd, unsigned long op, void* arg, const char* what) {
+  while (ioctl(uffd, op, arg) != 0) {
+    if (errno == EAGAIN) continue;
+    std::fprintf(stderr, "bench_fault: raw 2 MiB stream: %s: %s\n", what, std::strerror(errno));
+    return false;
+  }
+  return true;
+}
+
+double RawUnitStreamScan(size_t bytes, size_t budget) {
+  const size_t units = bytes / kUnit, budget_units = std::max<size_t>(budget / kUnit, 2);
+  const int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  uffdio_api api{UFFD_API, kFeatureMove | UFFD_FEATURE_PAGEFAULT_FLAG_WP, 0};
+  if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api) != 0) {
+    std::fprintf(stderr, "bench_fault: raw 2 MiB stream: no UFFDIO_MOVE here (Linux 6.8+): %s\n",
+                 std::strerror(errno));
+    if (uffd >= 0) close(uffd);
+    return 0;
+  }
+  // Staging: a unit per cached unit and a few in flight. Registered for write-protection only
+  // (UFFDIO_MOVE moves into registered ranges), so the kernel fills its holes itself.
+  const size_t slots = budget_units + 4;
+  uint8_t* region = HugeAlignedAnon(bytes);
+  uint8_t* staging = HugeAlignedAnon(slots * kUnit);
+  uffdio_register reg{};
+  reg.range = {reinterpret_cast<uintptr_t>(region), bytes};
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
+  uffdio_register staging_reg{};
+  staging_reg.range = {reinterpret_cast<uintptr_t>(staging), slots * kUnit};
+  staging_reg.mode = UFFDIO_REGISTER_MODE_WP;
+  if (ioctl(uffd, UFFDIO_REGISTER, &reg) != 0 || ioctl(uffd, UFFDIO_REGISTER, &staging_reg) != 0) {
+    std::perror("bench_fault: raw 2 MiB stream: register");
+    std::exit(1);
+  }
+  constexpr size_t kPoolUnits = 16;
+  uint8_t* pool = HugeAlignedAnon(kPoolUnits * kUnit);
+  std::memset(pool, 0x5a, kPoolUnits * kUnit);
+  auto* requests = new (mmap(nullptr, sizeof(UnitRequests), PROT_READ | PROT_WRITE,
+                             MAP_SHARED | MAP_ANONYMOUS, -1, 0)) UnitRequests;
+  const pid_t app = getpid();
+  const pid_t element = fork();
+  if (element < 0) {
+    std::perror("bench_fault: fork");
+    std::exit(1);
+  }
+  if (element == 0) UnitElement(requests, app, pool, kPoolUnits);
+
+  std::atomic<bool> stop{false}, failed{false};
+  std::thread handler([&] {
+    std::vector<uint8_t*> free_slots;  // staging units the element may write: holes or stale
+    for (size_t i = 0; i < slots; ++i) free_slots.push_back(staging + i * kUnit);
+    std::vector<uint8_t*> in_flight(units, nullptr);
+    size_t asked = 0, installed = 0, dropped = 0;  // units [dropped, installed) are in place
+    auto ask = [&](size_t upto) {
+      for (; asked < std::min(upto, units) && !free_slots.empty(); ++asked) {
+        const uint32_t n = requests->asked.load();
+        requests->dst[n % UnitRequests::kRing] = reinterpret_cast<uintptr_t>(free_slots.back());
+        requests->unit[n % UnitRequests::kRing] = asked;
+        in_flight[asked] = free_slots.back();
+        free_slots.pop_back();
+        requests->asked.store(n + 1, std::memory_order_release);
+        WakeAll(requests->asked);
+      }
+    };
+    while (!stop.load() && !failed.load()) {
+      pollfd fd{uffd, POLLIN, 0};
+      if (poll(&fd, 1, 100) <= 0) continue;
+      uffd_msg msg;
+      if (read(uffd, &msg, sizeof(msg)) != sizeof(msg) || msg.event != UFFD_EVENT_PAGEFAULT) {
+        continue;
+      }
+      const size_t unit = (msg.arg.pagefault.address - reinterpret_cast<uintptr_t>(region)) / kUnit;
+      if (unit < installed) continue;  // installed meanwhile: the wake-up reached it
+      for (int k = 0; (k < 2 || installed <= unit) && installed < units && !failed.load(); ++k) {
+        ask(installed + 2);
+        if (requests->written.load(std::memory_order_acquire) <= installed &&
+            !AwaitChange(requests->written, static_cast<uint32_t>(installed),
+                         std::chrono::milliseconds(5000))) {
+          std::fprintf(stderr, "bench_fault: raw 2 MiB stream: the element wrote nothing in 5 s\n");
+          failed = true;
+          break;
+        }
+        uint8_t* slot = in_flight[installed];
+        uint8_t* place = region + installed * kUnit;
+        UffdMove in{reinterpret_cast<uintptr_t>(place), reinterpret_cast<uintptr_t>(slot), kUnit,
+                    kMoveDontWake, 0};
+        uffdio_writeprotect wp{{reinterpret_cast<uintptr_t>(place), kUnit},
+                               UFFDIO_WRITEPROTECT_MODE_WP};
+        uffdio_range wake{reinterpret_cast<uintptr_t>(place), kUnit};
+        if (requests->error.load() != 0) {
+          std::fprintf(stderr, "bench_fault: raw 2 MiB stream: the element's write: %s\n",
+                       std::strerror(requests->error.load()));
+          failed = true;
+        } else if (!UffdIoctl(uffd, kUffdioMove, &in, "move in") ||
+                   !UffdIoctl(uffd, UFFDIO_WRITEPROTECT, &wp, "write-protect") ||
+                   !UffdIoctl(uffd, UFFDIO_WAKE, &wake, "wake")) {
+          failed = true;
+        }
+        ++installed;
+        if (installed - dropped > budget_units) {  // the oldest unit goes back to staging
+          UffdMove out{reinterpret_cast<uintptr_t>(slot),
+                       reinterpret_cast<uintptr_t>(region + dropped * kUnit), kUnit, kMoveDontWake,
+                       0};
+          if (!failed.load() && !UffdIoctl(uffd, kUffdioMove, &out, "move back")) failed = true;
+          ++dropped;
+        }
+        free_slots.push_back(slot);
+      }
+    }
+    // A scan stopped by a failure goes on without the userfaultfd (unregistering wakes it).
+    uffdio_range all{reinterpret_cast<uintptr_t>(region), bytes};
+    if (failed.load()) (void)ioctl(uffd, UFFDIO_UNREGISTER, &all);
+  });
+  const double gbps = Scan(region, bytes);
+  // The last unit stays in place: it holds what the element wrote.
+  uint64_t last_word = 0;
+  std::memcpy(&last_word, region + bytes - sizeof(last_word), sizeof(last_word));
+  if (!failed.load() && last_word != 0x5a5a5a5a5a5a5a5aull) {
+    std::fprintf(stderr, "bench_fault: raw 2 MiB stream: a unit arrived without its data\n");
+    failed = true;
+  }
+  stop = true;
+  handler.join();
+  requests->stop = 1;
+  WakeAll(requests->asked);
+  kill(element, SIGKILL);
+  waitpid(element, nullptr, 0);
+  munmap(requests, sizeof(UnitRequests));
+  close(uffd);
+  munmap(region, bytes);
+  munmap(staging, slots * kUnit);
+  munmap(pool, kPoolUnits * kUnit);
+  return failed.load() ? 0 : gbps;
 }
 
 double MemcpyGBps(size_t bytes) {
@@ -459,14 +687,16 @@ int main(int argc, char** argv) {
   if (absl::Status s = (*rack)->Flush(big->data(), scan_bytes); !s.ok()) Die("flush", s);
   // Rounds of the three scans, interleaved: the rack's, the raw stream's and the local one.
   std::vector<uint8_t> same_size(scan_bytes, 1);
-  std::vector<double> scans, raw_scans, local_scans;
+  std::vector<double> scans, raw_scans, unit_scans, local_scans;
   for (int i = 0; i < kScans; ++i) {
     scans.push_back(Scan(big->as<uint8_t>(), scan_bytes));
     raw_scans.push_back(RawUffdStreamScan(scan_bytes, budget));
+    unit_scans.push_back(RawUnitStreamScan(scan_bytes, budget));
     local_scans.push_back(Scan(same_size.data(), scan_bytes));
   }
   const double scan = Percentile(scans, 0.5);
   const double raw_scan = Percentile(raw_scans, 0.5);
+  const double unit_scan = Percentile(unit_scans, 0.5);
   const double local_scan = Percentile(local_scans, 0.5);
   if (absl::Status s = (*rack)->Unmap(big->data()); !s.ok()) Die("unmap", s);
   same_size.clear();
@@ -482,6 +712,11 @@ int main(int argc, char** argv) {
       scan, scan_bytes >> 20, budget >> 20, scan_bytes >> 20, local_scan, scan / local_scan, copy,
       kStreamRun, raw_scan, raw_scan / local_scan, scan / raw_scan);
   std::printf(
+      "  raw 2 MiB stream (units written by a second process straight into recycled huge pages, "
+      "moved into place with UFFDIO_MOVE, evicted back to staging): %.3f GB/s, %.4f of the "
+      "local scan (0: not available here, see above)\n",
+      unit_scan, unit_scan / local_scan);
+  std::printf(
       "sequential write:   %.3f GB/s (first touch of every page, dirty pages written back on "
       "eviction) | first touch of fresh local memory %.2f GB/s | ratio %.4f\n",
       fill, local_write, fill / local_write);
@@ -491,9 +726,11 @@ int main(int argc, char** argv) {
         "\"local_scan_gbps\":%.3f,\"scan_vs_local_scan\":%.5f,\"raw_stream_gbps\":%.4f,"
         "\"scan_vs_raw_stream\":%.5f,\"memcpy_gbps\":%.3f,\"write_gbps\":%.4f,"
         "\"local_write_gbps\":%.3f,\"write_vs_local_write\":%.5f,\"cache_budget_bytes\":%zu,"
-        "\"readahead_pages\":%d,\"raw_stream_run_pages\":%zu}\n",
+        "\"readahead_pages\":%d,\"raw_stream_run_pages\":%zu,\"raw_unit_stream_gbps\":%.4f,"
+        "\"raw_unit_stream_vs_local_scan\":%.5f}\n",
         kScans, scan, local_scan, scan / local_scan, raw_scan, scan / raw_scan, copy, fill,
-        local_write, fill / local_write, budget, options.readahead_pages, kStreamRun);
+        local_write, fill / local_write, budget, options.readahead_pages, kStreamRun, unit_scan,
+        unit_scan / local_scan);
     return 0;
   }
   std::printf(
@@ -506,6 +743,7 @@ int main(int argc, char** argv) {
       "\"hit_ns_per_read\":%.3f,\"local_ns_per_read\":%.3f,\"hit_vs_local\":%.3f,"
       "\"scans\":%d,\"scan_gbps\":%.4f,\"local_scan_gbps\":%.3f,\"scan_vs_local_scan\":%.5f,"
       "\"raw_stream_gbps\":%.4f,\"scan_vs_raw_stream\":%.5f,"
+      "\"raw_unit_stream_gbps\":%.4f,\"raw_unit_stream_vs_local_scan\":%.5f,"
       "\"memcpy_gbps\":%.3f,\"scan_vs_memcpy\":%.5f,\"write_gbps\":%.4f,"
       "\"local_write_gbps\":%.3f,\"write_vs_local_write\":%.5f,"
       "\"cache_budget_bytes\":%zu,\"peak_cached_bytes\":%llu}\n",
@@ -513,8 +751,8 @@ int main(int argc, char** argv) {
       loaded.data.p99(), loaded.floor().p50(), loaded.floor().p99(),
       loaded.data.p50() / loaded.floor().p50(), loaded.zero.p50(),
       loaded.zero.p50() / loaded.floor().p50(), hit50, local50, hit50 / local50, kScans, scan,
-      local_scan, scan / local_scan, raw_scan, scan / raw_scan, copy, scan / copy, fill,
-      local_write, fill / local_write, budget,
+      local_scan, scan / local_scan, raw_scan, scan / raw_scan, unit_scan, unit_scan / local_scan,
+      copy, scan / copy, fill, local_write, fill / local_write, budget,
       static_cast<unsigned long long>(stats.peak_cached_bytes));
   return 0;
 }
