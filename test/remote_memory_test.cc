@@ -12,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "internal/page_unit.h"
 #include "ipc/client.h"
 #include "ipc/wire.h"
 #include "rack_harness.h"
@@ -134,6 +135,29 @@ absl::Status WriteRun(ipc::Client& element, uint64_t vpage, uint32_t pages, uint
   write.setPages(pages);
   write.setSlot(slot);
   return element.Call(m.builder(), root, Ignore);
+}
+
+// A PlaceUnit of `pages` pages from `vpage` written to `dst` in this process: how many were
+// written, and their hashes.
+absl::StatusOr<std::vector<uint64_t>> PlaceUnit(ipc::Client& element, uint64_t vpage,
+                                                uint32_t pages, uintptr_t dst) {
+  ipc::SmallMessage m;
+  auto root = m.Init();
+  auto place = root.initPlaceUnit();
+  place.setVpage(vpage);
+  place.setPages(pages);
+  place.setDst(dst);
+  std::vector<uint64_t> hashes;
+  absl::Status s = element.Call(m.builder(), root, [&](proto::Message::Reader r) {
+    if (!r.isUnitPlaced()) return absl::DataLossError("not a UnitPlaced");
+    if (r.getUnitPlaced().getHashes().size() != r.getUnitPlaced().getPages()) {
+      return absl::DataLossError("a hash per page");
+    }
+    for (uint64_t h : r.getUnitPlaced().getHashes()) hashes.push_back(h);
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return hashes;
 }
 
 uint64_t PoolUse(TestRack& rack) {
@@ -304,6 +328,51 @@ TEST_CASE("Mapped memory lives on the memory elements and only its owner can tou
       REQUIRE(page.ok());
       REQUIRE((*page)[100] == 0x77);
     }
+  }
+  SECTION(
+      "units of pages are written straight into their owner's memory with their hashes; bad "
+      "units are refused and the element serves on") {
+    ipc::Client& element = Element(*app, rack, first.element);
+    std::vector<uint8_t> dst(10 * kPage + kPage, 0);
+    auto* aligned = reinterpret_cast<uint8_t*>(
+        (reinterpret_cast<uintptr_t>(dst.data()) + kPage - 1) & ~uintptr_t{kPage - 1});
+    auto placed = PlaceUnit(element, first.vpage, 8, reinterpret_cast<uintptr_t>(aligned));
+    INFO(placed.status());
+    REQUIRE(placed.ok());
+    REQUIRE(placed->size() == 8);
+    for (uint64_t k = 0; k < 8; ++k) {
+      uint64_t tag = 0;
+      std::memcpy(&tag, aligned + k * kPage, 8);
+      REQUIRE(tag == first.vpage + k);
+      REQUIRE(aligned[k * kPage + kPage - 1] == uint8_t((first.vpage + k) * 7));
+      REQUIRE((*placed)[k] == PageHash(aligned + k * kPage));
+    }
+    REQUIRE(aligned[8 * kPage] == 0);  // nothing past the unit
+    // A unit past the region's end stops at its last page; one starting past it is refused.
+    const uint64_t end = (vaddr >> 12) + 256;
+    for (const auto& e : region->second) {
+      if (e.vpage + e.pages != end) continue;
+      ipc::Client& last = Element(*app, rack, e.element);
+      auto tail = PlaceUnit(last, end - 2, 5, reinterpret_cast<uintptr_t>(aligned));
+      REQUIRE(tail.ok());
+      REQUIRE(tail->size() == 2);
+      REQUIRE(absl::IsPermissionDenied(
+          PlaceUnit(last, end, 1, reinterpret_cast<uintptr_t>(aligned)).status()));
+    }
+    // Bad units: empty, too long, a destination off a page boundary, one that wraps, one this
+    // process does not have writable (the kernel refuses the element's write).
+    for (auto [vpage, pages, to] : std::vector<std::tuple<uint64_t, uint32_t, uintptr_t>>{
+             {first.vpage, 0, reinterpret_cast<uintptr_t>(aligned)},
+             {first.vpage, kUnitPages + 1, reinterpret_cast<uintptr_t>(aligned)},
+             {first.vpage, 1, reinterpret_cast<uintptr_t>(aligned) + 8},
+             {first.vpage, 2, ~uintptr_t{0} & ~uintptr_t{kPage - 1}},
+             {first.vpage, 1, kPage}}) {
+      INFO("vpage " << vpage << " pages " << pages << " dst " << to);
+      REQUIRE(absl::IsInvalidArgument(PlaceUnit(element, vpage, pages, to).status()));
+    }
+    auto page = ReadPage(element, first.vpage);  // served on, on the same connection
+    REQUIRE(page.ok());
+    REQUIRE((*page)[100] == uint8_t(first.vpage * 7));
   }
   SECTION("a write-back of the wrong size is refused and the page keeps its data") {
     ipc::Client& element = Element(*app, rack, first.element);

@@ -484,6 +484,23 @@ struct WritePages {
   slot @2 :UInt32;              # page k is in slot `slot + k`
 }
 
+# Application -> memory element: up to 512 pages (a huge page's worth) written by the element
+# straight into the application's own memory at `dst` (process_vm_writev), where the
+# application moves them into place. Checked as a ReadPages is; answered UnitPlaced, or an
+# Error: for the first page as a ReadPages; INVALID_ARGUMENT for a destination the process does
+# not have writable; UNIMPLEMENTED when the element may not write into the process (the
+# kernel's permission check), so that the application uses ReadPages instead.
+struct PlaceUnit {
+  vpage @0 :UInt64;             # the unit's first page
+  pages @1 :UInt32;             # 1 to 512
+  dst @2 :UInt64;               # page-aligned: page k lands at dst + 4096 k
+}
+
+struct UnitPlaced {
+  pages @0 :UInt32;             # how many of the unit, from its start, were written (>= 1)
+  hashes @1 :List(UInt64);      # PageHash (internal/page_unit.h) of each page written
+}
+
 struct Message {
   seq @0 :UInt64;
   union {
@@ -544,5 +561,7 @@ struct Message {
     readPages @55 :ReadPages;
     pagesRead @56 :PagesRead;
     writePages @57 :WritePages;
+    placeUnit @58 :PlaceUnit;
+    unitPlaced @59 :UnitPlaced;
   }
 }

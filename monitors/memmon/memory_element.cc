@@ -1,13 +1,17 @@
 #include "memory_element.h"
 
+#include <poll.h>
 #include <signal.h>
+#include <sys/uio.h>
 
 #include <cerrno>
 #include <cstring>
 #include <set>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "internal/logging.h"
+#include "internal/page_unit.h"
 #include "ipc/wire.h"
 
 namespace disagg::memmon {
@@ -48,6 +52,9 @@ absl::Status MemoryElement::HandleOther(ipc::Link& link, proto::Message::Reader 
     case proto::Message::READ_PAGES:
       loop().KeepSpinning(memory_options_.burst_spin);
       return HandleReadPages(link, seq, message.getReadPages());
+    case proto::Message::PLACE_UNIT:
+      loop().KeepSpinning(memory_options_.burst_spin);
+      return HandlePlaceUnit(link, seq, message.getPlaceUnit());
     case proto::Message::WRITE_PAGES:
       loop().KeepSpinning(memory_options_.burst_spin);
       return HandleWritePages(link, seq, message.getWritePages());
@@ -260,6 +267,66 @@ absl::Status MemoryElement::HandleReadPages(ipc::Link& link, uint64_t seq,
   auto reply = builder.initRoot<proto::Message>();
   reply.setSeq(seq);
   reply.initPagesRead().setPages(static_cast<uint32_t>(done));
+  return link.Send(builder);
+}
+
+absl::Status MemoryElement::HandlePlaceUnit(ipc::Link& link, uint64_t seq,
+                                            proto::PlaceUnit::Reader place) {
+  const uint64_t vpage = place.getVpage();
+  const uint64_t pages = place.getPages();
+  const uint64_t dst = place.getDst();
+  if (pages == 0 || pages > kUnitPages || dst % kPageBytes != 0 || vpage + pages < vpage ||
+      dst + pages * kPageBytes < dst) {
+    return Refuse(link, seq,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      options().name, ": a unit of ", pages, " pages from page ", vpage, " to 0x",
+                      absl::Hex(dst), " (at most ", kUnitPages, " pages, to a page boundary)")));
+  }
+  absl::StatusOr<uint32_t> process = ProcessOn(link);
+  if (!process.ok()) return Refuse(link, seq, process.status());
+  std::vector<iovec> from;
+  std::vector<uint64_t> hashes;
+  for (uint64_t done = 0; done < pages; ++done) {
+    absl::StatusOr<const uint8_t*> page = store_.Read(*process, vpage + done);
+    if (!page.ok()) {
+      if (done == 0) return Refuse(link, seq, page.status());
+      break;  // the unit ends at the first page it may not read
+    }
+    hashes.push_back(PageHash(*page));
+    auto* data = const_cast<uint8_t*>(*page);
+    if (!from.empty() &&
+        static_cast<uint8_t*>(from.back().iov_base) + from.back().iov_len == data) {
+      from.back().iov_len += kPageBytes;
+    } else {
+      from.push_back({data, kPageBytes});
+    }
+  }
+  // The pid names the peer only while it lives (its pidfd says): a pid reused by another
+  // process must not be written into.
+  pollfd exited{link.peer().pidfd.get(), POLLIN, 0};
+  if (poll(&exited, 1, 0) != 0) {
+    return Refuse(
+        link, seq,
+        absl::UnavailableError(absl::StrCat(options().name, ": ", link.label(), " has exited")));
+  }
+  const size_t bytes = hashes.size() * kPageBytes;
+  iovec to{reinterpret_cast<void*>(dst), bytes};
+  const ssize_t written = process_vm_writev(link.peer().pid, from.data(), from.size(), &to, 1, 0);
+  if (written != static_cast<ssize_t>(bytes)) {
+    const int error = written < 0 ? errno : EFAULT;
+    const std::string why =
+        absl::StrCat(options().name, ": writing ", hashes.size(), " pages into ", link.label(),
+                     " at 0x", absl::Hex(dst), ": ", std::strerror(error));
+    if (error == EFAULT) return Refuse(link, seq, absl::InvalidArgumentError(why));
+    return Refuse(link, seq, absl::UnimplementedError(why));  // EPERM, ESRCH, ENOSYS
+  }
+  capnp::MallocMessageBuilder builder(kUnitPages + 16);
+  auto reply = builder.initRoot<proto::Message>();
+  reply.setSeq(seq);
+  auto placed = reply.initUnitPlaced();
+  placed.setPages(static_cast<uint32_t>(hashes.size()));
+  auto list = placed.initHashes(static_cast<unsigned>(hashes.size()));
+  for (size_t i = 0; i < hashes.size(); ++i) list.set(static_cast<unsigned>(i), hashes[i]);
   return link.Send(builder);
 }
 

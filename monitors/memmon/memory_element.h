@@ -47,6 +47,7 @@ class MemoryElement : public Element {
   absl::Status HandleRead(ipc::Link& link, uint64_t seq, uint64_t vpage);
   absl::Status HandleReadPages(ipc::Link& link, uint64_t seq, proto::ReadPages::Reader read);
   absl::Status HandleWritePages(ipc::Link& link, uint64_t seq, proto::WritePages::Reader write);
+  absl::Status HandlePlaceUnit(ipc::Link& link, uint64_t seq, proto::PlaceUnit::Reader place);
   // Why a run of `pages` pages from `vpage` in slots from `slot` cannot be served on `link`.
   absl::Status CheckRun(const ipc::Link& link, uint64_t vpage, uint64_t pages, uint64_t slot);
   absl::Status HandleWrite(ipc::Link& link, uint64_t seq, proto::PageData::Reader page);
