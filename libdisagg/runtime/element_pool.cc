@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "internal/page_unit.h"
 #include "internal/status_macros.h"
 #include "ipc/socket.h"
 #include "ipc/wire.h"
@@ -43,6 +44,11 @@ absl::Status Unreachable(const std::string& element, const absl::Status& why) {
   }
   return absl::UnavailableError(
       absl::StrCat("memory element ", element, " cannot be reached: ", why.message()));
+}
+
+absl::Status WrongReply(const std::string& element) {
+  return absl::DataLossError(
+      absl::StrCat("memory element ", element, " answered a page request with a wrong reply"));
 }
 
 }  // namespace
@@ -140,6 +146,71 @@ absl::Status ElementPool::ReadRuns(
       }
       if (first_use_error.ok()) first_use_error = use_status;
     }
+  }
+  if (!transport.ok()) return Unreachable(element, transport);
+  Return(element, std::move(client));
+  return first_use_error;
+}
+
+absl::Status ElementPool::PlaceUnits(
+    const std::string& element, absl::Span<const UnitPlacement> units,
+    absl::FunctionRef<absl::Status(size_t, absl::StatusOr<size_t>, absl::Span<const uint64_t>)>
+        use) {
+  for (const UnitPlacement& unit : units) {
+    if (unit.pages == 0 || unit.pages > kUnitPages || unit.dst % kPageBytes != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("a unit of ", unit.pages, " pages to 0x", absl::Hex(unit.dst)));
+    }
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<ipc::Client> client, Borrow(element));
+  std::vector<uint64_t> sent;
+  absl::Status transport;
+  for (const UnitPlacement& unit : units) {
+    ipc::SmallMessage request;
+    auto root = request.Init();
+    auto place = root.initPlaceUnit();
+    place.setVpage(unit.vpage);
+    place.setPages(static_cast<uint32_t>(unit.pages));
+    place.setDst(unit.dst);
+    absl::StatusOr<uint64_t> seq = client->Send(request.builder(), root);
+    if (!seq.ok()) {
+      transport = seq.status();
+      break;
+    }
+    sent.push_back(*seq);
+  }
+  absl::Status first_use_error;
+  std::vector<uint64_t> hashes;
+  for (size_t i = 0; i < sent.size() && transport.ok(); ++i) {
+    absl::Status use_status;
+    absl::Status reply = client->Await(
+        sent[i],
+        [&](proto::Message::Reader message) -> absl::Status {
+          if (!message.isUnitPlaced()) return WrongReply(element);
+          auto placed = message.getUnitPlaced();
+          const size_t pages = placed.getPages();
+          if (pages == 0 || pages > units[i].pages || placed.getHashes().size() != pages) {
+            return WrongReply(element);
+          }
+          hashes.clear();
+          for (uint64_t hash : placed.getHashes()) hashes.push_back(hash);
+          use_status = use(i, pages, hashes);
+          return absl::OkStatus();
+        },
+        timeout_);
+    switch (reply.code()) {
+      case absl::StatusCode::kOk:
+        break;
+      case absl::StatusCode::kUnavailable:
+      case absl::StatusCode::kDeadlineExceeded:
+      case absl::StatusCode::kDataLoss:
+      case absl::StatusCode::kInvalidArgument:  // undecodable reply
+        transport = reply;
+        continue;
+      default:  // the element refused this unit: the connection stays good
+        use_status = use(i, reply, {});
+    }
+    if (first_use_error.ok()) first_use_error = use_status;
   }
   if (!transport.ok()) return Unreachable(element, transport);
   Return(element, std::move(client));

@@ -54,6 +54,23 @@ class ElementPool {
       const std::string& element, absl::Span<const PageRun> runs,
       absl::FunctionRef<absl::Status(size_t, absl::StatusOr<size_t>, const uint8_t*)> use);
 
+  // Has `element` write units of pages straight into this process (PlaceUnit), each at its
+  // `dst`, all requests sent before the first reply is awaited, and calls `use` for each unit
+  // in order with its index, how many of its pages were written (from its start) with their
+  // page hashes (internal/page_unit.h), or the element's refusal (UNIMPLEMENTED: the element
+  // may not write into this process). The returned status is the transport's (UNAVAILABLE:
+  // units not yet passed to `use` were not placed, but may have been written) or the first
+  // error `use` returned.
+  struct UnitPlacement {
+    uint64_t vpage;
+    size_t pages;  // 1 to kUnitPages
+    uintptr_t dst;
+  };
+  absl::Status PlaceUnits(
+      const std::string& element, absl::Span<const UnitPlacement> units,
+      absl::FunctionRef<absl::Status(size_t, absl::StatusOr<size_t>, absl::Span<const uint64_t>)>
+          use);
+
   // Writes `pages` back to `element` through the channel's page slots, runs of consecutive
   // pages pipelined, and returns once it acknowledged them all.
   absl::Status WritePages(const std::string& element, absl::Span<const PageWrite> pages);

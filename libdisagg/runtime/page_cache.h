@@ -29,6 +29,11 @@ struct PageEntry {
   bool dirty = false;       // present and written since its last write-back
   uint64_t generation = 0;  // which fetch installed it (for the eviction queue)
   uint32_t pins = 0;        // a Flush is writing its contents back: it must not leave yet
+  // Placed by its memory element as part of a 2 MiB unit and installed writable: whether it
+  // was written is told by its contents against `hash` (internal/page_unit.h), not by a
+  // write-protect fault. Cleared once it is write-protected (evicted or flushed).
+  bool hashed = false;
+  uint64_t hash = 0;
 };
 
 class PageCache {

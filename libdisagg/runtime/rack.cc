@@ -11,6 +11,7 @@
 
 #include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
+#include "internal/page_unit.h"
 #include "internal/status_macros.h"
 #include "ipc/socket.h"
 #include "ipc/wire.h"
@@ -30,6 +31,9 @@ namespace {
 constexpr uint64_t kUserSpaceEnd = uint64_t{1} << 47;
 // Pages written back per round of a Flush.
 constexpr size_t kFlushBatch = 64;
+// Staging slots for 2 MiB units (address space only; what holds pages is bounded by
+// UnitStaging::kKeepFull): units in flight, and the holes evicted units are moved to.
+constexpr size_t kStagingUnits = 64;
 
 std::string FromEnv(const std::string& given, const char* variable) {
   if (!given.empty()) return given;
@@ -167,6 +171,15 @@ absl::Status RackImpl::ReserveRange() {
   madvise(at, range_bytes_, MADV_DONTFORK);
   madvise(at, range_bytes_, MADV_DONTDUMP);
   RETURN_IF_ERROR(uffd_.Register(range_base_, range_bytes_));
+  if (options_.unit_installs) {
+    absl::StatusOr<std::unique_ptr<UnitStaging>> staging =
+        UnitStaging::Create(uffd_, kStagingUnits);
+    if (staging.ok()) {
+      staging_ = std::move(*staging);
+    } else {
+      VLOG(1) << "disagg: streams are read in runs: " << staging.status();
+    }
+  }
   RETURN_IF_ERROR(InstallFaultSignal(range_base_, range_bytes_));
   signal_installed_ = true;
   return absl::OkStatus();
@@ -351,7 +364,8 @@ uint64_t RackImpl::SnapshotDirty(uint64_t cursor, uint64_t last, uint8_t* buffer
   auto& pages = cache_.pages();
   auto it = pages.lower_bound(cursor);
   for (; it != pages.end() && it->first < last && batch.size() < kFlushBatch; ++it) {
-    if (it->second.state != PageState::kPresent || !it->second.dirty) continue;
+    PageEntry& entry = it->second;
+    if (entry.state != PageState::kPresent || (!entry.dirty && !entry.hashed)) continue;
     const uint64_t vpage = it->first;
     const ExtentInfo* extent = translations_.Find(vpage);
     if (extent == nullptr) continue;  // unmapped meanwhile: nothing to make durable
@@ -360,8 +374,15 @@ uint64_t RackImpl::SnapshotDirty(uint64_t cursor, uint64_t last, uint8_t* buffer
       RLOG(ERROR) << "disagg: flush: " << s;  // it stays dirty: a later write-back takes it
       continue;
     }
+    const void* data = reinterpret_cast<const void*>(vpage << kPageShift);
+    if (entry.hashed) {
+      // Placed in a unit: written if its contents changed. Write-protected from now on, it is
+      // tracked as any other page.
+      entry.hashed = false;
+      if (!entry.dirty && PageHash(data) == entry.hash) continue;
+    }
     uint8_t* copy = buffer + batch.size() * kPageBytes;
-    std::memcpy(copy, reinterpret_cast<const void*>(vpage << kPageShift), kPageBytes);
+    std::memcpy(copy, data, kPageBytes);
     // Clean from now on, but pinned until the element holds the copy: evicting it as clean
     // meanwhile would let a fetch read the element's older contents.
     it->second.dirty = false;
@@ -430,6 +451,7 @@ CacheStats RackImpl::cache_stats() const {
   }
   stats.faults = faults_.load();
   stats.read_ahead = read_ahead_.load();
+  stats.placed = placed_.load();
   stats.evictions = evictions_.load();
   stats.writebacks = writebacks_.load();
   return stats;

@@ -13,6 +13,7 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "internal/page_unit.h"
 #include "internal/status_macros.h"
 #include "ipc/wire.h"
 #include "runtime/fault_signal.h"
@@ -29,6 +30,12 @@ constexpr size_t kFaultBatch = 16;
 // A stream's run is read ahead only in a cache this many times the pages in flight for it, so
 // that what is read ahead does not evict what the stream is still reading.
 constexpr uint64_t kAheadRoom = 4;
+// Units a stream's fault asks for after the faulting one: the element writes them while the
+// access reads the units before.
+constexpr uint64_t kUnitsAhead = 2;
+// Streams go in 2 MiB units only in a cache of at least this many units (those in flight for
+// one fault, kAheadRoom times).
+constexpr uint64_t kUnitRoom = kAheadRoom * (1 + kUnitsAhead);
 
 FaultCause CauseOfTranslation(const absl::Status& status) {
   switch (status.code()) {
@@ -92,6 +99,12 @@ void RackImpl::FaultLoop() {
       const uint64_t vpage = m.arg.pagefault.address >> kPageShift;
       const bool write = (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0;
       if (m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+        if (staging_ != nullptr && staging_->Contains(m.arg.pagefault.address)) {
+          // Staging holds no write-protected page (moves clear the bit); should one fault, an
+          // element's write must not wait on it.
+          (void)uffd_.WriteProtect(vpage << kPageShift, kPageBytes, false);
+          continue;
+        }
         HandleWriteProtect(vpage);
       } else {
         missing.push_back({vpage, write});
@@ -138,6 +151,13 @@ void RackImpl::ServeMissing(const std::vector<MissingFault>& faults) {
     // Every faulting run before any run read ahead: runs are read and installed in order.
     std::move(ahead.begin(), ahead.end(), std::back_inserter(fetches));
     FetchAndInstall(fetches);
+    // After units: room for the next fault's units is made now, while the access reads these,
+    // not when it faults again.
+    if (std::any_of(fetches.begin(), fetches.end(), [](const Fetch& f) { return f.unit; })) {
+      MutexLock lock(&mu_);
+      const uint64_t wanted = (1 + kUnitsAhead) * kUnitPages;
+      if (cache_.free_pages() < wanted) EvictBatch(wanted - cache_.free_pages());
+    }
   }
 }
 
@@ -185,13 +205,19 @@ RackImpl::Admission RackImpl::Admit(uint64_t vpage, bool write, bool may_wait, F
       return Admission::kFetch;
     }
     std::vector<uint64_t> next_run;
-    PlanReadahead(vpage, extent->vpage + extent->pages, fetch.pages, next_run);
-    if (!next_run.empty()) {
+    fetch.unit =
+        PlanReadahead(vpage, extent->vpage + extent->pages, fetch.element, fetch.pages, next_run);
+    // One fetch per run, or per unit.
+    for (size_t first = 0; first < next_run.size();) {
+      const size_t end =
+          fetch.unit ? std::min(first + kUnitPages, next_run.size()) : next_run.size();
       Fetch& more = ahead.emplace_back();
       more.write = write;
       more.element = fetch.element;
-      more.pages = std::move(next_run);
+      more.pages.assign(next_run.begin() + first, next_run.begin() + end);
       more.ahead = true;
+      more.unit = fetch.unit;
+      first = end;
     }
   }
   return Admission::kFetch;
@@ -221,10 +247,14 @@ void RackImpl::ReadAndInstall(std::vector<Fetch>& fetches) {
   // count as dirty): a sequential writer takes one fault per window, not a write-protect
   // fault per page. A read fault's pages are read-only, so that the first write marks each.
   std::map<std::string, std::vector<size_t>> by_element;  // fetch indexes
+  std::map<std::string, std::vector<size_t>> units_by_element;
   for (size_t i = 0; i < fetches.size(); ++i) {
     Fetch& f = fetches[i];
     f.results.assign(f.pages.size(), absl::UnavailableError("not read"));
-    if (!f.refusal) by_element[f.element].push_back(i);
+    if (!f.refusal) (f.unit ? units_by_element : by_element)[f.element].push_back(i);
+  }
+  for (const auto& [element, indexes] : units_by_element) {
+    PlaceAndInstall(fetches, element, indexes);
   }
   std::vector<ElementPool::PageRun> runs;
   std::vector<bool> delivered;
@@ -252,15 +282,137 @@ void RackImpl::ReadAndInstall(std::vector<Fetch>& fetches) {
   }
 }
 
+void RackImpl::PlaceAndInstall(std::vector<Fetch>& fetches, const std::string& element,
+                               const std::vector<size_t>& indexes) {
+  // Each unit is written by the element into a staging slot, then moved into place whole: the
+  // element copies each page once, from its pool, and the kernel moves page tables. Its pages
+  // are installed writable, their hashes kept to tell later which were written.
+  const absl::Status unplaced = absl::AbortedError("the unit was not placed");
+  std::vector<ElementPool::UnitPlacement> units;
+  std::vector<UnitStaging::Slot> slots;
+  std::vector<size_t> placing;  // fetch indexes, as units
+  for (size_t i : indexes) {
+    Fetch& f = fetches[i];
+    std::optional<UnitStaging::Slot> slot = staging_->Take();
+    if (!slot) {
+      f.results.assign(f.pages.size(), unplaced);
+      continue;
+    }
+    units.push_back({f.pages[0], f.pages.size(), slot->addr});
+    slots.push_back(*slot);
+    placing.push_back(i);
+  }
+  if (units.empty()) return;
+  std::vector<bool> delivered(units.size(), false);
+  bool refused = false, move_failed = false;
+  const absl::Status transport = elements_.PlaceUnits(
+      element, units,
+      [&](size_t u, absl::StatusOr<size_t> placed, absl::Span<const uint64_t> hashes) {
+        Fetch& f = fetches[placing[u]];
+        UnitStaging::Slot& slot = slots[u];
+        delivered[u] = true;
+        if (!placed.ok()) {
+          if (absl::IsUnimplemented(placed.status())) {
+            RLOG(WARNING) << "disagg: " << placed.status() << "; streams from " << element
+                          << " are read in runs from now on";
+            refused = true;
+            f.results.assign(f.pages.size(), unplaced);
+          } else {
+            f.results[0] = placed.status();  // its first page refused, as a run's would be
+          }
+          staging_->Give(slot);  // nothing was written
+          return absl::OkStatus();
+        }
+        slot.holds_pages = true;
+        const uintptr_t addr = f.pages[0] << kPageShift;
+        if (*placed < f.pages.size()) {
+          // Cut short at a page the element may not read: what it wrote goes in as a run.
+          const absl::Status installed = uffd_.CopyRun(addr, reinterpret_cast<void*>(slot.addr),
+                                                       *placed, /*write_protect=*/!f.write);
+          for (size_t k = 0; k < *placed; ++k) f.results[k] = installed;
+          staging_->Give(slot);
+          return absl::OkStatus();
+        }
+        // A fault there left an empty page table behind: dropping the (absent) unit frees it,
+        // so that the unit moves in as one huge page, not 512 small ones.
+        (void)uffd_.Drop(addr, kUnitBytes);
+        const absl::Status moved = uffd_.Move(addr, slot.addr, kUnitBytes);
+        if (!moved.ok()) {
+          RLOG(WARNING) << "disagg: " << moved << "; streams are read in runs from now on";
+          move_failed = true;
+          (void)uffd_.Drop(addr, kUnitBytes);  // what moved leaves again: fetched afresh
+          staging_->Retire(slot.addr);
+          f.results.assign(f.pages.size(), unplaced);
+          return absl::OkStatus();
+        }
+        slot.holds_pages = false;
+        staging_->Give(slot);
+        f.hashes.assign(hashes.begin(), hashes.end());
+        const absl::Status woken = uffd_.WakeRange(addr, kUnitBytes);
+        for (absl::Status& result : f.results) result = woken;
+        return absl::OkStatus();
+      });
+  for (size_t u = 0; u < units.size(); ++u) {
+    if (delivered[u]) continue;
+    // Not answered: the element may still write into the slot, which is not used again.
+    staging_->Retire(slots[u].addr);
+    for (absl::Status& result : fetches[placing[u]].results) result = transport;
+  }
+  if (refused || move_failed) {
+    MutexLock lock(&mu_);
+    if (refused) no_units_.insert(element);
+    if (move_failed) units_failed_ = true;
+  }
+}
+
+bool RackImpl::UnitsFor(const std::string& element) const {
+  return staging_ != nullptr && !units_failed_ && cache_.quota_pages() >= kUnitRoom * kUnitPages &&
+         !no_units_.contains(element);
+}
+
+bool RackImpl::ClaimUnit(uint64_t first, uint64_t from, uint64_t extent_end,
+                         std::vector<uint64_t>& pages) {
+  const uint64_t end = first + kUnitPages;
+  auto all_free = [&] {
+    if (fenced_ || end > extent_end || FailedAt(first) != nullptr ||
+        translations_.RevokedIn(first, end) || InTransfer(first)) {
+      return false;
+    }
+    auto cached = cache_.pages().lower_bound(from);
+    if (cached != cache_.pages().end() && cached->first < end) return false;
+    auto granting = transfers_.lower_bound(first << kPageShift);
+    return granting == transfers_.end() || granting->first >= (end << kPageShift);
+  };
+  if (!all_free()) return false;
+  const uint64_t wanted = end - from;
+  if (cache_.free_pages() < wanted) {
+    EvictBatch(wanted - cache_.free_pages());
+    // mu_ was released: look again.
+    if (cache_.free_pages() < wanted || !all_free()) return false;
+  }
+  for (uint64_t p = from; p < end; ++p) {
+    cache_.BeginFetch(p);
+    pages.push_back(p);
+  }
+  return true;
+}
+
 void RackImpl::Complete(std::vector<Fetch>& fetches) {
   MutexLock lock(&mu_);
   for (Fetch& f : fetches) {
+    const bool hashed = f.unit && f.hashes.size() == f.pages.size();
     for (size_t i = 0; i < f.pages.size(); ++i) {
       if (f.results[i].ok()) {
-        cache_.FinishFetch(f.pages[i], /*dirty=*/f.write);
+        cache_.FinishFetch(f.pages[i], /*dirty=*/f.write && !hashed);
+        if (hashed) {
+          PageEntry* entry = cache_.Find(f.pages[i]);
+          entry->hashed = true;
+          entry->hash = f.hashes[i];
+          ++placed_;
+        }
         ++faults_;
         if (f.ahead) ++read_ahead_;
-      } else if (i == 0 && !f.ahead) {
+      } else if (i == 0 && !f.ahead && !(f.unit && absl::IsAborted(f.results[0]))) {
         if (!f.refusal) {
           RLOG(WARNING) << "disagg: page 0x" << std::hex << (f.pages[0] << kPageShift) << std::dec
                         << ": " << f.results[0];
@@ -277,8 +429,8 @@ void RackImpl::Complete(std::vector<Fetch>& fetches) {
   changed_.SignalAll();
 }
 
-void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<uint64_t>& batch,
-                             std::vector<uint64_t>& ahead) {
+bool RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, const std::string& element,
+                             std::vector<uint64_t>& batch, std::vector<uint64_t>& ahead) {
   // A fault that continues one of the recent sequential streams doubles that stream's window
   // (up to a pipeline's worth); any other starts a stream in the least recently used slot.
   // Several streams at once are common: a merge reads one per run and writes another.
@@ -286,11 +438,12 @@ void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<ui
   for (ReadaheadStream& s : streams_) {
     if (s.used != 0 && (vpage == s.next || vpage == s.last + 1)) stream = &s;
   }
-  if (stream != nullptr) {
-    // A run of at most readahead_pages, and of at most half the cache: the rest of the cache
-    // keeps what the stream read before.
-    const uint64_t longest =
-        std::clamp<uint64_t>(cache_.quota_pages() / 2, 1, options_.readahead_pages) - 1;
+  // A run of at most readahead_pages, and of at most half the cache: the rest of the cache
+  // keeps what the stream read before.
+  const uint64_t longest =
+      std::clamp<uint64_t>(cache_.quota_pages() / 2, 1, options_.readahead_pages) - 1;
+  const bool continuing = stream != nullptr;
+  if (continuing) {
     stream->window = std::min<uint64_t>(std::max<uint64_t>(stream->window * 2, 4), longest);
   } else {
     stream = &*std::min_element(streams_.begin(), streams_.end(),
@@ -299,6 +452,20 @@ void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<ui
   }
   stream->last = vpage;
   stream->used = ++stream_clock_;
+  if (UnitsFor(element)) {
+    // At a unit boundary, with whole units free there: the unit, and the one after it, go in
+    // whole. Elsewhere runs stop at the boundary, so that the stream's next fault comes there.
+    if (continuing && stream->window >= longest && vpage % kUnitPages == 0 &&
+        ClaimUnit(vpage, vpage + 1, extent_end, batch)) {
+      stream->next = vpage + kUnitPages;
+      for (uint64_t k = 0;
+           k < kUnitsAhead && ClaimUnit(stream->next, stream->next, extent_end, ahead); ++k) {
+        stream->next += kUnitPages;
+      }
+      return true;
+    }
+    extent_end = std::min(extent_end, (vpage / kUnitPages + 1) * kUnitPages);
+  }
   uint64_t wanted = 0;
   while (wanted < stream->window && vpage + 1 + wanted < extent_end &&
          MayReadAhead(vpage + 1 + wanted)) {
@@ -317,7 +484,7 @@ void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<ui
   if (run < 2 || run < static_cast<uint64_t>(options_.readahead_pages) ||
       2 * run > ElementPool::kMaxRun || cache_.quota_pages() < kAheadRoom * 2 * run ||
       stream->next >= extent_end) {
-    return;
+    return false;
   }
   const uint64_t first = stream->next;
   const uint64_t end = std::min(first + run, extent_end);
@@ -326,10 +493,11 @@ void RackImpl::PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<ui
     EvictBatch(end - first - cache_.free_pages());
     // mu_ was released: the process may have been fenced, the element may have failed, and
     // the stream's slot may have gone to another stream meanwhile.
-    if (fenced_ || FailedAt(first) != nullptr || stream->used != used) return;
+    if (fenced_ || FailedAt(first) != nullptr || stream->used != used) return false;
   }
   ClaimRun(first, end, ahead);
   if (!ahead.empty()) stream->next = ahead.back() + 1;
+  return false;
 }
 
 bool RackImpl::MayReadAhead(uint64_t vpage) {
@@ -393,10 +561,19 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
     if (!victim) break;
     victims.push_back(*victim);
   }
+  // A unit leaves whole (its pages are next to each other in the queue): it goes back to
+  // staging in one move.
+  while (!victims.empty() && (victims.back() + 1) % kUnitPages != 0 &&
+         cache_.Find(victims.back())->hashed) {
+    std::optional<uint64_t> victim = cache_.NextVictim();
+    if (!victim) break;
+    victims.push_back(*victim);
+  }
   std::sort(victims.begin(), victims.end());
-  // Dirty pages are write-protected first (writers block from then on), so the copies taken
-  // here are their last contents; then every victim leaves the address space.
-  // Runs of adjacent victims are dropped, and runs of adjacent dirty ones write-protected,
+  // Dirty pages, and pages placed in units (installed writable), are write-protected first
+  // (writers block from then on), so the copies taken here are their last contents; then every
+  // victim leaves the address space. A placed page is written back if its contents changed.
+  // Runs of adjacent victims are dropped, and runs of adjacent writable ones write-protected,
   // with one call each: each costs a TLB shootdown. (Clean pages are write-protected already.)
   std::vector<std::pair<uint64_t, uint64_t>> runs;  // (first page, pages)
   std::vector<std::pair<uint64_t, uint64_t>> dirty_runs;
@@ -409,7 +586,8 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
       }
     };
     extend(runs);
-    if (cache_.Find(victims[i])->dirty) extend(dirty_runs);
+    const PageEntry* entry = cache_.Find(victims[i]);
+    if (entry->dirty || entry->hashed) extend(dirty_runs);
   }
   for (const auto& [first, count] : dirty_runs) {
     absl::Status status = uffd_.WriteProtect(first << kPageShift, count * kPageBytes, true);
@@ -420,12 +598,15 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
   std::vector<std::pair<std::string, PageWrite>> writes;
   for (uint64_t vpage : victims) {
     const ExtentInfo* extent = translations_.Find(vpage);
-    if (!cache_.Find(vpage)->dirty || extent == nullptr) continue;
+    const PageEntry* entry = cache_.Find(vpage);
+    const void* data = reinterpret_cast<const void*>(vpage << kPageShift);
+    const bool written = entry->dirty || (entry->hashed && PageHash(data) != entry->hash);
+    if (!written || extent == nullptr) continue;
     uint8_t* copy = staging.data() + writes.size() * kPageBytes;
-    std::memcpy(copy, reinterpret_cast<const void*>(vpage << kPageShift), kPageBytes);
+    std::memcpy(copy, data, kPageBytes);
     writes.push_back({extent->element, PageWrite{vpage, copy}});
   }
-  for (const auto& [first, count] : runs) (void)uffd_.Drop(first << kPageShift, count * kPageBytes);
+  for (const auto& [first, count] : runs) LeaveAddressSpace(first, count);
   size_t w = 0;
   for (uint64_t vpage : victims) {
     if (w < writes.size() && writes[w].second.vpage == vpage) {
@@ -457,6 +638,40 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
   writebacks_ += writes.size();
   changed_.SignalAll();
   return victims.size();
+}
+
+void RackImpl::LeaveAddressSpace(uint64_t first, uint64_t count) {
+  // Whole units placed together go back to staging (the next unit written there needs no
+  // allocation); the rest is dropped.
+  uint64_t dropped = first;  // [dropped, p) is still to drop
+  for (uint64_t p = first; p < first + count;) {
+    const bool whole_unit = staging_ != nullptr && p % kUnitPages == 0 &&
+                            p + kUnitPages <= first + count && WholeUnit(p);
+    if (!whole_unit) {
+      ++p;
+      continue;
+    }
+    if (std::optional<uintptr_t> hole = staging_->TakeHole()) {
+      if (uffd_.Move(*hole, p << kPageShift, kUnitBytes).ok()) {
+        staging_->Give({*hole, true});
+        if (p > dropped) (void)uffd_.Drop(dropped << kPageShift, (p - dropped) * kPageBytes);
+        dropped = p + kUnitPages;
+      } else {
+        staging_->Retire(*hole);  // perhaps partly filled
+      }
+    }
+    p += kUnitPages;
+  }
+  const uint64_t end = first + count;
+  if (end > dropped) (void)uffd_.Drop(dropped << kPageShift, (end - dropped) * kPageBytes);
+}
+
+bool RackImpl::WholeUnit(uint64_t first) {
+  for (uint64_t p = first; p < first + kUnitPages; ++p) {
+    const PageEntry* entry = cache_.Find(p);
+    if (entry == nullptr || entry->state != PageState::kPresent || !entry->hashed) return false;
+  }
+  return true;
 }
 
 void RackImpl::ShrinkToQuota() {

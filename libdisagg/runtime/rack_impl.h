@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "disagg/disagg.h"
 #include "internal/mutex.h"
 #include "ipc/client.h"
@@ -40,6 +41,7 @@
 #include "runtime/page_cache.h"
 #include "runtime/task_queue.h"
 #include "runtime/translations.h"
+#include "runtime/unit_staging.h"
 #include "runtime/userfaultfd.h"
 
 namespace disagg::runtime {
@@ -96,6 +98,10 @@ class RackImpl final : public Rack {
     // Read ahead of a sequential stream, no access waiting on its first page: a page that
     // cannot be had is forgotten, not poisoned.
     bool ahead = false;
+    // A 2 MiB unit (kUnitPages pages, the first one unit-aligned), placed by its memory element
+    // into staging and moved into place; its pages' hashes once placed.
+    bool unit = false;
+    std::vector<uint64_t> hashes;
     std::vector<absl::Status> results;
   };
   enum class Admission { kDone, kFetch, kDefer };
@@ -112,6 +118,11 @@ class RackImpl final : public Rack {
   // install it from there, then record the results in the cache (poisoning faulting pages
   // that could not be had).
   void ReadAndInstall(std::vector<Fetch>& fetches);
+  // ReadAndInstall's way for unit fetches (`indexes` into `fetches`) on `element`. A unit that
+  // cannot be placed (no staging slot, the element may not write here, the move failed) ends
+  // with ABORTED results: its pages are forgotten and fetched again in runs.
+  void PlaceAndInstall(std::vector<Fetch>& fetches, const std::string& element,
+                       const std::vector<size_t>& indexes);
   void Complete(std::vector<Fetch>& fetches);
   void HandleWriteProtect(uint64_t vpage);
   // Where `vpage` lives: its memory element, or why the rack refuses it.
@@ -119,8 +130,21 @@ class RackImpl final : public Rack {
   // Adds to `batch` the pages after `vpage` (up to `extent_end`) worth reading with it, and
   // marks them as being fetched. A stream read at its longest window also gets the run after
   // the batch, in `ahead`: installed while the access reads the batch.
-  void PlanReadahead(uint64_t vpage, uint64_t extent_end, std::vector<uint64_t>& batch,
-                     std::vector<uint64_t>& ahead) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Returns true if the batch (and `ahead`) are 2 MiB units rather than runs: a stream at its
+  // longest window reaching a unit boundary where whole units are free, on an element that
+  // places units.
+  bool PlanReadahead(uint64_t vpage, uint64_t extent_end, const std::string& element,
+                     std::vector<uint64_t>& batch, std::vector<uint64_t>& ahead)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // True if streams reading from `element` go in units: staging exists, the cache holds
+  // kUnitRoom units, and the element has not refused to place units.
+  bool UnitsFor(const std::string& element) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Marks the pages of the unit [first, first + kUnitPages) from `from` on as being fetched
+  // (the pages before `from` are already) and appends them to `pages`, making room first; false
+  // (nothing marked) if a page there is known to the cache, being granted, given away, or on a
+  // failed element, or the unit passes `extent_end`.
+  bool ClaimUnit(uint64_t first, uint64_t from, uint64_t extent_end, std::vector<uint64_t>& pages)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // True if `vpage` may be read ahead: not in the cache, not being granted, not given away.
   bool MayReadAhead(uint64_t vpage) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Marks the pages of [first, end) as being fetched and appends them to `pages`, up to the
@@ -134,6 +158,11 @@ class RackImpl final : public Rack {
   // Evicts up to `pages` of the longest-present pages, writing the dirty ones back (mu_ is
   // released meanwhile). Returns how many left; 0 if no page is present to evict.
   uint64_t EvictBatch(uint64_t pages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes the evicted pages [first, first + count) out of the address space: whole units
+  // placed together are moved back to staging, the rest dropped.
+  void LeaveAddressSpace(uint64_t first, uint64_t count) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // True if every page of the unit at `first` is present and placed with it (hashed).
+  bool WholeUnit(uint64_t first) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts until the cache fits its quota (waits for fetches in flight to land first).
   void ShrinkToQuota() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -231,8 +260,15 @@ class RackImpl final : public Rack {
   CondVar reader_free_;
   bool reader_busy_ ABSL_GUARDED_BY(reader_mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(reader_mu_) = false;
+  // Where memory elements write units before they are moved into place; null without
+  // JoinOptions::unit_installs or where the kernel cannot move pages.
+  std::unique_ptr<UnitStaging> staging_;
+  // Memory elements that may not write into this process: streams from them go in runs.
+  absl::flat_hash_set<std::string> no_units_ ABSL_GUARDED_BY(mu_);
+  bool units_failed_ ABSL_GUARDED_BY(mu_) = false;  // a move failed: units are not used again
   std::atomic<uint64_t> faults_{0};
   std::atomic<uint64_t> read_ahead_{0};
+  std::atomic<uint64_t> placed_{0};
   std::atomic<uint64_t> evictions_{0};
   std::atomic<uint64_t> writebacks_{0};
 

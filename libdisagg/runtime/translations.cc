@@ -124,4 +124,10 @@ bool Translations::Revoked(uint64_t vpage) const {
   return Holding(revoked_, vpage << kPageShift) != revoked_.end();
 }
 
+bool Translations::RevokedIn(uint64_t first, uint64_t last) const {
+  if (Revoked(first)) return true;
+  auto it = revoked_.upper_bound(first << kPageShift);  // a revoked range starting inside
+  return it != revoked_.end() && it->first < (last << kPageShift);
+}
+
 }  // namespace disagg::runtime

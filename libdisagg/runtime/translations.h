@@ -52,6 +52,8 @@ class Translations {
 
   void MarkRevoked(uint64_t vaddr, uint64_t bytes);
   bool Revoked(uint64_t vpage) const;
+  // True if a page of [first, last) was given away or taken.
+  bool RevokedIn(uint64_t first, uint64_t last) const;
 
  private:
   static void CarveFrom(std::map<uint64_t, RegionInfo>& ranges, uint64_t vaddr, uint64_t bytes);

@@ -25,6 +25,23 @@ struct uffdio_poison {
 #define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
 #endif
 
+// Linux 6.8: moving pages between registered ranges.
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)
+#endif
+#ifndef _UFFDIO_MOVE
+#define _UFFDIO_MOVE (0x05)
+#define UFFDIO_MOVE_MODE_DONTWAKE ((__u64)1 << 0)
+struct uffdio_move {
+  __u64 dst;
+  __u64 src;
+  __u64 len;
+  __u64 mode;
+  __s64 move;
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)
+#endif
+
 namespace disagg::runtime {
 namespace {
 
@@ -46,7 +63,14 @@ absl::StatusOr<Userfaultfd> Userfaultfd::Open() {
         "userfaultfd is not available (neither the syscall nor "
         "/dev/userfaultfd; see vm.unprivileged_userfaultfd)");
   }
+  // Moving pages is asked for first: it is optional (without it, pages are copied in).
   uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_POISON | UFFD_FEATURE_MOVE;
+  if (ioctl(fd.get(), UFFDIO_API, &api) == 0) return Userfaultfd(std::move(fd), true);
+  fd = OpenRaw(O_CLOEXEC | O_NONBLOCK);  // UFFDIO_API is allowed once per fd
+  if (!fd.valid()) return ErrnoStatus("reopening userfaultfd");
+  api = {};
   api.api = UFFD_API;
   api.features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_POISON;
   if (ioctl(fd.get(), UFFDIO_API, &api) != 0) {
@@ -63,7 +87,7 @@ absl::StatusOr<Userfaultfd> Userfaultfd::Open() {
     }
     return ErrnoStatus("UFFDIO_API");
   }
-  return Userfaultfd(std::move(fd));
+  return Userfaultfd(std::move(fd), false);
 }
 
 absl::Status Userfaultfd::Register(uintptr_t base, uint64_t bytes) {
@@ -82,6 +106,49 @@ absl::Status Userfaultfd::Register(uintptr_t base, uint64_t bytes) {
         absl::Hex(reg.ioctls), ")"));
   }
   return absl::OkStatus();
+}
+
+absl::Status Userfaultfd::RegisterStaging(uintptr_t base, uint64_t bytes) {
+  uffdio_register reg{};
+  reg.range = {base, bytes};
+  reg.mode = UFFDIO_REGISTER_MODE_WP;
+  if (ioctl(fd_.get(), UFFDIO_REGISTER, &reg) != 0) {
+    return ErrnoStatus("registering the staging range with userfaultfd");
+  }
+  if (!(reg.ioctls & (uint64_t{1} << _UFFDIO_MOVE))) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("userfaultfd does not offer moves on the staging range (ioctl mask 0x",
+                     absl::Hex(reg.ioctls), ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Userfaultfd::Move(uintptr_t dst, uintptr_t src, uint64_t bytes) {
+  uint64_t done = 0;
+  while (done < bytes) {
+    uffdio_move move{};
+    move.dst = dst + done;
+    move.src = src + done;
+    move.len = bytes - done;
+    move.mode = UFFDIO_MOVE_MODE_DONTWAKE;
+    if (ioctl(fd_.get(), UFFDIO_MOVE, &move) == 0) return absl::OkStatus();
+    const int error = errno;
+    if (move.move > 0) {
+      done += move.move;  // a partial move: go on from where it stopped
+      continue;
+    }
+    if (error == EAGAIN) continue;
+    return ErrnoStatus(absl::StrCat("UFFDIO_MOVE of 0x", absl::Hex(bytes), " bytes to 0x",
+                                    absl::Hex(dst), " (0x", absl::Hex(done), " moved)"),
+                       error);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Userfaultfd::WakeRange(uintptr_t addr, uint64_t bytes) {
+  uffdio_range range{addr, bytes};
+  if (ioctl(fd_.get(), UFFDIO_WAKE, &range) == 0) return absl::OkStatus();
+  return ErrnoStatus(absl::StrCat("UFFDIO_WAKE at 0x", absl::Hex(addr)));
 }
 
 absl::Status Userfaultfd::CopyRun(uintptr_t addr, const void* src, uint64_t pages,

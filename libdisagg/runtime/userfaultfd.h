@@ -26,6 +26,17 @@ class Userfaultfd {
 
   // Registers [base, base + bytes) for missing and write-protect faults.
   absl::Status Register(uintptr_t base, uint64_t bytes);
+  // True if the kernel moves pages between registered ranges (UFFDIO_MOVE, Linux 6.8).
+  bool can_move() const { return can_move_; }
+  // Registers [base, base + bytes) for write-protect faults only (the kernel fills its holes
+  // itself), so that pages may be moved into it and out of it.
+  absl::Status RegisterStaging(uintptr_t base, uint64_t bytes);
+  // Moves the pages of [src, src + bytes) to [dst, ...) (page-table moves: no copy), without
+  // waking anyone. Both ranges registered here; every source page present, every destination
+  // page absent. On failure the status says how much had moved (from the start).
+  absl::Status Move(uintptr_t dst, uintptr_t src, uint64_t bytes);
+  // Wakes threads waiting on faults in [addr, addr + bytes).
+  absl::Status WakeRange(uintptr_t addr, uint64_t bytes);
 
   // Installs copies of the `pages` consecutive pages at `src` at `addr` and wakes their
   // waiters (one wake-up for the whole run); with `write_protect` they are installed
@@ -44,8 +55,9 @@ class Userfaultfd {
   int fd() const { return fd_.get(); }
 
  private:
-  explicit Userfaultfd(ipc::Fd fd) : fd_(std::move(fd)) {}
+  Userfaultfd(ipc::Fd fd, bool can_move) : fd_(std::move(fd)), can_move_(can_move) {}
   ipc::Fd fd_;
+  bool can_move_ = false;
 };
 
 }  // namespace disagg::runtime

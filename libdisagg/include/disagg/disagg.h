@@ -56,6 +56,12 @@ struct JoinOptions {
   // it, in one run): 1 (no read-ahead) to 128. Longer runs cost fewer calls per page to
   // install and to evict; shorter ones keep the first touch's wait short.
   int readahead_pages = 32;
+  // Sequential streams in a cache of 16 MiB or more are read in 2 MiB units, which the memory
+  // element writes straight into this process and the kernel moves into place (no page is
+  // copied or allocated here). Needs Linux 6.8 (UFFDIO_MOVE) and that the memory element may
+  // write into this process (the kernel's ptrace access check: the same user, or root); where
+  // either is missing, streams are read in runs of readahead_pages. False: always in runs.
+  bool unit_installs = true;
   // How long to wait for the rack's daemons on any one request.
   absl::Duration timeout = absl::Seconds(5);
 };
@@ -151,6 +157,7 @@ struct CacheStats {
   uint64_t peak_cached_bytes = 0;  // the most it ever held
   uint64_t faults = 0;             // pages fetched from memory elements
   uint64_t read_ahead = 0;         // of those, pages of a run read ahead of any fault
+  uint64_t placed = 0;             // of those, pages placed in 2 MiB units (unit_installs)
   uint64_t evictions = 0;          // pages dropped to make room
   uint64_t writebacks = 0;         // dirty pages written back (eviction and Flush)
 };
