@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace disagg {
 
@@ -21,10 +22,9 @@ inline constexpr size_t kUnitPages = 512;
 
 namespace page_hash_internal {
 
-inline constexpr uint64_t kKeys[8] = {0xBE4BA423396CFEB8ull, 0x1CAD21F72C81017Cull,
-                                      0xDB979083E96DD4DEull, 0x1F67B3B7A4A44072ull,
-                                      0x78E5C0CC4EE679CBull, 0x2172FFCC7DD05A82ull,
-                                      0x8E2443F7744608B8ull, 0x4C263A81E69035E0ull};
+inline constexpr uint64_t kKeys[8] = {
+    0xBE4BA423396CFEB8ull, 0x1CAD21F72C81017Cull, 0xDB979083E96DD4DEull, 0x1F67B3B7A4A44072ull,
+    0x78E5C0CC4EE679CBull, 0x2172FFCC7DD05A82ull, 0x8E2443F7744608B8ull, 0x4C263A81E69035E0ull};
 inline constexpr uint64_t kMul = 0x9E3779B97F4A7C15ull;
 
 // Eight lanes; each 64-byte stripe adds to lane j the product of the two halves of its word j
@@ -85,6 +85,16 @@ inline uint64_t PageHash(const void* page) {
   const auto* bytes = static_cast<const unsigned char*>(page);
   return page_hash_internal::HaveAvx2() ? page_hash_internal::Avx2(bytes)
                                         : page_hash_internal::Scalar(bytes);
+}
+
+// Sets changed[k] for each of the `count` pages from `base` whose contents no longer hash to
+// hashes[k] (leaves the others as they are).
+inline void MarkChanged(const void* base, const uint64_t* hashes, size_t count,
+                        std::vector<bool>& changed) {
+  const auto* bytes = static_cast<const unsigned char*>(base);
+  for (size_t k = 0; k < count; ++k) {
+    if (PageHash(bytes + k * 4096) != hashes[k]) changed[k] = true;
+  }
 }
 
 }  // namespace disagg

@@ -34,5 +34,23 @@ TEST_CASE("PageHash tells a changed page from the one it was, the same in its ve
   REQUIRE(PageHash(page(1)) != PageHash(page(2)));
 }
 
+TEST_CASE("MarkChanged marks exactly the pages that no longer match their hashes") {
+  std::vector<uint64_t> words(512 * 16);
+  for (size_t i = 0; i < words.size(); ++i) words[i] = i * 0x9E3779B97F4A7C15ull;
+  std::vector<uint64_t> hashes;
+  for (size_t p = 0; p < 16; ++p) hashes.push_back(PageHash(&words[p * 512]));
+  std::vector<bool> changed(16, false);
+  MarkChanged(words.data(), hashes.data(), 16, changed);
+  REQUIRE(changed == std::vector<bool>(16, false));
+  words[3 * 512 + 100] ^= 1;          // one bit of page 3
+  words[9 * 512 + 511] = 0;           // the last word of page 9
+  words[15 * 512] = words[15 * 512];  // rewritten with the same value: not a change
+  MarkChanged(words.data(), hashes.data(), 16, changed);
+  for (size_t p = 0; p < 16; ++p) {
+    INFO("page " << p);
+    REQUIRE(changed[p] == (p == 3 || p == 9));
+  }
+}
+
 }  // namespace
 }  // namespace disagg

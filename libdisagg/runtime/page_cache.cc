@@ -25,7 +25,7 @@ void PageCache::FinishFetch(uint64_t vpage, bool dirty) {
   --fetching_;
   entry->state = PageState::kPresent;
   entry->dirty = dirty;
-  entry->hashed = false;
+  entry->placed = false;
   entry->generation = next_generation_++;
   fifo_.emplace_back(vpage, entry->generation);
   peak_ = std::max(peak_, ++present_);
@@ -71,7 +71,7 @@ void PageCache::BeginWriteBack(uint64_t vpage) {
   ++writing_back_;
   entry->state = PageState::kWritingBack;
   entry->dirty = false;
-  entry->hashed = false;
+  entry->placed = false;
 }
 
 void PageCache::Leave(PageEntry& entry) {
@@ -103,7 +103,7 @@ void PageCache::MarkPoisoned(uint64_t vpage) {
   if (!inserted) Leave(it->second);
   it->second.state = PageState::kPoisoned;
   it->second.dirty = false;
-  it->second.hashed = false;
+  it->second.placed = false;
 }
 
 bool PageCache::BusyIn(uint64_t first, uint64_t last) const {

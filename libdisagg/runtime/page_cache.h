@@ -29,11 +29,9 @@ struct PageEntry {
   bool dirty = false;       // present and written since its last write-back
   uint64_t generation = 0;  // which fetch installed it (for the eviction queue)
   uint32_t pins = 0;        // a Flush is writing its contents back: it must not leave yet
-  // Placed by its memory element as part of a 2 MiB unit and installed writable: whether it
-  // was written is told by its contents against `hash` (internal/page_unit.h), not by a
-  // write-protect fault. Cleared once it is write-protected (evicted or flushed).
-  bool hashed = false;
-  uint64_t hash = 0;
+  // Installed with its 2 MiB unit (placed by the memory element and moved in): when the whole
+  // unit leaves together, it is moved back to staging for the next unit.
+  bool placed = false;
 };
 
 class PageCache {

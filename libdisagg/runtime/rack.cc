@@ -11,7 +11,6 @@
 
 #include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
-#include "internal/page_unit.h"
 #include "internal/status_macros.h"
 #include "ipc/socket.h"
 #include "ipc/wire.h"
@@ -365,7 +364,7 @@ uint64_t RackImpl::SnapshotDirty(uint64_t cursor, uint64_t last, uint8_t* buffer
   auto it = pages.lower_bound(cursor);
   for (; it != pages.end() && it->first < last && batch.size() < kFlushBatch; ++it) {
     PageEntry& entry = it->second;
-    if (entry.state != PageState::kPresent || (!entry.dirty && !entry.hashed)) continue;
+    if (entry.state != PageState::kPresent || !entry.dirty) continue;
     const uint64_t vpage = it->first;
     const ExtentInfo* extent = translations_.Find(vpage);
     if (extent == nullptr) continue;  // unmapped meanwhile: nothing to make durable
@@ -375,12 +374,6 @@ uint64_t RackImpl::SnapshotDirty(uint64_t cursor, uint64_t last, uint8_t* buffer
       continue;
     }
     const void* data = reinterpret_cast<const void*>(vpage << kPageShift);
-    if (entry.hashed) {
-      // Placed in a unit: written if its contents changed. Write-protected from now on, it is
-      // tracked as any other page.
-      entry.hashed = false;
-      if (!entry.dirty && PageHash(data) == entry.hash) continue;
-    }
     uint8_t* copy = buffer + batch.size() * kPageBytes;
     std::memcpy(copy, data, kPageBytes);
     // Clean from now on, but pinned until the element holds the copy: evicting it as clean

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
@@ -36,6 +37,21 @@ constexpr uint64_t kUnitsAhead = 2;
 // Streams go in 2 MiB units only in a cache of at least this many units (those in flight for
 // one fault, kAheadRoom times).
 constexpr uint64_t kUnitRoom = kAheadRoom * (1 + kUnitsAhead);
+// Units that could not be moved into place before streams stop going in units.
+constexpr uint64_t kMaxMoveFailures = 8;
+
+// Which pages of [addr, addr + bytes) are in the address space, for a log line.
+std::string Resident(uintptr_t addr, uint64_t bytes) {
+  std::vector<unsigned char> in(bytes / kPageBytes);
+  if (mincore(reinterpret_cast<void*>(addr), bytes, in.data()) != 0) return "residency unknown";
+  std::string out;
+  size_t count = 0;
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (!(in[i] & 1)) continue;
+    if (++count <= 4) absl::StrAppend(&out, out.empty() ? "" : ", ", "page ", i);
+  }
+  return absl::StrCat(count, " of ", in.size(), " pages resident", count ? ": " : "", out);
+}
 
 FaultCause CauseOfTranslation(const absl::Status& status) {
   switch (status.code()) {
@@ -151,13 +167,6 @@ void RackImpl::ServeMissing(const std::vector<MissingFault>& faults) {
     // Every faulting run before any run read ahead: runs are read and installed in order.
     std::move(ahead.begin(), ahead.end(), std::back_inserter(fetches));
     FetchAndInstall(fetches);
-    // After units: room for the next fault's units is made now, while the access reads these,
-    // not when it faults again.
-    if (std::any_of(fetches.begin(), fetches.end(), [](const Fetch& f) { return f.unit; })) {
-      MutexLock lock(&mu_);
-      const uint64_t wanted = (1 + kUnitsAhead) * kUnitPages;
-      if (cache_.free_pages() < wanted) EvictBatch(wanted - cache_.free_pages());
-    }
   }
 }
 
@@ -285,8 +294,12 @@ void RackImpl::ReadAndInstall(std::vector<Fetch>& fetches) {
 void RackImpl::PlaceAndInstall(std::vector<Fetch>& fetches, const std::string& element,
                                const std::vector<size_t>& indexes) {
   // Each unit is written by the element into a staging slot, then moved into place whole: the
-  // element copies each page once, from its pool, and the kernel moves page tables. Its pages
-  // are installed writable, their hashes kept to tell later which were written.
+  // element copies each page once, from its pool, and the kernel moves page tables. A read
+  // fault's unit is then write-protected, so that the first write to each page faults, as any
+  // page installed for a read. A move cannot install pages write-protected: a write between
+  // the move and the protection takes no fault, so the pages are checked against the hashes
+  // the element sent, and those changed count as written. A write fault's unit stays writable
+  // and counts as written, as a write fault's run does.
   const absl::Status unplaced = absl::AbortedError("the unit was not placed");
   std::vector<ElementPool::UnitPlacement> units;
   std::vector<UnitStaging::Slot> slots;
@@ -336,20 +349,35 @@ void RackImpl::PlaceAndInstall(std::vector<Fetch>& fetches, const std::string& e
         // A fault there left an empty page table behind: dropping the (absent) unit frees it,
         // so that the unit moves in as one huge page, not 512 small ones.
         (void)uffd_.Drop(addr, kUnitBytes);
-        const absl::Status moved = uffd_.Move(addr, slot.addr, kUnitBytes);
+        absl::Status moved = uffd_.Move(addr, slot.addr, kUnitBytes);
         if (!moved.ok()) {
-          RLOG(WARNING) << "disagg: " << moved << "; streams are read in runs from now on";
+          // Not expected (every page there is being fetched, so absent): the unit is fetched
+          // afresh in runs, and after a few such failures streams stay in runs.
+          RLOG(WARNING) << "disagg: placing a unit: " << moved << " (" << Resident(addr, kUnitBytes)
+                        << ")";
           move_failed = true;
-          (void)uffd_.Drop(addr, kUnitBytes);  // what moved leaves again: fetched afresh
+          (void)uffd_.Drop(addr, kUnitBytes);  // what moved leaves again
           staging_->Retire(slot.addr);
           f.results.assign(f.pages.size(), unplaced);
           return absl::OkStatus();
         }
         slot.holds_pages = false;
         staging_->Give(slot);
-        f.hashes.assign(hashes.begin(), hashes.end());
-        const absl::Status woken = uffd_.WakeRange(addr, kUnitBytes);
-        for (absl::Status& result : f.results) result = woken;
+        absl::Status installed =
+            f.write ? absl::OkStatus() : uffd_.WriteProtect(addr, kUnitBytes, /*protect=*/true);
+        if (absl::Status woken = uffd_.WakeRange(addr, kUnitBytes); installed.ok()) {
+          installed = woken;
+        }
+        for (absl::Status& result : f.results) result = installed;
+        f.written.assign(f.pages.size(), f.write);
+        // Writes from now on fault (and wait until the unit is recorded): what differs from
+        // the element's pages was written in between.
+        if (!f.write) {
+          MarkChanged(reinterpret_cast<const void*>(addr), hashes.data(), hashes.size(), f.written);
+        }
+        // The access goes on; room for the next fault's units is made while the element writes
+        // the units after this one, not when the access faults again.
+        if (u == 0) MakeUnitRoom();
         return absl::OkStatus();
       });
   for (size_t u = 0; u < units.size(); ++u) {
@@ -361,13 +389,22 @@ void RackImpl::PlaceAndInstall(std::vector<Fetch>& fetches, const std::string& e
   if (refused || move_failed) {
     MutexLock lock(&mu_);
     if (refused) no_units_.insert(element);
-    if (move_failed) units_failed_ = true;
+    if (move_failed && ++unit_move_failures_ == kMaxMoveFailures) {
+      RLOG(WARNING) << "disagg: " << kMaxMoveFailures
+                    << " units could not be moved into place: streams are read in runs from now on";
+    }
   }
 }
 
+void RackImpl::MakeUnitRoom() {
+  MutexLock lock(&mu_);
+  const uint64_t wanted = (1 + kUnitsAhead) * kUnitPages;
+  if (cache_.free_pages() < wanted) EvictBatch(wanted - cache_.free_pages());
+}
+
 bool RackImpl::UnitsFor(const std::string& element) const {
-  return staging_ != nullptr && !units_failed_ && cache_.quota_pages() >= kUnitRoom * kUnitPages &&
-         !no_units_.contains(element);
+  return staging_ != nullptr && unit_move_failures_ < kMaxMoveFailures &&
+         cache_.quota_pages() >= kUnitRoom * kUnitPages && !no_units_.contains(element);
 }
 
 bool RackImpl::ClaimUnit(uint64_t first, uint64_t from, uint64_t extent_end,
@@ -400,14 +437,12 @@ bool RackImpl::ClaimUnit(uint64_t first, uint64_t from, uint64_t extent_end,
 void RackImpl::Complete(std::vector<Fetch>& fetches) {
   MutexLock lock(&mu_);
   for (Fetch& f : fetches) {
-    const bool hashed = f.unit && f.hashes.size() == f.pages.size();
+    const bool placed = f.unit && f.written.size() == f.pages.size();
     for (size_t i = 0; i < f.pages.size(); ++i) {
       if (f.results[i].ok()) {
-        cache_.FinishFetch(f.pages[i], /*dirty=*/f.write && !hashed);
-        if (hashed) {
-          PageEntry* entry = cache_.Find(f.pages[i]);
-          entry->hashed = true;
-          entry->hash = f.hashes[i];
+        cache_.FinishFetch(f.pages[i], /*dirty=*/placed ? f.written[i] : f.write);
+        if (placed) {
+          cache_.Find(f.pages[i])->placed = true;
           ++placed_;
         }
         ++faults_;
@@ -564,16 +599,15 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
   // A unit leaves whole (its pages are next to each other in the queue): it goes back to
   // staging in one move.
   while (!victims.empty() && (victims.back() + 1) % kUnitPages != 0 &&
-         cache_.Find(victims.back())->hashed) {
+         cache_.Find(victims.back())->placed) {
     std::optional<uint64_t> victim = cache_.NextVictim();
     if (!victim) break;
     victims.push_back(*victim);
   }
   std::sort(victims.begin(), victims.end());
-  // Dirty pages, and pages placed in units (installed writable), are write-protected first
-  // (writers block from then on), so the copies taken here are their last contents; then every
-  // victim leaves the address space. A placed page is written back if its contents changed.
-  // Runs of adjacent victims are dropped, and runs of adjacent writable ones write-protected,
+  // Dirty pages are write-protected first (writers block from then on), so the copies taken
+  // here are their last contents; then every victim leaves the address space.
+  // Runs of adjacent victims are dropped, and runs of adjacent dirty ones write-protected,
   // with one call each: each costs a TLB shootdown. (Clean pages are write-protected already.)
   std::vector<std::pair<uint64_t, uint64_t>> runs;  // (first page, pages)
   std::vector<std::pair<uint64_t, uint64_t>> dirty_runs;
@@ -586,24 +620,24 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
       }
     };
     extend(runs);
-    const PageEntry* entry = cache_.Find(victims[i]);
-    if (entry->dirty || entry->hashed) extend(dirty_runs);
+    if (cache_.Find(victims[i])->dirty) extend(dirty_runs);
   }
   for (const auto& [first, count] : dirty_runs) {
     absl::Status status = uffd_.WriteProtect(first << kPageShift, count * kPageBytes, true);
     if (!status.ok()) RLOG(ERROR) << "disagg: evicting: " << status;
   }
+  // Grown, never shrunk: resizing back and forth would zero megabytes on every eviction.
   thread_local std::vector<uint8_t> staging;
-  staging.resize(victims.size() * kPageBytes);
+  if (staging.size() < victims.size() * kPageBytes) staging.resize(victims.size() * kPageBytes);
   std::vector<std::pair<std::string, PageWrite>> writes;
+  const ExtentInfo* extent = nullptr;
   for (uint64_t vpage : victims) {
-    const ExtentInfo* extent = translations_.Find(vpage);
-    const PageEntry* entry = cache_.Find(vpage);
-    const void* data = reinterpret_cast<const void*>(vpage << kPageShift);
-    const bool written = entry->dirty || (entry->hashed && PageHash(data) != entry->hash);
-    if (!written || extent == nullptr) continue;
+    if (extent == nullptr || vpage < extent->vpage || vpage >= extent->vpage + extent->pages) {
+      extent = translations_.Find(vpage);  // victims are sorted: mostly the same extent
+    }
+    if (!cache_.Find(vpage)->dirty || extent == nullptr) continue;
     uint8_t* copy = staging.data() + writes.size() * kPageBytes;
-    std::memcpy(copy, data, kPageBytes);
+    std::memcpy(copy, reinterpret_cast<const void*>(vpage << kPageShift), kPageBytes);
     writes.push_back({extent->element, PageWrite{vpage, copy}});
   }
   for (const auto& [first, count] : runs) LeaveAddressSpace(first, count);
@@ -669,7 +703,7 @@ void RackImpl::LeaveAddressSpace(uint64_t first, uint64_t count) {
 bool RackImpl::WholeUnit(uint64_t first) {
   for (uint64_t p = first; p < first + kUnitPages; ++p) {
     const PageEntry* entry = cache_.Find(p);
-    if (entry == nullptr || entry->state != PageState::kPresent || !entry->hashed) return false;
+    if (entry == nullptr || entry->state != PageState::kPresent || !entry->placed) return false;
   }
   return true;
 }

@@ -99,9 +99,10 @@ class RackImpl final : public Rack {
     // cannot be had is forgotten, not poisoned.
     bool ahead = false;
     // A 2 MiB unit (kUnitPages pages, the first one unit-aligned), placed by its memory element
-    // into staging and moved into place; its pages' hashes once placed.
+    // into staging and moved into place; which of its pages were written before they were
+    // write-protected (set once it is in place).
     bool unit = false;
-    std::vector<uint64_t> hashes;
+    std::vector<bool> written;
     std::vector<absl::Status> results;
   };
   enum class Admission { kDone, kFetch, kDefer };
@@ -139,6 +140,9 @@ class RackImpl final : public Rack {
   // True if streams reading from `element` go in units: staging exists, the cache holds
   // kUnitRoom units, and the element has not refused to place units.
   bool UnitsFor(const std::string& element) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evicts until the cache has room for a fault's units (called without mu_, while units are
+  // being placed).
+  void MakeUnitRoom() ABSL_LOCKS_EXCLUDED(mu_);
   // Marks the pages of the unit [first, first + kUnitPages) from `from` on as being fetched
   // (the pages before `from` are already) and appends them to `pages`, making room first; false
   // (nothing marked) if a page there is known to the cache, being granted, given away, or on a
@@ -161,7 +165,7 @@ class RackImpl final : public Rack {
   // Takes the evicted pages [first, first + count) out of the address space: whole units
   // placed together are moved back to staging, the rest dropped.
   void LeaveAddressSpace(uint64_t first, uint64_t count) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // True if every page of the unit at `first` is present and placed with it (hashed).
+  // True if every page of the unit at `first` is present and was placed with it.
   bool WholeUnit(uint64_t first) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts until the cache fits its quota (waits for fetches in flight to land first).
   void ShrinkToQuota() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -265,7 +269,7 @@ class RackImpl final : public Rack {
   std::unique_ptr<UnitStaging> staging_;
   // Memory elements that may not write into this process: streams from them go in runs.
   absl::flat_hash_set<std::string> no_units_ ABSL_GUARDED_BY(mu_);
-  bool units_failed_ ABSL_GUARDED_BY(mu_) = false;  // a move failed: units are not used again
+  uint64_t unit_move_failures_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<uint64_t> faults_{0};
   std::atomic<uint64_t> read_ahead_{0};
   std::atomic<uint64_t> placed_{0};

@@ -6,8 +6,7 @@
 
 namespace disagg::runtime {
 
-absl::StatusOr<std::unique_ptr<UnitStaging>> UnitStaging::Create(Userfaultfd& uffd,
-                                                                  size_t slots) {
+absl::StatusOr<std::unique_ptr<UnitStaging>> UnitStaging::Create(Userfaultfd& uffd, size_t slots) {
   if (!uffd.can_move()) {
     return absl::FailedPreconditionError("this kernel's userfaultfd cannot move pages (Linux 6.8)");
   }

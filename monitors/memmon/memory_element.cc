@@ -286,13 +286,15 @@ absl::Status MemoryElement::HandlePlaceUnit(ipc::Link& link, uint64_t seq,
   if (!process.ok()) return Refuse(link, seq, process.status());
   std::vector<iovec> from;
   std::vector<uint64_t> hashes;
+  const uint8_t* last = nullptr;  // never-written pages are all one zero page: hashed once
   for (uint64_t done = 0; done < pages; ++done) {
     absl::StatusOr<const uint8_t*> page = store_.Read(*process, vpage + done);
     if (!page.ok()) {
       if (done == 0) return Refuse(link, seq, page.status());
       break;  // the unit ends at the first page it may not read
     }
-    hashes.push_back(PageHash(*page));
+    hashes.push_back(*page == last ? hashes.back() : PageHash(*page));
+    last = *page;
     auto* data = const_cast<uint8_t*>(*page);
     if (!from.empty() &&
         static_cast<uint8_t*>(from.back().iov_base) + from.back().iov_len == data) {
