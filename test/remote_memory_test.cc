@@ -1,6 +1,11 @@
 // Remote memory at the message level, on a private rack of real daemons: the Rack MMU places
 // and programs, the memory elements serve exactly what they were programmed with.
 #include <capnp/message.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -359,17 +364,35 @@ TEST_CASE("Mapped memory lives on the memory elements and only its owner can tou
       REQUIRE(absl::IsPermissionDenied(
           PlaceUnit(last, end, 1, reinterpret_cast<uintptr_t>(aligned)).status()));
     }
-    // Bad units: empty, too long, a destination off a page boundary, one that wraps, one this
-    // process does not have writable (the kernel refuses the element's write).
+    // Bad units: empty, too long, a destination off a page boundary, one that wraps.
     for (auto [vpage, pages, to] : std::vector<std::tuple<uint64_t, uint32_t, uintptr_t>>{
              {first.vpage, 0, reinterpret_cast<uintptr_t>(aligned)},
              {first.vpage, kUnitPages + 1, reinterpret_cast<uintptr_t>(aligned)},
              {first.vpage, 1, reinterpret_cast<uintptr_t>(aligned) + 8},
-             {first.vpage, 2, ~uintptr_t{0} & ~uintptr_t{kPage - 1}},
-             {first.vpage, 1, kPage}}) {
+             {first.vpage, 2, ~uintptr_t{0} & ~uintptr_t{kPage - 1}}}) {
       INFO("vpage " << vpage << " pages " << pages << " dst " << to);
       REQUIRE(absl::IsInvalidArgument(PlaceUnit(element, vpage, pages, to).status()));
     }
+    // Destinations the element cannot write: unmapped here, and memory behind this process's
+    // own userfaultfd, whose faults nobody serves (the element must not wait on them).
+    REQUIRE(absl::IsAborted(PlaceUnit(element, first.vpage, 1, kPage).status()));
+    void* trap =
+        mmap(nullptr, 4 * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(trap != MAP_FAILED);
+    const int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+    REQUIRE(uffd >= 0);
+    uffdio_api api{UFFD_API, 0, 0};
+    REQUIRE(ioctl(uffd, UFFDIO_API, &api) == 0);
+    uffdio_register reg{};
+    reg.range = {reinterpret_cast<uintptr_t>(trap), 4 * kPage};
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+    REQUIRE(ioctl(uffd, UFFDIO_REGISTER, &reg) == 0);
+    const absl::Status trapped =
+        PlaceUnit(element, first.vpage, 4, reinterpret_cast<uintptr_t>(trap)).status();
+    INFO(trapped);
+    REQUIRE(absl::IsAborted(trapped));
+    close(uffd);
+    munmap(trap, 4 * kPage);
     auto page = ReadPage(element, first.vpage);  // served on, on the same connection
     REQUIRE(page.ok());
     REQUIRE((*page)[100] == uint8_t(first.vpage * 7));

@@ -20,6 +20,11 @@ namespace disagg {
 // The most pages one PlaceUnit carries: a 2 MiB huge page's worth.
 inline constexpr size_t kUnitPages = 512;
 
+// The runtime hashes pages of its own address space that other threads may write; the order
+// between those writes and the hashing is kept by the kernel (write-protection faults), which
+// ThreadSanitizer cannot see: the hashing is left uninstrumented.
+#define DISAGG_PAGE_HASH_UNCHECKED __attribute__((no_sanitize("thread")))
+
 namespace page_hash_internal {
 
 inline constexpr uint64_t kKeys[8] = {
@@ -38,7 +43,7 @@ inline uint64_t Fold(const uint64_t acc[8]) {
   return h;
 }
 
-inline uint64_t Scalar(const unsigned char* bytes) {
+DISAGG_PAGE_HASH_UNCHECKED inline uint64_t Scalar(const unsigned char* bytes) {
   uint64_t acc[8] = {};
   for (size_t i = 0; i < 4096; i += 64) {
     uint64_t w[8];
@@ -52,7 +57,8 @@ inline uint64_t Scalar(const unsigned char* bytes) {
 }
 
 // The same sums, four lanes to a register.
-__attribute__((target("avx2"))) inline uint64_t Avx2(const unsigned char* bytes) {
+__attribute__((target("avx2"))) DISAGG_PAGE_HASH_UNCHECKED inline uint64_t Avx2(
+    const unsigned char* bytes) {
   const __m256i key0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kKeys));
   const __m256i key1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kKeys + 4));
   __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
@@ -81,7 +87,7 @@ inline bool HaveAvx2() {
 
 // A 64-bit hash of the 4096 bytes at `page`; the same on every machine (the vector form, where
 // the CPU has it, computes the scalar form's sums).
-inline uint64_t PageHash(const void* page) {
+DISAGG_PAGE_HASH_UNCHECKED inline uint64_t PageHash(const void* page) {
   const auto* bytes = static_cast<const unsigned char*>(page);
   return page_hash_internal::HaveAvx2() ? page_hash_internal::Avx2(bytes)
                                         : page_hash_internal::Scalar(bytes);
@@ -89,8 +95,8 @@ inline uint64_t PageHash(const void* page) {
 
 // Sets changed[k] for each of the `count` pages from `base` whose contents no longer hash to
 // hashes[k] (leaves the others as they are).
-inline void MarkChanged(const void* base, const uint64_t* hashes, size_t count,
-                        std::vector<bool>& changed) {
+DISAGG_PAGE_HASH_UNCHECKED inline void MarkChanged(const void* base, const uint64_t* hashes,
+                                                   size_t count, std::vector<bool>& changed) {
   const auto* bytes = static_cast<const unsigned char*>(base);
   for (size_t k = 0; k < count; ++k) {
     if (PageHash(bytes + k * 4096) != hashes[k]) changed[k] = true;

@@ -154,8 +154,9 @@ absl::Status ElementPool::ReadRuns(
 
 absl::Status ElementPool::PlaceUnits(
     const std::string& element, absl::Span<const UnitPlacement> units,
-    absl::FunctionRef<absl::Status(size_t, absl::StatusOr<size_t>, absl::Span<const uint64_t>)>
-        use) {
+    absl::FunctionRef<absl::Status(size_t, absl::StatusOr<size_t>, absl::Span<const uint64_t>)> use,
+    size_t& sent_count) {
+  sent_count = 0;
   for (const UnitPlacement& unit : units) {
     if (unit.pages == 0 || unit.pages > kUnitPages || unit.dst % kPageBytes != 0) {
       return absl::InvalidArgumentError(
@@ -179,6 +180,7 @@ absl::Status ElementPool::PlaceUnits(
     }
     sent.push_back(*seq);
   }
+  sent_count = sent.size();
   absl::Status first_use_error;
   std::vector<uint64_t> hashes;
   for (size_t i = 0; i < sent.size() && transport.ok(); ++i) {

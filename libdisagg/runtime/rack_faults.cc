@@ -294,12 +294,7 @@ void RackImpl::ReadAndInstall(std::vector<Fetch>& fetches) {
 void RackImpl::PlaceAndInstall(std::vector<Fetch>& fetches, const std::string& element,
                                const std::vector<size_t>& indexes) {
   // Each unit is written by the element into a staging slot, then moved into place whole: the
-  // element copies each page once, from its pool, and the kernel moves page tables. A read
-  // fault's unit is then write-protected, so that the first write to each page faults, as any
-  // page installed for a read. A move cannot install pages write-protected: a write between
-  // the move and the protection takes no fault, so the pages are checked against the hashes
-  // the element sent, and those changed count as written. A write fault's unit stays writable
-  // and counts as written, as a write fault's run does.
+  // element copies each page once, from its pool, and the kernel moves page tables.
   const absl::Status unplaced = absl::AbortedError("the unit was not placed");
   std::vector<ElementPool::UnitPlacement> units;
   std::vector<UnitStaging::Slot> slots;
@@ -318,72 +313,42 @@ void RackImpl::PlaceAndInstall(std::vector<Fetch>& fetches, const std::string& e
   if (units.empty()) return;
   std::vector<bool> delivered(units.size(), false);
   bool refused = false, move_failed = false;
+  size_t sent = 0;
   const absl::Status transport = elements_.PlaceUnits(
       element, units,
       [&](size_t u, absl::StatusOr<size_t> placed, absl::Span<const uint64_t> hashes) {
         Fetch& f = fetches[placing[u]];
-        UnitStaging::Slot& slot = slots[u];
         delivered[u] = true;
-        if (!placed.ok()) {
-          if (absl::IsUnimplemented(placed.status())) {
-            RLOG(WARNING) << "disagg: " << placed.status() << "; streams from " << element
-                          << " are read in runs from now on";
-            refused = true;
-            f.results.assign(f.pages.size(), unplaced);
-          } else {
-            f.results[0] = placed.status();  // its first page refused, as a run's would be
-          }
-          staging_->Give(slot);  // nothing was written
+        if (placed.ok()) {
+          slots[u].holds_pages = true;
+          move_failed |= !InstallPlaced(f, slots[u], *placed, hashes);
+          if (u == 0) MakeUnitRoom();
           return absl::OkStatus();
         }
-        slot.holds_pages = true;
-        const uintptr_t addr = f.pages[0] << kPageShift;
-        if (*placed < f.pages.size()) {
-          // Cut short at a page the element may not read: what it wrote goes in as a run.
-          const absl::Status installed = uffd_.CopyRun(addr, reinterpret_cast<void*>(slot.addr),
-                                                       *placed, /*write_protect=*/!f.write);
-          for (size_t k = 0; k < *placed; ++k) f.results[k] = installed;
-          staging_->Give(slot);
-          return absl::OkStatus();
-        }
-        // A fault there left an empty page table behind: dropping the (absent) unit frees it,
-        // so that the unit moves in as one huge page, not 512 small ones.
-        (void)uffd_.Drop(addr, kUnitBytes);
-        absl::Status moved = uffd_.Move(addr, slot.addr, kUnitBytes);
-        if (!moved.ok()) {
-          // Not expected (every page there is being fetched, so absent): the unit is fetched
-          // afresh in runs, and after a few such failures streams stay in runs.
-          RLOG(WARNING) << "disagg: placing a unit: " << moved << " (" << Resident(addr, kUnitBytes)
-                        << ")";
-          move_failed = true;
-          (void)uffd_.Drop(addr, kUnitBytes);  // what moved leaves again
-          staging_->Retire(slot.addr);
+        staging_->Give(slots[u]);  // nothing was written
+        if (absl::IsUnimplemented(placed.status())) {
+          RLOG(WARNING) << "disagg: " << placed.status() << "; streams from " << element
+                        << " are read in runs from now on";
+          refused = true;
           f.results.assign(f.pages.size(), unplaced);
-          return absl::OkStatus();
+        } else if (absl::IsAborted(placed.status())) {
+          VLOG(1) << "disagg: " << placed.status();  // this unit goes in runs
+          f.results.assign(f.pages.size(), unplaced);
+        } else {
+          f.results[0] = placed.status();  // its first page refused, as a run's would be
         }
-        slot.holds_pages = false;
-        staging_->Give(slot);
-        absl::Status installed =
-            f.write ? absl::OkStatus() : uffd_.WriteProtect(addr, kUnitBytes, /*protect=*/true);
-        if (absl::Status woken = uffd_.WakeRange(addr, kUnitBytes); installed.ok()) {
-          installed = woken;
-        }
-        for (absl::Status& result : f.results) result = installed;
-        f.written.assign(f.pages.size(), f.write);
-        // Writes from now on fault (and wait until the unit is recorded): what differs from
-        // the element's pages was written in between.
-        if (!f.write) {
-          MarkChanged(reinterpret_cast<const void*>(addr), hashes.data(), hashes.size(), f.written);
-        }
-        // The access goes on; room for the next fault's units is made while the element writes
-        // the units after this one, not when the access faults again.
-        if (u == 0) MakeUnitRoom();
         return absl::OkStatus();
-      });
+      },
+      sent);
   for (size_t u = 0; u < units.size(); ++u) {
     if (delivered[u]) continue;
-    // Not answered: the element may still write into the slot, which is not used again.
-    staging_->Retire(slots[u].addr);
+    // Not answered: an element that got the request may still write into the slot, which is
+    // then not used again.
+    if (u < sent) {
+      staging_->Retire(slots[u].addr);
+    } else {
+      staging_->Give(slots[u]);
+    }
     for (absl::Status& result : fetches[placing[u]].results) result = transport;
   }
   if (refused || move_failed) {
@@ -396,6 +361,60 @@ void RackImpl::PlaceAndInstall(std::vector<Fetch>& fetches, const std::string& e
   }
 }
 
+bool RackImpl::InstallPlaced(Fetch& f, UnitStaging::Slot& slot, size_t placed,
+                             absl::Span<const uint64_t> hashes) {
+  const uintptr_t addr = f.pages[0] << kPageShift;
+  if (placed < f.pages.size()) {
+    // Cut short at a page the element may not read: what it wrote goes in as a run.
+    const absl::Status installed =
+        uffd_.CopyRun(addr, reinterpret_cast<void*>(slot.addr), placed, /*write_protect=*/!f.write);
+    for (size_t k = 0; k < placed; ++k) f.results[k] = installed;
+    staging_->Give(slot);
+    return true;
+  }
+  // A fault there left an empty page table behind: dropping the (absent) unit frees it, so
+  // that the unit moves in as one huge page, not 512 small ones.
+  (void)uffd_.Drop(addr, kUnitBytes);
+  uint64_t moved = 0;
+  const absl::Status move = uffd_.Move(addr, slot.addr, kUnitBytes, moved);
+  if (!move.ok()) {
+    // Not expected (every page there is being fetched, so absent). What moved is installed;
+    // the rest is fetched afresh in runs.
+    RLOG(WARNING) << "disagg: placing a unit: " << move << " ("
+                  << Resident(addr + moved, kUnitBytes - moved) << ")";
+    staging_->Retire(slot.addr);
+  } else {
+    slot.holds_pages = false;
+    staging_->Give(slot);
+  }
+  const size_t in_place = moved / kPageBytes;
+  // A read fault's unit is write-protected, so that the first write to each page faults, as
+  // any page installed for a read; a write fault's stays writable and counts as written, as a
+  // write fault's run does. A move cannot install pages write-protected: a write between the
+  // move and the protection takes no fault, so the pages are checked against the hashes the
+  // element sent (writes from then on fault, and wait until the unit is recorded), and those
+  // that differ count as written. If the protection fails, every page counts as written.
+  f.written.assign(f.pages.size(), true);
+  bool protected_ = false;
+  if (!f.write && in_place > 0) {
+    absl::Status wp = uffd_.WriteProtect(addr, moved, /*protect=*/true);
+    protected_ = wp.ok();
+    if (!protected_) RLOG(ERROR) << "disagg: " << wp;
+  }
+  if (absl::Status woken = uffd_.WakeRange(addr, kUnitBytes); !woken.ok()) {
+    RLOG(ERROR) << "disagg: " << woken;
+  }
+  if (protected_) {  // the access goes on meanwhile
+    std::fill(f.written.begin(), f.written.begin() + in_place, false);
+    MarkChanged(reinterpret_cast<const void*>(addr), hashes.data(), in_place, f.written);
+  }
+  const absl::Status unplaced = absl::AbortedError("the unit was not placed");
+  for (size_t k = 0; k < f.pages.size(); ++k) {
+    f.results[k] = k < in_place ? absl::OkStatus() : unplaced;
+  }
+  return move.ok();
+}
+
 void RackImpl::MakeUnitRoom() {
   MutexLock lock(&mu_);
   const uint64_t wanted = (1 + kUnitsAhead) * kUnitPages;
@@ -404,6 +423,7 @@ void RackImpl::MakeUnitRoom() {
 
 bool RackImpl::UnitsFor(const std::string& element) const {
   return staging_ != nullptr && unit_move_failures_ < kMaxMoveFailures &&
+         staging_->available() >= 1 + kUnitsAhead &&
          cache_.quota_pages() >= kUnitRoom * kUnitPages && !no_units_.contains(element);
 }
 
@@ -686,7 +706,11 @@ void RackImpl::LeaveAddressSpace(uint64_t first, uint64_t count) {
       continue;
     }
     if (std::optional<uintptr_t> hole = staging_->TakeHole()) {
-      if (uffd_.Move(*hole, p << kPageShift, kUnitBytes).ok()) {
+      uint64_t moved = 0;
+      if (uffd_.Move(*hole, p << kPageShift, kUnitBytes, moved).ok()) {
+        // Pages that were swapped out keep their write protection through a move: the element
+        // must never wait on this process's faults when it writes the slot.
+        (void)uffd_.WriteProtect(*hole, kUnitBytes, /*protect=*/false);
         staging_->Give({*hole, true});
         if (p > dropped) (void)uffd_.Drop(dropped << kPageShift, (p - dropped) * kPageBytes);
         dropped = p + kUnitPages;

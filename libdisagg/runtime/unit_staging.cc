@@ -32,7 +32,20 @@ UnitStaging::UnitStaging(void* mapping, uint64_t mapping_bytes, uintptr_t base, 
   for (uintptr_t a = base_ + bytes_; a > base_; a -= kUnitBytes) holes_.push_back(a - kUnitBytes);
 }
 
-UnitStaging::~UnitStaging() { munmap(mapping_, mapping_bytes_); }
+UnitStaging::~UnitStaging() {
+  MutexLock lock(&mu_);
+  if (retired_) {
+    mmap(mapping_, mapping_bytes_, PROT_NONE,
+         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+  } else {
+    munmap(mapping_, mapping_bytes_);
+  }
+}
+
+size_t UnitStaging::available() {
+  MutexLock lock(&mu_);
+  return full_.size() + holes_.size();
+}
 
 std::optional<UnitStaging::Slot> UnitStaging::Take() {
   MutexLock lock(&mu_);
@@ -67,6 +80,8 @@ void UnitStaging::Give(Slot slot) {
 
 void UnitStaging::Retire(uintptr_t addr) {
   madvise(reinterpret_cast<void*>(addr), kUnitBytes, MADV_DONTNEED);
+  MutexLock lock(&mu_);
+  retired_ = true;
 }
 
 }  // namespace disagg::runtime

@@ -26,6 +26,8 @@ class UnitStaging {
   // Reserves `slots` units of address space (no memory) and registers them with `uffd` for
   // moves. FAILED_PRECONDITION if the kernel cannot move pages; the errno otherwise.
   static absl::StatusOr<std::unique_ptr<UnitStaging>> Create(Userfaultfd& uffd, size_t slots);
+  // Unmaps the range; if a slot was retired (an element may still write there), leaves it
+  // reserved and inaccessible instead, so that nothing mapped there later is written into.
   ~UnitStaging();
   UnitStaging(const UnitStaging&) = delete;
   UnitStaging& operator=(const UnitStaging&) = delete;
@@ -44,6 +46,8 @@ class UnitStaging {
   void Give(Slot slot);
   // Never hands `addr` out again (an element may still write into it).
   void Retire(uintptr_t addr);
+  // Slots that Take may hand out now.
+  size_t available();
 
   bool Contains(uintptr_t addr) const { return addr >= base_ && addr < base_ + bytes_; }
 
@@ -59,6 +63,7 @@ class UnitStaging {
   Mutex mu_;
   std::vector<uintptr_t> full_ ABSL_GUARDED_BY(mu_);
   std::vector<uintptr_t> holes_ ABSL_GUARDED_BY(mu_);
+  bool retired_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace disagg::runtime

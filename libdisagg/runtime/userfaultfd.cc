@@ -123,15 +123,18 @@ absl::Status Userfaultfd::RegisterStaging(uintptr_t base, uint64_t bytes) {
   return absl::OkStatus();
 }
 
-absl::Status Userfaultfd::Move(uintptr_t dst, uintptr_t src, uint64_t bytes) {
-  uint64_t done = 0;
+absl::Status Userfaultfd::Move(uintptr_t dst, uintptr_t src, uint64_t bytes, uint64_t& done) {
+  done = 0;
   while (done < bytes) {
     uffdio_move move{};
     move.dst = dst + done;
     move.src = src + done;
     move.len = bytes - done;
     move.mode = UFFDIO_MOVE_MODE_DONTWAKE;
-    if (ioctl(fd_.get(), UFFDIO_MOVE, &move) == 0) return absl::OkStatus();
+    if (ioctl(fd_.get(), UFFDIO_MOVE, &move) == 0) {
+      done = bytes;
+      return absl::OkStatus();
+    }
     const int error = errno;
     if (move.move > 0) {
       done += move.move;  // a partial move: go on from where it stopped

@@ -33,8 +33,8 @@ class Userfaultfd {
   absl::Status RegisterStaging(uintptr_t base, uint64_t bytes);
   // Moves the pages of [src, src + bytes) to [dst, ...) (page-table moves: no copy), without
   // waking anyone. Both ranges registered here; every source page present, every destination
-  // page absent. On failure the status says how much had moved (from the start).
-  absl::Status Move(uintptr_t dst, uintptr_t src, uint64_t bytes);
+  // page absent. `moved` gets how many bytes moved (from the start), also on failure.
+  absl::Status Move(uintptr_t dst, uintptr_t src, uint64_t bytes, uint64_t& moved);
   // Wakes threads waiting on faults in [addr, addr + bytes).
   absl::Status WakeRange(uintptr_t addr, uint64_t bytes);
 

@@ -1,5 +1,6 @@
 #include "memory_element.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/uio.h>
@@ -12,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "internal/logging.h"
 #include "internal/page_unit.h"
+#include "internal/status_macros.h"
 #include "ipc/wire.h"
 
 namespace disagg::memmon {
@@ -293,14 +295,6 @@ absl::Status MemoryElement::HandlePlaceUnit(ipc::Link& link, uint64_t seq,
     }
     data.push_back(*page);
   }
-  // The pid names the peer only while it lives (its pidfd says): a pid reused by another
-  // process must not be written into.
-  pollfd exited{link.peer().pidfd.get(), POLLIN, 0};
-  if (poll(&exited, 1, 0) != 0) {
-    return Refuse(
-        link, seq,
-        absl::UnavailableError(absl::StrCat(options().name, ": ", link.label(), " has exited")));
-  }
   std::vector<uint64_t> hashes;
   if (absl::Status written = WriteInto(link, data, dst, hashes); !written.ok()) {
     return Refuse(link, seq, written);
@@ -315,8 +309,30 @@ absl::Status MemoryElement::HandlePlaceUnit(ipc::Link& link, uint64_t seq,
   return link.Send(builder);
 }
 
+absl::StatusOr<int> MemoryElement::MemoryOf(ipc::Link& link) {
+  if (auto it = memory_of_.find(link.id()); it != memory_of_.end()) return it->second.get();
+  const std::string path = absl::StrCat("/proc/", link.peer().pid, "/mem");
+  ipc::Fd fd(open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd.valid()) {
+    const int error = errno;
+    const std::string why = absl::StrCat(options().name, ": opening ", path, " of ", link.label(),
+                                         ": ", std::strerror(error));
+    if (error == ENOENT || error == ESRCH) return absl::UnavailableError(why);
+    return absl::UnimplementedError(why);  // EACCES, EPERM: the kernel's ptrace access check
+  }
+  // Opened while the peer lived (its pidfd says): the pid was not someone else's.
+  pollfd exited{link.peer().pidfd.get(), POLLIN, 0};
+  if (poll(&exited, 1, 0) != 0) {
+    return absl::UnavailableError(absl::StrCat(options().name, ": ", link.label(), " has exited"));
+  }
+  const int raw = fd.get();
+  memory_of_.emplace(link.id(), std::move(fd));
+  return raw;
+}
+
 absl::Status MemoryElement::WriteInto(ipc::Link& link, const std::vector<const uint8_t*>& pages,
                                       uint64_t dst, std::vector<uint64_t>& hashes) {
+  ASSIGN_OR_RETURN(const int memory, MemoryOf(link));
   // In chunks that stay in the CPU's cache between the hashing and the write.
   constexpr size_t kChunk = 32;
   std::vector<iovec> from;
@@ -335,15 +351,16 @@ absl::Status MemoryElement::WriteInto(ipc::Link& link, const std::vector<const u
       }
     }
     const size_t bytes = (end - first) * kPageBytes;
-    iovec to{reinterpret_cast<void*>(dst + first * kPageBytes), bytes};
-    const ssize_t written = process_vm_writev(link.peer().pid, from.data(), from.size(), &to, 1, 0);
+    const ssize_t written = pwritev(memory, from.data(), static_cast<int>(from.size()),
+                                    static_cast<off_t>(dst + first * kPageBytes));
     if (written == static_cast<ssize_t>(bytes)) continue;
-    const int error = written < 0 ? errno : EFAULT;
-    const std::string why =
-        absl::StrCat(options().name, ": writing ", pages.size(), " pages into ", link.label(),
-                     " at 0x", absl::Hex(dst), ": ", std::strerror(error));
-    if (error == EFAULT) return absl::InvalidArgumentError(why);
-    return absl::UnimplementedError(why);  // EPERM, ESRCH, ENOSYS
+    // A destination that is not plain memory of the process (unmapped, read-only, or behind
+    // its own userfaultfd: the kernel does not wait for the process here), or an address
+    // space it left by exec.
+    return absl::AbortedError(absl::StrCat(
+        options().name, ": writing ", pages.size(), " pages into ", link.label(), " at 0x",
+        absl::Hex(dst), ": ",
+        written < 0 ? std::strerror(errno) : absl::StrCat(written, " of ", bytes, " bytes")));
   }
   return absl::OkStatus();
 }

@@ -35,7 +35,10 @@ class MemoryElement : public Element {
 
  protected:
   absl::Status HandleOther(ipc::Link& link, proto::Message::Reader message) override;
-  void LinkClosed(ipc::Link& link) override { identities_.erase(link.id()); }
+  void LinkClosed(ipc::Link& link) override {
+    identities_.erase(link.id());
+    memory_of_.erase(link.id());
+  }
 
  private:
   absl::Status HandleProgram(ipc::Link& link, uint64_t seq, proto::ProgramPages::Reader program);
@@ -50,8 +53,9 @@ class MemoryElement : public Element {
   absl::Status HandleWritePages(ipc::Link& link, uint64_t seq, proto::WritePages::Reader write);
   absl::Status HandlePlaceUnit(ipc::Link& link, uint64_t seq, proto::PlaceUnit::Reader place);
   // Writes `pages` into the process on `link` from `dst` on and appends their hashes to
-  // `hashes`. INVALID_ARGUMENT if the process does not have the destination writable;
-  // UNIMPLEMENTED if the kernel does not let this element write into it.
+  // `hashes`. ABORTED if the process does not have the destination writable as plain
+  // anonymous memory (or exec'd another program since it connected); UNIMPLEMENTED if the
+  // kernel does not let this element write into it; UNAVAILABLE if it exited.
   absl::Status WriteInto(ipc::Link& link, const std::vector<const uint8_t*>& pages, uint64_t dst,
                          std::vector<uint64_t>& hashes);
   // Why a run of `pages` pages from `vpage` in slots from `slot` cannot be served on `link`.
@@ -65,6 +69,11 @@ class MemoryElement : public Element {
   PageStore store_;
   const MemoryOptions memory_options_;
   absl::flat_hash_map<uint64_t, uint64_t> identities_;  // link id -> peer start time
+  // The peer's /proc/<pid>/mem, opened at its first PlaceUnit: bound to the address space the
+  // process had then (an exec ends it, a reused pid never reaches it), and written without
+  // waiting on the process's own page faults (userfaultfd).
+  absl::flat_hash_map<uint64_t, ipc::Fd> memory_of_;  // link id ->
+  absl::StatusOr<int> MemoryOf(ipc::Link& link);
   struct Counters {
     uint64_t writebacks = 0;
     uint64_t refused = 0;

@@ -56,7 +56,7 @@ struct JoinOptions {
   // it, in one run): 1 (no read-ahead) to 128. Longer runs cost fewer calls per page to
   // install and to evict; shorter ones keep the first touch's wait short.
   int readahead_pages = 32;
-  // Sequential streams in a cache of 16 MiB or more are read in 2 MiB units, which the memory
+  // Sequential streams in a cache of 24 MiB or more are read in 2 MiB units, which the memory
   // element writes straight into this process and the kernel moves into place (no page is
   // copied or allocated here). Needs Linux 6.8 (UFFDIO_MOVE) and that the memory element may
   // write into this process (the kernel's ptrace access check: the same user, or root); where
