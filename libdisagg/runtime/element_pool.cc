@@ -46,6 +46,21 @@ absl::Status Unreachable(const std::string& element, const absl::Status& why) {
       absl::StrCat("memory element ", element, " cannot be reached: ", why.message()));
 }
 
+// True if `reply`, an awaited answer, means the connection is no good (the element is gone,
+// too slow, or answered something undecodable or wrong); any other error is the element
+// refusing that one request, and the connection stays good.
+bool ConnectionBroke(const absl::Status& reply) {
+  switch (reply.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kDataLoss:
+    case absl::StatusCode::kInvalidArgument:  // undecodable reply
+      return true;
+    default:
+      return false;
+  }
+}
+
 absl::Status WrongReply(const std::string& element) {
   return absl::DataLossError(
       absl::StrCat("memory element ", element, " answered a page request with a wrong reply"));
@@ -132,18 +147,11 @@ absl::Status ElementPool::ReadRuns(
             return absl::OkStatus();
           },
           timeout_);
-      switch (reply.code()) {
-        case absl::StatusCode::kOk:
-          break;
-        case absl::StatusCode::kUnavailable:
-        case absl::StatusCode::kDeadlineExceeded:
-        case absl::StatusCode::kDataLoss:
-        case absl::StatusCode::kInvalidArgument:  // undecodable reply
-          transport = reply;
-          continue;
-        default:  // the element refused this run: the connection stays good
-          use_status = use(group + i, reply, nullptr);
+      if (ConnectionBroke(reply)) {
+        transport = reply;
+        continue;
       }
+      if (!reply.ok()) use_status = use(group + i, reply, nullptr);  // this run refused
       if (first_use_error.ok()) first_use_error = use_status;
     }
   }
@@ -200,18 +208,11 @@ absl::Status ElementPool::PlaceUnits(
           return absl::OkStatus();
         },
         timeout_);
-    switch (reply.code()) {
-      case absl::StatusCode::kOk:
-        break;
-      case absl::StatusCode::kUnavailable:
-      case absl::StatusCode::kDeadlineExceeded:
-      case absl::StatusCode::kDataLoss:
-      case absl::StatusCode::kInvalidArgument:  // undecodable reply
-        transport = reply;
-        continue;
-      default:  // the element refused this unit: the connection stays good
-        use_status = use(i, reply, {});
+    if (ConnectionBroke(reply)) {
+      transport = reply;
+      continue;
     }
+    if (!reply.ok()) use_status = use(i, reply, {});  // this unit refused
     if (first_use_error.ok()) first_use_error = use_status;
   }
   if (!transport.ok()) return Unreachable(element, transport);
