@@ -7,7 +7,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <set>
+#include <sstream>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -309,6 +311,42 @@ absl::Status MemoryElement::HandlePlaceUnit(ipc::Link& link, uint64_t seq,
   return link.Send(builder);
 }
 
+namespace {
+
+// True if process `pid` runs with its user's own privileges: its effective, saved and
+// filesystem user and group IDs are its real ones, and, unless it is root, it holds no
+// capabilities.
+bool PlainCredentials(pid_t pid) {
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  bool uids = false, gids = false, caps = false;
+  uint64_t uid = 0;
+  while (std::getline(status, line)) {
+    std::istringstream fields(line);
+    std::string key;
+    fields >> key;
+    if (key == "Uid:" || key == "Gid:") {
+      uint64_t real = 0, other = 0;
+      fields >> real;
+      bool same = static_cast<bool>(fields);
+      for (int i = 0; i < 3 && same; ++i)
+        same = static_cast<bool>(fields >> other) && other == real;
+      if (!same) return false;  // effective, saved or filesystem ID differs from the real one
+      (key == "Uid:" ? uids : gids) = true;
+      if (key == "Uid:") uid = real;
+    } else if (key == "CapPrm:") {
+      std::string hex;
+      fields >> hex;
+      // Capabilities in a process of an ordinary user came from a file's capabilities.
+      if (uid != 0 && hex.find_first_not_of('0') != std::string::npos) return false;
+      caps = true;
+    }
+  }
+  return uids && gids && caps;
+}
+
+}  // namespace
+
 absl::StatusOr<int> MemoryElement::MemoryOf(ipc::Link& link) {
   if (auto it = memory_of_.find(link.id()); it != memory_of_.end()) return it->second.get();
   const std::string path = absl::StrCat("/proc/", link.peer().pid, "/mem");
@@ -324,6 +362,14 @@ absl::StatusOr<int> MemoryElement::MemoryOf(ipc::Link& link) {
   pollfd exited{link.peer().pidfd.get(), POLLIN, 0};
   if (poll(&exited, 1, 0) != 0) {
     return absl::UnavailableError(absl::StrCat(options().name, ": ", link.label(), " has exited"));
+  }
+  // The file holds the address space the process had when it was opened. A process that had
+  // exec'd a program with more privilege than its user (set-user-ID, set-group-ID, file
+  // capabilities) by then is not written into: an element running as root could be opened
+  // into it where the process itself could not write.
+  if (!PlainCredentials(link.peer().pid)) {
+    return absl::UnimplementedError(absl::StrCat(options().name, ": ", link.label(),
+                                                 " runs with privileges its user does not have"));
   }
   const int raw = fd.get();
   memory_of_.emplace(link.id(), std::move(fd));
