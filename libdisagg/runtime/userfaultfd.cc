@@ -197,11 +197,7 @@ absl::Status Userfaultfd::Poison(uintptr_t addr) {
   return ErrnoStatus(absl::StrCat("UFFDIO_POISON at 0x", absl::Hex(addr)));
 }
 
-absl::Status Userfaultfd::Wake(uintptr_t addr) {
-  uffdio_range range{addr, kPageBytes};
-  if (ioctl(fd_.get(), UFFDIO_WAKE, &range) == 0) return absl::OkStatus();
-  return ErrnoStatus(absl::StrCat("UFFDIO_WAKE at 0x", absl::Hex(addr)));
-}
+absl::Status Userfaultfd::Wake(uintptr_t addr) { return WakeRange(addr, kPageBytes); }
 
 absl::Status Userfaultfd::Drop(uintptr_t addr, uint64_t bytes) {
   if (madvise(reinterpret_cast<void*>(addr), bytes, MADV_DONTNEED) == 0) return absl::OkStatus();
