@@ -695,12 +695,13 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
 }
 
 void RackImpl::LeaveAddressSpace(uint64_t first, uint64_t count) {
-  // Whole units placed together go back to staging (the next unit written there needs no
-  // allocation); the rest is dropped.
+  // Whole units placed together, still one huge page, go back to staging (the next unit
+  // written there needs no allocation); the rest is dropped.
   uint64_t dropped = first;  // [dropped, p) is still to drop
   for (uint64_t p = first; p < first + count;) {
     const bool whole_unit = staging_ != nullptr && p % kUnitPages == 0 &&
-                            p + kUnitPages <= first + count && WholeUnit(p);
+                            p + kUnitPages <= first + count && WholeUnit(p) &&
+                            staging_->HugePage(p << kPageShift);
     if (!whole_unit) {
       ++p;
       continue;

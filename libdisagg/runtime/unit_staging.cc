@@ -1,10 +1,77 @@
 #include "runtime/unit_staging.h"
 
+#include <fcntl.h>
+#include <linux/types.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "internal/status_macros.h"
 
+// PAGEMAP_SCAN (Linux 6.7, newer than the installed headers): which pages of a range are in
+// given categories, as regions.
+#ifndef PAGEMAP_SCAN
+struct page_region {
+  __u64 start;
+  __u64 end;
+  __u64 categories;
+};
+struct pm_scan_arg {
+  __u64 size;
+  __u64 flags;
+  __u64 start;
+  __u64 end;
+  __u64 walk_end;
+  __u64 vec;
+  __u64 vec_len;
+  __u64 max_pages;
+  __u64 category_inverted;
+  __u64 category_mask;
+  __u64 category_anyof_mask;
+  __u64 return_mask;
+};
+#define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
+#define PAGE_IS_HUGE (1 << 6)
+#endif
+
 namespace disagg::runtime {
+namespace {
+
+// The huge-mapped regions of [addr, addr + bytes), at most `n`; -1 if the scan failed.
+long ScanHuge(int pagemap, uintptr_t addr, uint64_t bytes, page_region* regions, size_t n) {
+  pm_scan_arg arg{};
+  arg.size = sizeof(arg);
+  arg.start = addr;
+  arg.end = addr + bytes;
+  arg.vec = reinterpret_cast<uintptr_t>(regions);
+  arg.vec_len = n;
+  arg.category_mask = PAGE_IS_HUGE;
+  arg.return_mask = PAGE_IS_HUGE;
+  return ioctl(pagemap, PAGEMAP_SCAN, &arg);
+}
+
+// /proc/self/pagemap if the kernel scans it by category, else -1.
+int OpenPagemap() {
+  const int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  page_region region;
+  static const char probe = 0;  // mapped: the scan of its page succeeds, whatever it finds
+  const uintptr_t page = reinterpret_cast<uintptr_t>(&probe) & ~uintptr_t{4095};
+  if (ScanHuge(fd, page, 4096, &region, 1) < 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
+
+bool UnitStaging::HugePage(uintptr_t addr) const {
+  if (pagemap_ < 0) return false;
+  page_region region;
+  return ScanHuge(pagemap_, addr, kUnitBytes, &region, 1) == 1 && region.start == addr &&
+         region.end == addr + kUnitBytes;
+}
 
 absl::StatusOr<std::unique_ptr<UnitStaging>> UnitStaging::Create(Userfaultfd& uffd, size_t slots) {
   if (!uffd.can_move()) {
@@ -17,7 +84,8 @@ absl::StatusOr<std::unique_ptr<UnitStaging>> UnitStaging::Create(Userfaultfd& uf
   if (mapping == MAP_FAILED) return ErrnoStatus("reserving the unit staging range");
   const uintptr_t base =
       (reinterpret_cast<uintptr_t>(mapping) + kUnitBytes - 1) & ~(kUnitBytes - 1);
-  std::unique_ptr<UnitStaging> staging(new UnitStaging(mapping, mapping_bytes, base, bytes));
+  std::unique_ptr<UnitStaging> staging(
+      new UnitStaging(mapping, mapping_bytes, base, bytes, OpenPagemap()));
   // Huge pages where the kernel allocates them here; not in a child after fork; as the rack
   // range is.
   madvise(reinterpret_cast<void*>(base), bytes, MADV_HUGEPAGE);
@@ -27,12 +95,18 @@ absl::StatusOr<std::unique_ptr<UnitStaging>> UnitStaging::Create(Userfaultfd& uf
   return staging;
 }
 
-UnitStaging::UnitStaging(void* mapping, uint64_t mapping_bytes, uintptr_t base, uint64_t bytes)
-    : mapping_(mapping), mapping_bytes_(mapping_bytes), base_(base), bytes_(bytes) {
+UnitStaging::UnitStaging(void* mapping, uint64_t mapping_bytes, uintptr_t base, uint64_t bytes,
+                         int pagemap)
+    : mapping_(mapping),
+      mapping_bytes_(mapping_bytes),
+      base_(base),
+      bytes_(bytes),
+      pagemap_(pagemap) {
   for (uintptr_t a = base_ + bytes_; a > base_; a -= kUnitBytes) holes_.push_back(a - kUnitBytes);
 }
 
 UnitStaging::~UnitStaging() {
+  if (pagemap_ >= 0) close(pagemap_);
   MutexLock lock(&mu_);
   if (retired_) {
     mmap(mapping_, mapping_bytes_, PROT_NONE,

@@ -51,15 +51,23 @@ class UnitStaging {
 
   bool Contains(uintptr_t addr) const { return addr >= base_ && addr < base_ + bytes_; }
 
+  // True if the 2 MiB unit at `addr` (anywhere in the process) is mapped as one huge page,
+  // as the kernel's page map says (PAGEMAP_SCAN, Linux 6.7). Only such a unit is worth moving
+  // back here: a unit split into small pages (a write-protect change of part of it splits it)
+  // would be written and moved page by page by every unit that reused it. False where the
+  // kernel cannot tell.
+  bool HugePage(uintptr_t addr) const;
+
   static constexpr size_t kKeepFull = 4;
 
  private:
-  UnitStaging(void* mapping, uint64_t mapping_bytes, uintptr_t base, uint64_t bytes);
+  UnitStaging(void* mapping, uint64_t mapping_bytes, uintptr_t base, uint64_t bytes, int pagemap);
 
   void* const mapping_;
   const uint64_t mapping_bytes_;
   const uintptr_t base_;
   const uint64_t bytes_;
+  const int pagemap_;  // /proc/self/pagemap, or -1 if the kernel cannot scan it
   Mutex mu_;
   std::vector<uintptr_t> full_ ABSL_GUARDED_BY(mu_);
   std::vector<uintptr_t> holes_ ABSL_GUARDED_BY(mu_);
