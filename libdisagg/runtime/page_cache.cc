@@ -1,6 +1,7 @@
 #include "runtime/page_cache.h"
 
 #include <algorithm>
+#include <iterator>
 #include <vector>
 
 #include "runtime/log.h"
@@ -19,13 +20,23 @@ void PageCache::BeginFetch(uint64_t vpage) {
   ++fetching_;
 }
 
-void PageCache::FinishFetch(uint64_t vpage, bool dirty) {
+void PageCache::BeginFetchRun(uint64_t first, uint64_t end) {
+  auto hint = pages_.lower_bound(first);
+  for (uint64_t vpage = first; vpage < end; ++vpage) {
+    CHECK(hint == pages_.end() || hint->first != vpage)
+        << "page cache: fetch of page 0x" << std::hex << vpage << " that is known";
+    hint = std::next(pages_.emplace_hint(hint, vpage, PageEntry{}));
+    ++fetching_;
+  }
+}
+
+void PageCache::FinishFetch(uint64_t vpage, bool dirty, bool placed) {
   PageEntry* entry = Find(vpage);
   CHECK(entry != nullptr && entry->state == PageState::kFetching);
   --fetching_;
   entry->state = PageState::kPresent;
   entry->dirty = dirty;
-  entry->placed = false;
+  entry->placed = placed;
   entry->generation = next_generation_++;
   fifo_.emplace_back(vpage, entry->generation);
   peak_ = std::max(peak_, ++present_);
@@ -43,8 +54,14 @@ void PageCache::AbortFetch(uint64_t vpage, bool poisoned) {
 }
 
 std::optional<uint64_t> PageCache::NextVictim() {
+  std::optional<Victim> victim = NextVictimEntry();
+  if (!victim) return std::nullopt;
+  return victim->vpage;
+}
+
+std::optional<PageCache::Victim> PageCache::NextVictimEntry() {
   std::vector<std::pair<uint64_t, uint64_t>> pinned;
-  std::optional<uint64_t> victim;
+  std::optional<Victim> victim;
   while (!fifo_.empty()) {
     auto [vpage, generation] = fifo_.front();
     fifo_.pop_front();
@@ -57,7 +74,7 @@ std::optional<uint64_t> PageCache::NextVictim() {
       pinned.emplace_back(vpage, generation);
       continue;
     }
-    victim = vpage;
+    victim = Victim{vpage, entry->dirty, entry->placed};
     break;
   }
   fifo_.insert(fifo_.begin(), pinned.begin(), pinned.end());
@@ -96,6 +113,27 @@ void PageCache::Remove(uint64_t vpage) {
   CHECK(it->second.state != PageState::kFetching) << "page cache: removing a page being fetched";
   Leave(it->second);
   pages_.erase(it);
+}
+
+void PageCache::Evicted(const std::vector<Victim>& sorted, const std::vector<bool>& writing_back) {
+  auto it = pages_.end();
+  for (size_t i = 0; i < sorted.size(); ++i) {
+    const uint64_t vpage = sorted[i].vpage;
+    if (it == pages_.end() || it->first != vpage) it = pages_.find(vpage);
+    CHECK(it != pages_.end() && it->second.state == PageState::kPresent)
+        << "page cache: evicting page 0x" << std::hex << vpage << " that is not present";
+    if (writing_back[i]) {
+      --present_;
+      ++writing_back_;
+      it->second.state = PageState::kWritingBack;
+      it->second.dirty = false;
+      it->second.placed = false;
+      ++it;
+    } else {
+      Leave(it->second);
+      it = pages_.erase(it);
+    }
+  }
 }
 
 void PageCache::MarkPoisoned(uint64_t vpage) {

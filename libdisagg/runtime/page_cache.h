@@ -14,6 +14,7 @@
 #include <deque>
 #include <map>
 #include <optional>
+#include <vector>
 
 namespace disagg::runtime {
 
@@ -56,17 +57,30 @@ class PageCache {
 
   // An absent page starts being fetched.
   void BeginFetch(uint64_t vpage);
-  // A fetched page is installed (dirty if installed writable for a write fault).
-  void FinishFetch(uint64_t vpage, bool dirty);
+  // Absent pages [first, end) start being fetched (one walk of the map, not a search each).
+  void BeginFetchRun(uint64_t first, uint64_t end);
+  // A fetched page is installed (dirty if installed writable for a write fault; placed if it
+  // came with its 2 MiB unit).
+  void FinishFetch(uint64_t vpage, bool dirty, bool placed = false);
   // A fetch failed: the page is forgotten, or marked poisoned.
   void AbortFetch(uint64_t vpage, bool poisoned);
   // The present page to evict next (the longest present that is not pinned), or nullopt if
   // there is none. Pinned pages keep their place in the queue.
   std::optional<uint64_t> NextVictim();
+  // The same, with what the victim's entry holds.
+  struct Victim {
+    uint64_t vpage;
+    bool dirty;
+    bool placed;
+  };
+  std::optional<Victim> NextVictimEntry();
   // A present page was dropped from the address space and is being written back.
   void BeginWriteBack(uint64_t vpage);
   // The page leaves the cache whatever its state (a fetch in flight must not be removed).
   void Remove(uint64_t vpage);
+  // Evicted present pages, in ascending order, leave: those marked in `writing_back` are being
+  // written back, the others are removed. Consecutive pages cost a step of the map each.
+  void Evicted(const std::vector<Victim>& sorted, const std::vector<bool>& writing_back);
   void MarkPoisoned(uint64_t vpage);
   // True if a page in [first, last) is being fetched or written back.
   bool BusyIn(uint64_t first, uint64_t last) const;

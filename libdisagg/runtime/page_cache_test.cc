@@ -1,6 +1,7 @@
 #include "runtime/page_cache.h"
 
 #include <catch2/catch.hpp>
+#include <vector>
 
 namespace disagg::runtime {
 namespace {
@@ -75,6 +76,45 @@ TEST_CASE("Page cache: a shrunken quota shows as over quota, and poisoned pages 
   cache.BeginFetch(7);
   cache.AbortFetch(7, /*poisoned=*/false);
   REQUIRE(cache.Find(7) == nullptr);
+}
+
+TEST_CASE("Page cache: a run fetched together, its victims' entries, and their eviction") {
+  PageCache cache;
+  cache.set_quota_pages(16);
+  cache.BeginFetch(5);  // known pages around the run stay as they are
+  cache.BeginFetchRun(6, 10);
+  cache.BeginFetch(10);
+  REQUIRE(cache.free_pages() == 16 - 6);
+  for (uint64_t p = 6; p < 10; ++p) REQUIRE(cache.Find(p)->state == PageState::kFetching);
+  cache.FinishFetch(5, /*dirty=*/false);
+  for (uint64_t p = 6; p < 10; ++p) cache.FinishFetch(p, /*dirty=*/p == 7, /*placed=*/true);
+  cache.FinishFetch(10, /*dirty=*/true);
+  REQUIRE(cache.Find(6)->placed);
+  REQUIRE_FALSE(cache.Find(5)->placed);
+  std::vector<PageCache::Victim> victims;
+  while (auto victim = cache.NextVictimEntry()) victims.push_back(*victim);
+  REQUIRE(victims.size() == 6);
+  REQUIRE(victims[0].vpage == 5);
+  REQUIRE_FALSE(victims[0].placed);
+  REQUIRE(victims[2].vpage == 7);
+  REQUIRE(victims[2].dirty);
+  REQUIRE(victims[2].placed);
+  REQUIRE_FALSE(victims[3].dirty);
+  REQUIRE(victims[5].dirty);
+  // Pages 7 and 10 are written back, the others leave.
+  std::vector<bool> writing_back = {false, false, true, false, false, true};
+  cache.Evicted(victims, writing_back);
+  REQUIRE(cache.present_pages() == 0);
+  REQUIRE(cache.free_pages() == 16);
+  REQUIRE(cache.BusyIn(7, 8));
+  REQUIRE(cache.BusyIn(10, 11));
+  REQUIRE_FALSE(cache.BusyIn(8, 10));
+  REQUIRE(cache.Find(7)->state == PageState::kWritingBack);
+  REQUIRE_FALSE(cache.Find(7)->dirty);
+  for (uint64_t p : {5, 6, 8, 9}) REQUIRE(cache.Find(p) == nullptr);
+  cache.Remove(7);
+  cache.Remove(10);
+  REQUIRE(cache.pages().empty());
 }
 
 }  // namespace

@@ -447,10 +447,8 @@ bool RackImpl::ClaimUnit(uint64_t first, uint64_t from, uint64_t extent_end,
     // mu_ was released: look again.
     if (cache_.free_pages() < wanted || !all_free()) return false;
   }
-  for (uint64_t p = from; p < end; ++p) {
-    cache_.BeginFetch(p);
-    pages.push_back(p);
-  }
+  cache_.BeginFetchRun(from, end);
+  for (uint64_t p = from; p < end; ++p) pages.push_back(p);
   return true;
 }
 
@@ -460,11 +458,8 @@ void RackImpl::Complete(std::vector<Fetch>& fetches) {
     const bool placed = f.unit && f.written.size() == f.pages.size();
     for (size_t i = 0; i < f.pages.size(); ++i) {
       if (f.results[i].ok()) {
-        cache_.FinishFetch(f.pages[i], /*dirty=*/placed ? f.written[i] : f.write);
-        if (placed) {
-          cache_.Find(f.pages[i])->placed = true;
-          ++placed_;
-        }
+        cache_.FinishFetch(f.pages[i], /*dirty=*/placed ? f.written[i] : f.write, placed);
+        if (placed) ++placed_;
         ++faults_;
         if (f.ahead) ++read_ahead_;
       } else if (i == 0 && !f.ahead && !(f.unit && absl::IsAborted(f.results[0]))) {
@@ -610,37 +605,41 @@ absl::StatusOr<std::string> RackImpl::Translate(uint64_t vpage) {
 }
 
 uint64_t RackImpl::EvictBatch(uint64_t pages) {
-  std::vector<uint64_t> victims;
+  std::vector<PageCache::Victim> victims;
   while (victims.size() < pages) {
-    std::optional<uint64_t> victim = cache_.NextVictim();
+    std::optional<PageCache::Victim> victim = cache_.NextVictimEntry();
     if (!victim) break;
     victims.push_back(*victim);
   }
   // A unit leaves whole (its pages are next to each other in the queue): it goes back to
   // staging in one move.
-  while (!victims.empty() && (victims.back() + 1) % kUnitPages != 0 &&
-         cache_.Find(victims.back())->placed) {
-    std::optional<uint64_t> victim = cache_.NextVictim();
+  while (!victims.empty() && (victims.back().vpage + 1) % kUnitPages != 0 &&
+         victims.back().placed) {
+    std::optional<PageCache::Victim> victim = cache_.NextVictimEntry();
     if (!victim) break;
     victims.push_back(*victim);
   }
-  std::sort(victims.begin(), victims.end());
+  std::sort(victims.begin(), victims.end(),
+            [](const auto& a, const auto& b) { return a.vpage < b.vpage; });
   // Dirty pages are write-protected first (writers block from then on), so the copies taken
   // here are their last contents; then every victim leaves the address space.
   // Runs of adjacent victims are dropped, and runs of adjacent dirty ones write-protected,
   // with one call each: each costs a TLB shootdown. (Clean pages are write-protected already.)
-  std::vector<std::pair<uint64_t, uint64_t>> runs;  // (first page, pages)
-  std::vector<std::pair<uint64_t, uint64_t>> dirty_runs;
+  std::vector<std::pair<size_t, size_t>> runs;            // (first victim, victims)
+  std::vector<std::pair<uint64_t, uint64_t>> dirty_runs;  // (first page, pages)
   for (size_t i = 0; i < victims.size(); ++i) {
-    auto extend = [&](std::vector<std::pair<uint64_t, uint64_t>>& r) {
-      if (!r.empty() && r.back().first + r.back().second == victims[i]) {
-        ++r.back().second;
-      } else {
-        r.emplace_back(victims[i], 1);
-      }
-    };
-    extend(runs);
-    if (cache_.Find(victims[i])->dirty) extend(dirty_runs);
+    if (!runs.empty() && victims[i - 1].vpage + 1 == victims[i].vpage) {
+      ++runs.back().second;
+    } else {
+      runs.emplace_back(i, 1);
+    }
+    if (!victims[i].dirty) continue;
+    if (!dirty_runs.empty() &&
+        dirty_runs.back().first + dirty_runs.back().second == victims[i].vpage) {
+      ++dirty_runs.back().second;
+    } else {
+      dirty_runs.emplace_back(victims[i].vpage, 1);
+    }
   }
   for (const auto& [first, count] : dirty_runs) {
     absl::Status status = uffd_.WriteProtect(first << kPageShift, count * kPageBytes, true);
@@ -651,25 +650,21 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
   if (staging.size() < victims.size() * kPageBytes) staging.resize(victims.size() * kPageBytes);
   std::vector<std::pair<std::string, PageWrite>> writes;
   const ExtentInfo* extent = nullptr;
-  for (uint64_t vpage : victims) {
+  std::vector<bool> writing_back(victims.size(), false);
+  for (size_t i = 0; i < victims.size(); ++i) {
+    const uint64_t vpage = victims[i].vpage;
+    if (!victims[i].dirty) continue;
     if (extent == nullptr || vpage < extent->vpage || vpage >= extent->vpage + extent->pages) {
       extent = translations_.Find(vpage);  // victims are sorted: mostly the same extent
     }
-    if (!cache_.Find(vpage)->dirty || extent == nullptr) continue;
+    if (extent == nullptr) continue;
+    writing_back[i] = true;
     uint8_t* copy = staging.data() + writes.size() * kPageBytes;
     std::memcpy(copy, reinterpret_cast<const void*>(vpage << kPageShift), kPageBytes);
     writes.push_back({extent->element, PageWrite{vpage, copy}});
   }
-  for (const auto& [first, count] : runs) LeaveAddressSpace(first, count);
-  size_t w = 0;
-  for (uint64_t vpage : victims) {
-    if (w < writes.size() && writes[w].second.vpage == vpage) {
-      cache_.BeginWriteBack(vpage);
-      ++w;
-    } else {
-      cache_.Remove(vpage);
-    }
-  }
+  for (const auto& [first, count] : runs) LeaveAddressSpace(&victims[first], count);
+  cache_.Evicted(victims, writing_back);
   evictions_ += victims.size();
   if (writes.empty()) return victims.size();
 
@@ -694,43 +689,36 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
   return victims.size();
 }
 
-void RackImpl::LeaveAddressSpace(uint64_t first, uint64_t count) {
+void RackImpl::LeaveAddressSpace(const PageCache::Victim* run, size_t count) {
   // Whole units placed together, still one huge page, go back to staging (the next unit
   // written there needs no allocation); the rest is dropped.
+  const uint64_t first = run[0].vpage;
   uint64_t dropped = first;  // [dropped, p) is still to drop
-  for (uint64_t p = first; p < first + count;) {
-    const bool whole_unit = staging_ != nullptr && p % kUnitPages == 0 &&
-                            p + kUnitPages <= first + count && WholeUnit(p) &&
-                            staging_->HugePage(p << kPageShift);
-    if (!whole_unit) {
-      ++p;
+  size_t placed = 0;         // victims placed up to p, in a row
+  for (size_t i = 0; i < count; ++i) {
+    placed = run[i].placed ? placed + 1 : 0;
+    const uint64_t p = first + i + 1 - kUnitPages;  // the unit [p, first + i] if it is one
+    if (staging_ == nullptr || placed < kUnitPages || p % kUnitPages != 0 ||
+        !staging_->HugePage(p << kPageShift)) {
       continue;
     }
-    if (std::optional<uintptr_t> hole = staging_->TakeHole()) {
-      uint64_t moved = 0;
-      if (uffd_.Move(*hole, p << kPageShift, kUnitBytes, moved).ok()) {
-        // Pages that were swapped out keep their write protection through a move: the element
-        // must never wait on this process's faults when it writes the slot.
-        (void)uffd_.WriteProtect(*hole, kUnitBytes, /*protect=*/false);
-        staging_->Give({*hole, true});
-        if (p > dropped) (void)uffd_.Drop(dropped << kPageShift, (p - dropped) * kPageBytes);
-        dropped = p + kUnitPages;
-      } else {
-        staging_->Retire(*hole);  // perhaps partly filled
-      }
+    placed = 0;
+    std::optional<uintptr_t> hole = staging_->TakeHole();
+    if (!hole) continue;
+    uint64_t moved = 0;
+    if (uffd_.Move(*hole, p << kPageShift, kUnitBytes, moved).ok()) {
+      // Pages that were swapped out keep their write protection through a move: the element
+      // must never wait on this process's faults when it writes the slot.
+      (void)uffd_.WriteProtect(*hole, kUnitBytes, /*protect=*/false);
+      staging_->Give({*hole, true});
+      if (p > dropped) (void)uffd_.Drop(dropped << kPageShift, (p - dropped) * kPageBytes);
+      dropped = p + kUnitPages;
+    } else {
+      staging_->Retire(*hole);  // perhaps partly filled
     }
-    p += kUnitPages;
   }
   const uint64_t end = first + count;
   if (end > dropped) (void)uffd_.Drop(dropped << kPageShift, (end - dropped) * kPageBytes);
-}
-
-bool RackImpl::WholeUnit(uint64_t first) {
-  for (uint64_t p = first; p < first + kUnitPages; ++p) {
-    const PageEntry* entry = cache_.Find(p);
-    if (entry == nullptr || entry->state != PageState::kPresent || !entry->placed) return false;
-  }
-  return true;
 }
 
 void RackImpl::ShrinkToQuota() {

@@ -166,11 +166,10 @@ class RackImpl final : public Rack {
   // Evicts up to `pages` of the longest-present pages, writing the dirty ones back (mu_ is
   // released meanwhile). Returns how many left; 0 if no page is present to evict.
   uint64_t EvictBatch(uint64_t pages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Takes the evicted pages [first, first + count) out of the address space: whole units
-  // placed together are moved back to staging, the rest dropped.
-  void LeaveAddressSpace(uint64_t first, uint64_t count) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // True if every page of the unit at `first` is present and was placed with it.
-  bool WholeUnit(uint64_t first) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes `count` evicted pages, consecutive from run[0], out of the address space: whole
+  // units placed together are moved back to staging, the rest dropped.
+  void LeaveAddressSpace(const PageCache::Victim* run, size_t count)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts until the cache fits its quota (waits for fetches in flight to land first).
   void ShrinkToQuota() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
