@@ -485,10 +485,10 @@ struct WritePages {
 }
 
 # Application -> memory element: up to 512 pages (a huge page's worth) written by the element
-# straight into the application's own memory at `dst` (process_vm_writev), where the
+# straight into the application's own memory at `dst` (through /proc/<pid>/mem), where the
 # application moves them into place. Checked as a ReadPages is; answered UnitPlaced, or an
-# Error: for the first page as a ReadPages; INVALID_ARGUMENT for a destination the process does
-# not have writable; UNIMPLEMENTED when the element may not write into the process (the
+# Error: for the first page as a ReadPages; INVALID_ARGUMENT for a malformed unit; ABORTED for
+# a destination the element cannot write (not plain writable memory of the process); UNIMPLEMENTED when the element may not write into the process (the
 # kernel's permission check), so that the application uses ReadPages instead.
 struct PlaceUnit {
   vpage @0 :UInt64;             # the unit's first page
@@ -498,7 +498,6 @@ struct PlaceUnit {
 
 struct UnitPlaced {
   pages @0 :UInt32;             # how many of the unit, from its start, were written (>= 1)
-  hashes @1 :List(UInt64);      # PageHash (internal/page_unit.h) of each page written
 }
 
 struct Message {

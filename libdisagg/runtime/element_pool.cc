@@ -162,8 +162,7 @@ absl::Status ElementPool::ReadRuns(
 
 absl::Status ElementPool::PlaceUnits(
     const std::string& element, absl::Span<const UnitPlacement> units,
-    absl::FunctionRef<absl::Status(size_t, absl::StatusOr<size_t>, absl::Span<const uint64_t>)> use,
-    size_t& sent_count) {
+    absl::FunctionRef<absl::Status(size_t, absl::StatusOr<size_t>)> use, size_t& sent_count) {
   sent_count = 0;
   for (const UnitPlacement& unit : units) {
     if (unit.pages == 0 || unit.pages > kUnitPages || unit.dst % kPageBytes != 0) {
@@ -190,7 +189,6 @@ absl::Status ElementPool::PlaceUnits(
   }
   sent_count = sent.size();
   absl::Status first_use_error;
-  std::vector<uint64_t> hashes;
   for (size_t i = 0; i < sent.size() && transport.ok(); ++i) {
     absl::Status use_status;
     absl::Status reply = client->Await(
@@ -199,12 +197,8 @@ absl::Status ElementPool::PlaceUnits(
           if (!message.isUnitPlaced()) return WrongReply(element);
           auto placed = message.getUnitPlaced();
           const size_t pages = placed.getPages();
-          if (pages == 0 || pages > units[i].pages || placed.getHashes().size() != pages) {
-            return WrongReply(element);
-          }
-          hashes.clear();
-          for (uint64_t hash : placed.getHashes()) hashes.push_back(hash);
-          use_status = use(i, pages, hashes);
+          if (pages == 0 || pages > units[i].pages) return WrongReply(element);
+          use_status = use(i, pages);
           return absl::OkStatus();
         },
         timeout_);
@@ -212,7 +206,7 @@ absl::Status ElementPool::PlaceUnits(
       transport = reply;
       continue;
     }
-    if (!reply.ok()) use_status = use(i, reply, {});  // this unit refused
+    if (!reply.ok()) use_status = use(i, reply);  // this unit refused
     if (first_use_error.ok()) first_use_error = use_status;
   }
   if (!transport.ok()) return Unreachable(element, transport);

@@ -56,8 +56,8 @@ class ElementPool {
 
   // Has `element` write units of pages straight into this process (PlaceUnit), each at its
   // `dst`, all requests sent before the first reply is awaited, and calls `use` for each unit
-  // in order with its index, how many of its pages were written (from its start) with their
-  // page hashes (internal/page_unit.h), or the element's refusal (UNIMPLEMENTED: the element
+  // in order with its index, how many of its pages were written (from its start), or the
+  // element's refusal (UNIMPLEMENTED: the element
   // may not write into this process; ABORTED: it could not write this unit). The returned
   // status is the transport's (UNAVAILABLE: units not yet passed to `use` were not placed, but
   // the first `sent` of them may still be written) or the first error `use` returned.
@@ -66,11 +66,9 @@ class ElementPool {
     size_t pages;  // 1 to kUnitPages
     uintptr_t dst;
   };
-  absl::Status PlaceUnits(
-      const std::string& element, absl::Span<const UnitPlacement> units,
-      absl::FunctionRef<absl::Status(size_t, absl::StatusOr<size_t>, absl::Span<const uint64_t>)>
-          use,
-      size_t& sent);
+  absl::Status PlaceUnits(const std::string& element, absl::Span<const UnitPlacement> units,
+                          absl::FunctionRef<absl::Status(size_t, absl::StatusOr<size_t>)> use,
+                          size_t& sent);
 
   // Writes `pages` back to `element` through the channel's page slots, runs of consecutive
   // pages pipelined, and returns once it acknowledged them all.

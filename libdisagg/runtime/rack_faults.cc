@@ -316,12 +316,12 @@ void RackImpl::PlaceAndInstall(std::vector<Fetch>& fetches, const std::string& e
   size_t sent = 0;
   const absl::Status transport = elements_.PlaceUnits(
       element, units,
-      [&](size_t u, absl::StatusOr<size_t> placed, absl::Span<const uint64_t> hashes) {
+      [&](size_t u, absl::StatusOr<size_t> placed) {
         Fetch& f = fetches[placing[u]];
         delivered[u] = true;
         if (placed.ok()) {
           slots[u].holds_pages = true;
-          move_failed |= !InstallPlaced(f, slots[u], *placed, hashes);
+          move_failed |= !InstallPlaced(f, slots[u], *placed);
           if (u == 0) MakeUnitRoom();
           return absl::OkStatus();
         }
@@ -361,8 +361,7 @@ void RackImpl::PlaceAndInstall(std::vector<Fetch>& fetches, const std::string& e
   }
 }
 
-bool RackImpl::InstallPlaced(Fetch& f, UnitStaging::Slot& slot, size_t placed,
-                             absl::Span<const uint64_t> hashes) {
+bool RackImpl::InstallPlaced(Fetch& f, UnitStaging::Slot& slot, size_t placed) {
   const uintptr_t addr = f.pages[0] << kPageShift;
   if (placed < f.pages.size()) {
     // Cut short at a page the element may not read: what it wrote goes in as a run.
@@ -371,6 +370,12 @@ bool RackImpl::InstallPlaced(Fetch& f, UnitStaging::Slot& slot, size_t placed,
     for (size_t k = 0; k < placed; ++k) f.results[k] = installed;
     staging_->Give(slot);
     return true;
+  }
+  // What the element wrote, for the check after the move (a read fault's unit only).
+  thread_local std::vector<uint64_t> hashes;
+  hashes.resize(f.write ? 0 : placed);
+  for (size_t k = 0; k < hashes.size(); ++k) {
+    hashes[k] = PageHash(reinterpret_cast<const void*>(slot.addr + k * kPageBytes));
   }
   // A fault there left an empty page table behind: dropping the (absent) unit frees it, so
   // that the unit moves in as one huge page, not 512 small ones.
@@ -391,8 +396,8 @@ bool RackImpl::InstallPlaced(Fetch& f, UnitStaging::Slot& slot, size_t placed,
   // A read fault's unit is write-protected, so that the first write to each page faults, as
   // any page installed for a read; a write fault's stays writable and counts as written, as a
   // write fault's run does. A move cannot install pages write-protected: a write between the
-  // move and the protection takes no fault, so the pages are checked against the hashes the
-  // element sent (writes from then on fault, and wait until the unit is recorded), and those
+  // move and the protection takes no fault, so the pages are checked against their hashes
+  // taken in staging (writes from then on fault, and wait until the unit is recorded), and those
   // that differ count as written. If the protection fails, every page counts as written.
   f.written.assign(f.pages.size(), true);
   bool protected_ = false;

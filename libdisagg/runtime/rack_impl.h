@@ -124,10 +124,9 @@ class RackImpl final : public Rack {
   // with ABORTED results: its pages are forgotten and fetched again in runs.
   void PlaceAndInstall(std::vector<Fetch>& fetches, const std::string& element,
                        const std::vector<size_t>& indexes) ABSL_LOCKS_EXCLUDED(mu_);
-  // Installs the unit `f` the element wrote into `slot` (`placed` pages of it, with their
-  // hashes) and gives the slot back (or retires it). False if the move into place failed.
-  bool InstallPlaced(Fetch& f, UnitStaging::Slot& slot, size_t placed,
-                     absl::Span<const uint64_t> hashes) ABSL_LOCKS_EXCLUDED(mu_);
+  // Installs the unit `f` the element wrote into `slot` (`placed` pages of it) and gives the
+  // slot back (or retires it). False if the move into place failed.
+  bool InstallPlaced(Fetch& f, UnitStaging::Slot& slot, size_t placed) ABSL_LOCKS_EXCLUDED(mu_);
   void Complete(std::vector<Fetch>& fetches);
   void HandleWriteProtect(uint64_t vpage);
   // Where `vpage` lives: its memory element, or why the rack refuses it.

@@ -297,17 +297,13 @@ absl::Status MemoryElement::HandlePlaceUnit(ipc::Link& link, uint64_t seq,
     }
     data.push_back(*page);
   }
-  std::vector<uint64_t> hashes;
-  if (absl::Status written = WriteInto(link, data, dst, hashes); !written.ok()) {
+  if (absl::Status written = WriteInto(link, data, dst); !written.ok()) {
     return Refuse(link, seq, written);
   }
-  capnp::MallocMessageBuilder builder(kUnitPages + 16);
+  capnp::MallocMessageBuilder builder(16);
   auto reply = builder.initRoot<proto::Message>();
   reply.setSeq(seq);
-  auto placed = reply.initUnitPlaced();
-  placed.setPages(static_cast<uint32_t>(hashes.size()));
-  auto list = placed.initHashes(static_cast<unsigned>(hashes.size()));
-  for (size_t i = 0; i < hashes.size(); ++i) list.set(static_cast<unsigned>(i), hashes[i]);
+  reply.initUnitPlaced().setPages(static_cast<uint32_t>(data.size()));
   return link.Send(builder);
 }
 
@@ -377,17 +373,15 @@ absl::StatusOr<int> MemoryElement::MemoryOf(ipc::Link& link) {
 }
 
 absl::Status MemoryElement::WriteInto(ipc::Link& link, const std::vector<const uint8_t*>& pages,
-                                      uint64_t dst, std::vector<uint64_t>& hashes) {
+                                      uint64_t dst) {
   ASSIGN_OR_RETURN(const int memory, MemoryOf(link));
-  // In chunks that stay in the CPU's cache between the hashing and the write.
-  constexpr size_t kChunk = 32;
+  // In chunks of at most IOV_MAX runs (never-written pages are all one zero page).
+  constexpr size_t kChunk = 256;
   std::vector<iovec> from;
   for (size_t first = 0; first < pages.size(); first += kChunk) {
     const size_t end = std::min(pages.size(), first + kChunk);
     from.clear();
     for (size_t k = first; k < end; ++k) {
-      // Never-written pages are all one zero page: hashed once.
-      hashes.push_back(k > 0 && pages[k] == pages[k - 1] ? hashes.back() : PageHash(pages[k]));
       auto* data = const_cast<uint8_t*>(pages[k]);
       if (!from.empty() &&
           static_cast<uint8_t*>(from.back().iov_base) + from.back().iov_len == data) {

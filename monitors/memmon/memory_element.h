@@ -52,12 +52,11 @@ class MemoryElement : public Element {
   absl::Status HandleReadPages(ipc::Link& link, uint64_t seq, proto::ReadPages::Reader read);
   absl::Status HandleWritePages(ipc::Link& link, uint64_t seq, proto::WritePages::Reader write);
   absl::Status HandlePlaceUnit(ipc::Link& link, uint64_t seq, proto::PlaceUnit::Reader place);
-  // Writes `pages` into the process on `link` from `dst` on and appends their hashes to
-  // `hashes`. ABORTED if the process does not have the destination writable as plain
-  // anonymous memory (or exec'd another program since it connected); UNIMPLEMENTED if the
-  // kernel does not let this element write into it; UNAVAILABLE if it exited.
-  absl::Status WriteInto(ipc::Link& link, const std::vector<const uint8_t*>& pages, uint64_t dst,
-                         std::vector<uint64_t>& hashes);
+  // Writes `pages` into the process on `link` from `dst` on. ABORTED if the process does not have
+  // the destination writable as plain anonymous memory (or exec'd another program since it
+  // connected); UNIMPLEMENTED if the kernel does not let this element write into it; UNAVAILABLE if
+  // it exited.
+  absl::Status WriteInto(ipc::Link& link, const std::vector<const uint8_t*>& pages, uint64_t dst);
   // Why a run of `pages` pages from `vpage` in slots from `slot` cannot be served on `link`.
   absl::Status CheckRun(const ipc::Link& link, uint64_t vpage, uint64_t pages, uint64_t slot);
   absl::Status HandleWrite(ipc::Link& link, uint64_t seq, proto::PageData::Reader page);
