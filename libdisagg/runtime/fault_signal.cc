@@ -51,11 +51,18 @@ std::atomic<uint64_t> g_bytes{0};
 std::atomic<MemoryFaultHandler> g_handler{nullptr};
 struct sigaction g_previous;
 std::atomic<bool> g_installed{false};
+// The process was fenced: every access the rack refuses from then on is refused for that.
+std::atomic<bool> g_fenced{false};
 
 size_t SlotOf(uint64_t vpage) { return (vpage * 0x9E3779B97F4A7C15ull) >> 52; }
 
 MemoryFault LookUp(void* address) {
-  MemoryFault fault{address, FaultCause::kRefused, {}};
+  // A miss (the slot was taken by another page, or forgotten when the fenced process dropped
+  // its cache while this access was raising SIGBUS) is still true as "refused", and exact as
+  // "fenced" once the process is.
+  const FaultCause miss =
+      g_fenced.load(std::memory_order_acquire) ? FaultCause::kFenced : FaultCause::kRefused;
+  MemoryFault fault{address, miss, {}};
   const uint64_t vpage = reinterpret_cast<uintptr_t>(address) >> 12;
   const Slot& slot = g_slots[SlotOf(vpage)];
   if (slot.vpage.load(std::memory_order_acquire) == vpage) {
@@ -63,9 +70,7 @@ MemoryFault LookUp(void* address) {
     const int element = slot.element.load(std::memory_order_acquire);
     // Another page's poisoning may have taken the slot meanwhile: then this one is a miss.
     std::atomic_thread_fence(std::memory_order_acquire);
-    if (slot.vpage.load(std::memory_order_relaxed) != vpage) {
-      return MemoryFault{address, FaultCause::kRefused, {}};
-    }
+    if (slot.vpage.load(std::memory_order_relaxed) != vpage) return MemoryFault{address, miss, {}};
     if (element >= 0 && element < g_names_used.load(std::memory_order_acquire)) {
       std::memcpy(fault.element, g_names[element], sizeof(fault.element));
     }
@@ -134,6 +139,7 @@ absl::Status InstallFaultSignal(uintptr_t base, uint64_t bytes) {
   if (g_installed.exchange(true)) {
     return absl::FailedPreconditionError("the rack's SIGBUS handler is already installed");
   }
+  g_fenced.store(false, std::memory_order_relaxed);
   g_bytes.store(bytes, std::memory_order_relaxed);
   g_base.store(base, std::memory_order_release);
   struct sigaction action {};
@@ -165,6 +171,8 @@ void RecordPoison(uint64_t vpage, FaultCause cause, const std::string& element) 
   slot.element.store(name, std::memory_order_relaxed);
   slot.vpage.store(vpage, std::memory_order_release);
 }
+
+void RecordFenced() { g_fenced.store(true, std::memory_order_release); }
 
 void ForgetPoison(uint64_t vpage) {
   Slot& slot = g_slots[SlotOf(vpage)];

@@ -29,6 +29,9 @@ void SetMemoryFaultHandler(MemoryFaultHandler handler);
 // ("" if none) / forgets it.
 void RecordPoison(uint64_t vpage, FaultCause cause, const std::string& element);
 void ForgetPoison(uint64_t vpage);
+// Remembers that the process was fenced: an access whose cause is not (or no longer) recorded
+// is then reported as fenced.
+void RecordFenced();
 
 }  // namespace disagg::runtime
 

@@ -1,6 +1,7 @@
 // What a process does when the rack tells it of a failure: a memory element's pages are
 // given up, or the whole process is fenced.
 #include "absl/strings/str_cat.h"
+#include "runtime/fault_signal.h"
 #include "runtime/log.h"
 #include "runtime/rack_impl.h"
 
@@ -35,6 +36,7 @@ void RackImpl::ForgetFailed(uint64_t first, uint64_t last) {
 void RackImpl::Fenced(const std::string& reason) {
   if (fenced_) return;
   fenced_ = reason;
+  RecordFenced();  // before the cache is dropped, with the causes recorded for its pages
   // Nothing of this process reaches rack memory any more: what it holds is dropped, and
   // its memory is kept, as it was last written back, for whoever adopts it.
   const uint64_t first = range_base_ >> kPageShift;
