@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,6 +19,7 @@
 
 #include "disagg/disagg.h"
 #include "disagg/redo_log.h"
+#include "internal/pagemap_scan.h"
 #include "rack_harness.h"
 #include "rack_peer_driver.h"
 
@@ -52,18 +52,6 @@ struct JoinedRack {
 
 uint64_t Pattern(uint64_t word, uint64_t salt) { return (word + 1) * 0x9E3779B97F4A7C15ull ^ salt; }
 
-// PAGEMAP_SCAN (Linux 6.7; newer than the installed headers): the pages of a range in given
-// categories.
-struct ScannedRegion {
-  uint64_t start, end, categories;
-};
-struct ScanArg {
-  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted,
-      category_mask, category_anyof_mask, return_mask;
-};
-constexpr unsigned long kPagemapScan = _IOWR('f', 16, ScanArg);
-constexpr uint64_t kPageIsHuge = 1 << 6;
-
 // Bytes of [addr, addr + bytes) mapped as huge pages, or -1 if the kernel cannot tell (no
 // PAGEMAP_SCAN) or allocates no transparent huge pages (disabled).
 int64_t HugeBytes(const void* addr, uint64_t bytes) {
@@ -75,20 +63,8 @@ int64_t HugeBytes(const void* addr, uint64_t bytes) {
   if (!read || std::strstr(setting, "[never]") != nullptr) return -1;
   const int pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
   if (pagemap < 0) return -1;
-  std::vector<ScannedRegion> regions(bytes / (2 << 20) + 1);
-  ScanArg arg{};
-  arg.size = sizeof(arg);
-  arg.start = reinterpret_cast<uintptr_t>(addr);
-  arg.end = arg.start + bytes;
-  arg.vec = reinterpret_cast<uintptr_t>(regions.data());
-  arg.vec_len = regions.size();
-  arg.category_mask = kPageIsHuge;
-  arg.return_mask = kPageIsHuge;
-  const long found = ioctl(pagemap, kPagemapScan, &arg);
+  const int64_t huge = HugeMappedBytes(pagemap, reinterpret_cast<uintptr_t>(addr), bytes);
   close(pagemap);
-  if (found < 0) return -1;
-  int64_t huge = 0;
-  for (long i = 0; i < found; ++i) huge += regions[i].end - regions[i].start;
   return huge;
 }
 

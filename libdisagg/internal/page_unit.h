@@ -1,6 +1,6 @@
 // Page units: runs of pages a memory element writes straight into an application's memory
-// (PlaceUnit), and the page hash both sides use to tell whether a page placed that way has
-// changed since. Header-only; thread-safe (pure functions).
+// (PlaceUnit), and the page hash the application uses to tell whether a page placed that way
+// has changed since it was hashed in staging. Header-only; thread-safe (pure functions).
 //
 // The hash is not cryptographic: it tells a page the application changed from the one it was
 // given with a chance of a miss of about 2^-64 per changed page, not against a page crafted to

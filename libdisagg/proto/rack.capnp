@@ -488,8 +488,9 @@ struct WritePages {
 # straight into the application's own memory at `dst` (through /proc/<pid>/mem), where the
 # application moves them into place. Checked as a ReadPages is; answered UnitPlaced, or an
 # Error: for the first page as a ReadPages; INVALID_ARGUMENT for a malformed unit; ABORTED for
-# a destination the element cannot write (not plain writable memory of the process); UNIMPLEMENTED when the element may not write into the process (the
-# kernel's permission check), so that the application uses ReadPages instead.
+# a destination the element cannot write (not plain writable memory of the process);
+# UNIMPLEMENTED when the element may not write into the process (the kernel's permission
+# check), so that the application uses ReadPages instead.
 struct PlaceUnit {
   vpage @0 :UInt64;             # the unit's first page
   pages @1 :UInt32;             # 1 to 512

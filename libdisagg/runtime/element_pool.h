@@ -57,8 +57,8 @@ class ElementPool {
   // Has `element` write units of pages straight into this process (PlaceUnit), each at its
   // `dst`, all requests sent before the first reply is awaited, and calls `use` for each unit
   // in order with its index, how many of its pages were written (from its start), or the
-  // element's refusal (UNIMPLEMENTED: the element
-  // may not write into this process; ABORTED: it could not write this unit). The returned
+  // element's refusal (UNIMPLEMENTED: the element may not write into this process; ABORTED:
+  // it could not write this unit). The returned
   // status is the transport's (UNAVAILABLE: units not yet passed to `use` were not placed, but
   // the first `sent` of them may still be written) or the first error `use` returned.
   struct UnitPlacement {

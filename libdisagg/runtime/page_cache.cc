@@ -53,13 +53,7 @@ void PageCache::AbortFetch(uint64_t vpage, bool poisoned) {
   }
 }
 
-std::optional<uint64_t> PageCache::NextVictim() {
-  std::optional<Victim> victim = NextVictimEntry();
-  if (!victim) return std::nullopt;
-  return victim->vpage;
-}
-
-std::optional<PageCache::Victim> PageCache::NextVictimEntry() {
+std::optional<PageCache::Victim> PageCache::NextVictim() {
   std::vector<std::pair<uint64_t, uint64_t>> pinned;
   std::optional<Victim> victim;
   while (!fifo_.empty()) {
@@ -79,16 +73,6 @@ std::optional<PageCache::Victim> PageCache::NextVictimEntry() {
   }
   fifo_.insert(fifo_.begin(), pinned.begin(), pinned.end());
   return victim;
-}
-
-void PageCache::BeginWriteBack(uint64_t vpage) {
-  PageEntry* entry = Find(vpage);
-  CHECK(entry != nullptr && entry->state == PageState::kPresent);
-  --present_;
-  ++writing_back_;
-  entry->state = PageState::kWritingBack;
-  entry->dirty = false;
-  entry->placed = false;
 }
 
 void PageCache::Leave(PageEntry& entry) {

@@ -64,18 +64,15 @@ class PageCache {
   void FinishFetch(uint64_t vpage, bool dirty, bool placed = false);
   // A fetch failed: the page is forgotten, or marked poisoned.
   void AbortFetch(uint64_t vpage, bool poisoned);
-  // The present page to evict next (the longest present that is not pinned), or nullopt if
-  // there is none. Pinned pages keep their place in the queue.
-  std::optional<uint64_t> NextVictim();
-  // The same, with what the victim's entry holds.
+  // A page to evict, with what its entry holds.
   struct Victim {
     uint64_t vpage;
     bool dirty;
     bool placed;
   };
-  std::optional<Victim> NextVictimEntry();
-  // A present page was dropped from the address space and is being written back.
-  void BeginWriteBack(uint64_t vpage);
+  // The present page to evict next (the longest present that is not pinned), or nullopt if
+  // there is none. Pinned pages keep their place in the queue.
+  std::optional<Victim> NextVictim();
   // The page leaves the cache whatever its state (a fetch in flight must not be removed).
   void Remove(uint64_t vpage);
   // Evicted present pages, in ascending order, leave: those marked in `writing_back` are being

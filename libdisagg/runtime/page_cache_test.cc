@@ -6,6 +6,12 @@
 namespace disagg::runtime {
 namespace {
 
+std::optional<uint64_t> VictimPage(PageCache& cache) {
+  std::optional<PageCache::Victim> victim = cache.NextVictim();
+  if (!victim) return std::nullopt;
+  return victim->vpage;
+}
+
 TEST_CASE("Page cache counts fetches against the quota and evicts the longest present") {
   PageCache cache;
   cache.set_quota_pages(2);
@@ -17,8 +23,11 @@ TEST_CASE("Page cache counts fetches against the quota and evicts the longest pr
   cache.FinishFetch(10, /*dirty=*/false);
   REQUIRE(cache.present_pages() == 2);
   REQUIRE(cache.peak_present_pages() == 2);
-  REQUIRE(cache.NextVictim() == std::optional<uint64_t>(11));  // fetched first
-  cache.BeginWriteBack(11);
+  const std::optional<PageCache::Victim> victim = cache.NextVictim();
+  REQUIRE(victim.has_value());
+  REQUIRE(victim->vpage == 11);  // fetched first
+  REQUIRE(victim->dirty);
+  cache.Evicted({*victim}, {/*writing_back=*/true});
   REQUIRE(cache.present_pages() == 1);
   REQUIRE(cache.BusyIn(11, 12));
   REQUIRE_FALSE(cache.BusyIn(10, 11));
@@ -37,11 +46,11 @@ TEST_CASE("Page cache skips pages that left the eviction queue's view") {
   cache.Remove(1);
   cache.BeginFetch(1);  // fetched again: a newer generation, queued behind page 2
   cache.FinishFetch(1, false);
-  REQUIRE(cache.NextVictim() == std::optional<uint64_t>(2));
+  REQUIRE(VictimPage(cache) == std::optional<uint64_t>(2));
   cache.Remove(2);
-  REQUIRE(cache.NextVictim() == std::optional<uint64_t>(1));
+  REQUIRE(VictimPage(cache) == std::optional<uint64_t>(1));
   cache.Remove(1);
-  REQUIRE_FALSE(cache.NextVictim().has_value());
+  REQUIRE_FALSE(VictimPage(cache).has_value());
 }
 
 TEST_CASE("Page cache never picks a pinned page to evict, and keeps its place") {
@@ -52,11 +61,11 @@ TEST_CASE("Page cache never picks a pinned page to evict, and keeps its place") 
     cache.FinishFetch(p, false);
   }
   cache.Find(1)->pins = 1;
-  REQUIRE(cache.NextVictim() == std::optional<uint64_t>(2));
+  REQUIRE(VictimPage(cache) == std::optional<uint64_t>(2));
   cache.Find(3)->pins = 1;
-  REQUIRE_FALSE(cache.NextVictim().has_value());  // all that is left is pinned
+  REQUIRE_FALSE(VictimPage(cache).has_value());  // all that is left is pinned
   cache.Find(1)->pins = 0;
-  REQUIRE(cache.NextVictim() == std::optional<uint64_t>(1));
+  REQUIRE(VictimPage(cache) == std::optional<uint64_t>(1));
 }
 
 TEST_CASE("Page cache: a shrunken quota shows as over quota, and poisoned pages do not count") {
@@ -92,7 +101,7 @@ TEST_CASE("Page cache: a run fetched together, its victims' entries, and their e
   REQUIRE(cache.Find(6)->placed);
   REQUIRE_FALSE(cache.Find(5)->placed);
   std::vector<PageCache::Victim> victims;
-  while (auto victim = cache.NextVictimEntry()) victims.push_back(*victim);
+  while (auto victim = cache.NextVictim()) victims.push_back(*victim);
   REQUIRE(victims.size() == 6);
   REQUIRE(victims[0].vpage == 5);
   REQUIRE_FALSE(victims[0].placed);

@@ -612,7 +612,7 @@ absl::StatusOr<std::string> RackImpl::Translate(uint64_t vpage) {
 uint64_t RackImpl::EvictBatch(uint64_t pages) {
   std::vector<PageCache::Victim> victims;
   while (victims.size() < pages) {
-    std::optional<PageCache::Victim> victim = cache_.NextVictimEntry();
+    std::optional<PageCache::Victim> victim = cache_.NextVictim();
     if (!victim) break;
     victims.push_back(*victim);
   }
@@ -620,7 +620,7 @@ uint64_t RackImpl::EvictBatch(uint64_t pages) {
   // staging in one move.
   while (!victims.empty() && (victims.back().vpage + 1) % kUnitPages != 0 &&
          victims.back().placed) {
-    std::optional<PageCache::Victim> victim = cache_.NextVictimEntry();
+    std::optional<PageCache::Victim> victim = cache_.NextVictim();
     if (!victim) break;
     victims.push_back(*victim);
   }

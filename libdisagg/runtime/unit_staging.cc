@@ -1,63 +1,21 @@
 #include "runtime/unit_staging.h"
 
 #include <fcntl.h>
-#include <linux/types.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "internal/pagemap_scan.h"
 #include "internal/status_macros.h"
-
-// PAGEMAP_SCAN (Linux 6.7, newer than the installed headers): which pages of a range are in
-// given categories, as regions.
-#ifndef PAGEMAP_SCAN
-struct page_region {
-  __u64 start;
-  __u64 end;
-  __u64 categories;
-};
-struct pm_scan_arg {
-  __u64 size;
-  __u64 flags;
-  __u64 start;
-  __u64 end;
-  __u64 walk_end;
-  __u64 vec;
-  __u64 vec_len;
-  __u64 max_pages;
-  __u64 category_inverted;
-  __u64 category_mask;
-  __u64 category_anyof_mask;
-  __u64 return_mask;
-};
-#define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
-#define PAGE_IS_HUGE (1 << 6)
-#endif
 
 namespace disagg::runtime {
 namespace {
-
-// The huge-mapped regions of [addr, addr + bytes), at most `n`; -1 if the scan failed.
-long ScanHuge(int pagemap, uintptr_t addr, uint64_t bytes, page_region* regions, size_t n) {
-  pm_scan_arg arg{};
-  arg.size = sizeof(arg);
-  arg.start = addr;
-  arg.end = addr + bytes;
-  arg.vec = reinterpret_cast<uintptr_t>(regions);
-  arg.vec_len = n;
-  arg.category_mask = PAGE_IS_HUGE;
-  arg.return_mask = PAGE_IS_HUGE;
-  return ioctl(pagemap, PAGEMAP_SCAN, &arg);
-}
 
 // /proc/self/pagemap if the kernel scans it by category, else -1.
 int OpenPagemap() {
   const int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
-  page_region region;
   static const char probe = 0;  // mapped: the scan of its page succeeds, whatever it finds
-  const uintptr_t page = reinterpret_cast<uintptr_t>(&probe) & ~uintptr_t{4095};
-  if (ScanHuge(fd, page, 4096, &region, 1) < 0) {
+  if (HugeMappedBytes(fd, reinterpret_cast<uintptr_t>(&probe) & ~uintptr_t{4095}, 4096) < 0) {
     close(fd);
     return -1;
   }
@@ -67,10 +25,8 @@ int OpenPagemap() {
 }  // namespace
 
 bool UnitStaging::HugePage(uintptr_t addr) const {
-  if (pagemap_ < 0) return false;
-  page_region region;
-  return ScanHuge(pagemap_, addr, kUnitBytes, &region, 1) == 1 && region.start == addr &&
-         region.end == addr + kUnitBytes;
+  return pagemap_ >= 0 &&
+         HugeMappedBytes(pagemap_, addr, kUnitBytes) == static_cast<int64_t>(kUnitBytes);
 }
 
 absl::StatusOr<std::unique_ptr<UnitStaging>> UnitStaging::Create(Userfaultfd& uffd, size_t slots) {
